@@ -1,0 +1,397 @@
+//! Every setting and limit of the server, in one struct, with its default.
+//!
+//! Data enters here once, at startup: [`Config::from_args`] reads command-line flags and their
+//! `SMOLCHAT_*` environment equivalents (a flag wins over the environment) and validates them.
+//! Everything else receives a finished `Config` (shared behind an `Arc`) and only reads it.
+//! Tests and embedders build one with [`Config::default`] and change the fields they care about.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// The server's settings. See the README's configuration table for what each one means.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Address to listen on (`--listen`).
+    pub listen: SocketAddr,
+    /// Messages each room remembers for replay and recovery (`--history`).
+    pub history: usize,
+    /// Executor threads; 0 means one per available core (`--threads`).
+    pub threads: usize,
+    /// The room every client joins on connect (`--default-room`).
+    pub default_room: String,
+    /// Log level: off, error, warn, info, debug or trace (`--log-level`).
+    pub log_level: log::LevelFilter,
+    /// Largest text message or frame a client may send, in bytes (`--max-message-bytes`).
+    pub max_message_bytes: usize,
+    /// Events that may wait in one client's outgoing queue before it counts as a slow
+    /// consumer and is disconnected (`--queue`).
+    pub queue: usize,
+    /// Concurrent WebSocket connections (`--max-connections`).
+    pub max_connections: usize,
+    /// Time a client has to send its complete HTTP request head (`--handshake-timeout`).
+    pub handshake_timeout: Duration,
+    /// Browser origins allowed besides the server's own; `*` allows every origin
+    /// (`--allow-origin`, repeatable).
+    pub allow_origins: Vec<String>,
+    /// Chat messages per second each client may send; 0 turns rate limiting off (`--rate-limit`).
+    pub rate_limit: u32,
+    /// Messages a client may send in a burst above the steady rate (`--rate-burst`).
+    pub rate_burst: u32,
+    /// Interval between the server's pings (`--ping-interval`).
+    pub ping_interval: Duration,
+    /// A client from which nothing arrived for this long is disconnected (`--idle-timeout`).
+    pub idle_timeout: Duration,
+    /// A write that makes no progress for this long ends the connection (`--write-timeout`).
+    pub write_timeout: Duration,
+    /// Rooms the server keeps, empty ones with history included (`--max-rooms`).
+    pub max_rooms: usize,
+    /// Rooms one client may be in at once (`--max-rooms-per-client`).
+    pub max_rooms_per_client: usize,
+    /// Time writers get to flush their last frames on shutdown (`--shutdown-timeout`).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            history: 100,
+            threads: 0,
+            default_room: "lobby".to_string(),
+            log_level: log::LevelFilter::Info,
+            max_message_bytes: 4096,
+            queue: 256,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(10),
+            allow_origins: Vec::new(),
+            rate_limit: 10,
+            rate_burst: 20,
+            ping_interval: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(75),
+            write_timeout: Duration::from_secs(10),
+            max_rooms: 1000,
+            max_rooms_per_client: 32,
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What the command line asked for: run with a configuration, or print something and exit.
+#[derive(Debug)]
+pub enum Action {
+    /// Start the server.
+    Run(Box<Config>),
+    /// Print the help text (`--help`).
+    Help,
+    /// Print the version (`--version`).
+    Version,
+}
+
+/// A flag or environment variable had a value the server cannot use.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The flag, as the user would type it (`--history`).
+    pub flag: String,
+    /// What was wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.flag, self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The help text printed by `smolchat --help`.
+pub const HELP: &str = "\
+smolchat: a small WebSocket chat server
+
+Usage: smolchat [OPTIONS]
+
+Every option can also be set through the environment variable named after it
+(--max-message-bytes is SMOLCHAT_MAX_MESSAGE_BYTES); a flag wins over the environment.
+Durations are whole seconds, or take a unit: 500ms, 10s, 2m.
+
+Options:
+  --listen ADDR               address to listen on [default: 127.0.0.1:8080]
+  --history N                 messages each room keeps for replay [default: 100]
+  --threads N                 executor threads, 0 = one per core [default: 0]
+  --default-room NAME         room every client joins on connect [default: lobby]
+  --log-level LEVEL           off, error, warn, info, debug, trace [default: info]
+  --max-message-bytes N       largest message or frame a client may send [default: 4096]
+  --queue N                   events queued per client before it is a slow consumer [default: 256]
+  --max-connections N         concurrent WebSocket connections [default: 10000]
+  --handshake-timeout DUR     time to send the HTTP request head [default: 10s]
+  --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
+  --rate-limit N              messages per second per client, 0 = off [default: 10]
+  --rate-burst N              burst allowance above the rate [default: 20]
+  --ping-interval DUR         interval between server pings [default: 30s]
+  --idle-timeout DUR          close a client silent for this long [default: 75s]
+  --write-timeout DUR         close a client whose writes stall this long [default: 10s]
+  --max-rooms N               rooms the server keeps [default: 1000]
+  --max-rooms-per-client N    rooms one client may be in [default: 32]
+  --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
+  -h, --help                  print this help
+  -V, --version               print the version and enabled features
+";
+
+/// Every option that takes a value, as `(flag, environment variable)`.
+const OPTIONS: &[(&str, &str)] = &[
+    ("listen", "SMOLCHAT_LISTEN"),
+    ("history", "SMOLCHAT_HISTORY"),
+    ("threads", "SMOLCHAT_THREADS"),
+    ("default-room", "SMOLCHAT_DEFAULT_ROOM"),
+    ("log-level", "SMOLCHAT_LOG_LEVEL"),
+    ("max-message-bytes", "SMOLCHAT_MAX_MESSAGE_BYTES"),
+    ("queue", "SMOLCHAT_QUEUE"),
+    ("max-connections", "SMOLCHAT_MAX_CONNECTIONS"),
+    ("handshake-timeout", "SMOLCHAT_HANDSHAKE_TIMEOUT"),
+    ("allow-origin", "SMOLCHAT_ALLOW_ORIGIN"),
+    ("rate-limit", "SMOLCHAT_RATE_LIMIT"),
+    ("rate-burst", "SMOLCHAT_RATE_BURST"),
+    ("ping-interval", "SMOLCHAT_PING_INTERVAL"),
+    ("idle-timeout", "SMOLCHAT_IDLE_TIMEOUT"),
+    ("write-timeout", "SMOLCHAT_WRITE_TIMEOUT"),
+    ("max-rooms", "SMOLCHAT_MAX_ROOMS"),
+    ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
+    ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
+];
+
+impl Config {
+    /// Reads the process's command line and environment.
+    pub fn from_env() -> Result<Action, ConfigError> {
+        Self::from_args(std::env::args_os().skip(1), |key| std::env::var(key).ok())
+    }
+
+    /// Reads `args` (without the program name), falling back to `env` for options not given.
+    /// `--allow-origin` in the environment is a comma-separated list.
+    pub fn from_args<I, E>(args: I, env: E) -> Result<Action, ConfigError>
+    where
+        I: IntoIterator<Item = OsString>,
+        E: Fn(&str) -> Option<String>,
+    {
+        use lexopt::Arg;
+
+        let mut given: Vec<(&'static str, String)> = Vec::new();
+        let mut parser = lexopt::Parser::from_args(args);
+        while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
+            let name = match arg {
+                Arg::Short('h') | Arg::Long("help") => return Ok(Action::Help),
+                Arg::Short('V') | Arg::Long("version") => return Ok(Action::Version),
+                Arg::Long(name) => name.to_string(),
+                Arg::Short(c) => return Err(err(&format!("-{c}"), "unknown option; see --help")),
+                Arg::Value(v) => {
+                    let v = v.to_string_lossy();
+                    return Err(err(&v, "unexpected argument; options start with --"));
+                }
+            };
+            let Some(&(flag, _)) = OPTIONS.iter().find(|(f, _)| *f == name) else {
+                return Err(err(&format!("--{name}"), "unknown option; see --help"));
+            };
+            let value = parser.value().map_err(|e| lex_error(&e))?;
+            let Some(value) = value.to_str() else {
+                return Err(err(&format!("--{flag}"), "value is not valid UTF-8"));
+            };
+            given.push((flag, value.to_string()));
+        }
+
+        let mut config = Config::default();
+        for &(flag, var) in OPTIONS {
+            let from_flags: Vec<&String> = given
+                .iter()
+                .filter(|(f, _)| *f == flag)
+                .map(|(_, v)| v)
+                .collect();
+            if !from_flags.is_empty() {
+                for value in from_flags {
+                    config.set(flag, value)?;
+                }
+            } else if let Some(value) = env(var) {
+                if flag == "allow-origin" {
+                    for origin in value.split(',').filter(|o| !o.trim().is_empty()) {
+                        config.set(flag, origin.trim())?;
+                    }
+                } else {
+                    config.set(flag, &value)?;
+                }
+            }
+        }
+        Ok(Action::Run(Box::new(config)))
+    }
+
+    /// Sets one option from its text form, validating it.
+    fn set(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |what: &str| err(&format!("--{flag}"), &format!("{what}, got {value:?}"));
+        match flag {
+            "listen" => {
+                self.listen = value
+                    .parse()
+                    .map_err(|_| bad("expected an address like 127.0.0.1:8080 or [::1]:8080"))?
+            }
+            "history" => self.history = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
+            "threads" => self.threads = number(value, 0, 1024).map_err(|m| bad(&m))?,
+            "default-room" => {
+                if !crate::protocol::valid_room(value) {
+                    return Err(bad(
+                        "expected a room name of 1-32 characters a-z, 0-9, _ or -",
+                    ));
+                }
+                self.default_room = value.to_string();
+            }
+            "log-level" => {
+                self.log_level = value
+                    .parse()
+                    .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?
+            }
+            "max-message-bytes" => {
+                self.max_message_bytes = number(value, 64, 16 << 20).map_err(|m| bad(&m))?
+            }
+            "queue" => self.queue = number(value, 1, 1 << 20).map_err(|m| bad(&m))?,
+            "max-connections" => {
+                self.max_connections = number(value, 1, 10_000_000).map_err(|m| bad(&m))?
+            }
+            "handshake-timeout" => self.handshake_timeout = duration(value).map_err(|m| bad(&m))?,
+            "allow-origin" => {
+                let origin = value.trim_end_matches('/');
+                if origin != "*" && !origin.contains("://") {
+                    return Err(bad(
+                        "expected an origin like https://chat.example.com, or *",
+                    ));
+                }
+                self.allow_origins.push(origin.to_ascii_lowercase());
+            }
+            "rate-limit" => self.rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
+            "rate-burst" => self.rate_burst = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
+            "ping-interval" => self.ping_interval = duration(value).map_err(|m| bad(&m))?,
+            "idle-timeout" => self.idle_timeout = duration(value).map_err(|m| bad(&m))?,
+            "write-timeout" => self.write_timeout = duration(value).map_err(|m| bad(&m))?,
+            "max-rooms" => self.max_rooms = number(value, 1, 10_000_000).map_err(|m| bad(&m))?,
+            "max-rooms-per-client" => {
+                self.max_rooms_per_client = number(value, 1, 100_000).map_err(|m| bad(&m))?
+            }
+            "shutdown-timeout" => self.shutdown_timeout = duration(value).map_err(|m| bad(&m))?,
+            _ => unreachable!("every flag in OPTIONS is handled"),
+        }
+        Ok(())
+    }
+}
+
+fn err(flag: &str, message: &str) -> ConfigError {
+    ConfigError {
+        flag: flag.to_string(),
+        message: message.to_string(),
+    }
+}
+
+fn lex_error(e: &lexopt::Error) -> ConfigError {
+    match e {
+        lexopt::Error::MissingValue { option: Some(o) } => err(o, "needs a value"),
+        other => err("command line", &other.to_string()),
+    }
+}
+
+fn number<T>(value: &str, min: T, max: T) -> Result<T, String>
+where
+    T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
+{
+    match value.parse::<T>() {
+        Ok(n) if n >= min && n <= max => Ok(n),
+        _ => Err(format!("expected a whole number from {min} to {max}")),
+    }
+}
+
+/// Parses `10`, `10s`, `500ms` or `2m`. Zero is refused: every duration here is a timeout or
+/// an interval, and zero would make the server close or ping without pause.
+fn duration(value: &str) -> Result<Duration, String> {
+    let expected = || "expected a positive duration like 10, 10s, 500ms or 2m".to_string();
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => value.split_at(i),
+        None => (value, "s"),
+    };
+    let n: u64 = digits.parse().map_err(|_| expected())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(expected()),
+    };
+    if d.is_zero() { Err(expected()) } else { Ok(d) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let action = Config::from_args(args.iter().map(OsString::from), |k| {
+            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })?;
+        match action {
+            Action::Run(c) => Ok(*c),
+            other => panic!("expected a config, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults_flags_and_environment() {
+        let c = parse(&[], &[]).unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.history, 100);
+
+        let c = parse(
+            &["--history", "5", "--listen=[::1]:0"],
+            &[("SMOLCHAT_HISTORY", "7"), ("SMOLCHAT_QUEUE", "9")],
+        )
+        .unwrap();
+        assert_eq!(c.history, 5, "a flag wins over the environment");
+        assert_eq!(c.queue, 9, "the environment fills what flags leave out");
+        assert_eq!(c.listen.to_string(), "[::1]:0");
+    }
+
+    #[test]
+    fn durations_and_repeated_origins() {
+        let c = parse(
+            &[
+                "--ping-interval",
+                "500ms",
+                "--idle-timeout",
+                "2m",
+                "--allow-origin",
+                "https://a.example/",
+                "--allow-origin",
+                "*",
+            ],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.ping_interval, Duration::from_millis(500));
+        assert_eq!(c.idle_timeout, Duration::from_secs(120));
+        assert_eq!(c.allow_origins, vec!["https://a.example", "*"]);
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        for (args, flag) in [
+            (&["--history", "lots"][..], "--history"),
+            (&["--listen", "8080"][..], "--listen"),
+            (&["--default-room", "No Spaces"][..], "--default-room"),
+            (&["--queue", "0"][..], "--queue"),
+            (&["--write-timeout", "0"][..], "--write-timeout"),
+            (&["--nope", "1"][..], "--nope"),
+            (&["--history"][..], "--history"),
+        ] {
+            let e = parse(args, &[]).unwrap_err();
+            assert_eq!(e.flag, flag, "{args:?} gave {e}");
+        }
+        let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
+        assert_eq!(e.flag, "--log-level");
+    }
+}

@@ -1,0 +1,45 @@
+//! Timeouts that cost nothing until they are needed.
+//!
+//! The writer flushes many times a second per client under load; putting a fresh timer under
+//! every flush would mean a trip through the reactor's timer list each time. [`within`] polls
+//! the operation first and only creates a timer if the operation has to wait, which on a
+//! healthy connection it rarely does. The timer is `async-io`'s, which works under any
+//! executor (it drives itself from a background thread when nobody else does).
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use async_io::Timer;
+
+/// Runs `fut` to completion, or gives up with `None` once it has been pending for `limit`.
+pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    let mut fut = pin!(fut);
+    let mut timer: Option<Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        let timer = timer.get_or_insert_with(|| Timer::after(limit));
+        match std::pin::Pin::new(timer).poll(cx) {
+            Poll::Ready(_) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_futures_finish_and_stuck_ones_time_out() {
+        futures_lite::future::block_on(async {
+            assert_eq!(within(Duration::from_millis(1), async { 7 }).await, Some(7));
+            let never = std::future::pending::<()>();
+            assert_eq!(within(Duration::from_millis(20), never).await, None);
+        });
+    }
+}

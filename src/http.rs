@@ -1,0 +1,349 @@
+//! The HTTP side of a connection: read the request head, route it, answer plain requests, and
+//! turn `GET /ws` into a WebSocket.
+//!
+//! A connection enters as any `AsyncRead + AsyncWrite` byte stream. [`read_head`] reads up to
+//! [`MAX_HEAD_BYTES`] and parses them with `httparse`; [`route`] decides, from the head alone,
+//! what to answer. Plain routes leave as a complete HTTP response ([`Response::write`]); an
+//! accepted upgrade leaves as the `101` response plus whatever bytes the client already sent
+//! after its head, which the session hands to tungstenite. Nothing here knows about rooms.
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::config::Config;
+use crate::metrics::Refusal;
+
+/// The largest request head accepted; a longer one gets `431`.
+pub const MAX_HEAD_BYTES: usize = 8 * 1024;
+/// Headers parsed per request; more count as a head too large.
+const MAX_HEADERS: usize = 48;
+
+/// The parts of a request head the server looks at.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Head {
+    /// `GET`, `POST`, ...
+    pub method: String,
+    /// The path, without the query string.
+    pub path: String,
+    /// The `Host` header.
+    pub host: Option<String>,
+    /// The `Origin` header, sent by browsers.
+    pub origin: Option<String>,
+    /// `Upgrade: websocket` was present.
+    pub upgrade_websocket: bool,
+    /// `Connection` listed `upgrade`.
+    pub connection_upgrade: bool,
+    /// `Sec-WebSocket-Key`.
+    pub ws_key: Option<String>,
+    /// `Sec-WebSocket-Version`.
+    pub ws_version: Option<String>,
+}
+
+/// Why a head could not be read.
+#[derive(Debug)]
+pub enum HeadError {
+    /// Over [`MAX_HEAD_BYTES`] (or too many headers): answer `431`.
+    TooLarge,
+    /// Not HTTP/1.x: answer `400`.
+    Malformed,
+    /// The peer closed or the socket failed before the head was complete: answer nothing.
+    Io,
+}
+
+/// Reads one request head. Returns it with the bytes that followed it in the same reads (the
+/// start of the WebSocket stream, if the client did not wait for the `101`).
+pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Head, Vec<u8>), HeadError> {
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    loop {
+        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if n == 0 {
+            return Err(HeadError::Io);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        match parse_head(&buf)? {
+            Some((head, used)) => return Ok((head, buf.split_off(used))),
+            None if buf.len() >= MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+            None => {}
+        }
+    }
+}
+
+/// Parses a head from `buf`: `Ok(None)` when more bytes are needed, else the head and its
+/// length in bytes.
+pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let used = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n > MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(_) => return Err(HeadError::Malformed),
+    };
+    let target = req.path.unwrap_or("/");
+    let mut head = Head {
+        method: req.method.unwrap_or("").to_string(),
+        path: target.split('?').next().unwrap_or("/").to_string(),
+        ..Head::default()
+    };
+    for h in req.headers.iter() {
+        let value = String::from_utf8_lossy(h.value).trim().to_string();
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            head.host = Some(value);
+        } else if name.eq_ignore_ascii_case("origin") {
+            head.origin = Some(value);
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            head.upgrade_websocket |= value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("connection") {
+            head.connection_upgrade |= value
+                .split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            head.ws_key = Some(value);
+        } else if name.eq_ignore_ascii_case("sec-websocket-version") {
+            head.ws_version = Some(value);
+        }
+    }
+    Ok(Some((head, used)))
+}
+
+/// A complete plain HTTP response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code.
+    pub status: u16,
+    /// Extra headers besides the standard ones.
+    pub headers: Vec<(&'static str, String)>,
+    /// `Content-Type` of the body.
+    pub content_type: &'static str,
+    /// The body.
+    pub body: String,
+}
+
+impl Response {
+    /// A `text/plain` response whose body is `body` plus a newline.
+    pub fn text(status: u16, body: &str) -> Self {
+        Response {
+            status,
+            headers: Vec::new(),
+            content_type: "text/plain; charset=utf-8",
+            body: format!("{body}\n"),
+        }
+    }
+
+    /// Adds a header.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.headers.push((name, value.into()));
+        self
+    }
+
+    /// Writes the response and closes the conversation (`Connection: close`).
+    pub async fn write<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
+        let mut out = format!(
+            "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
+            self.status,
+            reason_phrase(self.status),
+            self.content_type,
+            self.body.len()
+        );
+        for (name, value) in &self.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str("\r\n");
+        out.push_str(&self.body);
+        stream.write_all(out.as_bytes()).await?;
+        stream.flush().await
+    }
+}
+
+fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        101 => "Switching Protocols",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        426 => "Upgrade Required",
+        431 => "Request Header Fields Too Large",
+        503 => "Service Unavailable",
+        _ => "Unknown",
+    }
+}
+
+/// What to do with a request.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Upgrade to a WebSocket, answering with this `Sec-WebSocket-Accept`.
+    Upgrade { accept_key: String },
+    /// Answer `/healthz`.
+    Health,
+    /// Answer `/metrics`.
+    Metrics,
+    /// Refuse with this response, counted under this cause (if any).
+    Refuse(Response, Option<Refusal>),
+}
+
+/// Decides what a request gets. Capacity is checked by the caller, which owns the counter.
+pub fn route(head: &Head, config: &Config) -> Route {
+    if head.method != "GET" {
+        return Route::Refuse(
+            Response::text(405, "only GET is supported").with("Allow", "GET"),
+            Some(Refusal::BadRequest),
+        );
+    }
+    match head.path.as_str() {
+        "/healthz" => Route::Health,
+        "/metrics" => Route::Metrics,
+        "/ws" => upgrade(head, config),
+        _ => Route::Refuse(Response::text(404, "not found; the chat is at /ws"), None),
+    }
+}
+
+fn upgrade(head: &Head, config: &Config) -> Route {
+    let bad = |why: &str| Route::Refuse(Response::text(400, why), Some(Refusal::BadRequest));
+    if !head.upgrade_websocket || !head.connection_upgrade {
+        return Route::Refuse(
+            Response::text(
+                426,
+                "this is a WebSocket endpoint; connect with a WebSocket client",
+            )
+            .with("Upgrade", "websocket"),
+            Some(Refusal::BadRequest),
+        );
+    }
+    if head.ws_version.as_deref() != Some("13") {
+        return Route::Refuse(
+            Response::text(426, "only WebSocket version 13 is supported")
+                .with("Sec-WebSocket-Version", "13"),
+            Some(Refusal::BadRequest),
+        );
+    }
+    let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
+        return bad("missing Sec-WebSocket-Key header");
+    };
+    if !origin_allowed(head, config) {
+        return Route::Refuse(
+            Response::text(
+                403,
+                "origin not allowed; the server operator can allow it with --allow-origin",
+            ),
+            Some(Refusal::Origin),
+        );
+    }
+    Route::Upgrade {
+        accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+    }
+}
+
+/// A request without `Origin` is not from a browser and is allowed. A browser's origin must
+/// name the same host (and port) the request was sent to, or be listed with `--allow-origin`.
+pub fn origin_allowed(head: &Head, config: &Config) -> bool {
+    let Some(origin) = head.origin.as_deref() else {
+        return true;
+    };
+    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
+    if config
+        .allow_origins
+        .iter()
+        .any(|a| a == "*" || *a == origin)
+    {
+        return true;
+    }
+    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
+    match head.host.as_deref() {
+        Some(host) => !authority.is_empty() && authority.eq_ignore_ascii_case(host),
+        None => false,
+    }
+}
+
+/// The `101 Switching Protocols` response for an accepted upgrade.
+pub fn switching_protocols(accept_key: &str) -> String {
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Accept: {accept_key}\r\n\r\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str) -> Head {
+        parse_head(raw.as_bytes()).unwrap().unwrap().0
+    }
+
+    const UPGRADE: &str = "GET /ws?x=1 HTTP/1.1\r\nHost: chat.example:8080\r\nUpgrade: WebSocket\r\n\
+        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+        Sec-WebSocket-Version: 13\r\n";
+
+    #[test]
+    fn parses_an_upgrade_and_routes_it() {
+        let h = head(&format!("{UPGRADE}\r\n"));
+        assert_eq!(h.path, "/ws");
+        assert!(h.upgrade_websocket && h.connection_upgrade);
+        assert_eq!(
+            route(&h, &Config::default()),
+            Route::Upgrade {
+                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+            }
+        );
+    }
+
+    #[test]
+    fn partial_heads_wait_and_leftovers_are_kept() {
+        assert!(
+            parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n")
+                .unwrap()
+                .is_none()
+        );
+        let (_, used) = parse_head(b"GET / HTTP/1.1\r\n\r\nabc").unwrap().unwrap();
+        assert_eq!(used, 18);
+        assert!(matches!(
+            parse_head(b"\x16\x03\x01garbage\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
+    }
+
+    #[test]
+    fn origin_policy() {
+        let mut config = Config::default();
+        let with_origin = |o: &str| head(&format!("{UPGRADE}Origin: {o}\r\n\r\n"));
+        assert!(origin_allowed(&head(&format!("{UPGRADE}\r\n")), &config));
+        assert!(origin_allowed(
+            &with_origin("http://chat.example:8080"),
+            &config
+        ));
+        assert!(origin_allowed(
+            &with_origin("https://CHAT.example:8080"),
+            &config
+        ));
+        assert!(!origin_allowed(
+            &with_origin("http://evil.example"),
+            &config
+        ));
+        assert!(!origin_allowed(&with_origin("null"), &config));
+        config.allow_origins.push("http://evil.example".into());
+        assert!(origin_allowed(&with_origin("http://evil.example"), &config));
+        config.allow_origins = vec!["*".into()];
+        assert!(origin_allowed(&with_origin("null"), &config));
+    }
+
+    #[test]
+    fn plain_routes() {
+        let config = Config::default();
+        assert_eq!(
+            route(&head("GET /healthz HTTP/1.1\r\n\r\n"), &config),
+            Route::Health
+        );
+        let Route::Refuse(r, _) = route(&head("POST /ws HTTP/1.1\r\n\r\n"), &config) else {
+            panic!()
+        };
+        assert_eq!(r.status, 405);
+        let Route::Refuse(r, _) = route(&head("GET /nope HTTP/1.1\r\n\r\n"), &config) else {
+            panic!()
+        };
+        assert_eq!(r.status, 404);
+    }
+}

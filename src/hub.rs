@@ -1,0 +1,820 @@
+//! The hub: the single owner of all chat state, run as one future.
+//!
+//! Sessions talk to the hub only through [`Command`]s sent to its bounded inbox; the hub talks
+//! back only by putting [`Outgoing`] items into each client's own bounded queue with
+//! `try_send`. It never awaits on a client: a client whose queue is full is a slow consumer and
+//! is disconnected on the spot, so one stalled reader can never delay anybody else.
+//!
+//! [`Hub`] is a plain state machine (commands in, events out, no I/O, no executor, no timer),
+//! which is why its tests below need no sockets. [`run`] is the few lines that turn it into a
+//! future: receive a command, handle it, repeat.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_channel::{Receiver, Sender, TrySendError};
+use slab::Slab;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Limits, Request, RoomSummary};
+use crate::room::Room;
+
+/// Identifies one connected client. The slab key is reused after a client leaves, so the
+/// `serial` (never reused) tells a late command from a departed client apart from its
+/// successor in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ClientId {
+    key: usize,
+    serial: u64,
+}
+
+/// What the hub puts into a client's queue for its writer.
+#[derive(Debug, Clone)]
+pub enum Outgoing {
+    /// An encoded event to write as a text frame.
+    Event(Frame),
+    /// Close the connection with this code and reason, then stop.
+    Close(u16, &'static str),
+}
+
+/// A request to the hub from a session (or from the server, for shutdown).
+#[derive(Debug)]
+pub enum Command {
+    /// A new client: register its queue and reply with its id (after queuing `welcome`).
+    Connect {
+        queue: Sender<Outgoing>,
+        reply: Sender<ClientId>,
+    },
+    /// A parsed command from a client.
+    Request { client: ClientId, request: Request },
+    /// A refusal the session found itself (for example the rate limit), to be queued in order
+    /// with the client's other events.
+    Refuse { client: ClientId, error: Error },
+    /// The client is gone, or is being closed by its session for `reason`.
+    Disconnect {
+        client: ClientId,
+        reason: LeaveReason,
+    },
+    /// Close every client with 1001 and accept no new ones.
+    Shutdown,
+}
+
+/// Close code and reason sent to a slow consumer.
+pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
+/// Close code and reason sent to everyone at shutdown.
+pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server shutting down");
+
+struct Client {
+    queue: Sender<Outgoing>,
+    serial: u64,
+    nick: String,
+    /// Rooms in join order; the last one is the "current" room for plain-text frames.
+    rooms: Vec<String>,
+}
+
+/// All chat state: clients, nicks and rooms.
+pub struct Hub {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    server: String,
+    clients: Slab<Client>,
+    /// Lowercased nick → client key; nicks are unique ignoring case.
+    nicks: HashMap<String, usize>,
+    rooms: HashMap<String, Room>,
+    next_serial: u64,
+    next_guest: u64,
+    /// Prefix of every room epoch: different for every start of the server.
+    epoch_base: String,
+    rooms_created: u64,
+    /// Counts commands, to order empty rooms by how recently they were used.
+    tick: u64,
+    /// Clients whose queue was found full while delivering, to disconnect after the command.
+    slow: Vec<usize>,
+    shutting_down: bool,
+}
+
+impl Hub {
+    /// A hub with no clients and no rooms.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        Hub {
+            config,
+            metrics,
+            server: format!("smolchat/{}", env!("CARGO_PKG_VERSION")),
+            clients: Slab::new(),
+            nicks: HashMap::new(),
+            rooms: HashMap::new(),
+            next_serial: 1,
+            next_guest: 1,
+            epoch_base: radix36(started),
+            rooms_created: 0,
+            tick: 0,
+            slow: Vec::new(),
+            shutting_down: false,
+        }
+    }
+
+    /// Handles one command. Everything the command causes is queued before this returns.
+    pub fn handle(&mut self, command: Command) {
+        self.tick += 1;
+        match command {
+            Command::Connect { queue, reply } => {
+                if !self.shutting_down {
+                    let id = self.connect(queue);
+                    // The session waits on `reply`; if it already went away, its queue is
+                    // closed and the next delivery (or its Disconnect) cleans up.
+                    let _ = reply.try_send(id);
+                }
+            }
+            Command::Request { client, request } => {
+                if let Some(key) = self.key(client) {
+                    self.request(key, request);
+                }
+            }
+            Command::Refuse { client, error } => {
+                if let Some(key) = self.key(client) {
+                    self.send_error(key, error);
+                }
+            }
+            Command::Disconnect { client, reason } => {
+                if let Some(key) = self.key(client) {
+                    self.remove(key, reason);
+                }
+            }
+            Command::Shutdown => self.shutdown(),
+        }
+        self.drop_slow_consumers();
+    }
+
+    /// Registers a client, queues its `welcome` and joins it to the default room.
+    pub fn connect(&mut self, queue: Sender<Outgoing>) -> ClientId {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let nick = loop {
+            let candidate = format!("guest-{}", self.next_guest);
+            self.next_guest += 1;
+            if !self.nicks.contains_key(&candidate) {
+                break candidate;
+            }
+        };
+        let key = self.clients.insert(Client {
+            queue,
+            serial,
+            nick: nick.clone(),
+            rooms: Vec::new(),
+        });
+        self.nicks.insert(nick.clone(), key);
+        let limits = Limits {
+            max_message_bytes: self.config.max_message_bytes,
+            history: self.config.history,
+            rate_limit: self.config.rate_limit,
+            rate_burst: self.config.rate_burst,
+            max_rooms_per_client: self.config.max_rooms_per_client,
+        };
+        let welcome = Event::Welcome {
+            nick: &nick,
+            server: &self.server,
+            limits,
+        };
+        self.send(key, &welcome.encode());
+        let room = self.config.default_room.clone();
+        if let Err(error) = self.join(key, room, None, None) {
+            self.send_error(key, error);
+        }
+        ClientId { key, serial }
+    }
+
+    /// The number of connected clients.
+    pub fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    fn key(&self, id: ClientId) -> Option<usize> {
+        match self.clients.get(id.key) {
+            Some(c) if c.serial == id.serial => Some(id.key),
+            _ => None,
+        }
+    }
+
+    fn request(&mut self, key: usize, request: Request) {
+        let result = match request {
+            Request::Nick { nick } => self.rename(key, nick),
+            Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
+            Request::Leave { room } => self.leave(key, &room),
+            Request::Say { room, text } => self.say(key, room, &text),
+            Request::Direct { to, text } => self.direct(key, &to, &text),
+            Request::Who { room } => {
+                let members = self
+                    .rooms
+                    .get(&room)
+                    .map_or(Vec::new(), |r| self.nicks_of(r));
+                let frame = Event::Members {
+                    room: &room,
+                    members,
+                }
+                .encode();
+                self.send(key, &frame);
+                Ok(())
+            }
+            Request::Rooms => {
+                let mut rooms: Vec<RoomSummary> = self
+                    .rooms
+                    .iter()
+                    .map(|(name, r)| RoomSummary {
+                        name,
+                        members: r.members().len(),
+                    })
+                    .collect();
+                rooms.sort_unstable_by(|a, b| a.name.cmp(b.name));
+                let frame = Event::Rooms { rooms }.encode();
+                self.send(key, &frame);
+                Ok(())
+            }
+        };
+        if let Err(error) = result {
+            self.send_error(key, error);
+        }
+    }
+
+    fn send_error(&mut self, key: usize, error: Error) {
+        self.send(key, &error.encode());
+    }
+
+    fn rename(&mut self, key: usize, nick: String) -> Result<(), Error> {
+        let lower = nick.to_ascii_lowercase();
+        if let Some(&owner) = self.nicks.get(&lower) {
+            if owner != key {
+                return Err(Error::new(
+                    ErrorCode::NickTaken,
+                    format!("the nick {nick:?} is taken; choose another"),
+                ));
+            }
+        }
+        let client = &mut self.clients[key];
+        let old = std::mem::replace(&mut client.nick, nick);
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(lower, key);
+        let client = &self.clients[key];
+        let frame = Event::Nick {
+            old: &old,
+            nick: &client.nick,
+        }
+        .encode();
+        // The client itself and everyone sharing a room with it, each once.
+        let mut recipients = vec![key];
+        for room in &client.rooms {
+            recipients.extend_from_slice(self.rooms[room].members());
+        }
+        recipients.sort_unstable();
+        recipients.dedup();
+        for k in recipients {
+            self.send(k, &frame);
+        }
+        Ok(())
+    }
+
+    fn join(
+        &mut self,
+        key: usize,
+        name: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    ) -> Result<(), Error> {
+        let already_in = self.clients[key].rooms.contains(&name);
+        if !already_in {
+            if self.clients[key].rooms.len() >= self.config.max_rooms_per_client {
+                return Err(Error::new(
+                    ErrorCode::RoomLimit,
+                    format!(
+                        "you are in {} rooms, the most allowed; leave one first",
+                        self.config.max_rooms_per_client
+                    ),
+                ));
+            }
+            if !self.rooms.contains_key(&name) {
+                self.make_room_for_one_more()?;
+                self.rooms_created += 1;
+                let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
+                self.rooms
+                    .insert(name.clone(), Room::new(epoch, self.config.history));
+                Metrics::add(&self.metrics.rooms, 1);
+            }
+        }
+
+        let client = &mut self.clients[key];
+        // Joining moves the room to the end: it becomes the client's current room.
+        client.rooms.retain(|r| *r != name);
+        client.rooms.push(name.clone());
+        let room = self.rooms.get_mut(&name).expect("room exists");
+        if !already_in {
+            room.add(key);
+            let frame = Event::Join {
+                room: &name,
+                nick: &client.nick,
+            }
+            .encode();
+            for &k in room.members().iter().filter(|&&k| k != key) {
+                deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
+            }
+        }
+
+        let room = &self.rooms[&name];
+        let replay = room.replay(since, epoch.as_deref());
+        let members = self.nicks_of(room);
+        let frame = Event::Room {
+            room: &name,
+            epoch: room.epoch(),
+            members,
+            last_id: room.last_id(),
+            complete: replay.complete,
+        }
+        .encode();
+        deliver(&self.clients, &mut self.slow, &self.metrics, key, &frame);
+        for message in replay.messages {
+            deliver(&self.clients, &mut self.slow, &self.metrics, key, message);
+        }
+        Ok(())
+    }
+
+    /// Evicts the least recently used empty room if the server is at `--max-rooms`.
+    fn make_room_for_one_more(&mut self) -> Result<(), Error> {
+        if self.rooms.len() < self.config.max_rooms {
+            return Ok(());
+        }
+        let oldest_empty = self
+            .rooms
+            .iter()
+            .filter(|(_, r)| r.members().is_empty())
+            .min_by_key(|(_, r)| r.idle_since)
+            .map(|(name, _)| name.clone());
+        match oldest_empty {
+            Some(name) => {
+                self.rooms.remove(&name);
+                self.metrics
+                    .rooms
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+                Ok(())
+            }
+            None => Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!(
+                    "the server holds {} rooms, the most allowed; join an existing room",
+                    self.config.max_rooms
+                ),
+            )),
+        }
+    }
+
+    fn leave(&mut self, key: usize, name: &str) -> Result<(), Error> {
+        let client = &mut self.clients[key];
+        let Some(i) = client.rooms.iter().position(|r| r == name) else {
+            return Err(not_member(name));
+        };
+        client.rooms.remove(i);
+        self.part(key, name, LeaveReason::Left);
+        Ok(())
+    }
+
+    /// Takes `key` out of room `name` and tells the remaining members why.
+    fn part(&mut self, key: usize, name: &str, reason: LeaveReason) {
+        let Some(room) = self.rooms.get_mut(name) else {
+            return;
+        };
+        room.remove(key);
+        if room.members().is_empty() {
+            room.idle_since = self.tick;
+        }
+        let frame = Event::Leave {
+            room: name,
+            nick: &self.clients[key].nick,
+            reason,
+        }
+        .encode();
+        for &k in room.members() {
+            deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
+        }
+    }
+
+    fn say(&mut self, key: usize, room: Option<String>, text: &str) -> Result<(), Error> {
+        let client = &self.clients[key];
+        let name = match room {
+            Some(name) if client.rooms.contains(&name) => name,
+            Some(name) => return Err(not_member(&name)),
+            None => match client.rooms.last() {
+                Some(current) => current.clone(),
+                None => {
+                    return Err(Error::new(
+                        ErrorCode::NotMember,
+                        "you are in no room; join one before sending plain text",
+                    ));
+                }
+            },
+        };
+        Metrics::add(&self.metrics.messages_received, 1);
+        let room = self.rooms.get_mut(&name).expect("a client's rooms exist");
+        let id = room.next_id();
+        let frame = Event::Message {
+            room: &name,
+            id,
+            from: &client.nick,
+            text,
+            ts: now_ms(),
+        }
+        .encode();
+        room.remember(frame.clone());
+        for &k in room.members() {
+            deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
+        }
+        Ok(())
+    }
+
+    fn direct(&mut self, key: usize, to: &str, text: &str) -> Result<(), Error> {
+        let Some(&target) = self.nicks.get(&to.to_ascii_lowercase()) else {
+            return Err(Error::new(
+                ErrorCode::UnknownRecipient,
+                format!("nobody is called {to:?}; `who` lists a room's members"),
+            ));
+        };
+        Metrics::add(&self.metrics.messages_received, 1);
+        let frame = Event::Direct {
+            from: &self.clients[key].nick,
+            to: &self.clients[target].nick,
+            text,
+            ts: now_ms(),
+        }
+        .encode();
+        self.send(target, &frame);
+        if target != key {
+            self.send(key, &frame);
+        }
+        Ok(())
+    }
+
+    /// Forgets a client: frees its nick, leaves its rooms (announcing `reason`), and drops its
+    /// queue sender, which ends its writer once the queue is drained.
+    fn remove(&mut self, key: usize, reason: LeaveReason) {
+        let rooms = std::mem::take(&mut self.clients[key].rooms);
+        for name in &rooms {
+            self.part(key, name, reason);
+        }
+        let client = self.clients.remove(key);
+        self.nicks.remove(&client.nick.to_ascii_lowercase());
+    }
+
+    /// Disconnects every client whose queue was found full, which may find more (their leave
+    /// events go to others), so it repeats until none are left.
+    fn drop_slow_consumers(&mut self) {
+        while let Some(key) = self.slow.pop() {
+            if !self.clients.contains(key) {
+                continue; // found full twice, already gone
+            }
+            Metrics::add(&self.metrics.slow_consumers, 1);
+            let queue = self.clients[key].queue.clone();
+            // The queue is full; make room for the close by dropping the oldest event. The
+            // client is being disconnected anyway, and the close must be the last thing queued.
+            let (code, reason) = SLOW_CONSUMER_CLOSE;
+            let _ = queue.force_send(Outgoing::Close(code, reason));
+            queue.close();
+            self.remove(key, LeaveReason::SlowConsumer);
+        }
+    }
+
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let (code, reason) = SHUTDOWN_CLOSE;
+        for (_, client) in &self.clients {
+            let _ = client.queue.force_send(Outgoing::Close(code, reason));
+            client.queue.close();
+        }
+    }
+
+    fn nicks_of<'a>(&'a self, room: &Room) -> Vec<&'a str> {
+        room.members()
+            .iter()
+            .map(|&k| self.clients[k].nick.as_str())
+            .collect()
+    }
+
+    fn send(&mut self, key: usize, frame: &Frame) {
+        deliver(&self.clients, &mut self.slow, &self.metrics, key, frame);
+    }
+}
+
+/// Queues `frame` for client `key` without waiting. A full queue marks a slow consumer; a
+/// closed one means the writer is gone and the session's `Disconnect` is on its way.
+fn deliver(
+    clients: &Slab<Client>,
+    slow: &mut Vec<usize>,
+    metrics: &Metrics,
+    key: usize,
+    frame: &Frame,
+) {
+    match clients[key].queue.try_send(Outgoing::Event(frame.clone())) {
+        Ok(()) => Metrics::add(&metrics.events_delivered, 1),
+        Err(TrySendError::Full(_)) => slow.push(key),
+        Err(TrySendError::Closed(_)) => {}
+    }
+}
+
+fn not_member(room: &str) -> Error {
+    Error::new(
+        ErrorCode::NotMember,
+        format!("you are not in room {room:?}; join it first"),
+    )
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn radix36(mut n: u128) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
+}
+
+/// Runs the hub until every sender of `inbox` is gone.
+pub async fn run(mut hub: Hub, inbox: Receiver<Command>) {
+    while let Ok(command) = inbox.recv().await {
+        hub.handle(command);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    struct TestClient {
+        id: ClientId,
+        queue: Receiver<Outgoing>,
+    }
+
+    fn hub_with(config: Config) -> Hub {
+        Hub::new(Arc::new(config), Arc::new(Metrics::default()))
+    }
+
+    fn hub() -> Hub {
+        hub_with(Config::default())
+    }
+
+    fn connect(hub: &mut Hub, queue: usize) -> TestClient {
+        let (tx, rx) = async_channel::bounded(queue);
+        let id = hub.connect(tx);
+        let c = TestClient { id, queue: rx };
+        c.drain();
+        c
+    }
+
+    impl TestClient {
+        fn events(&self) -> Vec<Value> {
+            let mut out = Vec::new();
+            while let Ok(item) = self.queue.try_recv() {
+                match item {
+                    Outgoing::Event(f) => out.push(serde_json::from_str(f.as_str()).unwrap()),
+                    Outgoing::Close(code, reason) => {
+                        out.push(serde_json::json!({"close": code, "reason": reason}))
+                    }
+                }
+            }
+            out
+        }
+        fn drain(&self) {
+            self.events();
+        }
+        fn send(&self, hub: &mut Hub, request: Request) {
+            hub.handle(Command::Request {
+                client: self.id,
+                request,
+            });
+        }
+        fn say(&self, hub: &mut Hub, room: &str, text: &str) {
+            self.send(
+                hub,
+                Request::Say {
+                    room: Some(room.into()),
+                    text: text.into(),
+                },
+            );
+        }
+    }
+
+    fn join(room: &str) -> Request {
+        Request::Join {
+            room: room.into(),
+            since: None,
+            epoch: None,
+        }
+    }
+
+    #[test]
+    fn connect_sends_welcome_then_room() {
+        let mut hub = hub();
+        let (tx, rx) = async_channel::bounded(8);
+        hub.connect(tx);
+        let c = TestClient {
+            id: ClientId { key: 0, serial: 1 },
+            queue: rx,
+        };
+        let events = c.events();
+        assert_eq!(events[0]["type"], "welcome");
+        assert_eq!(events[0]["nick"], "guest-1");
+        assert_eq!(events[0]["limits"]["max_message_bytes"], 4096);
+        assert_eq!(events[1]["type"], "room");
+        assert_eq!(events[1]["room"], "lobby");
+        assert_eq!(events[1]["members"], serde_json::json!(["guest-1"]));
+        assert_eq!(events.len(), 2);
+    }
+
+    #[test]
+    fn messages_reach_members_only_and_history_replays() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        a.drain();
+        a.send(&mut hub, join("dev"));
+        a.say(&mut hub, "dev", "one");
+        a.say(&mut hub, "lobby", "two");
+        let got_a = a.events();
+        let got_b = b.events();
+        assert_eq!(got_a.iter().filter(|e| e["type"] == "message").count(), 2);
+        let b_messages: Vec<_> = got_b.iter().filter(|e| e["type"] == "message").collect();
+        assert_eq!(b_messages.len(), 1, "b is not in dev: {got_b:?}");
+        assert_eq!(b_messages[0]["text"], "two");
+        assert_eq!(b_messages[0]["id"], 1);
+
+        b.send(&mut hub, join("dev"));
+        let got_b = b.events();
+        assert_eq!(got_b[0]["type"], "room");
+        assert_eq!(got_b[0]["last_id"], 1);
+        assert_eq!(got_b[1]["text"], "one");
+        assert_eq!(
+            a.events()[0],
+            serde_json::json!({"type":"join","room":"dev","nick":"guest-2"})
+        );
+    }
+
+    #[test]
+    fn nick_rules_and_events() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        a.drain();
+        a.send(&mut hub, Request::Nick { nick: "Ada".into() });
+        assert_eq!(
+            b.events()[0],
+            serde_json::json!({"type":"nick","old":"guest-1","nick":"Ada"})
+        );
+        assert_eq!(a.events()[0]["type"], "nick");
+        b.send(&mut hub, Request::Nick { nick: "aDA".into() });
+        assert_eq!(b.events()[0]["code"], "nick_taken");
+        a.send(&mut hub, Request::Nick { nick: "ADA".into() });
+        assert_eq!(
+            a.events()[0]["nick"],
+            "ADA",
+            "a client may change its own nick's case"
+        );
+    }
+
+    #[test]
+    fn direct_and_errors() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        a.drain();
+        a.send(
+            &mut hub,
+            Request::Direct {
+                to: "GUEST-2".into(),
+                text: "psst".into(),
+            },
+        );
+        assert_eq!(b.events()[0]["type"], "direct");
+        assert_eq!(a.events()[0]["to"], "guest-2");
+        a.send(
+            &mut hub,
+            Request::Direct {
+                to: "nobody".into(),
+                text: "x".into(),
+            },
+        );
+        assert_eq!(a.events()[0]["code"], "unknown_recipient");
+        a.say(&mut hub, "dev", "x");
+        assert_eq!(a.events()[0]["code"], "not_member");
+        a.send(&mut hub, Request::Leave { room: "dev".into() });
+        assert_eq!(a.events()[0]["code"], "not_member");
+        assert!(b.events().is_empty());
+    }
+
+    #[test]
+    fn disconnect_announces_leave_and_frees_the_nick() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        a.drain();
+        hub.handle(Command::Disconnect {
+            client: b.id,
+            reason: LeaveReason::Disconnected,
+        });
+        assert_eq!(
+            a.events()[0],
+            serde_json::json!({"type":"leave","room":"lobby","nick":"guest-2","reason":"disconnected"})
+        );
+        // A late command from the departed client must not act for the slot's next owner.
+        let c = connect(&mut hub, 64);
+        a.drain();
+        b.say(&mut hub, "lobby", "ghost");
+        assert!(c.events().is_empty());
+        assert!(a.events().is_empty());
+        a.send(
+            &mut hub,
+            Request::Nick {
+                nick: "guest-2".into(),
+            },
+        );
+        assert_eq!(a.events()[0]["type"], "nick");
+    }
+
+    #[test]
+    fn a_full_queue_disconnects_only_that_client() {
+        let mut hub = hub();
+        let fast = connect(&mut hub, 64);
+        let slow = connect(&mut hub, 4);
+        fast.drain();
+        for i in 0..10 {
+            fast.say(&mut hub, "lobby", &format!("m{i}"));
+            let got = fast.events();
+            assert!(got.iter().any(|e| e["text"] == format!("m{i}")), "{got:?}");
+        }
+        let got = slow.events();
+        assert_eq!(got.last().unwrap()["close"], 1013);
+        assert!(slow.queue.is_closed());
+        assert_eq!(hub.client_count(), 1);
+        assert_eq!(
+            hub.metrics
+                .slow_consumers
+                .load(std::sync::atomic::Ordering::Relaxed),
+            1
+        );
+    }
+
+    #[test]
+    fn room_limits_evict_the_least_recently_used_empty_room() {
+        let mut hub = hub_with(Config {
+            max_rooms: 3,
+            max_rooms_per_client: 2,
+            ..Config::default()
+        });
+        let a = connect(&mut hub, 64);
+        a.send(&mut hub, join("r1"));
+        a.send(&mut hub, join("r2"));
+        assert_eq!(
+            a.events().last().unwrap()["code"],
+            "room_limit",
+            "lobby + r1 is the most"
+        );
+        a.send(&mut hub, Request::Leave { room: "r1".into() });
+        a.send(
+            &mut hub,
+            Request::Leave {
+                room: "lobby".into(),
+            },
+        );
+        a.send(&mut hub, join("r2"));
+        a.send(&mut hub, join("r3")); // evicts r1, the older empty room
+        a.drain();
+        a.send(&mut hub, Request::Rooms);
+        let rooms = &a.events()[0]["rooms"];
+        assert_eq!(
+            *rooms,
+            serde_json::json!([{"name":"lobby","members":0},{"name":"r2","members":1},{"name":"r3","members":1}])
+        );
+    }
+
+    #[test]
+    fn shutdown_closes_everyone_with_1001() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        hub.handle(Command::Shutdown);
+        assert_eq!(a.events().last().unwrap()["close"], 1001);
+        let (tx, _rx) = async_channel::bounded(8);
+        let (reply, replies) = async_channel::bounded(1);
+        hub.handle(Command::Connect { queue: tx, reply });
+        assert!(replies.try_recv().is_err(), "no new clients after shutdown");
+    }
+}

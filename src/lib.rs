@@ -1,0 +1,232 @@
+//! smolchat: a small WebSocket chat server with rooms, nicknames, presence and history.
+//!
+//! ```text
+//!  TCP accept (server.rs)
+//!    └─ read HTTP head (http.rs) ── GET /healthz, /metrics, 404, 405, 431, 503 ...
+//!                                 └ GET /ws → origin + capacity check → 101 → session.rs
+//!    reader future:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
+//!    writer future:  own bounded queue ◄── hub (try_send only)
+//!                    recv → feed, drain what is queued, flush once; pings; close codes
+//!  hub.rs (one future, owns all chat state):
+//!    Slab<Client{ queue, nick, rooms }>, rooms: name → Room{ members, history ring, ids }
+//!    command in → state change → each event encoded ONCE → shared by refcount with recipients
+//! ```
+//!
+//! The pieces that hold chat logic ([`hub`], [`room`], [`protocol`], the session) are written
+//! against `futures-io` traits and `async-channel` and run on any executor. Only [`server`]
+//! (the accept loop and its threads) uses smol.
+//!
+//! Two ways in:
+//! - [`server::start`] binds a listener, runs everything on its own executor threads and
+//!   reports the bound address (port 0 works), which is what the binary and the tests use.
+//! - [`Chat::new`] gives a handle plus the hub future, for embedding: spawn the future on any
+//!   executor, then hand each accepted connection to [`Chat::serve`].
+
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod deadline;
+pub mod http;
+pub mod hub;
+pub mod logger;
+pub mod metrics;
+pub mod protocol;
+pub mod room;
+pub mod server;
+mod session;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+
+use async_channel::Sender;
+use async_tungstenite::WebSocketStream;
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+
+pub use config::Config;
+use deadline::within;
+use http::{HeadError, Response, Route};
+use hub::{Command, Hub};
+pub use metrics::Metrics;
+use metrics::Refusal;
+
+/// Commands that may wait in the hub's inbox before readers have to wait their turn.
+const INBOX_CAPACITY: usize = 1024;
+
+/// A handle to a running hub: cheap to clone, one per accepted connection if you like.
+#[derive(Clone)]
+pub struct Chat {
+    inbox: Sender<Command>,
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+}
+
+impl Chat {
+    /// Creates the hub for `config`. Returns the handle and the hub's future, which must be
+    /// spawned (or otherwise polled) for anything to happen; it ends once every handle and
+    /// session is gone.
+    pub fn new(config: Config) -> (Chat, impl Future<Output = ()> + Send + 'static) {
+        let config = Arc::new(config);
+        let metrics = Arc::new(Metrics::default());
+        let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
+        let hub = Hub::new(config.clone(), metrics.clone());
+        let chat = Chat {
+            inbox,
+            config,
+            metrics,
+        };
+        (chat, hub::run(hub, commands))
+    }
+
+    /// The configuration the hub was created with.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The server's counters.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Asks the hub to close every client with 1001 and to accept no new ones.
+    pub async fn shutdown(&self) {
+        let _ = self.inbox.send(Command::Shutdown).await;
+    }
+
+    /// Serves one accepted connection from its first byte to its end: reads the HTTP request,
+    /// answers it, and for `GET /ws` runs the WebSocket session. `peer` appears in logs.
+    pub async fn serve<S>(&self, mut stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let head = within(self.config.handshake_timeout, http::read_head(&mut stream)).await;
+        let (head, leftover) = match head {
+            Some(Ok(read)) => read,
+            Some(Err(HeadError::Io)) => return,
+            Some(Err(HeadError::TooLarge)) => {
+                self.refuse(
+                    &mut stream,
+                    peer,
+                    Response::text(431, "request head too large"),
+                    Refusal::HeadTooLarge,
+                )
+                .await;
+                return;
+            }
+            Some(Err(HeadError::Malformed)) => {
+                self.refuse(
+                    &mut stream,
+                    peer,
+                    Response::text(400, "malformed HTTP request"),
+                    Refusal::BadRequest,
+                )
+                .await;
+                return;
+            }
+            None => {
+                self.metrics.refuse(Refusal::Timeout);
+                logger::refusal(peer, "refused: request head not complete in time");
+                return;
+            }
+        };
+        let accept_key = match http::route(&head, &self.config) {
+            Route::Health => {
+                let _ = Response::text(200, "ok").write(&mut stream).await;
+                return;
+            }
+            Route::Metrics => {
+                let mut r = Response::text(200, "");
+                r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+                r.body = self.metrics.render();
+                let _ = r.write(&mut stream).await;
+                return;
+            }
+            Route::Refuse(response, None) => {
+                let _ = response.write(&mut stream).await;
+                return;
+            }
+            Route::Refuse(response, Some(why)) => {
+                self.refuse(&mut stream, peer, response, why).await;
+                return;
+            }
+            Route::Upgrade { accept_key } => accept_key,
+        };
+
+        let Some(_slot) = ConnectionSlot::take(&self.metrics, self.config.max_connections as u64)
+        else {
+            let busy = Response::text(503, "server full; try again later").with("Retry-After", "5");
+            self.refuse(&mut stream, peer, busy, Refusal::Capacity)
+                .await;
+            return;
+        };
+        let written = async {
+            stream
+                .write_all(http::switching_protocols(&accept_key).as_bytes())
+                .await?;
+            stream.flush().await
+        };
+        if !matches!(
+            within(self.config.write_timeout, written).await,
+            Some(Ok(()))
+        ) {
+            return;
+        }
+        let ws = WebSocketStream::from_partially_read(
+            stream,
+            leftover,
+            Role::Server,
+            Some(self.ws_config()),
+        )
+        .await;
+        session::run(self, ws, peer).await;
+    }
+
+    async fn refuse<S: AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        peer: &str,
+        response: Response,
+        why: Refusal,
+    ) {
+        self.metrics.refuse(why);
+        logger::refusal(
+            peer,
+            &format!("refused: {} {}", response.status, response.body.trim_end()),
+        );
+        let _ = within(self.config.write_timeout, response.write(stream)).await;
+    }
+
+    /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,
+    /// 64 MiB messages) would cost more per idle connection than everything else together.
+    fn ws_config(&self) -> WebSocketConfig {
+        let max = self.config.max_message_bytes;
+        WebSocketConfig::default()
+            .read_buffer_size(4096.min(max.max(1024)))
+            .write_buffer_size(16 * 1024)
+            .max_write_buffer_size(16 * 1024 + 64 * 1024 + max)
+            .max_message_size(Some(max))
+            .max_frame_size(Some(max))
+    }
+}
+
+/// Counts a WebSocket session in `connections` for as long as it lives.
+struct ConnectionSlot<'a>(&'a Metrics);
+
+impl<'a> ConnectionSlot<'a> {
+    fn take(metrics: &'a Metrics, max: u64) -> Option<Self> {
+        let now = metrics.connections.fetch_add(1, Relaxed);
+        if now >= max {
+            metrics.connections.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Metrics::add(&metrics.connections_total, 1);
+        Some(ConnectionSlot(metrics))
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Relaxed);
+    }
+}

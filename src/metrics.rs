@@ -1,0 +1,218 @@
+//! Counters for `/metrics`, and their rendering as Prometheus text.
+//!
+//! Every part of the server holds an `Arc<Metrics>` and bumps plain atomic counters with
+//! relaxed ordering: each counter is independent, and a scrape that sees one a moment before
+//! another is fine. Data leaves through [`Metrics::render`], called by the HTTP route.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Why an HTTP request or upgrade was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// A browser origin that is not allowed (403).
+    Origin,
+    /// `--max-connections` reached (503).
+    Capacity,
+    /// Request head over 8 KiB (431).
+    HeadTooLarge,
+    /// Request head not complete within `--handshake-timeout`.
+    Timeout,
+    /// Anything else malformed: bad method, bad upgrade headers, unparsable head.
+    BadRequest,
+}
+
+impl Refusal {
+    const ALL: [Refusal; 5] = [
+        Refusal::Origin,
+        Refusal::Capacity,
+        Refusal::HeadTooLarge,
+        Refusal::Timeout,
+        Refusal::BadRequest,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Refusal::Origin => "origin",
+            Refusal::Capacity => "capacity",
+            Refusal::HeadTooLarge => "head_too_large",
+            Refusal::Timeout => "timeout",
+            Refusal::BadRequest => "bad_request",
+        }
+    }
+}
+
+/// The close codes the server sends, each counted separately.
+pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1003, 1007, 1008, 1009, 1011, 1013];
+
+/// All of the server's counters.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// WebSocket sessions open now.
+    pub connections: AtomicU64,
+    /// WebSocket sessions ever opened.
+    pub connections_total: AtomicU64,
+    /// Rooms the hub holds now.
+    pub rooms: AtomicU64,
+    /// Chat and direct messages accepted from clients.
+    pub messages_received: AtomicU64,
+    /// Events placed in client queues.
+    pub events_delivered: AtomicU64,
+    /// WebSocket payload bytes received.
+    pub bytes_in: AtomicU64,
+    /// WebSocket payload bytes written.
+    pub bytes_out: AtomicU64,
+    /// Clients disconnected because their queue was full.
+    pub slow_consumers: AtomicU64,
+    /// Messages refused by the rate limit.
+    pub rate_limited: AtomicU64,
+    refused: [AtomicU64; 5],
+    closes: [AtomicU64; CLOSE_CODES.len()],
+}
+
+impl Metrics {
+    /// Counts one refusal.
+    pub fn refuse(&self, why: Refusal) {
+        self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Refusals of one kind so far.
+    pub fn refused(&self, why: Refusal) -> u64 {
+        self.refused[why as usize].load(Relaxed)
+    }
+
+    /// Counts one close frame sent with `code`.
+    pub fn close_sent(&self, code: u16) {
+        if let Some(i) = CLOSE_CODES.iter().position(|&c| c == code) {
+            self.closes[i].fetch_add(1, Relaxed);
+        }
+    }
+
+    /// Close frames sent with `code` so far.
+    pub fn closes_sent(&self, code: u16) -> u64 {
+        CLOSE_CODES
+            .iter()
+            .position(|&c| c == code)
+            .map_or(0, |i| self.closes[i].load(Relaxed))
+    }
+
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// The Prometheus text exposition of every counter.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(2048);
+        let mut one = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
+            let _ = write!(
+                out,
+                "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} {kind}\nsmolchat_{name} {}\n",
+                value.load(Relaxed)
+            );
+        };
+        one(
+            "connections",
+            "gauge",
+            "WebSocket sessions open now.",
+            &self.connections,
+        );
+        one(
+            "connections_total",
+            "counter",
+            "WebSocket sessions opened.",
+            &self.connections_total,
+        );
+        one(
+            "rooms",
+            "gauge",
+            "Rooms held, empty ones with history included.",
+            &self.rooms,
+        );
+        one(
+            "messages_received_total",
+            "counter",
+            "Chat and direct messages accepted.",
+            &self.messages_received,
+        );
+        one(
+            "events_delivered_total",
+            "counter",
+            "Events queued to clients.",
+            &self.events_delivered,
+        );
+        one(
+            "bytes_in_total",
+            "counter",
+            "WebSocket payload bytes received.",
+            &self.bytes_in,
+        );
+        one(
+            "bytes_out_total",
+            "counter",
+            "WebSocket payload bytes sent.",
+            &self.bytes_out,
+        );
+        one(
+            "slow_consumers_total",
+            "counter",
+            "Clients disconnected because their queue filled.",
+            &self.slow_consumers,
+        );
+        one(
+            "rate_limited_total",
+            "counter",
+            "Messages refused by the rate limit.",
+            &self.rate_limited,
+        );
+
+        out.push_str(
+            "# HELP smolchat_refused_total HTTP requests and upgrades refused, by cause.\n",
+        );
+        out.push_str("# TYPE smolchat_refused_total counter\n");
+        for why in Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "smolchat_refused_total{{cause=\"{}\"}} {}",
+                why.label(),
+                self.refused(why)
+            );
+        }
+        out.push_str("# HELP smolchat_close_codes_total WebSocket close frames sent, by code.\n");
+        out.push_str("# TYPE smolchat_close_codes_total counter\n");
+        for code in CLOSE_CODES {
+            let _ = writeln!(
+                out,
+                "smolchat_close_codes_total{{code=\"{code}\"}} {}",
+                self.closes_sent(code)
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_counter_with_help_and_type() {
+        let m = Metrics::default();
+        Metrics::add(&m.messages_received, 3);
+        m.refuse(Refusal::Origin);
+        m.close_sent(1013);
+        let text = m.render();
+        assert!(text.contains(
+            "# TYPE smolchat_messages_received_total counter\nsmolchat_messages_received_total 3\n"
+        ));
+        assert!(text.contains("smolchat_refused_total{cause=\"origin\"} 1\n"));
+        assert!(text.contains("smolchat_close_codes_total{code=\"1013\"} 1\n"));
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            assert!(
+                text.contains(&format!("# HELP {name} ")),
+                "{name} has no HELP"
+            );
+        }
+    }
+}

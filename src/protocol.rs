@@ -1,0 +1,423 @@
+//! Protocol v1 on the wire: what clients send, what the server sends back, and the error codes.
+//!
+//! Data enters as the text of one WebSocket frame: [`parse`] turns it into a [`Request`] or an
+//! [`Error`] the sender should see. Data leaves as an [`Event`], which [`Event::encode`]
+//! serializes once into a reference-counted [`Frame`] that the hub hands to every recipient.
+//! Names are checked here ([`valid_nick`], [`valid_room`]) so the hub only sees well-formed ones.
+//! `docs/protocol.md` is the reader's version of this file.
+
+use serde::{Deserialize, Serialize};
+
+/// One encoded event, ready to be written as a WebSocket text frame. Cloning it bumps a
+/// reference count; the bytes are shared by every recipient.
+pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
+
+/// Longest nick or room name, in characters.
+pub const MAX_NAME_CHARS: usize = 32;
+
+/// A command from a client, already validated as far as it can be without the hub's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// Change this client's nick.
+    Nick { nick: String },
+    /// Join a room (or resync one the client is in), replaying history after `since`.
+    Join {
+        room: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// Leave a room.
+    Leave { room: String },
+    /// Say something in a room; `room: None` means the client's current room (plain text frames).
+    Say { room: Option<String>, text: String },
+    /// Send a private message to one nick.
+    Direct { to: String, text: String },
+    /// List a room's members.
+    Who { room: String },
+    /// List the rooms that have members.
+    Rooms,
+}
+
+/// The error codes of protocol v1, sent in `error` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// Malformed JSON, unknown type, or a missing or empty field.
+    BadRequest,
+    /// A nick that breaks the naming rules.
+    InvalidNick,
+    /// A nick someone else already has (ignoring case).
+    NickTaken,
+    /// A room name that breaks the naming rules.
+    InvalidRoom,
+    /// The command needs membership of a room the client is not in.
+    NotMember,
+    /// A direct message to a nick nobody has.
+    UnknownRecipient,
+    /// The client sends faster than `--rate-limit` allows.
+    RateLimited,
+    /// Joining would pass `--max-rooms` or `--max-rooms-per-client`.
+    RoomLimit,
+}
+
+/// A refusal to show the client: a code to branch on and a sentence for people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    /// What kind of refusal this is.
+    pub code: ErrorCode,
+    /// What was wrong and what to do instead.
+    pub message: String,
+}
+
+impl Error {
+    /// An error with the given code and message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Error {
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// The JSON shape of a client command, before validation. Unknown fields are ignored so that
+/// newer clients can add optional fields without breaking older servers.
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Wire {
+    Nick {
+        nick: String,
+    },
+    Join {
+        room: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    Leave {
+        room: String,
+    },
+    Say {
+        room: String,
+        text: String,
+    },
+    Direct {
+        to: String,
+        text: String,
+    },
+    Who {
+        room: String,
+    },
+    Rooms {},
+}
+
+/// Parses one text frame. A frame whose first non-blank character is not `{` is plain text for
+/// the sender's current room, as in the classic hub chat; one that starts with `{` must be a
+/// valid command object. `max_text` is the longest `text` accepted, in bytes.
+pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
+    if !frame.trim_start().starts_with('{') {
+        let text = check_text(frame, max_text)?;
+        return Ok(Request::Say { room: None, text });
+    }
+    let wire: Wire = serde_json::from_str(frame).map_err(|e| {
+        Error::new(
+            ErrorCode::BadRequest,
+            format!("not a valid command: {e}; see docs/protocol.md"),
+        )
+    })?;
+    Ok(match wire {
+        Wire::Nick { nick } => {
+            nonempty("nick", &nick)?;
+            if !valid_nick(&nick) {
+                return Err(Error::new(
+                    ErrorCode::InvalidNick,
+                    "a nick is 1-32 characters: letters, digits, '_', '-' or '.'",
+                ));
+            }
+            Request::Nick { nick }
+        }
+        Wire::Join { room, since, epoch } => Request::Join {
+            room: room_name(room)?,
+            since,
+            epoch,
+        },
+        Wire::Leave { room } => Request::Leave {
+            room: room_name(room)?,
+        },
+        Wire::Say { room, text } => Request::Say {
+            room: Some(room_name(room)?),
+            text: check_text(&text, max_text)?,
+        },
+        Wire::Direct { to, text } => {
+            nonempty("to", &to)?;
+            Request::Direct {
+                to,
+                text: check_text(&text, max_text)?,
+            }
+        }
+        Wire::Who { room } => Request::Who {
+            room: room_name(room)?,
+        },
+        Wire::Rooms {} => Request::Rooms,
+    })
+}
+
+fn nonempty(field: &str, value: &str) -> Result<(), Error> {
+    if value.is_empty() {
+        Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("field \"{field}\" must not be empty"),
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+fn room_name(room: String) -> Result<String, Error> {
+    nonempty("room", &room)?;
+    if valid_room(&room) {
+        Ok(room)
+    } else {
+        Err(Error::new(
+            ErrorCode::InvalidRoom,
+            "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
+        ))
+    }
+}
+
+fn check_text(text: &str, max_text: usize) -> Result<String, Error> {
+    nonempty("text", text)?;
+    if text.len() > max_text {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!("text is {} bytes; the limit is {max_text}", text.len()),
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// True for 1-32 characters of ASCII letters, digits, `_`, `-` and `.`.
+pub fn valid_nick(nick: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&nick.len())
+        && nick
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// True for 1-32 characters of `a-z`, `0-9`, `_` and `-`.
+pub fn valid_room(room: &str) -> bool {
+    (1..=MAX_NAME_CHARS).contains(&room.len())
+        && room
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-'))
+}
+
+/// Why a client left a room, carried by `leave` events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LeaveReason {
+    /// The client sent `leave`.
+    Left,
+    /// The connection ended.
+    Disconnected,
+    /// Nothing arrived from the client for `--idle-timeout`.
+    Timeout,
+    /// The client's queue filled up: it did not read fast enough.
+    SlowConsumer,
+    /// The server is shutting down.
+    Shutdown,
+}
+
+/// The limits a client is told about in `welcome`, so it can stay within them.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Limits {
+    /// Largest frame the server accepts, in bytes.
+    pub max_message_bytes: usize,
+    /// Messages each room keeps for replay.
+    pub history: usize,
+    /// Messages per second allowed (0: no limit).
+    pub rate_limit: u32,
+    /// Burst allowed above the rate.
+    pub rate_burst: u32,
+    /// Rooms one client may be in.
+    pub max_rooms_per_client: usize,
+}
+
+/// One entry of a `rooms` event.
+#[derive(Debug, Clone, Serialize)]
+pub struct RoomSummary<'a> {
+    /// The room's name.
+    pub name: &'a str,
+    /// How many clients are in it.
+    pub members: usize,
+}
+
+/// An event from the server, borrowing its fields from the hub's state while it is encoded.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event<'a> {
+    /// First event on every connection.
+    Welcome {
+        nick: &'a str,
+        server: &'a str,
+        limits: Limits,
+    },
+    /// To a client that joined (or resynced) a room.
+    Room {
+        room: &'a str,
+        epoch: &'a str,
+        members: Vec<&'a str>,
+        last_id: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        complete: Option<bool>,
+    },
+    /// To a room's other members when someone joins it.
+    Join { room: &'a str, nick: &'a str },
+    /// To a room's remaining members when someone leaves it.
+    Leave {
+        room: &'a str,
+        nick: &'a str,
+        reason: LeaveReason,
+    },
+    /// A chat message, to every member of the room (the sender included).
+    Message {
+        room: &'a str,
+        id: u64,
+        from: &'a str,
+        text: &'a str,
+        ts: u64,
+    },
+    /// A rename, to the renamed client and everyone who shares a room with it.
+    Nick { old: &'a str, nick: &'a str },
+    /// A private message, to its recipient and back to its sender.
+    Direct {
+        from: &'a str,
+        to: &'a str,
+        text: &'a str,
+        ts: u64,
+    },
+    /// The answer to `who`.
+    Members {
+        room: &'a str,
+        members: Vec<&'a str>,
+    },
+    /// The answer to `rooms`.
+    Rooms { rooms: Vec<RoomSummary<'a>> },
+    /// A refusal; the connection stays open.
+    Error { code: ErrorCode, message: &'a str },
+}
+
+impl Event<'_> {
+    /// Serializes the event once; the result is shared by all its recipients.
+    pub fn encode(&self) -> Frame {
+        // Serializing these types cannot fail: every key is a string and no value is a float.
+        let json = serde_json::to_string(self).expect("events always serialize");
+        Frame::from(json)
+    }
+}
+
+impl Error {
+    /// The `error` event for this refusal.
+    pub fn encode(&self) -> Frame {
+        Event::Error {
+            code: self.code,
+            message: &self.message,
+        }
+        .encode()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code(frame: &str) -> ErrorCode {
+        parse(frame, 100).unwrap_err().code
+    }
+
+    #[test]
+    fn commands_parse() {
+        assert_eq!(
+            parse(
+                r#"{"type":"join","room":"dev","since":4,"epoch":"e1","extra":1}"#,
+                100
+            ),
+            Ok(Request::Join {
+                room: "dev".into(),
+                since: Some(4),
+                epoch: Some("e1".into())
+            })
+        );
+        assert_eq!(parse(r#"{"type":"rooms"}"#, 100), Ok(Request::Rooms));
+        assert_eq!(
+            parse("  hello {there}", 100),
+            Ok(Request::Say {
+                room: None,
+                text: "  hello {there}".into()
+            })
+        );
+        assert_eq!(
+            parse("[1,2]", 100),
+            Ok(Request::Say {
+                room: None,
+                text: "[1,2]".into()
+            })
+        );
+    }
+
+    #[test]
+    fn bad_commands_get_the_right_code() {
+        assert_eq!(code("{not json"), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"room":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(code(r#"{"type":"say","room":"x"}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"say","room":"x","text":""}"#),
+            ErrorCode::BadRequest
+        );
+        assert_eq!(code(r#"{"type":"nick","nick":""}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(r#"{"type":"nick","nick":"a b"}"#),
+            ErrorCode::InvalidNick
+        );
+        assert_eq!(
+            code(r#"{"type":"join","room":"Dev"}"#),
+            ErrorCode::InvalidRoom
+        );
+        assert_eq!(code(r#"{"type":"join","room":5}"#), ErrorCode::BadRequest);
+        assert_eq!(
+            code(&format!(
+                r#"{{"type":"say","room":"x","text":"{}"}}"#,
+                "a".repeat(101)
+            )),
+            ErrorCode::BadRequest
+        );
+    }
+
+    #[test]
+    fn names() {
+        assert!(valid_nick("Ada.L-1_x"));
+        assert!(!valid_nick(&"a".repeat(33)));
+        assert!(!valid_nick("é"));
+        assert!(valid_room("dev-ops_2"));
+        assert!(!valid_room("Dev"));
+        assert!(!valid_room(""));
+    }
+
+    #[test]
+    fn events_encode_with_exact_field_names() {
+        let f = Event::Leave {
+            room: "dev",
+            nick: "ada",
+            reason: LeaveReason::SlowConsumer,
+        }
+        .encode();
+        assert_eq!(
+            f.as_str(),
+            r#"{"type":"leave","room":"dev","nick":"ada","reason":"slow_consumer"}"#
+        );
+        let e = Error::new(ErrorCode::UnknownRecipient, "no such nick").encode();
+        assert_eq!(
+            e.as_str(),
+            r#"{"type":"error","code":"unknown_recipient","message":"no such nick"}"#
+        );
+    }
+}

@@ -1,0 +1,213 @@
+//! One room: who is in it, the messages it remembers, and the rules for replaying them.
+//!
+//! The hub owns every [`Room`] and is the only caller. Members enter and leave through
+//! [`Room::add`] and [`Room::remove`]; messages enter through [`Room::push`], which assigns the
+//! next id, and leave again through [`Room::replay`] when a client joins or recovers after a
+//! reconnect. The room stores each message already encoded, so a replay re-sends the very bytes
+//! the live recipients got, without encoding anything again.
+
+use std::collections::VecDeque;
+
+use crate::protocol::Frame;
+
+/// A room's members (hub client keys, in join order) and its history ring.
+#[derive(Debug)]
+pub struct Room {
+    /// Identifies this life of the room's history; message ids are only comparable within it.
+    epoch: String,
+    members: Vec<usize>,
+    /// The last `capacity` messages as `(id, encoded message event)`, oldest first.
+    history: VecDeque<(u64, Frame)>,
+    capacity: usize,
+    last_id: u64,
+    /// Hub tick of the last time the room became empty, for evicting the least recently used.
+    pub(crate) idle_since: u64,
+}
+
+/// What a join replays: the messages to re-send and whether nothing in between was lost.
+#[derive(Debug)]
+pub struct Replay<'a> {
+    /// Encoded `message` events to send, oldest first.
+    pub messages: Vec<&'a Frame>,
+    /// For a recovering client: false when some messages after its cursor were evicted or its
+    /// epoch is not the room's. `None` for a plain join, which asked for no cursor.
+    pub complete: Option<bool>,
+}
+
+impl Room {
+    /// An empty room that will remember up to `capacity` messages.
+    pub fn new(epoch: String, capacity: usize) -> Self {
+        Room {
+            epoch,
+            members: Vec::new(),
+            history: VecDeque::with_capacity(capacity.min(16)),
+            capacity,
+            last_id: 0,
+            idle_since: 0,
+        }
+    }
+
+    /// This life of the room's history.
+    pub fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The id of the newest message ever said here (0 before the first).
+    pub fn last_id(&self) -> u64 {
+        self.last_id
+    }
+
+    /// Member keys in join order.
+    pub fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// True when `key` is a member.
+    pub fn contains(&self, key: usize) -> bool {
+        self.members.contains(&key)
+    }
+
+    /// Adds a member; returns false if it was already in.
+    pub fn add(&mut self, key: usize) -> bool {
+        if self.contains(key) {
+            return false;
+        }
+        self.members.push(key);
+        true
+    }
+
+    /// Removes a member; returns false if it was not in.
+    pub fn remove(&mut self, key: usize) -> bool {
+        match self.members.iter().position(|&k| k == key) {
+            Some(i) => {
+                // Order matters for the member list clients see, so no swap_remove.
+                self.members.remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Assigns the next message id. The caller encodes the event with it and hands it back
+    /// through [`Room::remember`].
+    pub fn next_id(&mut self) -> u64 {
+        self.last_id += 1;
+        self.last_id
+    }
+
+    /// Stores the encoded message with id [`Room::last_id`], evicting the oldest if full.
+    pub fn remember(&mut self, frame: Frame) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.history.len() == self.capacity {
+            self.history.pop_front();
+        }
+        self.history.push_back((self.last_id, frame));
+    }
+
+    /// What to replay for a join. `since` and `epoch` are the client's cursor, if it sent one:
+    /// with neither, everything retained is replayed and `complete` is not reported.
+    pub fn replay(&self, since: Option<u64>, epoch: Option<&str>) -> Replay<'_> {
+        let all = || self.history.iter().map(|(_, f)| f).collect();
+        if since.is_none() && epoch.is_none() {
+            return Replay {
+                messages: all(),
+                complete: None,
+            };
+        }
+        if epoch.is_some_and(|e| e != self.epoch) {
+            // The cursor belongs to an earlier life of this room: its ids mean nothing here.
+            return Replay {
+                messages: all(),
+                complete: Some(false),
+            };
+        }
+        let since = since.unwrap_or(0);
+        let messages: Vec<&Frame> = self
+            .history
+            .iter()
+            .filter(|(id, _)| *id > since)
+            .map(|(_, f)| f)
+            .collect();
+        // Complete when every id in since+1 ..= last_id is still here.
+        let oldest = self.history.front().map_or(self.last_id + 1, |(id, _)| *id);
+        let complete = since >= self.last_id || oldest <= since + 1;
+        Replay {
+            messages,
+            complete: Some(complete),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room_with(capacity: usize, messages: u64) -> Room {
+        let mut r = Room::new("e1".into(), capacity);
+        for _ in 0..messages {
+            let id = r.next_id();
+            r.remember(Frame::from(id.to_string()));
+        }
+        r
+    }
+
+    fn ids(replay: &Replay) -> Vec<String> {
+        replay
+            .messages
+            .iter()
+            .map(|f| f.as_str().to_string())
+            .collect()
+    }
+
+    #[test]
+    fn history_is_a_ring_with_increasing_ids() {
+        let r = room_with(3, 5);
+        assert_eq!(r.last_id(), 5);
+        let all = r.replay(None, None);
+        assert_eq!(ids(&all), ["3", "4", "5"]);
+        assert_eq!(all.complete, None);
+    }
+
+    #[test]
+    fn recovery_reports_gaps() {
+        let r = room_with(3, 5);
+        let caught_up = r.replay(Some(5), Some("e1"));
+        assert!(caught_up.messages.is_empty());
+        assert_eq!(caught_up.complete, Some(true));
+
+        let small_gap = r.replay(Some(2), Some("e1"));
+        assert_eq!(ids(&small_gap), ["3", "4", "5"]);
+        assert_eq!(small_gap.complete, Some(true));
+
+        let lost = r.replay(Some(1), None);
+        assert_eq!(ids(&lost), ["3", "4", "5"]);
+        assert_eq!(lost.complete, Some(false), "message 2 was evicted");
+
+        let other_life = r.replay(Some(4), Some("e0"));
+        assert_eq!(ids(&other_life), ["3", "4", "5"]);
+        assert_eq!(other_life.complete, Some(false));
+    }
+
+    #[test]
+    fn no_history_means_incomplete_unless_caught_up() {
+        let r = room_with(0, 2);
+        assert_eq!(r.replay(Some(1), None).complete, Some(false));
+        assert_eq!(r.replay(Some(2), None).complete, Some(true));
+        let empty = room_with(0, 0);
+        assert_eq!(empty.replay(Some(0), Some("e1")).complete, Some(true));
+    }
+
+    #[test]
+    fn members_keep_join_order() {
+        let mut r = Room::new("e".into(), 1);
+        assert!(r.add(3));
+        assert!(r.add(1));
+        assert!(!r.add(3));
+        assert!(r.add(2));
+        assert!(r.remove(3));
+        assert!(!r.remove(3));
+        assert_eq!(r.members(), &[1, 2]);
+    }
+}

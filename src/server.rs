@@ -1,0 +1,159 @@
+//! The smol side: the listening socket, the accept loop, executor threads and shutdown.
+//!
+//! [`start`] binds the address from the config, creates the hub ([`Chat::new`]) and runs the
+//! hub and the accept loop on a `smol::Executor` driven by `--threads` threads. Each accepted
+//! socket gets `TCP_NODELAY` and its own task, which hands it to [`Chat::serve`]. Everything
+//! chat-related lives behind that call; this file only moves sockets and threads around.
+//!
+//! [`Running::shutdown`] stops accepting, asks the hub to close every client with 1001, waits
+//! up to `--shutdown-timeout` for the sessions to finish writing, and stops the threads.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use async_channel::{Receiver, Sender};
+use smol::{Async, Executor, future};
+
+use crate::{Chat, Config};
+
+/// A server running on its own threads.
+pub struct Running {
+    addr: SocketAddr,
+    chat: Chat,
+    executor: Arc<Executor<'static>>,
+    /// Closed to stop the accept loop (and, last, the executor threads).
+    stop_accepting: Sender<()>,
+    stop_threads: Sender<()>,
+    /// Every session holds a clone of the matching sender; `recv` fails once all are gone.
+    sessions: Receiver<()>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Binds `config.listen` and starts serving on `config.threads` threads (0: one per core).
+pub fn start(config: Config) -> io::Result<Running> {
+    let listener = TcpListener::bind(config.listen)?;
+    let addr = listener.local_addr()?;
+    let listener = Async::new(listener)?;
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+
+    let (chat, hub) = Chat::new(config);
+    let executor = Arc::new(Executor::new());
+    executor.spawn(hub).detach();
+
+    let (stop_accepting, accepting_stopped) = async_channel::bounded::<()>(1);
+    let (session_alive, sessions) = async_channel::bounded::<()>(1);
+    let accept = accept_loop(listener, chat.clone(), executor.clone(), session_alive);
+    executor
+        .spawn(async move {
+            // `recv` fails when `stop_accepting` is closed, which ends the loop.
+            future::or(accept, async {
+                let _ = accepting_stopped.recv().await;
+            })
+            .await
+        })
+        .detach();
+
+    let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
+    let threads = (0..threads)
+        .map(|i| {
+            let ex = executor.clone();
+            let stop = threads_stopped.clone();
+            std::thread::Builder::new()
+                .name(format!("smolchat-{i}"))
+                .spawn(move || future::block_on(ex.run(stop.recv())).unwrap_or(()))
+                .expect("spawn executor thread")
+        })
+        .collect();
+    log::info!("listening on {addr} (WebSocket at ws://{addr}/ws)");
+    Ok(Running {
+        addr,
+        chat,
+        executor,
+        stop_accepting,
+        stop_threads,
+        sessions,
+        threads,
+    })
+}
+
+async fn accept_loop(
+    listener: Async<TcpListener>,
+    chat: Chat,
+    executor: Arc<Executor<'static>>,
+    session_alive: Sender<()>,
+) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of descriptors or a connection reset before we got to it: log it, and
+                // pause briefly so a persistent error does not become a busy loop.
+                log::warn!("accept failed: {e}");
+                smol::Timer::after(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.get_ref().set_nodelay(true);
+        let chat = chat.clone();
+        let alive = session_alive.clone();
+        executor
+            .spawn(async move {
+                serve(chat, stream, peer).await;
+                drop(alive);
+            })
+            .detach();
+    }
+}
+
+async fn serve(chat: Chat, stream: Async<TcpStream>, peer: SocketAddr) {
+    chat.serve(stream, &peer.to_string()).await;
+}
+
+impl Running {
+    /// The address the server listens on (useful with port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The hub handle, for metrics or for serving more connections by hand.
+    pub fn chat(&self) -> &Chat {
+        &self.chat
+    }
+
+    /// Shuts down gracefully: stop accepting, close every client with 1001, give them up to
+    /// `--shutdown-timeout` to flush, then stop the executor threads. Blocks until done.
+    pub fn shutdown(self) {
+        let Running {
+            chat,
+            executor,
+            stop_accepting,
+            stop_threads,
+            sessions,
+            threads,
+            ..
+        } = self;
+        stop_accepting.close();
+        let timeout = chat.config().shutdown_timeout;
+        let drained = future::block_on(executor.run(async {
+            chat.shutdown().await;
+            crate::deadline::within(timeout, async {
+                // Fails (returns) once the last session has dropped its sender.
+                let _ = sessions.recv().await;
+            })
+            .await
+        }));
+        if drained.is_none() {
+            log::warn!("shutdown: some clients did not finish within {timeout:?}");
+        }
+        stop_threads.close();
+        for t in threads {
+            let _ = t.join();
+        }
+        log::info!("stopped");
+    }
+}

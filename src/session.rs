@@ -1,0 +1,339 @@
+//! One client's WebSocket session: a reader future and a writer future over one socket.
+//!
+//! The **reader** turns frames into [`Command`]s for the hub's bounded inbox. It awaits on that
+//! inbox, so a busy hub slows clients down through TCP backpressure instead of growing memory.
+//! It also enforces what can be checked without the hub: frame size and type, UTF-8, and the
+//! per-client rate limit.
+//!
+//! The **writer** drains the client's own bounded queue, which only the hub fills. After each
+//! `recv` it feeds every event already queued and flushes once, so a burst costs one write.
+//! It also sends pings, notices a silent client, and gives up on a write that makes no
+//! progress.
+//!
+//! Both run inside one task (`future::or`); whichever ends first ends the session. The session
+//! then tells the hub the client is gone, sends a close frame if it has one to send, and
+//! lingers briefly so that frame reaches the client before the socket closes.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use async_channel::Receiver;
+use async_io::Timer;
+use async_tungstenite::tungstenite::error::ProtocolError;
+use async_tungstenite::tungstenite::protocol::CloseFrame;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
+use futures_util::SinkExt;
+
+use crate::Chat;
+use crate::deadline::within;
+use crate::hub::{ClientId, Command, Outgoing};
+use crate::metrics::Metrics;
+use crate::protocol::{self, Error, ErrorCode, LeaveReason};
+
+/// Refusals in a row, after which a flooding client is closed with 1008.
+pub const FLOOD_REFUSALS: u32 = 50;
+/// How long a session waits for the client to acknowledge a close frame.
+const LINGER: Duration = Duration::from_secs(2);
+
+/// How a session ended.
+#[derive(Debug, PartialEq, Eq)]
+enum End {
+    /// The client closed, or the connection failed: nothing more can be sent.
+    Gone,
+    /// The server closes with this code and reason; the client's rooms see `leave`.
+    Close {
+        code: u16,
+        reason: &'static str,
+        leave: LeaveReason,
+    },
+    /// The hub closed the queue after a close item (slow consumer, shutdown); the writer sent
+    /// the close frame.
+    ClosedByHub,
+}
+
+impl End {
+    fn violation(code: u16, reason: &'static str) -> End {
+        End::Close {
+            code,
+            reason,
+            leave: LeaveReason::Disconnected,
+        }
+    }
+}
+
+/// Runs the session for an upgraded connection until it ends. `peer` is only for logs.
+pub(crate) async fn run<S>(chat: &Chat, ws: WebSocketStream<S>, peer: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (queue_tx, queue) = async_channel::bounded(chat.config.queue);
+    let (reply, id) = async_channel::bounded(1);
+    let (mut sink, mut stream) = ws.split();
+    let registered = chat
+        .inbox
+        .send(Command::Connect {
+            queue: queue_tx,
+            reply,
+        })
+        .await;
+    let client = match (registered, id.recv().await) {
+        (Ok(()), Ok(client)) => client,
+        _ => {
+            // The hub is shutting down or gone.
+            let (code, reason) = crate::hub::SHUTDOWN_CLOSE;
+            let _ = within(LINGER, sink.send(close(code, reason))).await;
+            chat.metrics.close_sent(code);
+            return;
+        }
+    };
+    log::info!("{peer}: connected");
+
+    let last_seen = AtomicU64::new(0);
+    let started = Instant::now();
+    let reader = read_loop(chat, client, &mut stream, &last_seen, started);
+    let writer = write_loop(chat, &mut sink, &queue, &last_seen, started);
+    let end = reader.or(writer).await;
+
+    let leave = match &end {
+        End::Close { leave, .. } => *leave,
+        _ => LeaveReason::Disconnected,
+    };
+    let _ = chat
+        .inbox
+        .send(Command::Disconnect {
+            client,
+            reason: leave,
+        })
+        .await;
+
+    match end {
+        End::Gone => log::info!("{peer}: disconnected"),
+        End::ClosedByHub => {
+            log::info!("{peer}: closed by the server (slow consumer or shutdown)");
+            linger(&mut stream).await;
+        }
+        End::Close { code, reason, .. } => {
+            crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
+            let sent = within(chat.config.write_timeout, sink.send(close(code, reason))).await;
+            if matches!(sent, Some(Ok(()))) {
+                chat.metrics.close_sent(code);
+                linger(&mut stream).await;
+            }
+        }
+    }
+}
+
+fn close(code: u16, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
+/// Reads (and drops) what the client still sends until it closes its side, for at most
+/// [`LINGER`]. Closing the socket while unread data sits in it would make the kernel reset the
+/// connection, and a reset can destroy the close frame before the client reads it.
+async fn linger<S>(stream: &mut WebSocketReceiver<S>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let _ = within(LINGER, async { while stream.next().await.is_some() {} }).await;
+}
+
+async fn read_loop<S>(
+    chat: &Chat,
+    client: ClientId,
+    stream: &mut WebSocketReceiver<S>,
+    last_seen: &AtomicU64,
+    started: Instant,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &chat.config;
+    let mut bucket = TokenBucket::new(config.rate_limit, config.rate_burst);
+    let mut refused_in_a_row = 0;
+    while let Some(frame) = stream.next().await {
+        let now = Instant::now();
+        last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
+        let text = match frame {
+            Ok(Message::Text(text)) => text,
+            Ok(Message::Binary(_)) => {
+                return End::violation(1003, "binary frames are not supported; send text");
+            }
+            // Pings are answered by tungstenite; pongs and the client's close only prove life.
+            Ok(_) => continue,
+            Err(WsError::Capacity(_)) => return End::violation(1009, "message too big"),
+            Err(WsError::Utf8(_)) => return End::violation(1007, "text is not valid UTF-8"),
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return End::Gone,
+            Err(WsError::Protocol(_)) => return End::violation(1002, "protocol error"),
+            Err(_) => return End::Gone,
+        };
+        Metrics::add(&chat.metrics.bytes_in, text.len() as u64);
+
+        let command = if bucket.take(now) {
+            refused_in_a_row = 0;
+            match protocol::parse(&text, config.max_message_bytes) {
+                Ok(request) => Command::Request { client, request },
+                Err(error) => Command::Refuse { client, error },
+            }
+        } else {
+            Metrics::add(&chat.metrics.rate_limited, 1);
+            refused_in_a_row += 1;
+            if refused_in_a_row >= FLOOD_REFUSALS {
+                return End::violation(1008, "rate limit exceeded");
+            }
+            let error = Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "slow down: at most {} messages per second (bursts of {}); this one was dropped",
+                    config.rate_limit, config.rate_burst
+                ),
+            );
+            Command::Refuse { client, error }
+        };
+        if chat.inbox.send(command).await.is_err() {
+            return End::Gone;
+        }
+    }
+    End::Gone
+}
+
+async fn write_loop<S>(
+    chat: &Chat,
+    sink: &mut WebSocketSender<S>,
+    queue: &Receiver<Outgoing>,
+    last_seen: &AtomicU64,
+    started: Instant,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let config = &chat.config;
+    let mut next_ping = started + config.ping_interval;
+    // One timer per session, re-armed only when it fires: for the next ping or for the moment
+    // the client would have been silent too long, whichever comes first.
+    let mut timer = Timer::at(next_ping.min(started + config.idle_timeout));
+    loop {
+        let received = async { Some(queue.recv().await) };
+        let fired = async {
+            (&mut timer).await;
+            None
+        };
+        let first = match received.or(fired).await {
+            Some(Ok(item)) => item,
+            Some(Err(_)) => return End::Gone, // the hub dropped us after our own Disconnect
+            None => {
+                let now = Instant::now();
+                let silent_until =
+                    started + Duration::from_millis(last_seen.load(Relaxed)) + config.idle_timeout;
+                if now >= silent_until {
+                    return End::Close {
+                        code: 1000,
+                        reason: "idle timeout",
+                        leave: LeaveReason::Timeout,
+                    };
+                }
+                if now >= next_ping {
+                    let ping = sink.send(Message::Ping(Default::default()));
+                    if !matches!(within(config.write_timeout, ping).await, Some(Ok(()))) {
+                        return End::Gone;
+                    }
+                    next_ping = now + config.ping_interval;
+                }
+                timer.set_at(next_ping.min(silent_until));
+                continue;
+            }
+        };
+
+        let batch = async {
+            let mut item = first;
+            loop {
+                match item {
+                    Outgoing::Event(frame) => {
+                        Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
+                        sink.feed(Message::Text(frame)).await?;
+                    }
+                    Outgoing::Close(code, reason) => {
+                        sink.send(close(code, reason)).await?;
+                        chat.metrics.close_sent(code);
+                        return Ok::<bool, WsError>(true);
+                    }
+                }
+                match queue.try_recv() {
+                    Ok(next) => item = next,
+                    Err(_) => break,
+                }
+            }
+            sink.flush().await?;
+            Ok(false)
+        };
+        match within(config.write_timeout, batch).await {
+            Some(Ok(false)) => {}
+            Some(Ok(true)) => return End::ClosedByHub,
+            Some(Err(_)) => return End::Gone,
+            None => {
+                log::info!(
+                    "write made no progress for {:?}; dropping",
+                    config.write_timeout
+                );
+                return End::Gone;
+            }
+        }
+    }
+}
+
+/// The classic token bucket: `rate` tokens a second, holding at most `burst`.
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: u32, burst: u32) -> Self {
+        TokenBucket {
+            rate: f64::from(rate),
+            burst: f64::from(burst),
+            tokens: f64::from(burst),
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if there is one. A rate of 0 means no limit.
+    fn take(&mut self, now: Instant) -> bool {
+        if self.rate == 0.0 {
+            return true;
+        }
+        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_bucket_allows_bursts_then_the_rate() {
+        let start = Instant::now();
+        let mut b = TokenBucket::new(10, 3);
+        b.last = start;
+        assert!((0..3).all(|_| b.take(start)));
+        assert!(!b.take(start));
+        assert!(b.take(start + Duration::from_millis(100)));
+        assert!(!b.take(start + Duration::from_millis(150)));
+        let mut off = TokenBucket::new(0, 1);
+        assert!((0..1000).all(|_| off.take(start)));
+    }
+}

@@ -247,13 +247,11 @@ impl Hub {
 
     fn rename(&mut self, key: usize, nick: String) -> Result<(), Error> {
         let lower = nick.to_ascii_lowercase();
-        if let Some(&owner) = self.nicks.get(&lower) {
-            if owner != key {
-                return Err(Error::new(
-                    ErrorCode::NickTaken,
-                    format!("the nick {nick:?} is taken; choose another"),
-                ));
-            }
+        if self.nicks.get(&lower).is_some_and(|&owner| owner != key) {
+            return Err(Error::new(
+                ErrorCode::NickTaken,
+                format!("the nick {nick:?} is taken; choose another"),
+            ));
         }
         let client = &mut self.clients[key];
         let old = std::mem::replace(&mut client.nick, nick);

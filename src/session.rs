@@ -167,7 +167,9 @@ where
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return End::violation(1009, "message too big"),
             Err(WsError::Utf8(_)) => return End::violation(1007, "text is not valid UTF-8"),
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => return End::Gone,
+            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+                return End::Gone;
+            }
             Err(WsError::Protocol(_)) => return End::violation(1002, "protocol error"),
             Err(_) => return End::Gone,
         };

@@ -177,6 +177,8 @@ fn reason_phrase(status: u16) -> &'static str {
 pub enum Route {
     /// Upgrade to a WebSocket, answering with this `Sec-WebSocket-Accept`.
     Upgrade { accept_key: String },
+    /// Serve the built-in web client.
+    Page,
     /// Answer `/healthz`.
     Health,
     /// Answer `/metrics`.
@@ -194,6 +196,7 @@ pub fn route(head: &Head, config: &Config) -> Route {
         );
     }
     match head.path.as_str() {
+        "/" | "/index.html" => Route::Page,
         "/healthz" => Route::Health,
         "/metrics" => Route::Metrics,
         "/ws" => upgrade(head, config),
@@ -255,6 +258,32 @@ pub fn origin_allowed(head: &Head, config: &Config) -> bool {
     match head.host.as_deref() {
         Some(host) => !authority.is_empty() && authority.eq_ignore_ascii_case(host),
         None => false,
+    }
+}
+
+/// The built-in web client, embedded in the binary.
+pub const PAGE: &str = include_str!("../web/index.html");
+
+/// The web client's response: HTML with a policy that allows only its own inline script and
+/// style and WebSocket connections back to this server, so injected markup could not run or
+/// load anything even if it got into the page.
+pub fn page() -> Response {
+    Response {
+        status: 200,
+        headers: vec![
+            (
+                "Content-Security-Policy",
+                "default-src 'none'; script-src 'self' 'unsafe-inline'; style-src 'unsafe-inline'; \
+                 connect-src 'self' ws: wss:; img-src 'self' data:; base-uri 'none'; \
+                 form-action 'none'; frame-ancestors 'none'"
+                    .to_string(),
+            ),
+            ("Cache-Control", "no-cache".to_string()),
+            ("X-Content-Type-Options", "nosniff".to_string()),
+            ("Referrer-Policy", "no-referrer".to_string()),
+        ],
+        content_type: "text/html; charset=utf-8",
+        body: PAGE.to_string(),
     }
 }
 

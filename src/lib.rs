@@ -131,6 +131,10 @@ impl Chat {
             }
         };
         let accept_key = match http::route(&head, &self.config) {
+            Route::Page => {
+                let _ = http::page().write(&mut stream).await;
+                return;
+            }
             Route::Health => {
                 let _ = Response::text(200, "ok").write(&mut stream).await;
                 return;

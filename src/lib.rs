@@ -32,6 +32,7 @@ pub mod logger;
 pub mod metrics;
 pub mod protocol;
 pub mod room;
+#[cfg(feature = "smol")]
 pub mod server;
 mod session;
 
@@ -50,6 +51,12 @@ use http::{HeadError, Response, Route};
 use hub::{Command, Hub};
 pub use metrics::Metrics;
 use metrics::Refusal;
+
+/// The cargo features this build was compiled with, as `smolchat --version` prints them.
+pub const FEATURES: &[&str] = &[
+    #[cfg(feature = "smol")]
+    "smol",
+];
 
 /// Commands that may wait in the hub's inbox before readers have to wait their turn.
 const INBOX_CAPACITY: usize = 1024;

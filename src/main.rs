@@ -17,7 +17,7 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {
-            println!("smolchat {}", env!("CARGO_PKG_VERSION"));
+            println!("smolchat {} (features: {})", env!("CARGO_PKG_VERSION"), smolchat::FEATURES.join(", "));
             return ExitCode::SUCCESS;
         }
         Err(e) => {

@@ -31,8 +31,14 @@ pub struct Running {
     threads: Vec<JoinHandle<()>>,
 }
 
+/// Descriptors kept free for the listener, logs, and HTTP requests that are not sessions.
+const SPARE_DESCRIPTORS: u64 = 64;
+
 /// Binds `config.listen` and starts serving on `config.threads` threads (0: one per core).
-pub fn start(config: Config) -> io::Result<Running> {
+/// First raises the process's descriptor limit as far as allowed, and lowers
+/// `--max-connections` (with a warning) if the limit cannot hold that many sockets.
+pub fn start(mut config: Config) -> io::Result<Running> {
+    config.max_connections = fit_descriptor_limit(config.max_connections);
     let listener = TcpListener::bind(config.listen)?;
     let addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
@@ -79,6 +85,33 @@ pub fn start(config: Config) -> io::Result<Running> {
         sessions,
         threads,
     })
+}
+
+/// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns how many connections fit in
+/// it. A session holds one descriptor; a few are kept spare.
+fn fit_descriptor_limit(wanted: usize) -> usize {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    let Some(hard) = limit.maximum else {
+        return wanted; // unlimited
+    };
+    let soft = match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+        Ok(()) => hard,
+        Err(e) => {
+            log::warn!("cannot raise the descriptor limit to {hard}: {e}");
+            limit.current.unwrap_or(hard)
+        }
+    };
+    let fits = soft.saturating_sub(SPARE_DESCRIPTORS) as usize;
+    if wanted > fits {
+        log::warn!(
+            "--max-connections {wanted} lowered to {fits}: the descriptor limit is {soft} \
+             (raise it with `ulimit -n` or LimitNOFILE= to allow more)"
+        );
+        fits.max(1)
+    } else {
+        wanted
+    }
 }
 
 async fn accept_loop(

@@ -50,7 +50,9 @@ enum End {
     },
     /// The hub closed the queue after a close item (slow consumer, shutdown); the writer sent
     /// the close frame.
-    ClosedByHub,
+    ClosedByHub { code: u16, reason: &'static str },
+    /// A write made no progress for `--write-timeout`: the client stopped reading.
+    Stalled,
 }
 
 impl End {
@@ -110,10 +112,19 @@ where
 
     match end {
         End::Gone => log::info!("{peer}: disconnected"),
-        End::ClosedByHub => {
-            log::info!("{peer}: closed by the server (slow consumer or shutdown)");
+        End::ClosedByHub { code, reason } => {
+            if code != crate::hub::SHUTDOWN_CLOSE.0 {
+                crate::logger::refusal(peer, &format!("closed with {code} ({reason})"));
+            }
             linger(&mut stream).await;
         }
+        End::Stalled => crate::logger::refusal(
+            peer,
+            &format!(
+                "dropped: no write progress for {:?}",
+                chat.config.write_timeout
+            ),
+        ),
         End::Close { code, reason, .. } => {
             crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
             let sent = within(chat.config.write_timeout, sink.send(close(code, reason))).await;
@@ -240,8 +251,10 @@ where
                 }
                 if now >= next_ping {
                     let ping = sink.send(Message::Ping(Default::default()));
-                    if !matches!(within(config.write_timeout, ping).await, Some(Ok(()))) {
-                        return End::Gone;
+                    match within(config.write_timeout, ping).await {
+                        Some(Ok(())) => {}
+                        Some(Err(_)) => return End::Gone,
+                        None => return End::Stalled,
                     }
                     next_ping = now + config.ping_interval;
                 }
@@ -261,7 +274,7 @@ where
                     Outgoing::Close(code, reason) => {
                         sink.send(close(code, reason)).await?;
                         chat.metrics.close_sent(code);
-                        return Ok::<bool, WsError>(true);
+                        return Ok::<_, WsError>(Some((code, reason)));
                     }
                 }
                 match queue.try_recv() {
@@ -270,19 +283,13 @@ where
                 }
             }
             sink.flush().await?;
-            Ok(false)
+            Ok(None)
         };
         match within(config.write_timeout, batch).await {
-            Some(Ok(false)) => {}
-            Some(Ok(true)) => return End::ClosedByHub,
+            Some(Ok(None)) => {}
+            Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },
             Some(Err(_)) => return End::Gone,
-            None => {
-                log::info!(
-                    "write made no progress for {:?}; dropping",
-                    config.write_timeout
-                );
-                return End::Gone;
-            }
+            None => return End::Stalled,
         }
     }
 }

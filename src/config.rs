@@ -49,6 +49,10 @@ pub struct Config {
     pub max_rooms: usize,
     /// Rooms one client may be in at once (`--max-rooms-per-client`).
     pub max_rooms_per_client: usize,
+    /// Largest room that still gets presence: `join`/`leave`/`nick` events and full member
+    /// lists. Bigger rooms get member counts, and `who` answers in pages of this size
+    /// (`--presence-limit`).
+    pub presence_limit: usize,
     /// Time writers get to flush their last frames on shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
 }
@@ -73,6 +77,7 @@ impl Default for Config {
             write_timeout: Duration::from_secs(10),
             max_rooms: 1000,
             max_rooms_per_client: 32,
+            presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
         }
     }
@@ -134,6 +139,7 @@ Options:
   --write-timeout DUR         close a client whose writes stall this long [default: 10s]
   --max-rooms N               rooms the server keeps [default: 1000]
   --max-rooms-per-client N    rooms one client may be in [default: 32]
+  --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
   -h, --help                  print this help
   -V, --version               print the version and enabled features
@@ -158,6 +164,7 @@ const OPTIONS: &[(&str, &str)] = &[
     ("write-timeout", "SMOLCHAT_WRITE_TIMEOUT"),
     ("max-rooms", "SMOLCHAT_MAX_ROOMS"),
     ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
+    ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
 ];
 
@@ -272,6 +279,9 @@ impl Config {
             "max-rooms" => self.max_rooms = number(value, 1, 10_000_000).map_err(|m| bad(&m))?,
             "max-rooms-per-client" => {
                 self.max_rooms_per_client = number(value, 1, 100_000).map_err(|m| bad(&m))?
+            }
+            "presence-limit" => {
+                self.presence_limit = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
             }
             "shutdown-timeout" => self.shutdown_timeout = duration(value).map_err(|m| bad(&m))?,
             _ => unreachable!("every flag in OPTIONS is handled"),

@@ -175,6 +175,7 @@ impl Hub {
             rate_limit: self.config.rate_limit,
             rate_burst: self.config.rate_burst,
             max_rooms_per_client: self.config.max_rooms_per_client,
+            presence_limit: self.config.presence_limit,
         };
         let welcome = Event::Welcome {
             nick: &nick,
@@ -208,14 +209,17 @@ impl Hub {
             Request::Leave { room } => self.leave(key, &room),
             Request::Say { room, text } => self.say(key, room, &text),
             Request::Direct { to, text } => self.direct(key, &to, &text),
-            Request::Who { room } => {
-                let members = self
-                    .rooms
-                    .get(&room)
-                    .map_or(Vec::new(), |r| self.nicks_of(r));
+            Request::Who { room, offset } => {
+                let (members, count) = match self.rooms.get(&room) {
+                    Some(r) => (self.nicks_of(r, offset), r.members().len()),
+                    None => (Vec::new(), 0),
+                };
+                let end = offset.saturating_add(members.len());
                 let frame = Event::Members {
                     room: &room,
                     members,
+                    count,
+                    next: (end < count).then_some(end),
                 }
                 .encode();
                 self.send(key, &frame);
@@ -266,7 +270,10 @@ impl Hub {
         // The client itself and everyone sharing a room with it, each once.
         let mut recipients = vec![key];
         for room in &client.rooms {
-            recipients.extend_from_slice(self.rooms[room].members());
+            let members = self.rooms[room].members();
+            if members.len() <= self.config.presence_limit {
+                recipients.extend_from_slice(members);
+            }
         }
         recipients.sort_unstable();
         recipients.dedup();
@@ -309,8 +316,8 @@ impl Hub {
         client.rooms.retain(|r| *r != name);
         client.rooms.push(name.clone());
         let room = self.rooms.get_mut(&name).expect("room exists");
-        if !already_in {
-            room.add(key);
+        // Above the presence limit, members see counts instead of every arrival.
+        if !already_in && room.add(key) && room.members().len() <= self.config.presence_limit {
             let frame = Event::Join {
                 room: &name,
                 nick: &client.nick,
@@ -323,11 +330,12 @@ impl Hub {
 
         let room = &self.rooms[&name];
         let replay = room.replay(since, epoch.as_deref());
-        let members = self.nicks_of(room);
+        let members = self.nicks_of(room, 0);
         let frame = Event::Room {
             room: &name,
             epoch: room.epoch(),
             members,
+            count: room.members().len(),
             last_id: room.last_id(),
             complete: replay.complete,
         }
@@ -386,6 +394,10 @@ impl Hub {
         room.remove(key);
         if room.members().is_empty() {
             room.idle_since = self.tick;
+        }
+        // Announced only if the leaver's arrival was: the size then included the leaver.
+        if room.members().len() + 1 > self.config.presence_limit {
+            return;
         }
         let frame = Event::Leave {
             room: name,
@@ -491,9 +503,12 @@ impl Hub {
         }
     }
 
-    fn nicks_of<'a>(&'a self, room: &Room) -> Vec<&'a str> {
+    /// One page of a room's member nicks: at most `--presence-limit`, from `offset`.
+    fn nicks_of<'a>(&'a self, room: &Room, offset: usize) -> Vec<&'a str> {
         room.members()
             .iter()
+            .skip(offset)
+            .take(self.config.presence_limit)
             .map(|&k| self.clients[k].nick.as_str())
             .collect()
     }
@@ -801,6 +816,85 @@ mod tests {
         assert_eq!(
             *rooms,
             serde_json::json!([{"name":"lobby","members":0},{"name":"r2","members":1},{"name":"r3","members":1}])
+        );
+    }
+
+    #[test]
+    fn presence_stops_above_the_limit_and_who_pages() {
+        let mut hub = hub_with(Config {
+            presence_limit: 2,
+            ..Config::default()
+        });
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        assert_eq!(a.events()[0]["type"], "join", "2 members: still announced");
+        let (tx, rx) = async_channel::bounded(64);
+        let c_id = hub.connect(tx);
+        let c = TestClient {
+            id: c_id,
+            queue: rx,
+        };
+        let got = c.events();
+        assert_eq!(got[1]["members"], serde_json::json!(["guest-1", "guest-2"]));
+        assert_eq!(got[1]["count"], 3);
+        assert!(
+            a.events().is_empty() && b.events().is_empty(),
+            "3 > limit: no join"
+        );
+
+        c.send(
+            &mut hub,
+            Request::Who {
+                room: "lobby".into(),
+                offset: 0,
+            },
+        );
+        let page = &c.events()[0];
+        assert_eq!(page["members"], serde_json::json!(["guest-1", "guest-2"]));
+        assert_eq!(
+            (page["count"].as_u64(), page["next"].as_u64()),
+            (Some(3), Some(2))
+        );
+        c.send(
+            &mut hub,
+            Request::Who {
+                room: "lobby".into(),
+                offset: 2,
+            },
+        );
+        let page = &c.events()[0];
+        assert_eq!(page["members"], serde_json::json!(["guest-3"]));
+        assert!(page.get("next").is_none());
+
+        c.send(
+            &mut hub,
+            Request::Nick {
+                nick: "carol".into(),
+            },
+        );
+        assert_eq!(
+            c.events()[0]["type"],
+            "nick",
+            "the renamed client always hears it"
+        );
+        hub.handle(Command::Disconnect {
+            client: c.id,
+            reason: LeaveReason::Disconnected,
+        });
+        assert!(
+            a.events().is_empty(),
+            "its arrival was not announced, nor is its leaving"
+        );
+        b.send(
+            &mut hub,
+            Request::Leave {
+                room: "lobby".into(),
+            },
+        );
+        assert_eq!(
+            a.events()[0]["reason"],
+            "left",
+            "back at 2 members: announced"
         );
     }
 

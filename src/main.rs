@@ -17,7 +17,11 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {
-            println!("smolchat {} (features: {})", env!("CARGO_PKG_VERSION"), smolchat::FEATURES.join(", "));
+            println!(
+                "smolchat {} (features: {})",
+                env!("CARGO_PKG_VERSION"),
+                smolchat::FEATURES.join(", ")
+            );
             return ExitCode::SUCCESS;
         }
         Err(e) => {

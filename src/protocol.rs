@@ -32,8 +32,8 @@ pub enum Request {
     Say { room: Option<String>, text: String },
     /// Send a private message to one nick.
     Direct { to: String, text: String },
-    /// List a room's members.
-    Who { room: String },
+    /// List a room's members, a page at a time from `offset`.
+    Who { room: String, offset: usize },
     /// List the rooms that have members.
     Rooms,
 }
@@ -105,6 +105,8 @@ enum Wire {
     },
     Who {
         room: String,
+        #[serde(default)]
+        offset: usize,
     },
     Rooms {},
 }
@@ -153,8 +155,9 @@ pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
                 text: check_text(&text, max_text)?,
             }
         }
-        Wire::Who { room } => Request::Who {
+        Wire::Who { room, offset } => Request::Who {
             room: room_name(room)?,
+            offset,
         },
         Wire::Rooms {} => Request::Rooms,
     })
@@ -239,6 +242,8 @@ pub struct Limits {
     pub rate_burst: u32,
     /// Rooms one client may be in.
     pub max_rooms_per_client: usize,
+    /// Rooms larger than this send no join/leave/nick events and list only this many members.
+    pub presence_limit: usize,
 }
 
 /// One entry of a `rooms` event.
@@ -264,7 +269,10 @@ pub enum Event<'a> {
     Room {
         room: &'a str,
         epoch: &'a str,
+        /// At most `--presence-limit` nicks, in join order.
         members: Vec<&'a str>,
+        /// How many members the room has.
+        count: usize,
         last_id: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
         complete: Option<bool>,
@@ -294,10 +302,15 @@ pub enum Event<'a> {
         text: &'a str,
         ts: u64,
     },
-    /// The answer to `who`.
+    /// The answer to `who`: one page of at most `--presence-limit` nicks.
     Members {
         room: &'a str,
         members: Vec<&'a str>,
+        /// How many members the room has.
+        count: usize,
+        /// The `offset` of the next page, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<usize>,
     },
     /// The answer to `rooms`.
     Rooms { rooms: Vec<RoomSummary<'a>> },

@@ -95,7 +95,13 @@ fn fit_descriptor_limit(wanted: usize) -> usize {
     let Some(hard) = limit.maximum else {
         return wanted; // unlimited
     };
-    let soft = match setrlimit(Resource::Nofile, Rlimit { current: Some(hard), maximum: Some(hard) }) {
+    let soft = match setrlimit(
+        Resource::Nofile,
+        Rlimit {
+            current: Some(hard),
+            maximum: Some(hard),
+        },
+    ) {
         Ok(()) => hard,
         Err(e) => {
             log::warn!("cannot raise the descriptor limit to {hard}: {e}");

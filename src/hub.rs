@@ -13,12 +13,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use async_channel::{Receiver, Sender, TrySendError};
+use async_channel::{Receiver, Sender};
 use slab::Slab;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Limits, Request, RoomSummary};
+use crate::queue::{self, TrySendError};
 use crate::room::Room;
 
 /// Identifies one connected client. The slab key is reused after a client leaves, so the
@@ -44,7 +45,7 @@ pub enum Outgoing {
 pub enum Command {
     /// A new client: register its queue and reply with its id (after queuing `welcome`).
     Connect {
-        queue: Sender<Outgoing>,
+        queue: queue::Sender<Outgoing>,
         reply: Sender<ClientId>,
     },
     /// A parsed command from a client.
@@ -67,7 +68,7 @@ pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server shutting down");
 
 struct Client {
-    queue: Sender<Outgoing>,
+    queue: queue::Sender<Outgoing>,
     serial: u64,
     nick: String,
     /// Rooms in join order; the last one is the "current" room for plain-text frames.
@@ -152,7 +153,7 @@ impl Hub {
     }
 
     /// Registers a client, queues its `welcome` and joins it to the default room.
-    pub fn connect(&mut self, queue: Sender<Outgoing>) -> ClientId {
+    pub fn connect(&mut self, queue: queue::Sender<Outgoing>) -> ClientId {
         let serial = self.next_serial;
         self.next_serial += 1;
         let nick = loop {
@@ -484,12 +485,12 @@ impl Hub {
                 continue; // found full twice, already gone
             }
             Metrics::add(&self.metrics.slow_consumers, 1);
-            let queue = self.clients[key].queue.clone();
-            // The queue is full; make room for the close by dropping the oldest event. The
-            // client is being disconnected anyway, and the close must be the last thing queued.
+            // The queue is full; `send_last` makes room for the close by dropping the oldest
+            // event. The client is being disconnected anyway, and the close must come last.
             let (code, reason) = SLOW_CONSUMER_CLOSE;
-            let _ = queue.force_send(Outgoing::Close(code, reason));
-            queue.close();
+            self.clients[key]
+                .queue
+                .send_last(Outgoing::Close(code, reason));
             self.remove(key, LeaveReason::SlowConsumer);
         }
     }
@@ -498,8 +499,7 @@ impl Hub {
         self.shutting_down = true;
         let (code, reason) = SHUTDOWN_CLOSE;
         for (_, client) in &self.clients {
-            let _ = client.queue.force_send(Outgoing::Close(code, reason));
-            client.queue.close();
+            client.queue.send_last(Outgoing::Close(code, reason));
         }
     }
 
@@ -529,8 +529,8 @@ fn deliver(
 ) {
     match clients[key].queue.try_send(Outgoing::Event(frame.clone())) {
         Ok(()) => Metrics::add(&metrics.events_delivered, 1),
-        Err(TrySendError::Full(_)) => slow.push(key),
-        Err(TrySendError::Closed(_)) => {}
+        Err(TrySendError::Full) => slow.push(key),
+        Err(TrySendError::Closed) => {}
     }
 }
 
@@ -575,7 +575,7 @@ mod tests {
 
     struct TestClient {
         id: ClientId,
-        queue: Receiver<Outgoing>,
+        queue: queue::Receiver<Outgoing>,
     }
 
     fn hub_with(config: Config) -> Hub {
@@ -587,7 +587,7 @@ mod tests {
     }
 
     fn connect(hub: &mut Hub, queue: usize) -> TestClient {
-        let (tx, rx) = async_channel::bounded(queue);
+        let (tx, rx) = queue::bounded(queue);
         let id = hub.connect(tx);
         let c = TestClient { id, queue: rx };
         c.drain();
@@ -597,7 +597,7 @@ mod tests {
     impl TestClient {
         fn events(&self) -> Vec<Value> {
             let mut out = Vec::new();
-            while let Ok(item) = self.queue.try_recv() {
+            while let Some(item) = self.queue.try_recv() {
                 match item {
                     Outgoing::Event(f) => out.push(serde_json::from_str(f.as_str()).unwrap()),
                     Outgoing::Close(code, reason) => {
@@ -638,7 +638,7 @@ mod tests {
     #[test]
     fn connect_sends_welcome_then_room() {
         let mut hub = hub();
-        let (tx, rx) = async_channel::bounded(8);
+        let (tx, rx) = queue::bounded(8);
         hub.connect(tx);
         let c = TestClient {
             id: ClientId { key: 0, serial: 1 },
@@ -828,7 +828,7 @@ mod tests {
         let a = connect(&mut hub, 64);
         let b = connect(&mut hub, 64);
         assert_eq!(a.events()[0]["type"], "join", "2 members: still announced");
-        let (tx, rx) = async_channel::bounded(64);
+        let (tx, rx) = queue::bounded(64);
         let c_id = hub.connect(tx);
         let c = TestClient {
             id: c_id,
@@ -904,7 +904,7 @@ mod tests {
         let a = connect(&mut hub, 64);
         hub.handle(Command::Shutdown);
         assert_eq!(a.events().last().unwrap()["close"], 1001);
-        let (tx, _rx) = async_channel::bounded(8);
+        let (tx, _rx) = queue::bounded(8);
         let (reply, replies) = async_channel::bounded(1);
         hub.handle(Command::Connect { queue: tx, reply });
         assert!(replies.try_recv().is_err(), "no new clients after shutdown");

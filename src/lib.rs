@@ -31,6 +31,7 @@ pub mod hub;
 pub mod logger;
 pub mod metrics;
 pub mod protocol;
+pub mod queue;
 pub mod room;
 #[cfg(feature = "smol")]
 pub mod server;
@@ -213,7 +214,7 @@ impl Chat {
     fn ws_config(&self) -> WebSocketConfig {
         let max = self.config.max_message_bytes;
         WebSocketConfig::default()
-            .read_buffer_size(4096.min(max.max(1024)))
+            .read_buffer_size(1024)
             .write_buffer_size(16 * 1024)
             .max_write_buffer_size(16 * 1024 + 64 * 1024 + max)
             .max_message_size(Some(max))

@@ -17,7 +17,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
-use async_channel::Receiver;
+use std::collections::VecDeque;
+
 use async_io::Timer;
 use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
@@ -31,6 +32,7 @@ use crate::deadline::within;
 use crate::hub::{ClientId, Command, Outgoing};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
+use crate::queue::{self, Receiver};
 
 /// Refusals in a row, after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
@@ -70,7 +72,7 @@ pub(crate) async fn run<S>(chat: &Chat, ws: WebSocketStream<S>, peer: &str)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (queue_tx, queue) = async_channel::bounded(chat.config.queue);
+    let (queue_tx, queue) = queue::bounded(chat.config.queue);
     let (reply, id) = async_channel::bounded(1);
     let (mut sink, mut stream) = ws.split();
     let registered = chat
@@ -229,15 +231,17 @@ where
     // One timer per session, re-armed only when it fires: for the next ping or for the moment
     // the client would have been silent too long, whichever comes first.
     let mut timer = Timer::at(next_ping.min(started + config.idle_timeout));
+    // Swapped with the queue's buffer on every batch; both keep their capacity.
+    let mut batch = VecDeque::new();
     loop {
-        let received = async { Some(queue.recv().await) };
+        let received = async { Some(queue.recv_batch(&mut batch).await) };
         let fired = async {
             (&mut timer).await;
             None
         };
-        let first = match received.or(fired).await {
-            Some(Ok(item)) => item,
-            Some(Err(_)) => return End::Gone, // the hub dropped us after our own Disconnect
+        match received.or(fired).await {
+            Some(true) => {}
+            Some(false) => return End::Gone, // the hub dropped us after our own Disconnect
             None => {
                 let now = Instant::now();
                 let silent_until =
@@ -261,11 +265,11 @@ where
                 timer.set_at(next_ping.min(silent_until));
                 continue;
             }
-        };
+        }
 
-        let batch = async {
-            let mut item = first;
-            loop {
+        // Feed everything that was queued, then flush once: one write for the whole batch.
+        let write = async {
+            while let Some(item) = batch.pop_front() {
                 match item {
                     Outgoing::Event(frame) => {
                         Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
@@ -277,15 +281,11 @@ where
                         return Ok::<_, WsError>(Some((code, reason)));
                     }
                 }
-                match queue.try_recv() {
-                    Ok(next) => item = next,
-                    Err(_) => break,
-                }
             }
             sink.flush().await?;
             Ok(None)
         };
-        match within(config.write_timeout, batch).await {
+        match within(config.write_timeout, write).await {
             Some(Ok(None)) => {}
             Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },
             Some(Err(_)) => return End::Gone,

@@ -1,0 +1,249 @@
+//! A client's outgoing queue: bounded in length, allocated only as far as it is used.
+//!
+//! The hub is the only producer: [`Sender::try_send`] never waits, and reports a full queue so
+//! the hub can drop the slow consumer. The client's writer is the only consumer:
+//! [`Receiver::recv_batch`] waits until something is queued and then takes *everything* queued
+//! in one step, by swapping its empty buffer with the queue's. The two buffers keep their
+//! capacity, so once a connection has seen its largest burst, queuing and writing allocate
+//! nothing.
+//!
+//! Why not a bounded `async_channel`, as the design began with? A bounded channel allocates
+//! every slot up front: 256 slots × 48 bytes = 12 KiB per client before it receives anything,
+//! more than all the rest of an idle connection together. An unbounded channel allocates lazily
+//! but in fresh 31-slot blocks as messages pass, that is, allocations on the fan-out path.
+//! This queue is a `Mutex<VecDeque>` and an `event_listener::Event` (the same primitive
+//! async-channel is built on), and the lock is held only for a push or a swap.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use event_listener::Event;
+
+/// Why [`Sender::try_send`] refused an item.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrySendError {
+    /// `capacity` items are waiting: the consumer is not keeping up.
+    Full,
+    /// The receiver is gone or the queue was closed.
+    Closed,
+}
+
+struct State<T> {
+    items: VecDeque<T>,
+    closed: bool,
+}
+
+struct Shared<T> {
+    state: Mutex<State<T>>,
+    capacity: usize,
+    /// Notified when an item arrives or the queue closes.
+    ready: Event,
+}
+
+impl<T> Shared<T> {
+    fn lock(&self) -> MutexGuard<'_, State<T>> {
+        // A panic while holding this lock cannot leave the deque inconsistent, so a poisoned
+        // lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify(usize::MAX);
+    }
+}
+
+/// The producing end (the hub's). Dropping it closes the queue.
+pub struct Sender<T>(Arc<Shared<T>>);
+
+/// The consuming end (the writer's). Dropping it closes the queue.
+pub struct Receiver<T>(Arc<Shared<T>>);
+
+/// A queue that holds at most `capacity` items (at least 1).
+pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+    let shared = Arc::new(Shared {
+        state: Mutex::new(State {
+            items: VecDeque::new(),
+            closed: false,
+        }),
+        capacity: capacity.max(1),
+        ready: Event::new(),
+    });
+    (Sender(shared.clone()), Receiver(shared))
+}
+
+impl<T> Sender<T> {
+    /// Queues `item` unless the queue is full or closed. Never waits.
+    pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
+        let mut state = self.0.lock();
+        if state.closed {
+            return Err(TrySendError::Closed);
+        }
+        if state.items.len() >= self.0.capacity {
+            return Err(TrySendError::Full);
+        }
+        let was_empty = state.items.is_empty();
+        state.items.push_back(item);
+        drop(state);
+        // The writer only waits when the queue is empty, so only the first item needs a wake-up.
+        if was_empty {
+            self.0.ready.notify(1);
+        }
+        Ok(())
+    }
+
+    /// Queues `item` as the last one and closes the queue, full or not: for the final close
+    /// frame of a client that is being disconnected. Dropping the oldest waiting item if full
+    /// keeps the bound.
+    pub fn send_last(&self, item: T) {
+        let mut state = self.0.lock();
+        if !state.closed {
+            if state.items.len() >= self.0.capacity {
+                state.items.pop_front();
+            }
+            state.items.push_back(item);
+            state.closed = true;
+        }
+        drop(state);
+        self.0.ready.notify(usize::MAX);
+    }
+
+    /// Items waiting now.
+    pub fn len(&self) -> usize {
+        self.0.lock().items.len()
+    }
+
+    /// True when nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// True once the queue is closed (by either end).
+    pub fn is_closed(&self) -> bool {
+        self.0.lock().closed
+    }
+}
+
+impl<T> std::fmt::Debug for Sender<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sender")
+            .field("capacity", &self.0.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<T> Drop for Sender<T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+impl<T> Receiver<T> {
+    /// Waits until items are queued, then moves all of them into `batch` (which should be
+    /// empty; its capacity is handed to the queue in exchange). Returns false, with `batch`
+    /// left empty, once the queue is closed and drained.
+    pub async fn recv_batch(&self, batch: &mut VecDeque<T>) -> bool {
+        loop {
+            {
+                let mut state = self.0.lock();
+                if !state.items.is_empty() {
+                    std::mem::swap(&mut state.items, batch);
+                    return true;
+                }
+                if state.closed {
+                    return false;
+                }
+            }
+            // Register, then look again: an item pushed between the check above and the
+            // registration would otherwise be missed.
+            let listener = self.0.ready.listen();
+            {
+                let state = self.0.lock();
+                if !state.items.is_empty() || state.closed {
+                    continue;
+                }
+            }
+            listener.await;
+        }
+    }
+
+    /// Takes one item if one is waiting, without waiting.
+    pub fn try_recv(&self) -> Option<T> {
+        self.0.lock().items.pop_front()
+    }
+
+    /// True once the queue is closed (by either end).
+    pub fn is_closed(&self) -> bool {
+        self.0.lock().closed
+    }
+}
+
+impl<T> Drop for Receiver<T> {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn bounded_batches_and_closes() {
+        let (tx, rx) = bounded(3);
+        for i in 0..3 {
+            tx.try_send(i).unwrap();
+        }
+        assert_eq!(tx.try_send(9), Err(TrySendError::Full));
+        let mut batch = VecDeque::new();
+        assert!(block_on(rx.recv_batch(&mut batch)));
+        assert_eq!(batch, [0, 1, 2]);
+        batch.clear();
+        tx.try_send(3).unwrap();
+        drop(tx);
+        assert!(
+            block_on(rx.recv_batch(&mut batch)),
+            "items queued before close still arrive"
+        );
+        assert_eq!(batch, [3]);
+        batch.clear();
+        assert!(!block_on(rx.recv_batch(&mut batch)));
+    }
+
+    #[test]
+    fn send_last_fits_in_a_full_queue_and_closes_it() {
+        let (tx, rx) = bounded(2);
+        tx.try_send(1).unwrap();
+        tx.try_send(2).unwrap();
+        tx.send_last(99);
+        assert!(tx.is_closed());
+        assert_eq!(tx.try_send(5), Err(TrySendError::Closed));
+        let mut batch = VecDeque::new();
+        assert!(block_on(rx.recv_batch(&mut batch)));
+        assert_eq!(batch, [2, 99]);
+    }
+
+    #[test]
+    fn a_waiting_receiver_wakes_for_an_item_from_another_thread() {
+        let (tx, rx) = bounded(4);
+        let t = std::thread::spawn(move || {
+            tx.try_send(7).unwrap();
+            tx
+        });
+        let mut batch = VecDeque::new();
+        assert!(block_on(rx.recv_batch(&mut batch)));
+        assert_eq!(batch, [7]);
+        drop(t.join().unwrap());
+        batch.clear();
+        assert!(!block_on(rx.recv_batch(&mut batch)));
+        drop(rx);
+    }
+
+    #[test]
+    fn dropping_the_receiver_closes_for_the_sender() {
+        let (tx, rx) = bounded::<u8>(1);
+        drop(rx);
+        assert_eq!(tx.try_send(1), Err(TrySendError::Closed));
+    }
+}

@@ -4,6 +4,8 @@
 //! something that can be awaited.
 #![allow(dead_code)]
 
+pub mod raw;
+
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
@@ -210,4 +212,94 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
         .await
         .unwrap();
     String::from_utf8_lossy(&out).into_owned()
+}
+
+// Exact event assertions (used by tests/protocol.rs and tests/history.rs).
+
+/// A `message` event as the server sends it, without its `ts`.
+pub fn message(room: &str, id: u64, from: &str, text: &str) -> Value {
+    json!({"type": "message", "room": room, "id": id, "from": from, "text": text})
+}
+
+/// Removes `ts` from `event` after checking that it is a plausible Unix time in milliseconds.
+pub fn take_ts(event: &mut Value) -> u64 {
+    let ts = event.as_object_mut().and_then(|o| o.remove("ts"));
+    let ts = ts
+        .as_ref()
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("`ts` must be an unsigned integer, got {ts:?} in {event}"));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    assert!(
+        ts > 1_600_000_000_000 && ts <= now + 60_000,
+        "`ts` {ts} is not a current Unix time in milliseconds (now {now})"
+    );
+    ts
+}
+
+/// Removes `epoch` from `event` after checking that it is a non-empty string, and returns it.
+pub fn take_epoch(event: &mut Value) -> String {
+    let epoch = event.as_object_mut().and_then(|o| o.remove("epoch"));
+    match epoch {
+        Some(Value::String(e)) if !e.is_empty() => e,
+        other => panic!("`epoch` must be a non-empty string, got {other:?} in {event}"),
+    }
+}
+
+/// Asserts that `actual` equals `expected` field by field. The fields whose values cannot be
+/// known in advance are checked for shape and then ignored unless `expected` has them: `ts` of
+/// `message` and `direct` events, `epoch` of `room` events. Returns the epoch, if it took one.
+pub fn assert_event(actual: &Value, expected: &Value) -> Option<String> {
+    let mut actual = actual.clone();
+    let ty = expected["type"].as_str().unwrap_or_default();
+    if matches!(ty, "message" | "direct") && expected.get("ts").is_none() {
+        take_ts(&mut actual);
+    }
+    let mut epoch = None;
+    if ty == "room" && expected.get("epoch").is_none() {
+        epoch = Some(take_epoch(&mut actual));
+    }
+    assert_eq!(actual, *expected);
+    epoch
+}
+
+impl Client {
+    /// The next event must equal `expected` (see [`assert_event`]); returns the event.
+    pub async fn expect_exact(&mut self, expected: Value) -> Value {
+        let e = self.next().await;
+        assert_event(&e, &expected);
+        e
+    }
+
+    /// The next event must be `room` equal to `expected` (which names no `epoch`) apart from
+    /// `epoch`, which is returned.
+    pub async fn expect_room(&mut self, expected: Value) -> String {
+        let e = self.next().await;
+        assert_event(&e, &expected).expect("a room event")
+    }
+}
+
+/// A `room` event for a plain join (no `complete`), without its `epoch`: every member listed.
+pub fn room_event(room: &str, members: &[&str], last_id: u64) -> Value {
+    json!({
+        "type": "room",
+        "room": room,
+        "members": members,
+        "count": members.len(),
+        "last_id": last_id,
+    })
+}
+
+/// A `room` event for a join with a cursor (`since`/`epoch`), without its `epoch`.
+pub fn room_event_recovered(room: &str, members: &[&str], last_id: u64, complete: bool) -> Value {
+    let mut e = room_event(room, members, last_id);
+    e["complete"] = json!(complete);
+    e
+}
+
+/// The `members` answer to `who` for a room whose members all fit in one page.
+pub fn members_event(room: &str, members: &[&str]) -> Value {
+    json!({"type": "members", "room": room, "members": members, "count": members.len()})
 }

@@ -1,0 +1,482 @@
+// Browser test of the built-in web client: two headless Chromium pages against the real
+// server binary. See README.md in this folder for how to run it.
+//
+// Every wait is on a condition in the page (locators' auto-wait, waitForFunction) or on the
+// server's health endpoint answering; nothing sleeps for a fixed time.
+
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import fs from 'node:fs';
+import net from 'node:net';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const BIN = path.resolve(ROOT, process.env.SMOLCHAT_BIN || 'target/debug/smolchat');
+const CHROMIUM = process.env.CHROMIUM || '/usr/bin/chromium';
+const OUT = path.join(ROOT, 'target', 'browser');
+const TIMEOUT = 15_000;
+const LAUNCH_ARGS = [
+  '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+  '--disable-background-networking', '--disable-component-update', '--disable-sync',
+];
+
+// ---------------------------------------------------------------- the server
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.on('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+const serverLog = [];
+const logFile = () => path.join(OUT, 'server.log');
+
+class Server {
+  constructor(port) {
+    this.port = port;
+    this.child = null;
+  }
+
+  async start() {
+    const child = spawn(BIN, ['--listen', `127.0.0.1:${this.port}`, '--log-level', 'info'], {
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    this.child = child;
+    this.exited = new Promise((resolve) => child.once('exit', (code, signal) => resolve({ code, signal })));
+    let spawnError = null;
+    child.once('error', (e) => { spawnError = e; });
+    for (const stream of [child.stdout, child.stderr]) {
+      stream.setEncoding('utf8');
+      stream.on('data', (chunk) => {
+        serverLog.push(chunk);
+        fs.appendFileSync(logFile(), chunk);
+      });
+    }
+    // Ready when /healthz answers; a retry every 50 ms, failing after TIMEOUT.
+    const deadline = Date.now() + TIMEOUT;
+    let gone = false;
+    this.exited.then(() => { gone = true; });
+    for (;;) {
+      if (spawnError) throw new Error(`cannot start ${BIN}: ${spawnError.message}`);
+      if (gone) throw new Error(`the server exited at startup:\n${serverLog.join('').slice(-2000)}`);
+      try {
+        const r = await fetch(`http://127.0.0.1:${this.port}/healthz`);
+        if (r.ok) return;
+      } catch (_) { /* not listening yet */ }
+      if (Date.now() > deadline) throw new Error(`the server did not answer /healthz within ${TIMEOUT} ms`);
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+
+  /** Stops the server the way an operator would (SIGTERM), forcing it after TIMEOUT. */
+  async stop() {
+    if (!this.child || this.child.exitCode !== null || this.child.signalCode !== null) return;
+    this.child.kill('SIGTERM');
+    const t = setTimeout(() => this.child.kill('SIGKILL'), TIMEOUT);
+    await this.exited;
+    clearTimeout(t);
+  }
+}
+
+// A TCP proxy in front of the server, so one page's connection can be cut without a restart.
+class Proxy {
+  constructor(target) {
+    this.target = target;
+    this.paused = false;
+    this.sockets = new Set();
+    this.server = net.createServer((client) => {
+      if (this.paused) { client.destroy(); return; }
+      const upstream = net.connect(this.target, '127.0.0.1');
+      for (const [a, b] of [[client, upstream], [upstream, client]]) {
+        this.sockets.add(a);
+        a.on('close', () => { this.sockets.delete(a); b.destroy(); });
+        a.on('error', () => b.destroy());
+        a.pipe(b);
+      }
+    });
+  }
+  listen() {
+    return new Promise((resolve) => this.server.listen(0, '127.0.0.1', () => resolve(this.server.address().port)));
+  }
+  /** Cuts every connection and refuses new ones until resume(). */
+  pause() {
+    this.paused = true;
+    for (const s of this.sockets) s.destroy();
+  }
+  resume() { this.paused = false; }
+  close() {
+    this.pause();
+    return new Promise((resolve) => this.server.close(resolve));
+  }
+}
+
+// ---------------------------------------------------------------- test plumbing
+
+const problems = []; // things seen in a page that fail the test (dialogs, script errors, CSP)
+let expectCspViolation = false;
+let passed = 0;
+
+async function step(name, fn) {
+  const started = Date.now();
+  await fn();
+  if (problems.length) throw new Error(problems.join('\n'));
+  passed++;
+  console.log(`ok ${passed} - ${name} (${Date.now() - started} ms)`);
+}
+
+function check(cond, message) {
+  if (!cond) throw new Error(message);
+}
+
+function watch(page, name) {
+  page.setDefaultTimeout(TIMEOUT);
+  page.on('dialog', async (d) => {
+    problems.push(`page ${name}: a ${d.type()} dialog opened (${JSON.stringify(d.message())}): injected script ran`);
+    await d.dismiss().catch(() => {});
+  });
+  page.on('pageerror', (e) => problems.push(`page ${name}: uncaught ${e.name}: ${e.message}`));
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    const text = m.text();
+    // Failed reconnection attempts while the server is down are expected.
+    if (/WebSocket connection to .* failed/.test(text)) return;
+    if (expectCspViolation && /inline event handler/.test(text)) return;
+    problems.push(`page ${name}: console error: ${text}`);
+  });
+}
+
+const log = (page, key) => page.locator(`.log[data-view="${key}"]`);
+
+/** Waits until `key`'s view shows a message whose text is exactly `text`; returns its element. */
+async function seeMessage(page, key, text, from) {
+  const msg = log(page, key).locator('.msg').filter({ has: page.locator('.text').getByText(text, { exact: true }) });
+  await msg.first().waitFor({ state: 'attached' });
+  if (from) {
+    const sender = await msg.first().locator('.from').textContent();
+    check(sender === from, `message ${JSON.stringify(text)} shows sender ${JSON.stringify(sender)}, expected ${from}`);
+  }
+  return msg;
+}
+
+async function countMessages(page, key, text) {
+  return log(page, key).locator('.text').getByText(text, { exact: true }).count();
+}
+
+async function say(page, key, text) {
+  const input = page.getByLabel(/^Message/);
+  await input.fill(text);
+  await input.press('Enter'); // Enter sends
+  await seeMessage(page, key, text);
+  check((await input.inputValue()) === '', 'the message box was not cleared after sending');
+}
+
+async function waitStatus(page, state, text) {
+  await page.waitForFunction(
+    ([s, t]) => {
+      const el = document.getElementById('status');
+      return el.dataset.state === s && (!t || document.getElementById('status-text').textContent === t);
+    },
+    [state, text],
+  );
+}
+
+/** Opens the rooms drawer on a phone-sized page (a no-op where the sidebar is always shown). */
+async function openNav(page) {
+  const toggle = page.locator('#nav-toggle');
+  if ((await toggle.isVisible()) && (await toggle.getAttribute('aria-expanded')) !== 'true') await toggle.click();
+}
+
+async function openView(page, key) {
+  await openNav(page);
+  await page.locator(`.conv[data-view="${key}"]`).click();
+  await log(page, key).waitFor({ state: 'visible' });
+}
+
+async function memberNames(page) {
+  return page.locator('#member-list [data-nick]').evaluateAll((els) => els.map((e) => e.dataset.nick));
+}
+
+async function waitMembers(page, present, absent) {
+  await page.waitForFunction(
+    ([yes, no]) => {
+      const names = [...document.querySelectorAll('#member-list [data-nick]')].map((e) => e.dataset.nick);
+      return yes.every((n) => names.includes(n)) && no.every((n) => !names.includes(n));
+    },
+    [present, absent],
+  );
+}
+
+// ---------------------------------------------------------------- the test
+
+async function main() {
+  fs.mkdirSync(OUT, { recursive: true });
+  fs.writeFileSync(logFile(), '');
+  for (const f of fs.readdirSync(OUT)) if (f.startsWith('failure-')) fs.rmSync(path.join(OUT, f));
+  check(fs.existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` first, or set SMOLCHAT_BIN`);
+  check(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
+
+  const port = await freePort();
+  const server = new Server(port);
+  await server.start();
+  const proxy = new Proxy(port);
+  const proxyPort = await proxy.listen();
+  const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
+  const pages = {};
+  try {
+    // Separate contexts: each page has its own localStorage, like two people.
+    const a = await (await browser.newContext({ viewport: { width: 1200, height: 760 } })).newPage();
+    const b = await (await browser.newContext({ viewport: { width: 390, height: 760 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 })).newPage();
+    Object.assign(pages, { a, b });
+    watch(a, 'A');
+    watch(b, 'B');
+    const direct = `http://127.0.0.1:${port}/`;
+    const viaProxy = `http://127.0.0.1:${proxyPort}/`;
+
+    await step('GET / serves one self-contained page with a hash-based CSP', async () => {
+      const r = await fetch(direct);
+      const body = await r.text();
+      const csp = r.headers.get('content-security-policy') || '';
+      check(r.status === 200, `GET / answered ${r.status}`);
+      check(Buffer.byteLength(body) < 30_000, `the page is ${Buffer.byteLength(body)} bytes; the limit is 30 KB`);
+      check(!csp.includes('unsafe-inline'), `the CSP allows unsafe-inline: ${csp}`);
+      check(/default-src 'none'/.test(csp) && /connect-src 'self'/.test(csp), `unexpected CSP: ${csp}`);
+      for (const tag of ['script', 'style']) {
+        const inline = body.match(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`));
+        check(inline, `no inline <${tag}> in the page`);
+        const hash = createHash('sha256').update(inline[1], 'utf8').digest('base64');
+        check(csp.includes(`${tag}-src 'sha256-${hash}'`), `the CSP does not carry the <${tag}>'s hash ${hash}: ${csp}`);
+      }
+      check((r.headers.get('cache-control') || '').includes('no-cache'), 'missing Cache-Control: no-cache');
+      check(r.headers.get('x-content-type-options') === 'nosniff', 'missing X-Content-Type-Options: nosniff');
+      check(!/\b(src|href)=["']?(https?:)?\/\//i.test(body), 'the page refers to an external resource');
+      check(!/innerHTML|outerHTML|insertAdjacentHTML|document\.write/.test(body), 'the page uses an HTML-parsing sink');
+    });
+
+    await step('both pages load and connect (A direct, B phone-sized through a proxy)', async () => {
+      await a.goto(direct);
+      await b.goto(viaProxy);
+      await waitStatus(a, 'online');
+      await waitStatus(b, 'online');
+      await log(a, 'r:lobby').waitFor();
+      await log(b, 'r:lobby').waitFor();
+      await a.keyboard.press('Tab');
+      check(await a.evaluate(() => document.activeElement.id === 'nick'), 'the first Tab stop is not the nickname field');
+    });
+
+    await step('nicknames are set, shown and remembered', async () => {
+      for (const [page, nick] of [[a, 'alice'], [b, 'bob']]) {
+        const field = page.getByLabel('Nickname');
+        await field.fill(nick);
+        await field.press('Enter');
+        await waitStatus(page, 'online', `Connected as ${nick}`);
+        await page.waitForFunction((n) => localStorage.getItem('smolchat.nick') === n, nick);
+      }
+      await waitMembers(a, ['alice', 'bob'], []);
+    });
+
+    await step('two pages chat in lobby', async () => {
+      await say(a, 'r:lobby', 'hello from alice');
+      const msg = await seeMessage(b, 'r:lobby', 'hello from alice', 'alice');
+      check((await msg.first().locator('time').count()) === 1, 'a message shows no time');
+      await say(b, 'r:lobby', 'hi alice, bob here');
+      await seeMessage(a, 'r:lobby', 'hi alice, bob here', 'bob');
+    });
+
+    await step("a second room's messages stay in that room", async () => {
+      const field = a.getByLabel('Join a room');
+      await field.fill('secret');
+      await field.press('Enter');
+      await log(a, 'r:secret').waitFor({ state: 'visible' });
+      await a.waitForFunction(() => document.getElementById('view-title').textContent === '#secret');
+      await waitMembers(a, ['alice'], ['bob']);
+      await say(a, 'r:secret', 'the secret plan');
+      await openView(a, 'r:lobby');
+      await say(a, 'r:lobby', 'back in lobby');
+      // Events reach B in the order the server handled them: had B been sent the secret
+      // message, it would be there before this one.
+      await seeMessage(b, 'r:lobby', 'back in lobby', 'alice');
+      check((await b.locator('.log[data-view="r:secret"]').count()) === 0, 'B has a view of #secret');
+      check(!(await b.locator('body').textContent()).includes('the secret plan'), "B shows #secret's message");
+    });
+
+    await step("a rename shows in the other page's member list", async () => {
+      const field = b.getByLabel('Nickname');
+      await field.fill('bobby');
+      await field.press('Enter');
+      await waitStatus(b, 'online', 'Connected as bobby');
+      await waitMembers(a, ['alice', 'bobby'], ['bob']);
+      await log(a, 'r:lobby').getByText('bob is now known as bobby', { exact: true }).waitFor();
+      // On the phone the member list is a drawer; Escape closes it.
+      await b.locator('#members-toggle').click();
+      await waitMembers(b, ['alice', 'bobby'], ['bob']);
+      await b.locator('#member-list').waitFor({ state: 'visible' });
+      await b.screenshot({ path: path.join(OUT, 'b-members-drawer.png') });
+      await b.keyboard.press('Escape');
+      await b.locator('#member-list').waitFor({ state: 'hidden' });
+    });
+
+    await step('a direct message arrives in a DM view', async () => {
+      await a.locator('#member-list [data-nick="bobby"]').click();
+      await a.waitForFunction(() => document.getElementById('view-title').textContent === 'Direct: bobby');
+      await say(a, 'd:bobby', 'psst, bobby');
+      await seeMessage(b, 'd:alice', 'psst, bobby', 'alice');
+      check(!(await log(b, 'd:alice').isVisible()), "the DM opened by itself on B's screen");
+      await b.locator('#nav-badge', { hasText: '1' }).waitFor(); // unread count on the phone's menu
+      await openNav(b);
+      await b.locator('.conv[data-view="d:alice"] .badge', { hasText: '1' }).waitFor();
+      await b.screenshot({ path: path.join(OUT, 'b-rooms-drawer.png') });
+      await b.locator('.conv[data-view="d:alice"]').click();
+      await log(b, 'd:alice').waitFor({ state: 'visible' });
+      await b.locator('#nav-badge').waitFor({ state: 'hidden' });
+      await say(b, 'd:alice', 'got it');
+      await seeMessage(a, 'd:bobby', 'got it', 'bobby');
+      await a.screenshot({ path: path.join(OUT, 'a-direct.png') });
+      await openView(a, 'r:lobby');
+      await openView(b, 'r:lobby');
+    });
+
+    await step('markup in a message is shown as text and runs nothing', async () => {
+      const evil = '<img src=x onerror=alert(1)>';
+      const count = (page) => log(page, 'r:lobby').locator('.msg').count();
+      const before = { a: await count(a), b: await count(b) };
+      const input = a.getByLabel(/^Message/);
+      await input.fill(evil);
+      await input.press('Enter');
+      for (const [name, page] of [['A', a], ['B', b]]) {
+        // Wait for the message itself, whatever it turned into, then look at it.
+        await log(page, 'r:lobby').locator('.msg').nth(before[name.toLowerCase()]).waitFor();
+        const imgs = await page.evaluate(() => document.getElementsByTagName('img').length);
+        check(imgs === 0, `page ${name} created ${imgs} img element(s) from a message`);
+        const last = log(page, 'r:lobby').locator('.msg').last();
+        const text = await last.locator('.text').textContent();
+        check(text === evil, `page ${name} shows the message as ${JSON.stringify(text)}`);
+        check((await last.locator('.text *').count()) === 0, `page ${name} parsed the message into elements`);
+      }
+    });
+
+    await step('after a dropped connection B reconnects, catches up, and shows nothing twice', async () => {
+      proxy.pause();
+      await waitStatus(b, 'offline');
+      await say(a, 'r:lobby', 'while bobby was away');
+      proxy.resume();
+      await waitStatus(b, 'online', 'Connected as bobby');
+      await seeMessage(b, 'r:lobby', 'while bobby was away', 'alice');
+      // B rejoined lobby with its cursor after the server's automatic join replayed the
+      // history: both replays overlap, and each message must still appear once. B's own
+      // message is answered after both replays, so once it is back they are all in.
+      await say(b, 'r:lobby', 'bobby is back');
+      for (const text of ['hello from alice', 'back in lobby', '<img src=x onerror=alert(1)>', 'while bobby was away']) {
+        const n = await countMessages(b, 'r:lobby', text);
+        check(n === 1, `B shows ${JSON.stringify(text)} ${n} times`);
+      }
+      check((await log(b, 'r:lobby').locator('.missed').count()) === 0, 'B says messages were missed, but none were');
+      await waitMembers(a, ['alice', 'bobby'], []);
+    });
+
+    await step('after a server restart both pages reconnect by themselves and catch up', async () => {
+      await server.stop();
+      await waitStatus(a, 'offline');
+      await waitStatus(b, 'offline');
+      await a.screenshot({ path: path.join(OUT, 'a-offline.png') });
+      await server.start(); // same port
+      await waitStatus(a, 'online', 'Connected as alice');
+      await waitStatus(b, 'online', 'Connected as bobby');
+      // History died with the old server, so the rooms' epochs changed: the pages must say so.
+      await log(b, 'r:lobby').locator('.missed').first().waitFor();
+      await log(a, 'r:lobby').locator('.missed').first().waitFor();
+      await log(a, 'r:secret').locator('.missed').first().waitFor({ state: 'attached' });
+      check(/missed/i.test(await log(b, 'r:lobby').locator('.missed').first().textContent()), 'the notice does not say what happened');
+      check((await log(b, 'r:lobby').locator('.missed').count()) === 1, 'B shows the notice more than once');
+      await say(a, 'r:lobby', 'after the restart');
+      await seeMessage(b, 'r:lobby', 'after the restart', 'alice');
+      await say(b, 'r:lobby', 'welcome back');
+      await seeMessage(a, 'r:lobby', 'welcome back', 'bobby');
+      // A is back in #secret too (saying something there needs membership).
+      await openView(a, 'r:secret');
+      await say(a, 'r:secret', 'still secret');
+      await openView(a, 'r:lobby');
+      await waitMembers(a, ['alice', 'bobby'], []);
+      for (const text of ['hello from alice', 'after the restart', 'welcome back']) {
+        const n = await countMessages(b, 'r:lobby', text);
+        check(n === 1, `B shows ${JSON.stringify(text)} ${n} times`);
+      }
+      check(!(await b.locator('body').textContent()).includes('still secret'), "B shows #secret's message");
+      check((await a.locator('#error').isHidden()) && (await b.locator('#error').isHidden()), 'an error is shown after reconnecting');
+    });
+
+    await step('a reload keeps the nickname and the rooms, and shows nothing twice', async () => {
+      await a.reload();
+      await waitStatus(a, 'online', 'Connected as alice');
+      await log(a, 'r:secret').waitFor({ state: 'attached' });
+      // The server's automatic join and the page's own join of lobby both replay its history.
+      await say(a, 'r:lobby', 'alice reloaded');
+      await seeMessage(b, 'r:lobby', 'alice reloaded', 'alice');
+      for (const text of ['after the restart', 'welcome back']) {
+        const n = await countMessages(a, 'r:lobby', text);
+        check(n === 1, `A shows ${JSON.stringify(text)} ${n} times after a reload`);
+      }
+      check((await countMessages(a, 'r:secret', 'still secret')) === 1, "A does not show #secret's history once");
+    });
+
+    await step('the CSP blocks inline event handlers', async () => {
+      expectCspViolation = true;
+      const result = await a.evaluate(() => new Promise((resolve) => {
+        document.addEventListener('securitypolicyviolation', (e) => resolve({ directive: e.effectiveDirective, ran: 'pwned' in window }), { once: true });
+        const d = document.createElement('div');
+        d.setAttribute('onclick', 'window.pwned = 1');
+        document.body.append(d);
+        d.click();
+        d.remove();
+      }));
+      expectCspViolation = false;
+      check(!result.ran && !(await a.evaluate(() => 'pwned' in window)), 'an inline event handler ran');
+      check(/script-src/.test(result.directive), `unexpected violated directive ${result.directive}`);
+    });
+
+    await step('the error banner shows server errors', async () => {
+      const field = a.getByLabel('Nickname');
+      await field.fill('BOBBY'); // taken, ignoring case
+      await field.press('Enter');
+      await a.locator('#error-code', { hasText: 'nick_taken' }).waitFor();
+      await a.locator('#error-close').click();
+      await a.locator('#error').waitFor({ state: 'hidden' });
+      await waitStatus(a, 'online', 'Connected as alice');
+      check(await a.evaluate(() => localStorage.getItem('smolchat.nick') === 'alice'), 'a refused nick was remembered');
+    });
+
+    await step('screenshots saved under target/browser/', async () => {
+      await a.screenshot({ path: path.join(OUT, 'a.png') });
+      await b.screenshot({ path: path.join(OUT, 'b.png') });
+      await a.emulateMedia({ colorScheme: 'dark' });
+      await a.screenshot({ path: path.join(OUT, 'a-dark.png') });
+    });
+  } catch (e) {
+    for (const [name, page] of Object.entries(pages)) {
+      await page.screenshot({ path: path.join(OUT, `failure-${name}.png`) }).catch(() => {});
+    }
+    throw e;
+  } finally {
+    await browser.close().catch(() => {});
+    await proxy.close().catch(() => {});
+    await server.stop().catch(() => {});
+  }
+}
+
+try {
+  await main();
+  console.log(`${passed} passed, 0 failed`);
+  console.log(`screenshots and the server's log: ${path.relative(process.cwd(), OUT) || '.'}/`);
+} catch (e) {
+  console.error(`\nnot ok ${passed + 1}: ${e && e.message ? e.message : e}`);
+  if (serverLog.length) console.error(`\nlast server output:\n${serverLog.join('').slice(-1500)}`);
+  console.error(`\nscreenshots and the server's log: ${OUT}/`);
+  console.log(`${passed} passed, 1 failed`);
+  process.exit(1);
+}

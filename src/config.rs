@@ -227,7 +227,26 @@ impl Config {
                 }
             }
         }
+        config.validate()?;
         Ok(Action::Run(Box::new(config)))
+    }
+
+    /// Checks the settings against each other.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        // A join queues the room event and the whole replay at once; a queue smaller than
+        // that would disconnect a client as a slow consumer on its first join.
+        if self.queue < self.history + 8 {
+            return Err(err(
+                "--queue",
+                &format!(
+                    "must be at least --history + 8 = {} (a join replays the whole history at \
+                     once), got {}",
+                    self.history + 8,
+                    self.queue
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Sets one option from its text form, validating it.
@@ -358,11 +377,11 @@ mod tests {
 
         let c = parse(
             &["--history", "5", "--listen=[::1]:0"],
-            &[("SMOLCHAT_HISTORY", "7"), ("SMOLCHAT_QUEUE", "9")],
+            &[("SMOLCHAT_HISTORY", "7"), ("SMOLCHAT_QUEUE", "90")],
         )
         .unwrap();
         assert_eq!(c.history, 5, "a flag wins over the environment");
-        assert_eq!(c.queue, 9, "the environment fills what flags leave out");
+        assert_eq!(c.queue, 90, "the environment fills what flags leave out");
         assert_eq!(c.listen.to_string(), "[::1]:0");
     }
 
@@ -401,6 +420,12 @@ mod tests {
             let e = parse(args, &[]).unwrap_err();
             assert_eq!(e.flag, flag, "{args:?} gave {e}");
         }
+        let e = parse(&["--history", "500"], &[]).unwrap_err();
+        assert_eq!(
+            e.flag, "--queue",
+            "the default queue cannot hold a 500-message replay"
+        );
+        assert!(parse(&["--history", "500", "--queue", "508"], &[]).is_ok());
         let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
         assert_eq!(e.flag, "--log-level");
     }

@@ -495,11 +495,17 @@ impl Hub {
         }
     }
 
+    /// Closes every client with 1001. Clients go one by one, so each remaining member of a
+    /// room learns who left (reason `shutdown`) before its own close arrives.
     fn shutdown(&mut self) {
         self.shutting_down = true;
         let (code, reason) = SHUTDOWN_CLOSE;
-        for (_, client) in &self.clients {
-            client.queue.send_last(Outgoing::Close(code, reason));
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.clients[key]
+                .queue
+                .send_last(Outgoing::Close(code, reason));
+            self.remove(key, LeaveReason::Shutdown);
         }
     }
 
@@ -902,8 +908,17 @@ mod tests {
     fn shutdown_closes_everyone_with_1001() {
         let mut hub = hub();
         let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 64);
+        a.drain();
         hub.handle(Command::Shutdown);
-        assert_eq!(a.events().last().unwrap()["close"], 1001);
+        assert_eq!(
+            a.events(),
+            [serde_json::json!({"close": 1001, "reason": "server shutting down"})]
+        );
+        let got = b.events();
+        assert_eq!(got[0]["reason"], "shutdown", "b saw a leave first: {got:?}");
+        assert_eq!(got[1]["close"], 1001);
+        assert_eq!(hub.client_count(), 0);
         let (tx, _rx) = queue::bounded(8);
         let (reply, replies) = async_channel::bounded(1);
         hub.handle(Command::Connect { queue: tx, reply });

@@ -104,77 +104,94 @@ impl Chat {
 
     /// Serves one accepted connection from its first byte to its end: reads the HTTP request,
     /// answers it, and for `GET /ws` runs the WebSocket session. `peer` appears in logs.
-    pub async fn serve<S>(&self, mut stream: S, peer: &str)
+    pub async fn serve<S>(&self, stream: S, peer: &str)
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        // The handshake's futures are large and short-lived. Boxed, they are freed before the
+        // session starts instead of sitting inside every connection's future for its whole
+        // life (rustc does not reuse their space for the session's state).
+        if let Some((ws, slot)) = Box::pin(self.handshake(stream, peer)).await {
+            session::run(self, ws.split(), peer).await;
+            drop(slot);
+        }
+    }
+
+    /// Reads the request head and answers it. For an accepted upgrade, returns the WebSocket
+    /// and the connection's slot under `--max-connections`.
+    async fn handshake<S>(
+        &self,
+        mut stream: S,
+        peer: &str,
+    ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let head = within(self.config.handshake_timeout, http::read_head(&mut stream)).await;
         let (head, leftover) = match head {
             Some(Ok(read)) => read,
-            Some(Err(HeadError::Io)) => return,
+            Some(Err(HeadError::Io)) => return None,
             Some(Err(HeadError::TooLarge)) => {
-                self.refuse(
-                    &mut stream,
-                    peer,
-                    Response::text(431, "request head too large"),
-                    Refusal::HeadTooLarge,
-                )
-                .await;
-                return;
+                let response = Response::text(431, "request head too large");
+                self.refuse(&mut stream, peer, response, Refusal::HeadTooLarge)
+                    .await;
+                return None;
             }
             Some(Err(HeadError::Malformed)) => {
-                self.refuse(
-                    &mut stream,
-                    peer,
-                    Response::text(400, "malformed HTTP request"),
-                    Refusal::BadRequest,
-                )
-                .await;
-                return;
+                let response = Response::text(400, "malformed HTTP request");
+                self.refuse(&mut stream, peer, response, Refusal::BadRequest)
+                    .await;
+                return None;
             }
             None => {
                 self.metrics.refuse(Refusal::Timeout);
                 logger::refusal(peer, "refused: request head not complete in time");
-                return;
+                return None;
             }
         };
-        let accept_key = match http::route(&head, &self.config) {
-            Route::Page => {
-                let _ = http::page().write(&mut stream).await;
-                return;
+        let response = match http::route(&head, &self.config) {
+            Route::Upgrade { accept_key } => {
+                return self.upgrade(stream, leftover, &accept_key, peer).await;
             }
-            Route::Health => {
-                let _ = Response::text(200, "ok").write(&mut stream).await;
-                return;
-            }
+            Route::Page => http::page(),
+            Route::Health => Response::text(200, "ok"),
             Route::Metrics => {
                 let mut r = Response::text(200, "");
                 r.content_type = "text/plain; version=0.0.4; charset=utf-8";
                 r.body = self.metrics.render();
-                let _ = r.write(&mut stream).await;
-                return;
+                r
             }
-            Route::Refuse(response, None) => {
-                let _ = response.write(&mut stream).await;
-                return;
-            }
+            Route::Refuse(response, None) => response,
             Route::Refuse(response, Some(why)) => {
                 self.refuse(&mut stream, peer, response, why).await;
-                return;
+                return None;
             }
-            Route::Upgrade { accept_key } => accept_key,
         };
+        let _ = within(self.config.write_timeout, response.write(&mut stream)).await;
+        None
+    }
 
-        let Some(_slot) = ConnectionSlot::take(&self.metrics, self.config.max_connections as u64)
-        else {
+    /// Takes a connection slot, answers `101`, and wraps the stream as a WebSocket.
+    async fn upgrade<S>(
+        &self,
+        mut stream: S,
+        leftover: Vec<u8>,
+        accept_key: &str,
+        peer: &str,
+    ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let max = self.config.max_connections as u64;
+        let Some(slot) = ConnectionSlot::take(&self.metrics, max) else {
             let busy = Response::text(503, "server full; try again later").with("Retry-After", "5");
             self.refuse(&mut stream, peer, busy, Refusal::Capacity)
                 .await;
-            return;
+            return None;
         };
         let written = async {
             stream
-                .write_all(http::switching_protocols(&accept_key).as_bytes())
+                .write_all(http::switching_protocols(accept_key).as_bytes())
                 .await?;
             stream.flush().await
         };
@@ -182,16 +199,11 @@ impl Chat {
             within(self.config.write_timeout, written).await,
             Some(Ok(()))
         ) {
-            return;
+            return None;
         }
-        let ws = WebSocketStream::from_partially_read(
-            stream,
-            leftover,
-            Role::Server,
-            Some(self.ws_config()),
-        )
-        .await;
-        session::run(self, ws, peer).await;
+        let config = Some(self.ws_config());
+        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, config).await;
+        Some((ws, slot))
     }
 
     async fn refuse<S: AsyncWrite + Unpin>(

@@ -23,7 +23,7 @@ use async_io::Timer;
 use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_util::SinkExt;
 
@@ -68,29 +68,17 @@ impl End {
 }
 
 /// Runs the session for an upgraded connection until it ends. `peer` is only for logs.
-pub(crate) async fn run<S>(chat: &Chat, ws: WebSocketStream<S>, peer: &str)
-where
+pub(crate) async fn run<S>(
+    chat: &Chat,
+    (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
+    peer: &str,
+) where
     S: AsyncRead + AsyncWrite + Unpin + Send,
 {
-    let (queue_tx, queue) = queue::bounded(chat.config.queue);
-    let (reply, id) = async_channel::bounded(1);
-    let (mut sink, mut stream) = ws.split();
-    let registered = chat
-        .inbox
-        .send(Command::Connect {
-            queue: queue_tx,
-            reply,
-        })
-        .await;
-    let client = match (registered, id.recv().await) {
-        (Ok(()), Ok(client)) => client,
-        _ => {
-            // The hub is shutting down or gone.
-            let (code, reason) = crate::hub::SHUTDOWN_CLOSE;
-            let _ = within(LINGER, sink.send(close(code, reason))).await;
-            chat.metrics.close_sent(code);
-            return;
-        }
+    // Registration and teardown run once; boxed, their futures take no space in the
+    // long-lived part of the session.
+    let Some((client, queue)) = Box::pin(register(chat, &mut sink)).await else {
+        return;
     };
     log::info!("{peer}: connected");
 
@@ -100,6 +88,58 @@ where
     let writer = write_loop(chat, &mut sink, &queue, &last_seen, started);
     let end = reader.or(writer).await;
 
+    Box::pin(finish(
+        chat,
+        client,
+        end,
+        &mut sink,
+        &mut stream,
+        &queue,
+        peer,
+    ))
+    .await;
+}
+
+/// Gives the hub this client's queue and waits for its id. `None` if the hub is shutting
+/// down, in which case the client has been sent 1001.
+async fn register<S>(
+    chat: &Chat,
+    sink: &mut WebSocketSender<S>,
+) -> Option<(ClientId, Receiver<Outgoing>)>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (queue_tx, queue) = queue::bounded(chat.config.queue);
+    let (reply, id) = async_channel::bounded(1);
+    let command = Command::Connect {
+        queue: queue_tx,
+        reply,
+    };
+    if chat.inbox.send(command).await.is_ok() {
+        if let Ok(client) = id.recv().await {
+            return Some((client, queue));
+        }
+    }
+    let (code, reason) = crate::hub::SHUTDOWN_CLOSE;
+    if let Some(Ok(())) = within(LINGER, sink.send(close(code, reason))).await {
+        chat.metrics.close_sent(code);
+    }
+    None
+}
+
+/// Tells the hub the client is gone, sends the close frame the session decided on (after the
+/// events queued before it), and lingers so the close reaches the client.
+async fn finish<S>(
+    chat: &Chat,
+    client: ClientId,
+    end: End,
+    sink: &mut WebSocketSender<S>,
+    stream: &mut WebSocketReceiver<S>,
+    queue: &Receiver<Outgoing>,
+    peer: &str,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let leave = match &end {
         End::Close { leave, .. } => *leave,
         _ => LeaveReason::Disconnected,
@@ -118,7 +158,7 @@ where
             if code != crate::hub::SHUTDOWN_CLOSE.0 {
                 crate::logger::refusal(peer, &format!("closed with {code} ({reason})"));
             }
-            linger(&mut stream).await;
+            linger(stream).await;
         }
         End::Stalled => crate::logger::refusal(
             peer,
@@ -129,13 +169,47 @@ where
         ),
         End::Close { code, reason, .. } => {
             crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
-            let sent = within(chat.config.write_timeout, sink.send(close(code, reason))).await;
-            if matches!(sent, Some(Ok(()))) {
-                chat.metrics.close_sent(code);
-                linger(&mut stream).await;
+            let flushed = within(
+                chat.config.write_timeout,
+                flush_then_close(chat, sink, queue, code, reason),
+            );
+            if let Some(Ok(sent)) = flushed.await {
+                chat.metrics.close_sent(sent);
+                linger(stream).await;
             }
         }
     }
+}
+
+/// Writes what the hub queued for the client up to its `Disconnect` (an error explaining the
+/// close, say), then the close frame. The hub closes the queue when it handles the
+/// `Disconnect`, which ends the drain. Returns the close code sent: the hub's own, if it was
+/// closing the client at the same moment (shutdown), else `code`.
+async fn flush_then_close<S>(
+    chat: &Chat,
+    sink: &mut WebSocketSender<S>,
+    queue: &Receiver<Outgoing>,
+    code: u16,
+    reason: &'static str,
+) -> Result<u16, WsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut batch = VecDeque::new();
+    let (mut code, mut reason) = (code, reason);
+    while queue.recv_batch(&mut batch).await {
+        for item in batch.drain(..) {
+            match item {
+                Outgoing::Event(frame) => {
+                    Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
+                    sink.feed(Message::Text(frame)).await?;
+                }
+                Outgoing::Close(c, r) => (code, reason) = (c, r),
+            }
+        }
+    }
+    sink.send(close(code, reason)).await?;
+    Ok(code)
 }
 
 fn close(code: u16, reason: &'static str) -> Message {

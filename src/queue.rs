@@ -155,8 +155,9 @@ impl<T> Receiver<T> {
                 }
             }
             // Register, then look again: an item pushed between the check above and the
-            // registration would otherwise be missed.
-            let listener = self.0.ready.listen();
+            // registration would otherwise be missed. The listener lives in this future, not
+            // on the heap (`listen()` would allocate one for every wait).
+            event_listener::listener!(self.0.ready => listener);
             {
                 let state = self.0.lock();
                 if !state.items.is_empty() || state.closed {

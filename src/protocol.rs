@@ -79,44 +79,32 @@ impl Error {
     }
 }
 
-/// The JSON shape of a client command, before validation. Unknown fields are ignored so that
-/// newer clients can add optional fields without breaking older servers.
+/// The JSON shape of every client command at once: `type` plus every field any command
+/// uses. Unknown fields are ignored, so newer clients can add optional fields without breaking
+/// older servers. A flat struct rather than a serde-tagged enum: it parses in one pass without
+/// buffering, and its generated code is a third of the size.
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
-enum Wire {
-    Nick {
-        nick: String,
-    },
-    Join {
-        room: String,
-        since: Option<u64>,
-        epoch: Option<String>,
-    },
-    Leave {
-        room: String,
-    },
-    Say {
-        room: String,
-        text: String,
-    },
-    Direct {
-        to: String,
-        text: String,
-    },
-    Who {
-        room: String,
-        #[serde(default)]
-        offset: usize,
-    },
-    Rooms {},
+struct Wire {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    nick: Option<String>,
+    room: Option<String>,
+    since: Option<u64>,
+    epoch: Option<String>,
+    text: Option<String>,
+    to: Option<String>,
+    offset: Option<usize>,
 }
+
+/// The command types, for the error that lists them.
+const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
 
 /// Parses one text frame. A frame whose first non-blank character is not `{` is plain text for
 /// the sender's current room, as in the classic hub chat; one that starts with `{` must be a
 /// valid command object. `max_text` is the longest `text` accepted, in bytes.
 pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
     if !frame.trim_start().starts_with('{') {
-        let text = check_text(frame, max_text)?;
+        let text = check_text(Some(frame.to_string()), max_text)?;
         return Ok(Request::Say { room: None, text });
     }
     let wire: Wire = serde_json::from_str(frame).map_err(|e| {
@@ -125,9 +113,12 @@ pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
             format!("not a valid command: {e}; see docs/protocol.md"),
         )
     })?;
-    Ok(match wire {
-        Wire::Nick { nick } => {
-            nonempty("nick", &nick)?;
+    let Some(kind) = wire.kind else {
+        return Err(bad(format!("missing field \"type\", one of {COMMANDS}")));
+    };
+    Ok(match kind.as_str() {
+        "nick" => {
+            let nick = required("nick", wire.nick)?;
             if !valid_nick(&nick) {
                 return Err(Error::new(
                     ErrorCode::InvalidNick,
@@ -136,31 +127,48 @@ pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
             }
             Request::Nick { nick }
         }
-        Wire::Join { room, since, epoch } => Request::Join {
-            room: room_name(room)?,
-            since,
-            epoch,
+        "join" => Request::Join {
+            room: room_name(wire.room)?,
+            since: wire.since,
+            epoch: wire.epoch,
         },
-        Wire::Leave { room } => Request::Leave {
-            room: room_name(room)?,
+        "leave" => Request::Leave {
+            room: room_name(wire.room)?,
         },
-        Wire::Say { room, text } => Request::Say {
-            room: Some(room_name(room)?),
-            text: check_text(&text, max_text)?,
+        "say" => Request::Say {
+            room: Some(room_name(wire.room)?),
+            text: check_text(wire.text, max_text)?,
         },
-        Wire::Direct { to, text } => {
-            nonempty("to", &to)?;
-            Request::Direct {
-                to,
-                text: check_text(&text, max_text)?,
-            }
+        "direct" => Request::Direct {
+            to: required("to", wire.to)?,
+            text: check_text(wire.text, max_text)?,
+        },
+        "who" => Request::Who {
+            room: room_name(wire.room)?,
+            offset: wire.offset.unwrap_or(0),
+        },
+        "rooms" => Request::Rooms,
+        other => {
+            return Err(bad(format!(
+                "unknown type {other:?}, expected one of {COMMANDS}"
+            )));
         }
-        Wire::Who { room, offset } => Request::Who {
-            room: room_name(room)?,
-            offset,
-        },
-        Wire::Rooms {} => Request::Rooms,
     })
+}
+
+fn bad(message: String) -> Error {
+    Error::new(ErrorCode::BadRequest, message)
+}
+
+/// A field the command needs: present and not empty.
+fn required(field: &str, value: Option<String>) -> Result<String, Error> {
+    match value {
+        None => Err(bad(format!("missing field \"{field}\""))),
+        Some(v) => {
+            nonempty(field, &v)?;
+            Ok(v)
+        }
+    }
 }
 
 fn nonempty(field: &str, value: &str) -> Result<(), Error> {
@@ -174,8 +182,8 @@ fn nonempty(field: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-fn room_name(room: String) -> Result<String, Error> {
-    nonempty("room", &room)?;
+fn room_name(room: Option<String>) -> Result<String, Error> {
+    let room = required("room", room)?;
     if valid_room(&room) {
         Ok(room)
     } else {
@@ -186,15 +194,15 @@ fn room_name(room: String) -> Result<String, Error> {
     }
 }
 
-fn check_text(text: &str, max_text: usize) -> Result<String, Error> {
-    nonempty("text", text)?;
+fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
+    let text = required("text", text)?;
     if text.len() > max_text {
         return Err(Error::new(
             ErrorCode::BadRequest,
             format!("text is {} bytes; the limit is {max_text}", text.len()),
         ));
     }
-    Ok(text.to_string())
+    Ok(text)
 }
 
 /// True for 1-32 characters of ASCII letters, digits, `_`, `-` and `.`.

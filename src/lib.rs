@@ -40,11 +40,12 @@ mod session;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
 
 use async_channel::Sender;
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use config::Config;
 use deadline::within;
@@ -167,7 +168,7 @@ impl Chat {
                 return None;
             }
         };
-        let _ = within(self.config.write_timeout, response.write(&mut stream)).await;
+        self.respond(&mut stream, &response).await;
         None
     }
 
@@ -206,7 +207,7 @@ impl Chat {
         Some((ws, slot))
     }
 
-    async fn refuse<S: AsyncWrite + Unpin>(
+    async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         peer: &str,
@@ -218,7 +219,37 @@ impl Chat {
             peer,
             &format!("refused: {} {}", response.status, response.body.trim_end()),
         );
-        let _ = within(self.config.write_timeout, response.write(stream)).await;
+        self.respond(stream, &response).await;
+    }
+
+    /// Writes a plain response, then reads and drops what the client is still sending (at most
+    /// 64 KiB, until it pauses for 100 ms or closes) before the socket is dropped. Dropping a
+    /// socket with unread input makes the kernel answer with a reset, which can destroy the
+    /// response before the client reads it: a refused oversized head would never see its
+    /// 431. (A generic stream cannot half-close, so the pause is how we know it is done.)
+    async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        stream: &mut S,
+        response: &Response,
+    ) {
+        let written = async {
+            response.write(stream).await?;
+            stream.flush().await
+        };
+        if !matches!(
+            within(self.config.write_timeout, written).await,
+            Some(Ok(()))
+        ) {
+            return;
+        }
+        let mut scratch = [0u8; 1024];
+        let mut left: usize = 64 * 1024;
+        while left > 0 {
+            match within(Duration::from_millis(100), stream.read(&mut scratch)).await {
+                Some(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+                _ => break,
+            }
+        }
     }
 
     /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,

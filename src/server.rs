@@ -38,6 +38,9 @@ const SPARE_DESCRIPTORS: u64 = 64;
 /// First raises the process's descriptor limit as far as allowed, and lowers
 /// `--max-connections` (with a warning) if the limit cannot hold that many sockets.
 pub fn start(mut config: Config) -> io::Result<Running> {
+    config
+        .validate()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.max_connections = fit_descriptor_limit(config.max_connections);
     let listener = TcpListener::bind(config.listen)?;
     let addr = listener.local_addr()?;

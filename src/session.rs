@@ -115,10 +115,10 @@ where
         queue: queue_tx,
         reply,
     };
-    if chat.inbox.send(command).await.is_ok() {
-        if let Ok(client) = id.recv().await {
-            return Some((client, queue));
-        }
+    if chat.inbox.send(command).await.is_ok()
+        && let Ok(client) = id.recv().await
+    {
+        return Some((client, queue));
     }
     let (code, reason) = crate::hub::SHUTDOWN_CLOSE;
     if let Some(Ok(())) = within(LINGER, sink.send(close(code, reason))).await {

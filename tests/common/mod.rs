@@ -4,6 +4,7 @@
 //! something that can be awaited.
 #![allow(dead_code)]
 
+pub mod duplex;
 pub mod raw;
 
 use std::net::{SocketAddr, TcpStream};

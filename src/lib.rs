@@ -107,7 +107,7 @@ impl Chat {
     /// answers it, and for `GET /ws` runs the WebSocket session. `peer` appears in logs.
     pub async fn serve<S>(&self, stream: S, peer: &str)
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         // The handshake's futures are large and short-lived. Boxed, they are freed before the
         // session starts instead of sitting inside every connection's future for its whole
@@ -126,7 +126,7 @@ impl Chat {
         peer: &str,
     ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let head = within(self.config.handshake_timeout, http::read_head(&mut stream)).await;
         let (head, leftover) = match head {
@@ -181,7 +181,7 @@ impl Chat {
         peer: &str,
     ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
     where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
+        S: AsyncRead + AsyncWrite + Unpin,
     {
         let max = self.config.max_connections as u64;
         let Some(slot) = ConnectionSlot::take(&self.metrics, max) else {

@@ -73,7 +73,7 @@ pub(crate) async fn run<S>(
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
     peer: &str,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send,
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     // Registration and teardown run once; boxed, their futures take no space in the
     // long-lived part of the session.

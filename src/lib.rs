@@ -24,6 +24,11 @@
 
 #![forbid(unsafe_code)]
 
+/// The README's code examples, compiled and run as doctests.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub mod config;
 mod deadline;
 pub mod http;

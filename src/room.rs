@@ -1,9 +1,9 @@
 //! One room: who is in it, the messages it remembers, and the rules for replaying them.
 //!
 //! The hub owns every [`Room`] and is the only caller. Members enter and leave through
-//! [`Room::add`] and [`Room::remove`]; messages enter through [`Room::push`], which assigns the
-//! next id, and leave again through [`Room::replay`] when a client joins or recovers after a
-//! reconnect. The room stores each message already encoded, so a replay re-sends the very bytes
+//! [`Room::add`] and [`Room::remove`]; messages enter through [`Room::next_id`] (which assigns
+//! the id) and [`Room::remember`], and leave again through [`Room::replay`] when a client joins
+//! or recovers after a reconnect. The room stores each message already encoded, so a replay re-sends the very bytes
 //! the live recipients got, without encoding anything again.
 
 use std::collections::VecDeque;

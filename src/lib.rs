@@ -258,13 +258,16 @@ impl Chat {
     }
 
     /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,
-    /// 64 MiB messages) would cost more per idle connection than everything else together.
+    /// 128 KiB write threshold, 64 MiB messages) would cost more per connection than
+    /// everything else together. The read buffer is allocated eagerly for every connection, so
+    /// it is small; a larger message just takes more reads. Frames are written to the socket
+    /// whenever 4 KiB are buffered, which bounds what an active connection holds.
     fn ws_config(&self) -> WebSocketConfig {
         let max = self.config.max_message_bytes;
         WebSocketConfig::default()
-            .read_buffer_size(1024)
-            .write_buffer_size(16 * 1024)
-            .max_write_buffer_size(16 * 1024 + 64 * 1024 + max)
+            .read_buffer_size(512)
+            .write_buffer_size(4096)
+            .max_write_buffer_size(4096 + max + 1024)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }

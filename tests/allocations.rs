@@ -118,7 +118,7 @@ fn fan_out_allocates_per_message_not_per_recipient() {
         let per_connection = (after_idle - before_idle) / (LARGE - SMALL) as i64;
         println!("server heap per idle connection: {per_connection} bytes");
         assert!(
-            per_connection < 6 * 1024,
+            per_connection < 5 * 1024,
             "an idle connection holds {per_connection} bytes of heap"
         );
 

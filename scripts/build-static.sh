@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds a fully static x86_64 Linux binary of smolchat: the size-first `min` profile, glibc's
+# static libraries (crt-static) and a non-PIE executable. The explicit --target is required:
+# without it RUSTFLAGS would also apply to build scripts and proc macros, which must stay
+# dynamic. The result runs on any x86_64 Linux, no Rust toolchain or libc needed.
+#
+# Usage: scripts/build-static.sh            -> prints the path of the binary
+#        PROFILE=release scripts/build-static.sh   (speed-first instead)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-min}
+target=x86_64-unknown-linux-gnu
+RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
+  cargo build --locked --profile "$profile" --target "$target" --bin smolchat >&2
+echo "target/$target/$profile/smolchat"

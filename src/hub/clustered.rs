@@ -112,11 +112,8 @@ impl Hub {
                 if self.shutting_down {
                     return;
                 }
-                if self.metrics.redis_down() {
-                    let (code, reason) = UNAVAILABLE_CLOSE;
-                    queue.send_last(Outgoing::Close(code, reason));
-                    return;
-                }
+                // Registered like any client; if Redis is down, the bridge's refusal closes it
+                // with 1011 (upgrades are refused with 503 before that while Redis is down).
                 let serial = self.next_serial;
                 self.next_serial += 1;
                 let key = self.clients.insert(Client {
@@ -460,8 +457,9 @@ impl Hub {
             }
             (Waiting::Say(room), Answer::Said { id }) => {
                 let node = self.node();
-                let local = node.rooms.get_mut(&room).expect("sender's room");
-                if local.last_id < id {
+                if let Some(local) = node.rooms.get_mut(&room)
+                    && local.last_id < id
+                {
                     local.waiters.push((key, id));
                     // Answered when the message comes back.
                     node.busy.get_mut(&key).expect("busy").waiting = Waiting::Echo(room);
@@ -650,7 +648,9 @@ impl Hub {
     /// Message `id` of `room` was fanned out: its sender (and anyone waiting for an earlier
     /// one) is answered.
     fn message_back(&mut self, room: &str, id: u64) {
-        let local = self.node().rooms.get_mut(room).expect("room");
+        let Some(local) = self.node().rooms.get_mut(room) else {
+            return;
+        };
         local.last_id = local.last_id.max(id);
         let last = local.last_id;
         let done: Vec<usize> = local
@@ -779,5 +779,31 @@ impl Hub {
         for room in rooms {
             self.drop_if_unused(&room);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::protocol::Frame;
+    use crate::room::Room;
+
+    #[test]
+    fn a_room_restored_from_redis_replays_by_the_same_rules() {
+        let frames = ["3", "4", "5"].map(Frame::from).to_vec();
+        let room = Room::restored("e1".into(), 5, frames);
+        let ids = |since, epoch| {
+            let r = room.replay(since, epoch);
+            let ids: Vec<String> = r.messages.iter().map(|f| f.to_string()).collect();
+            (ids, r.complete)
+        };
+        assert_eq!(
+            ids(Some(2), Some("e1")),
+            (vec!["3".into(), "4".into(), "5".into()], Some(true))
+        );
+        assert_eq!(ids(Some(1), Some("e1")).1, Some(false), "2 was evicted");
+        assert_eq!(ids(Some(4), None), (vec!["5".to_string()], Some(true)));
+        assert_eq!(ids(Some(5), Some("e0")).1, Some(false), "another life");
+        let empty = Room::restored("e2".into(), 0, Vec::new());
+        assert_eq!(empty.replay(Some(0), Some("e2")).complete, Some(true));
     }
 }

@@ -12,7 +12,7 @@ CLIENTS=${CLIENTS:-200}
 SENDERS=${SENDERS:-10}
 RATE=${RATE:-50}
 DURATION=${DURATION:-10}
-REDIS_PORT=${REDIS_PORT:-16379}
+REDIS_PORT=${REDIS_PORT:-26379}
 
 cargo build --release --features redis --bin smolchat --example bench_nodes
 bin=target/release/smolchat
@@ -40,16 +40,16 @@ redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save '' --appendonly no >/d
 pids+=($!)
 sleep 0.3
 
-"$bin" --listen 127.0.0.1:18080 "${flags[@]}" & pids+=($!)
-wait_healthy 127.0.0.1 18080
+"$bin" --listen 127.0.0.1:28080 "${flags[@]}" & pids+=($!)
+wait_healthy 127.0.0.1 28080
 echo "single node:"
-load 127.0.0.1:18080
+load 127.0.0.1:28080
 kill "${pids[-1]}"
 
 url="redis://127.0.0.1:$REDIS_PORT/"
-"$bin" --listen 127.0.0.1:18081 --redis "$url" "${flags[@]}" & pids+=($!)
-"$bin" --listen 127.0.0.1:18082 --redis "$url" "${flags[@]}" & pids+=($!)
-wait_healthy 127.0.0.1 18081
-wait_healthy 127.0.0.1 18082
+"$bin" --listen 127.0.0.1:28081 --redis "$url" "${flags[@]}" & pids+=($!)
+"$bin" --listen 127.0.0.1:28082 --redis "$url" "${flags[@]}" & pids+=($!)
+wait_healthy 127.0.0.1 28081
+wait_healthy 127.0.0.1 28082
 echo "two nodes through Redis:"
-load 127.0.0.1:18081,127.0.0.1:18082
+load 127.0.0.1:28081,127.0.0.1:28082

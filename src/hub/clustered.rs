@@ -793,7 +793,7 @@ mod tests {
         let room = Room::restored("e1".into(), 5, frames);
         let ids = |since, epoch| {
             let r = room.replay(since, epoch);
-            let ids: Vec<String> = r.messages.iter().map(|f| f.to_string()).collect();
+            let ids: Vec<String> = r.messages.iter().map(|f| f.as_str().to_string()).collect();
             (ids, r.complete)
         };
         assert_eq!(

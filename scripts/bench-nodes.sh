@@ -23,7 +23,7 @@ trap cleanup EXIT
 
 wait_healthy() { # host port
   for _ in $(seq 1 200); do
-    if exec 3<>"/dev/tcp/$1/$2" 2>/dev/null; then
+    if { exec 3<>"/dev/tcp/$1/$2"; } 2>/dev/null; then
       printf 'GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n' >&3
       if head -c 12 <&3 | grep -q 200; then exec 3>&-; return 0; fi
       exec 3>&-

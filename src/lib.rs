@@ -44,7 +44,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use async_channel::Sender;
+use async_channel::{Receiver, Sender};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -104,16 +104,9 @@ impl Chat {
             #[cfg(feature = "redis")]
             bridge_stopped,
         };
-        let run = hub::run(hub, commands);
         #[cfg(feature = "redis")]
-        let run = futures_lite::future::zip(run, async move {
-            if let Some(bridge) = bridge {
-                bridge.await;
-            }
-        });
-        (chat, async move {
-            run.await;
-        })
+        let commands = (commands, bridge);
+        (chat, run(hub, commands))
     }
 
     /// Scale-out: waits until the Redis bridge has told the other nodes this one is leaving
@@ -317,6 +310,26 @@ impl Chat {
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
+}
+
+/// The hub's future.
+#[cfg(not(feature = "redis"))]
+fn run(hub: Hub, commands: Receiver<Command>) -> impl Future<Output = ()> + Send + 'static {
+    hub::run(hub, commands)
+}
+
+/// The hub's future, with the Redis bridge's beside it when rooms are shared.
+#[cfg(feature = "redis")]
+async fn run<B>(hub: Hub, (commands, bridge): (Receiver<Command>, Option<B>))
+where
+    B: Future<Output = ()>,
+{
+    let bridge = async move {
+        if let Some(bridge) = bridge {
+            bridge.await;
+        }
+    };
+    futures_lite::future::zip(hub::run(hub, commands), bridge).await;
 }
 
 /// Counts a WebSocket session in `connections` for as long as it lives.

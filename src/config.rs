@@ -55,6 +55,14 @@ pub struct Config {
     pub presence_limit: usize,
     /// Time writers get to flush their last frames on shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
+    /// Scale-out: the Redis URL that nodes share rooms through (`--redis`); `None` runs a
+    /// single node with everything in memory.
+    #[cfg(feature = "redis")]
+    pub redis: Option<String>,
+    /// Scale-out: how often a node renews its heartbeat and looks for lost nodes
+    /// (`--redis-heartbeat`). A node whose heartbeat is 3 intervals old is lost.
+    #[cfg(feature = "redis")]
+    pub redis_heartbeat: Duration,
 }
 
 impl Default for Config {
@@ -79,6 +87,10 @@ impl Default for Config {
             max_rooms_per_client: 32,
             presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
+            #[cfg(feature = "redis")]
+            redis: None,
+            #[cfg(feature = "redis")]
+            redis_heartbeat: Duration::from_secs(5),
         }
     }
 }
@@ -145,6 +157,17 @@ Options:
   -V, --version               print the version and enabled features
 ";
 
+/// The scale-out options, printed after [`HELP`] in builds with the `redis` feature.
+pub const HELP_REDIS: &str = if cfg!(feature = "redis") {
+    "
+Scale-out (the redis feature; see docs/scale-out.md):
+  --redis URL                 share rooms with other nodes through Redis (redis://host:6379)
+  --redis-heartbeat DUR       node heartbeat; a node silent for 3 beats is lost [default: 5s]
+"
+} else {
+    ""
+};
+
 /// Every option that takes a value, as `(flag, environment variable)`.
 const OPTIONS: &[(&str, &str)] = &[
     ("listen", "SMOLCHAT_LISTEN"),
@@ -166,6 +189,10 @@ const OPTIONS: &[(&str, &str)] = &[
     ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
     ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
+    #[cfg(feature = "redis")]
+    ("redis", "SMOLCHAT_REDIS"),
+    #[cfg(feature = "redis")]
+    ("redis-heartbeat", "SMOLCHAT_REDIS_HEARTBEAT"),
 ];
 
 impl Config {
@@ -303,6 +330,15 @@ impl Config {
                 self.presence_limit = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
             }
             "shutdown-timeout" => self.shutdown_timeout = duration(value).map_err(|m| bad(&m))?,
+            #[cfg(feature = "redis")]
+            "redis" => {
+                if !value.starts_with("redis://") && !value.starts_with("unix://") {
+                    return Err(bad("expected a URL like redis://127.0.0.1:6379"));
+                }
+                self.redis = Some(value.to_string());
+            }
+            #[cfg(feature = "redis")]
+            "redis-heartbeat" => self.redis_heartbeat = duration(value).map_err(|m| bad(&m))?,
             _ => unreachable!("every flag in OPTIONS is handled"),
         }
         Ok(())

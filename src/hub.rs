@@ -22,6 +22,9 @@ use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Limits, Reque
 use crate::queue::{self, TrySendError};
 use crate::room::Room;
 
+#[cfg(feature = "redis")]
+mod clustered;
+
 /// Identifies one connected client. The slab key is reused after a client leaves, so the
 /// `serial` (never reused) tells a late command from a departed client apart from its
 /// successor in the same slot.
@@ -60,6 +63,9 @@ pub enum Command {
     },
     /// Close every client with 1001 and accept no new ones.
     Shutdown,
+    /// Scale-out: an answer or event from Redis.
+    #[cfg(feature = "redis")]
+    Cluster(crate::cluster::Notice),
 }
 
 /// Close code and reason sent to a slow consumer.
@@ -94,6 +100,9 @@ pub struct Hub {
     /// Clients whose queue was found full while delivering, to disconnect after the command.
     slow: Vec<usize>,
     shutting_down: bool,
+    /// Scale-out: set when rooms are shared with other nodes through Redis.
+    #[cfg(feature = "redis")]
+    cluster: Option<Box<clustered::Node>>,
 }
 
 impl Hub {
@@ -117,12 +126,20 @@ impl Hub {
             tick: 0,
             slow: Vec::new(),
             shutting_down: false,
+            #[cfg(feature = "redis")]
+            cluster: None,
         }
     }
 
     /// Handles one command. Everything the command causes is queued before this returns.
     pub fn handle(&mut self, command: Command) {
         self.tick += 1;
+        #[cfg(feature = "redis")]
+        if self.cluster.is_some() {
+            self.handle_clustered(command);
+            self.drop_slow_consumers();
+            return;
+        }
         match command {
             Command::Connect { queue, reply } => {
                 if !self.shutting_down {
@@ -148,6 +165,8 @@ impl Hub {
                 }
             }
             Command::Shutdown => self.shutdown(),
+            #[cfg(feature = "redis")]
+            Command::Cluster(_) => {}
         }
         self.drop_slow_consumers();
     }
@@ -469,6 +488,10 @@ impl Hub {
     /// Forgets a client: frees its nick, leaves its rooms (announcing `reason`), and drops its
     /// queue sender, which ends its writer once the queue is drained.
     fn remove(&mut self, key: usize, reason: LeaveReason) {
+        #[cfg(feature = "redis")]
+        if self.cluster.is_some() {
+            return self.remove_clustered(key, reason);
+        }
         let rooms = std::mem::take(&mut self.clients[key].rooms);
         for name in &rooms {
             self.part(key, name, reason);

@@ -29,6 +29,8 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "redis")]
+pub mod cluster;
 pub mod config;
 mod deadline;
 pub mod http;
@@ -47,7 +49,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
 
-use async_channel::Sender;
+use async_channel::{Receiver, Sender};
 use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -63,6 +65,8 @@ use metrics::Refusal;
 pub const FEATURES: &[&str] = &[
     #[cfg(feature = "smol")]
     "smol",
+    #[cfg(feature = "redis")]
+    "redis",
 ];
 
 /// Commands that may wait in the hub's inbox before readers have to wait their turn.
@@ -74,6 +78,9 @@ pub struct Chat {
     inbox: Sender<Command>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
+    #[cfg(feature = "redis")]
+    bridge_stopped: Option<async_channel::Receiver<()>>,
 }
 
 impl Chat {
@@ -85,12 +92,35 @@ impl Chat {
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
         let hub = Hub::new(config.clone(), metrics.clone());
+        #[cfg(feature = "redis")]
+        let (hub, bridge, bridge_stopped) = match config.redis {
+            Some(_) => {
+                let (done, stopped) = async_channel::bounded(1);
+                let (bridge, run) =
+                    cluster::start(config.clone(), metrics.clone(), inbox.downgrade(), done);
+                (hub.clustered(bridge), Some(run), Some(stopped))
+            }
+            None => (hub, None, None),
+        };
         let chat = Chat {
             inbox,
             config,
             metrics,
+            #[cfg(feature = "redis")]
+            bridge_stopped,
         };
-        (chat, hub::run(hub, commands))
+        #[cfg(feature = "redis")]
+        let commands = (commands, bridge);
+        (chat, run(hub, commands))
+    }
+
+    /// Scale-out: waits until the Redis bridge has told the other nodes this one is leaving
+    /// (after [`Chat::shutdown`]).
+    #[cfg(feature = "redis")]
+    pub async fn bridge_stopped(&self) {
+        if let Some(stopped) = &self.bridge_stopped {
+            let _ = stopped.recv().await;
+        }
     }
 
     /// The configuration the hub was created with.
@@ -160,7 +190,7 @@ impl Chat {
                 return self.upgrade(stream, leftover, &accept_key, peer).await;
             }
             Route::Page => http::page(),
-            Route::Health => Response::text(200, "ok"),
+            Route::Health => self.health(),
             Route::Metrics => {
                 let mut r = Response::text(200, "");
                 r.content_type = "text/plain; version=0.0.4; charset=utf-8";
@@ -177,6 +207,15 @@ impl Chat {
         None
     }
 
+    /// `/healthz`: 200, or 503 while a scale-out node cannot reach Redis.
+    fn health(&self) -> Response {
+        #[cfg(feature = "redis")]
+        if self.metrics.redis_down() {
+            return Response::text(503, "redis unavailable");
+        }
+        Response::text(200, "ok")
+    }
+
     /// Takes a connection slot, answers `101`, and wraps the stream as a WebSocket.
     async fn upgrade<S>(
         &self,
@@ -188,6 +227,14 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        #[cfg(feature = "redis")]
+        if self.metrics.redis_down() {
+            let down = Response::text(503, "chat backend unavailable; try again later")
+                .with("Retry-After", "5");
+            self.refuse(&mut stream, peer, down, Refusal::Capacity)
+                .await;
+            return None;
+        }
         let max = self.config.max_connections as u64;
         let Some(slot) = ConnectionSlot::take(&self.metrics, max) else {
             let busy = Response::text(503, "server full; try again later").with("Retry-After", "5");
@@ -271,6 +318,26 @@ impl Chat {
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
+}
+
+/// The hub's future.
+#[cfg(not(feature = "redis"))]
+fn run(hub: Hub, commands: Receiver<Command>) -> impl Future<Output = ()> + Send + 'static {
+    hub::run(hub, commands)
+}
+
+/// The hub's future, with the Redis bridge's beside it when rooms are shared.
+#[cfg(feature = "redis")]
+async fn run<B>(hub: Hub, (commands, bridge): (Receiver<Command>, Option<B>))
+where
+    B: Future<Output = ()>,
+{
+    let bridge = async move {
+        if let Some(bridge) = bridge {
+            bridge.await;
+        }
+    };
+    futures_lite::future::zip(hub::run(hub, commands), bridge).await;
 }
 
 /// Counts a WebSocket session in `connections` for as long as it lives.

@@ -7,13 +7,13 @@ use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
-use smolchat::config::{Action, Config, HELP};
+use smolchat::config::{Action, Config, HELP, HELP_REDIS};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{HELP}");
+            print!("{HELP}{HELP_REDIS}");
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {

@@ -66,6 +66,19 @@ pub struct Metrics {
     pub slow_consumers: AtomicU64,
     /// Messages refused by the rate limit.
     pub rate_limited: AtomicU64,
+    /// Scale-out: 1 while the node is connected to Redis, 0 while it is not (only rendered
+    /// when `--redis` is set).
+    #[cfg(feature = "redis")]
+    pub redis_up: AtomicU64,
+    /// Scale-out: set once at start when `--redis` is given.
+    #[cfg(feature = "redis")]
+    pub redis_enabled: std::sync::atomic::AtomicBool,
+    /// Scale-out: connections to Redis made after the first one.
+    #[cfg(feature = "redis")]
+    pub redis_reconnects: AtomicU64,
+    /// Scale-out: commands answered with `unavailable`.
+    #[cfg(feature = "redis")]
+    pub redis_unavailable: AtomicU64,
     refused: [AtomicU64; 5],
     closes: [AtomicU64; CLOSE_CODES.len()],
 }
@@ -94,6 +107,12 @@ impl Metrics {
             .iter()
             .position(|&c| c == code)
             .map_or(0, |i| self.closes[i].load(Relaxed))
+    }
+
+    /// Scale-out: true when `--redis` is set and Redis cannot be reached right now.
+    #[cfg(feature = "redis")]
+    pub fn redis_down(&self) -> bool {
+        self.redis_enabled.load(Relaxed) && self.redis_up.load(Relaxed) == 0
     }
 
     /// Adds `n` to a counter.
@@ -165,6 +184,28 @@ impl Metrics {
             "Messages refused by the rate limit.",
             &self.rate_limited,
         );
+
+        #[cfg(feature = "redis")]
+        if self.redis_enabled.load(Relaxed) {
+            one(
+                "redis_up",
+                "gauge",
+                "1 while the node is connected to Redis, else 0.",
+                &self.redis_up,
+            );
+            one(
+                "redis_reconnects_total",
+                "counter",
+                "Connections to Redis made after the first.",
+                &self.redis_reconnects,
+            );
+            one(
+                "redis_unavailable_total",
+                "counter",
+                "Commands answered with error unavailable.",
+                &self.redis_unavailable,
+            );
+        }
 
         out.push_str(
             "# HELP smolchat_refused_total HTTP requests and upgrades refused, by cause.\n",

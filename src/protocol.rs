@@ -58,6 +58,8 @@ pub enum ErrorCode {
     RateLimited,
     /// Joining would pass `--max-rooms` or `--max-rooms-per-client`.
     RoomLimit,
+    /// Scale-out only: the shared store (Redis) cannot be reached; nothing was done.
+    Unavailable,
 }
 
 /// A refusal to show the client: a code to branch on and a sentence for people.
@@ -235,6 +237,8 @@ pub enum LeaveReason {
     SlowConsumer,
     /// The server is shutting down.
     Shutdown,
+    /// Scale-out only: the member's node stopped without saying goodbye (its heartbeat expired).
+    NodeLost,
 }
 
 /// The limits a client is told about in `welcome`, so it can stay within them.

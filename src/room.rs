@@ -47,6 +47,20 @@ impl Room {
         }
     }
 
+    /// A room rebuilt from a shared store (scale-out), for its replay rules: `history` holds
+    /// the retained messages, oldest first, the newest with id `last_id`.
+    pub fn restored(epoch: String, last_id: u64, history: Vec<Frame>) -> Self {
+        let first = (last_id + 1).saturating_sub(history.len() as u64);
+        Room {
+            epoch,
+            members: Vec::new(),
+            capacity: history.len(),
+            history: (first..).zip(history).collect(),
+            last_id,
+            idle_since: 0,
+        }
+    }
+
     /// This life of the room's history.
     pub fn epoch(&self) -> &str {
         &self.epoch

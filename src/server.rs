@@ -186,6 +186,8 @@ impl Running {
             crate::deadline::within(timeout, async {
                 // Fails (returns) once the last session has dropped its sender.
                 let _ = sessions.recv().await;
+                #[cfg(feature = "redis")]
+                chat.bridge_stopped().await;
             })
             .await
         }));

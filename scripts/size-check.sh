@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Size budgets, checked in CI: builds the static binary (scripts/build-static.sh, `min`
+# profile) and the ordinary dynamic binaries, prints every size, and fails naming the budget
+# that was overrun. The web client is embedded in every one of them.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# The budgets, in bytes.
+STATIC_BUDGET=1600000        # static x86_64 binary, size-first profile: at most 1.6 MB
+DYNAMIC_MIN_BUDGET=720000    # dynamic binary, size-first profile (see README "Binary size")
+DYNAMIC_RELEASE_BUDGET=880000 # dynamic binary, speed-first release profile
+
+static=$(scripts/build-static.sh)
+cargo build --locked --release --bin smolchat >&2
+cargo build --locked --profile min --bin smolchat >&2
+
+size_of() { stat -c %s "$1"; }
+fail=0
+check() { # name path budget
+  local size; size=$(size_of "$2")
+  printf '%-34s %9d bytes  (budget %9d)  %s\n' "$1" "$size" "$3" "$2"
+  if [ "$size" -gt "$3" ]; then
+    echo "SIZE BUDGET EXCEEDED: $1 is $size bytes, over its budget of $3 bytes by $((size - $3))" >&2
+    fail=1
+  fi
+}
+check "static (min profile)" "$static" $STATIC_BUDGET
+check "dynamic (min profile)" target/min/smolchat $DYNAMIC_MIN_BUDGET
+check "dynamic (release profile)" target/release/smolchat $DYNAMIC_RELEASE_BUDGET
+file "$static" | grep -q "statically linked" || { echo "$static is not statically linked" >&2; fail=1; }
+"$static" --version
+exit $fail

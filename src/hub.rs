@@ -430,21 +430,25 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, key: usize, room: Option<String>, text: &str) -> Result<(), Error> {
+    /// The room a `say` goes to: the one named, which the client must be in, or for plain
+    /// text (`None`) its current room.
+    fn say_target(&self, key: usize, room: Option<String>) -> Result<String, Error> {
         let client = &self.clients[key];
-        let name = match room {
-            Some(name) if client.rooms.contains(&name) => name,
-            Some(name) => return Err(not_member(&name)),
-            None => match client.rooms.last() {
-                Some(current) => current.clone(),
-                None => {
-                    return Err(Error::new(
-                        ErrorCode::NotMember,
-                        "you are in no room; join one before sending plain text",
-                    ));
-                }
-            },
-        };
+        match room {
+            Some(name) if client.rooms.contains(&name) => Ok(name),
+            Some(name) => Err(not_member(&name)),
+            None => client.rooms.last().cloned().ok_or_else(|| {
+                Error::new(
+                    ErrorCode::NotMember,
+                    "you are in no room; join one before sending plain text",
+                )
+            }),
+        }
+    }
+
+    fn say(&mut self, key: usize, room: Option<String>, text: &str) -> Result<(), Error> {
+        let name = self.say_target(key, room)?;
+        let client = &self.clients[key];
         Metrics::add(&self.metrics.messages_received, 1);
         let room = self.rooms.get_mut(&name).expect("a client's rooms exist");
         let id = room.next_id();
@@ -576,7 +580,8 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn radix36(mut n: u128) -> String {
+/// `n` in base 36, for short identifiers.
+pub(crate) fn radix36(mut n: u128) -> String {
     const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
     let mut out = Vec::new();
     loop {

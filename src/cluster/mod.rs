@@ -37,6 +37,8 @@ use async_channel::{Receiver, Sender, WeakSender};
 use async_io::Timer;
 use futures_lite::{FutureExt, StreamExt};
 use redis::Value;
+
+use crate::hub::radix36;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 
 use crate::config::Config;
@@ -256,20 +258,6 @@ fn node_id() -> String {
         .unwrap_or_default()
         .as_micros();
     format!("{}{}x{n}", radix36(micros), std::process::id())
-}
-
-fn radix36(mut n: u128) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
-    }
-    out.reverse();
-    String::from_utf8(out).expect("ASCII digits")
 }
 
 struct State {

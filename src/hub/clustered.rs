@@ -233,20 +233,8 @@ impl Hub {
                 self.call(key, Waiting::Leave(room), call);
             }
             Request::Say { room, text } => {
+                let room = self.say_target(key, room)?;
                 let client = &self.clients[key];
-                let room = match room {
-                    Some(name) if client.rooms.contains(&name) => name,
-                    Some(name) => return Err(not_member(&name)),
-                    None => match client.rooms.last() {
-                        Some(current) => current.clone(),
-                        None => {
-                            return Err(Error::new(
-                                ErrorCode::NotMember,
-                                "you are in no room; join one before sending plain text",
-                            ));
-                        }
-                    },
-                };
                 Metrics::add(&self.metrics.messages_received, 1);
                 // The event as a single node would encode it, cut where Redis puts the id.
                 let frame = Event::Message {

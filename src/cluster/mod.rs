@@ -37,12 +37,10 @@ use async_channel::{Receiver, Sender, WeakSender};
 use async_io::Timer;
 use futures_lite::{FutureExt, StreamExt};
 use redis::Value;
-
-use crate::hub::radix36;
 use redis::aio::{MultiplexedConnection, PubSubSink, PubSubStream};
 
 use crate::config::Config;
-use crate::hub::{ClientId, Command};
+use crate::hub::{ClientId, Command, radix36};
 use crate::metrics::Metrics;
 use crate::protocol::{Frame, LeaveReason};
 use scripts::Scripts;

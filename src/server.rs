@@ -42,7 +42,7 @@ pub fn start(mut config: Config) -> io::Result<Running> {
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.max_connections = fit_descriptor_limit(config.max_connections);
-    let listener = TcpListener::bind(config.listen)?;
+    let listener = bind(config.listen)?;
     let addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
     let threads = match config.threads {
@@ -88,6 +88,26 @@ pub fn start(mut config: Config) -> io::Result<Running> {
         sessions,
         threads,
     })
+}
+
+/// Pending connections the kernel queues before `accept`; std's `TcpListener::bind` asks
+/// for 128, and a burst of thousands of clients (a reconnect storm after a restart) then
+/// loses handshakes that each cost the client a one-second SYN retry.
+const LISTEN_BACKLOG: i32 = 4096;
+
+/// Binds a listening socket like `TcpListener::bind`, with a longer accept queue.
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+    let family = if addr.is_ipv4() {
+        AddressFamily::INET
+    } else {
+        AddressFamily::INET6
+    };
+    let fd = socket(family, SocketType::STREAM, None)?;
+    sockopt::set_socket_reuseaddr(&fd, true)?;
+    bind(&fd, &addr)?;
+    listen(&fd, LISTEN_BACKLOG)?;
+    Ok(TcpListener::from(fd))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns how many connections fit in

@@ -97,13 +97,13 @@ const LISTEN_BACKLOG: i32 = 4096;
 
 /// Binds a listening socket like `TcpListener::bind`, with a longer accept queue.
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use rustix::net::{AddressFamily, SocketType, bind, listen, socket, sockopt};
+    use rustix::net::{AddressFamily, SocketFlags, SocketType, bind, listen, socket_with, sockopt};
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
         AddressFamily::INET6
     };
-    let fd = socket(family, SocketType::STREAM, None)?;
+    let fd = socket_with(family, SocketType::STREAM, SocketFlags::CLOEXEC, None)?;
     sockopt::set_socket_reuseaddr(&fd, true)?;
     bind(&fd, &addr)?;
     listen(&fd, LISTEN_BACKLOG)?;

@@ -39,6 +39,7 @@ pub mod logger;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
+mod race;
 pub mod room;
 #[cfg(feature = "smol")]
 pub mod server;

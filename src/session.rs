@@ -33,6 +33,7 @@ use crate::hub::{ClientId, Command, Outgoing};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::{self, Receiver};
+use crate::race::race;
 
 /// Refusals in a row, after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
@@ -86,7 +87,7 @@ pub(crate) async fn run<S>(
     let started = Instant::now();
     let reader = read_loop(chat, client, &mut stream, &last_seen, started);
     let writer = write_loop(chat, &mut sink, &queue, &last_seen, started);
-    let end = reader.or(writer).await;
+    let end = race(reader, writer).await;
 
     Box::pin(finish(
         chat,

@@ -98,7 +98,7 @@ pub struct Hub {
     /// Counts commands, to order empty rooms by how recently they were used.
     tick: u64,
     /// Clients whose queue was found full while delivering, to disconnect after the command.
-    slow: Vec<usize>,
+    slow: Backlog,
     shutting_down: bool,
     /// Scale-out: set when rooms are shared with other nodes through Redis.
     #[cfg(feature = "redis")]
@@ -124,7 +124,7 @@ impl Hub {
             epoch_base: radix36(started),
             rooms_created: 0,
             tick: 0,
-            slow: Vec::new(),
+            slow: Backlog::default(),
             shutting_down: false,
             #[cfg(feature = "redis")]
             cluster: None,
@@ -507,7 +507,7 @@ impl Hub {
     /// Disconnects every client whose queue was found full, which may find more (their leave
     /// events go to others), so it repeats until none are left.
     fn drop_slow_consumers(&mut self) {
-        while let Some(key) = self.slow.pop() {
+        while let Some(key) = self.slow.full.pop() {
             if !self.clients.contains(key) {
                 continue; // found full twice, already gone
             }
@@ -551,18 +551,34 @@ impl Hub {
     }
 }
 
+/// What deliveries learned about the clients' queues while the hub handled a command.
+#[derive(Debug, Default)]
+struct Backlog {
+    /// Clients whose queue was full: slow consumers, disconnected after the command.
+    full: Vec<usize>,
+    /// Some queue is more than half full. Either that client is slow, or the writers as a
+    /// whole are behind because the server is busy; in both cases the hub lets the writers
+    /// run before it takes its next command ([`run`]), so that an overloaded server slows its
+    /// senders down (they wait on the inbox) instead of disconnecting every client at once.
+    congested: bool,
+}
+
 /// Queues `frame` for client `key` without waiting. A full queue marks a slow consumer; a
 /// closed one means the writer is gone and the session's `Disconnect` is on its way.
 fn deliver(
     clients: &Slab<Client>,
-    slow: &mut Vec<usize>,
+    backlog: &mut Backlog,
     metrics: &Metrics,
     key: usize,
     frame: &Frame,
 ) {
-    match clients[key].queue.try_send(Outgoing::Event(frame.clone())) {
-        Ok(()) => Metrics::add(&metrics.events_delivered, 1),
-        Err(TrySendError::Full) => slow.push(key),
+    let queue = &clients[key].queue;
+    match queue.try_send(Outgoing::Event(frame.clone())) {
+        Ok(waiting) => {
+            Metrics::add(&metrics.events_delivered, 1);
+            backlog.congested |= waiting * 2 > queue.capacity();
+        }
+        Err(TrySendError::Full) => backlog.full.push(key),
         Err(TrySendError::Closed) => {}
     }
 }
@@ -599,6 +615,9 @@ pub(crate) fn radix36(mut n: u128) -> String {
 pub async fn run(mut hub: Hub, inbox: Receiver<Command>) {
     while let Ok(command) = inbox.recv().await {
         hub.handle(command);
+        if std::mem::take(&mut hub.slow.congested) {
+            futures_lite::future::yield_now().await;
+        }
     }
 }
 
@@ -818,6 +837,26 @@ mod tests {
                 .load(std::sync::atomic::Ordering::Relaxed),
             1
         );
+    }
+
+    #[test]
+    fn a_queue_more_than_half_full_marks_congestion() {
+        let mut hub = hub();
+        let a = connect(&mut hub, 64);
+        let b = connect(&mut hub, 8);
+        a.drain();
+        assert!(
+            !std::mem::take(&mut hub.slow.congested),
+            "b's queue is empty"
+        );
+        for text in ["1", "2", "3"] {
+            a.say(&mut hub, "lobby", text);
+        }
+        assert!(!std::mem::take(&mut hub.slow.congested), "3 of 8 waiting");
+        a.say(&mut hub, "lobby", "4");
+        a.say(&mut hub, "lobby", "5");
+        assert!(hub.slow.congested, "5 of 8 waiting: the writers are behind");
+        assert_eq!(b.events().len(), 5, "nothing was dropped");
     }
 
     #[test]

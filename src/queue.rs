@@ -74,8 +74,9 @@ pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
 }
 
 impl<T> Sender<T> {
-    /// Queues `item` unless the queue is full or closed. Never waits.
-    pub fn try_send(&self, item: T) -> Result<(), TrySendError> {
+    /// Queues `item` unless the queue is full or closed, and returns how many items are
+    /// waiting now. Never waits.
+    pub fn try_send(&self, item: T) -> Result<usize, TrySendError> {
         let mut state = self.0.lock();
         if state.closed {
             return Err(TrySendError::Closed);
@@ -83,14 +84,14 @@ impl<T> Sender<T> {
         if state.items.len() >= self.0.capacity {
             return Err(TrySendError::Full);
         }
-        let was_empty = state.items.is_empty();
         state.items.push_back(item);
+        let waiting = state.items.len();
         drop(state);
         // The writer only waits when the queue is empty, so only the first item needs a wake-up.
-        if was_empty {
+        if waiting == 1 {
             self.0.ready.notify(1);
         }
-        Ok(())
+        Ok(waiting)
     }
 
     /// Queues `item` as the last one and closes the queue, full or not: for the final close
@@ -107,6 +108,11 @@ impl<T> Sender<T> {
         }
         drop(state);
         self.0.ready.notify(usize::MAX);
+    }
+
+    /// The most items that may wait.
+    pub fn capacity(&self) -> usize {
+        self.0.capacity
     }
 
     /// Items waiting now.

@@ -45,6 +45,10 @@ pub struct Config {
     pub idle_timeout: Duration,
     /// A write that makes no progress for this long ends the connection (`--write-timeout`).
     pub write_timeout: Duration,
+    /// A client that is receiving a burst (its previous write was less than half this long
+    /// ago) gets its frames written together this long after that write; 0 writes at once
+    /// (`--coalesce`).
+    pub coalesce: Duration,
     /// Rooms the server keeps, empty ones with history included (`--max-rooms`).
     pub max_rooms: usize,
     /// Rooms one client may be in at once (`--max-rooms-per-client`).
@@ -83,6 +87,7 @@ impl Default for Config {
             ping_interval: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(75),
             write_timeout: Duration::from_secs(10),
+            coalesce: Duration::ZERO,
             max_rooms: 1000,
             max_rooms_per_client: 32,
             presence_limit: 100,
@@ -149,6 +154,8 @@ Options:
   --ping-interval DUR         interval between server pings [default: 30s]
   --idle-timeout DUR          close a client silent for this long [default: 75s]
   --write-timeout DUR         close a client whose writes stall this long [default: 10s]
+  --coalesce DUR              hold a bursting client's frames this long after its last write, to
+                              write them together; 0 = never hold [default: 0]
   --max-rooms N               rooms the server keeps [default: 1000]
   --max-rooms-per-client N    rooms one client may be in [default: 32]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
@@ -185,6 +192,7 @@ const OPTIONS: &[(&str, &str)] = &[
     ("ping-interval", "SMOLCHAT_PING_INTERVAL"),
     ("idle-timeout", "SMOLCHAT_IDLE_TIMEOUT"),
     ("write-timeout", "SMOLCHAT_WRITE_TIMEOUT"),
+    ("coalesce", "SMOLCHAT_COALESCE"),
     ("max-rooms", "SMOLCHAT_MAX_ROOMS"),
     ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
     ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
@@ -322,6 +330,13 @@ impl Config {
             "ping-interval" => self.ping_interval = duration(value).map_err(|m| bad(&m))?,
             "idle-timeout" => self.idle_timeout = duration(value).map_err(|m| bad(&m))?,
             "write-timeout" => self.write_timeout = duration(value).map_err(|m| bad(&m))?,
+            "coalesce" => {
+                self.coalesce = if value == "0" {
+                    Duration::ZERO
+                } else {
+                    duration(value).map_err(|m| bad(&m))?
+                }
+            }
             "max-rooms" => self.max_rooms = number(value, 1, 10_000_000).map_err(|m| bad(&m))?,
             "max-rooms-per-client" => {
                 self.max_rooms_per_client = number(value, 1, 100_000).map_err(|m| bad(&m))?

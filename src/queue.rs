@@ -175,6 +175,11 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// Moves whatever is waiting to the end of `batch`, without waiting.
+    pub fn append_to(&self, batch: &mut VecDeque<T>) {
+        batch.extend(self.0.lock().items.drain(..));
+    }
+
     /// Takes one item if one is waiting, without waiting.
     pub fn try_recv(&self) -> Option<T> {
         self.0.lock().items.pop_front()

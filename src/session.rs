@@ -308,6 +308,9 @@ where
     let mut timer = Timer::at(next_ping.min(started + config.idle_timeout));
     // Swapped with the queue's buffer on every batch; both keep their capacity.
     let mut batch = VecDeque::new();
+    // Holds back the frames of a client that is receiving a burst (see below).
+    let mut hold = Timer::never();
+    let mut last_write = started;
     loop {
         let received = async { Some(queue.recv_batch(&mut batch).await) };
         let fired = async {
@@ -315,7 +318,19 @@ where
             None
         };
         match received.or(fired).await {
-            Some(true) => {}
+            Some(true) => {
+                // A client whose last write was less than `coalesce / 2` ago is receiving a
+                // burst: its frames wait until `coalesce` after that write and then go out
+                // together. Every write is a system call that costs more than the frames in
+                // it; sparse traffic is never held.
+                let coalesce = config.coalesce;
+                let now = Instant::now();
+                if !coalesce.is_zero() && now < last_write + coalesce / 2 {
+                    hold.set_at(last_write + coalesce);
+                    (&mut hold).await;
+                    queue.append_to(&mut batch);
+                }
+            }
             Some(false) => return End::Gone, // the hub dropped us after our own Disconnect
             None => {
                 let now = Instant::now();
@@ -360,6 +375,7 @@ where
             sink.flush().await?;
             Ok(None)
         };
+        last_write = Instant::now();
         match within(config.write_timeout, write).await {
             Some(Ok(None)) => {}
             Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },

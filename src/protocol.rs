@@ -141,10 +141,21 @@ pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
             room: Some(room_name(wire.room)?),
             text: check_text(wire.text, max_text)?,
         },
-        "direct" => Request::Direct {
-            to: required("to", wire.to)?,
-            text: check_text(wire.text, max_text)?,
-        },
+        "direct" => {
+            let to = required("to", wire.to)?;
+            // A name no client can have is nobody's; refusing it here also keeps arbitrary
+            // bytes out of the error message (found by fuzzing).
+            if !valid_nick(&to) {
+                return Err(Error::new(
+                    ErrorCode::UnknownRecipient,
+                    "nobody can have that nick: a nick is 1-32 letters, digits, '_', '-' or '.'",
+                ));
+            }
+            Request::Direct {
+                to,
+                text: check_text(wire.text, max_text)?,
+            }
+        }
         "who" => Request::Who {
             room: room_name(wire.room)?,
             offset: wire.offset.unwrap_or(0),
@@ -415,6 +426,14 @@ mod tests {
             )),
             ErrorCode::BadRequest
         );
+    }
+
+    #[test]
+    fn direct_to_a_name_nobody_can_have_is_refused() {
+        // Regression: fuzz/regressions/protocol_parse/direct-to-invalid-nick
+        let e = parse(r#"{"type":"direct","to":"bo,b","text":"t"}"#, 100).unwrap_err();
+        assert_eq!(e.code, ErrorCode::UnknownRecipient);
+        assert!(!e.message.contains("bo,b"));
     }
 
     #[test]

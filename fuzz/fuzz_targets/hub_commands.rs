@@ -1,0 +1,271 @@
+//! Drives a `smolchat::hub::Hub` with a sequence of operations from several clients with small
+//! queues: connects (directly and through `Command::Connect`), frames that go through
+//! `protocol::parse` first (structured or raw), refusals, disconnects (also with ids of clients
+//! already gone), shutdown, queue drains and receivers dropped.
+//!
+//! Invariants checked, besides "no panic":
+//! - every event a client receives is a JSON object with a string `type`;
+//! - nothing is queued for a client after its close;
+//! - `client_count` equals the clients the target believes connected (within the clients
+//!   whose receivers it dropped, whose closes it cannot see).
+#![no_main]
+
+use std::sync::Arc;
+
+use arbitrary::Arbitrary;
+use libfuzzer_sys::fuzz_target;
+use smolchat::hub::{ClientId, Command, Hub, Outgoing};
+use smolchat::protocol::{self, Error, ErrorCode, LeaveReason};
+use smolchat::queue::{self, Receiver};
+use smolchat::{Config, Metrics};
+
+const ROOMS: [&str; 6] = ["lobby", "dev", "r1", "r2", "a-b_c", "Bad Room"];
+const NICKS: [&str; 7] = ["ada", "ADA", "bob", "guest-1", "guest-2", "Guest-3", "b b"];
+const TEXTS: [&str; 4] = ["hi", "", "é\u{0}\"\\\n", "{not json"];
+
+#[derive(Arbitrary, Debug)]
+struct Setup {
+    max_rooms: u8,
+    max_rooms_per_client: u8,
+    history: u8,
+    default_room: u8,
+    max_message_bytes: u8,
+    presence_limit: u8,
+    ops: Vec<Op>,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Op {
+    /// `hub.connect` with a queue of 1..=8.
+    Connect { queue: u8 },
+    /// `Command::Connect` (refused after shutdown).
+    ConnectCommand { queue: u8 },
+    /// A frame from client `client` (any id ever handed out, gone or not).
+    Frame { client: u8, frame: Frame },
+    Refuse { client: u8, code: u8 },
+    Disconnect { client: u8, reason: u8 },
+    /// Read everything queued for a client.
+    Drain { client: u8 },
+    /// Drop a client's receiver: its queue closes without a disconnect.
+    DropReceiver { client: u8 },
+    Shutdown,
+}
+
+#[derive(Arbitrary, Debug)]
+enum Frame {
+    Raw(String),
+    Plain(u8),
+    Nick(u8),
+    Join {
+        room: u8,
+        since: Option<u64>,
+        /// Index into the epochs seen so far; none when out of range.
+        epoch: Option<u8>,
+    },
+    Leave(u8),
+    Say { room: u8, text: u8 },
+    Direct { to: u8, text: u8 },
+    Who { room: u8, offset: Option<u64> },
+    Rooms,
+}
+
+struct Client {
+    id: ClientId,
+    queue: Option<Receiver<Outgoing>>,
+    closed: bool,
+    /// Still connected, as far as the target can tell.
+    connected: bool,
+}
+
+fn pick<'a>(list: &[&'a str], i: u8) -> &'a str {
+    list[i as usize % list.len()]
+}
+
+impl Frame {
+    fn text(&self, epochs: &[String]) -> String {
+        let room = |i: &u8| pick(&ROOMS, *i);
+        let text = |i: &u8| pick(&TEXTS, *i);
+        let q = |s: &str| serde_json::to_string(s).unwrap();
+        match self {
+            Frame::Raw(s) => s.clone(),
+            Frame::Plain(t) => text(t).to_string(),
+            Frame::Nick(n) => format!(r#"{{"type":"nick","nick":{}}}"#, q(pick(&NICKS, *n))),
+            Frame::Join { room: r, since, epoch } => {
+                let mut s = format!(r#"{{"type":"join","room":{}"#, q(room(r)));
+                if let Some(since) = since {
+                    s += &format!(r#","since":{since}"#);
+                }
+                if let Some(e) = epoch {
+                    let e = epochs.get(*e as usize).map_or("stale-1", |e| e.as_str());
+                    s += &format!(r#","epoch":{}"#, q(e));
+                }
+                s + "}"
+            }
+            Frame::Leave(r) => format!(r#"{{"type":"leave","room":{}}}"#, q(room(r))),
+            Frame::Say { room: r, text: t } => format!(
+                r#"{{"type":"say","room":{},"text":{}}}"#,
+                q(room(r)),
+                q(text(t))
+            ),
+            Frame::Direct { to, text: t } => format!(
+                r#"{{"type":"direct","to":{},"text":{}}}"#,
+                q(pick(&NICKS, *to)),
+                q(text(t))
+            ),
+            Frame::Who { room: r, offset } => match offset {
+                Some(o) => format!(r#"{{"type":"who","room":{},"offset":{o}}}"#, q(room(r))),
+                None => format!(r#"{{"type":"who","room":{}}}"#, q(room(r))),
+            },
+            Frame::Rooms => r#"{"type":"rooms"}"#.to_string(),
+        }
+    }
+}
+
+const CODES: [ErrorCode; 3] = [ErrorCode::RateLimited, ErrorCode::BadRequest, ErrorCode::RoomLimit];
+const REASONS: [LeaveReason; 5] = [
+    LeaveReason::Left,
+    LeaveReason::Disconnected,
+    LeaveReason::Timeout,
+    LeaveReason::SlowConsumer,
+    LeaveReason::Shutdown,
+];
+
+fn drain(client: &mut Client, epochs: &mut Vec<String>) {
+    let Some(queue) = &client.queue else { return };
+    loop {
+        match queue.try_recv() {
+            Some(Outgoing::Event(frame)) => {
+                assert!(!client.closed, "event after close: {frame:?}");
+                let v: serde_json::Value = serde_json::from_str(frame.as_str())
+                    .unwrap_or_else(|e| panic!("event is not JSON ({e}): {frame:?}"));
+                assert!(v["type"].is_string(), "{frame:?}");
+                if v["type"] == "room" {
+                    if let Some(e) = v["epoch"].as_str() {
+                        if epochs.len() < 16 && !epochs.iter().any(|x| x == e) {
+                            epochs.push(e.to_string());
+                        }
+                    }
+                }
+            }
+            Some(Outgoing::Close(..)) => {
+                assert!(!client.closed, "closed twice");
+                client.closed = true;
+            }
+            None => {
+                // Drained; a closed queue means the hub let go of this client.
+                if queue.is_closed() {
+                    client.closed = true;
+                }
+                return;
+            }
+        }
+    }
+}
+
+fuzz_target!(|setup: Setup| {
+    let config = Config {
+        max_rooms: 1 + setup.max_rooms as usize % 6,
+        max_rooms_per_client: 1 + setup.max_rooms_per_client as usize % 4,
+        history: setup.history as usize % 5,
+        default_room: pick(&ROOMS[..5], setup.default_room).to_string(),
+        max_message_bytes: 1 + setup.max_message_bytes as usize % 32,
+        presence_limit: 1 + setup.presence_limit as usize % 4,
+        ..Config::default()
+    };
+    let max_text = config.max_message_bytes;
+    let mut hub = Hub::new(Arc::new(config), Arc::new(Metrics::default()));
+    let mut clients: Vec<Client> = Vec::new();
+    let mut epochs: Vec<String> = Vec::new();
+    let mut shut_down = false;
+
+    for op in setup.ops.into_iter().take(256) {
+        match op {
+            Op::Connect { queue } | Op::ConnectCommand { queue } if clients.len() >= 32 => {
+                let _ = queue;
+            }
+            Op::Connect { queue } => {
+                let (tx, rx) = queue::bounded(1 + queue as usize % 8);
+                let id = hub.connect(tx);
+                clients.push(Client { id, queue: Some(rx), closed: false, connected: true });
+            }
+            Op::ConnectCommand { queue } => {
+                let (tx, rx) = queue::bounded(1 + queue as usize % 8);
+                let (reply, replies) = async_channel::bounded(1);
+                hub.handle(Command::Connect { queue: tx, reply });
+                match replies.try_recv() {
+                    Ok(id) => {
+                        assert!(!shut_down, "a client was accepted after shutdown");
+                        clients.push(Client { id, queue: Some(rx), closed: false, connected: true });
+                    }
+                    Err(_) => assert!(shut_down, "no reply to Connect"),
+                }
+            }
+            Op::Frame { client, frame } => {
+                let i = client as usize % clients.len().max(1);
+                let Some(c) = clients.get(i) else {
+                    continue;
+                };
+                let text = frame.text(&epochs);
+                match protocol::parse(&text, max_text) {
+                    Ok(request) => hub.handle(Command::Request { client: c.id, request }),
+                    Err(error) => hub.handle(Command::Refuse { client: c.id, error }),
+                }
+            }
+            Op::Refuse { client, code } => {
+                let i = client as usize % clients.len().max(1);
+                let Some(c) = clients.get(i) else {
+                    continue;
+                };
+                let error = Error::new(CODES[code as usize % CODES.len()], "fuzz");
+                hub.handle(Command::Refuse { client: c.id, error });
+            }
+            Op::Disconnect { client, reason } => {
+                let i = client as usize % clients.len().max(1);
+                let Some(c) = clients.get_mut(i) else {
+                    continue;
+                };
+                hub.handle(Command::Disconnect {
+                    client: c.id,
+                    reason: REASONS[reason as usize % REASONS.len()],
+                });
+                c.connected = false;
+            }
+            Op::Drain { client } => {
+                let i = client as usize % clients.len().max(1);
+                let Some(c) = clients.get_mut(i) else {
+                    continue;
+                };
+                drain(c, &mut epochs);
+            }
+            Op::DropReceiver { client } => {
+                let i = client as usize % clients.len().max(1);
+                let Some(c) = clients.get_mut(i) else {
+                    continue;
+                };
+                drain(c, &mut epochs);
+                c.queue = None;
+            }
+            Op::Shutdown => {
+                hub.handle(Command::Shutdown);
+                shut_down = true;
+            }
+        }
+        // A client whose queue the hub closed (slow consumer) is gone from the hub; so is one
+        // that was disconnected. Everything queued so far must be well-formed.
+        for c in &mut clients {
+            drain(c, &mut epochs);
+            if c.closed && !shut_down {
+                c.connected = false;
+            }
+        }
+        if !shut_down {
+            // A client whose receiver was dropped may still be removed as a slow consumer
+            // (found full by a direct `hub.connect`, dropped at the next command) without the
+            // target seeing its close: it counts as "maybe".
+            let sure = clients.iter().filter(|c| c.connected && c.queue.is_some()).count();
+            let maybe = clients.iter().filter(|c| c.connected).count();
+            let count = hub.client_count();
+            assert!(sure <= count && count <= maybe, "client count {count} not in {sure}..={maybe}");
+        }
+    }
+});

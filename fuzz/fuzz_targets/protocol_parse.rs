@@ -1,0 +1,106 @@
+//! `smolchat::protocol::parse` on arbitrary frames.
+//!
+//! The input is tried as UTF-8 (when it is) and always as its lossy conversion, each with a
+//! few `max_text` limits. Invariants checked, besides "no panic":
+//! - `Ok(Say { text, room })`: `text` is non-empty and at most `max` bytes; `room`, if any, is a
+//!   valid room; a frame that does not start (after blanks) with `{` is said verbatim to the
+//!   current room.
+//! - `Ok(Nick)`, `Ok(Join/Leave/Who)`: the nick / room passes `valid_nick` / `valid_room`.
+//! - `Ok(Direct { to, text })`: `text` as for `Say`, `to` passes `valid_nick`.
+//! - A larger limit never turns an `Ok` into something else (limits only reject by length).
+//! - `Err(e)`: `e.encode()` is a JSON object `{"type":"error","code":<string>,"message":...}`
+//!   whose message round-trips.
+//!
+//! Set `SMOLCHAT_FUZZ_SKIP_KNOWN=1` to skip the checks of findings already reported (see
+//! fuzz/README.md), so a long run can look for new ones.
+#![no_main]
+
+use std::sync::OnceLock;
+
+use libfuzzer_sys::fuzz_target;
+use smolchat::protocol::{parse, valid_nick, valid_room, Request};
+
+const LIMITS: [usize; 5] = [0, 1, 16, 4096, usize::MAX];
+
+fn skip_known() -> bool {
+    static SKIP: OnceLock<bool> = OnceLock::new();
+    *SKIP.get_or_init(|| std::env::var_os("SMOLCHAT_FUZZ_SKIP_KNOWN").is_some_and(|v| v != "0"))
+}
+
+fn check_text(text: &str, max: usize, frame: &str) {
+    assert!(!text.is_empty(), "empty text accepted from {frame:?}");
+    assert!(
+        text.len() <= max,
+        "text of {} bytes accepted with max {max} from {frame:?}",
+        text.len()
+    );
+}
+
+fn check(frame: &str) {
+    let mut first_ok: Option<Request> = None;
+    for max in LIMITS {
+        match parse(frame, max) {
+            Ok(request) => {
+                match &request {
+                    Request::Say { room, text } => {
+                        check_text(text, max, frame);
+                        if let Some(room) = room {
+                            assert!(valid_room(room), "invalid room {room:?} from {frame:?}");
+                        } else {
+                            assert!(
+                                !frame.trim_start().starts_with('{'),
+                                "plain Say from a command frame {frame:?}"
+                            );
+                            assert_eq!(text, frame, "plain text must be said verbatim");
+                        }
+                    }
+                    Request::Nick { nick } => {
+                        assert!(valid_nick(nick), "invalid nick {nick:?} from {frame:?}")
+                    }
+                    Request::Join { room, .. }
+                    | Request::Leave { room }
+                    | Request::Who { room, .. } => {
+                        assert!(valid_room(room), "invalid room {room:?} from {frame:?}")
+                    }
+                    Request::Direct { to, text } => {
+                        check_text(text, max, frame);
+                        if !skip_known() {
+                            assert!(
+                                valid_nick(to),
+                                "direct to invalid nick {to:?} accepted from {frame:?}"
+                            );
+                        }
+                    }
+                    Request::Rooms => {}
+                }
+                // Raising the limit keeps an accepted frame accepted, unchanged.
+                match &first_ok {
+                    Some(prev) => assert_eq!(prev, &request, "result changed with max {max}"),
+                    None => first_ok = Some(request),
+                }
+            }
+            Err(e) => {
+                assert!(
+                    first_ok.is_none(),
+                    "accepted with a smaller limit, refused with max {max}: {e:?}"
+                );
+                let encoded = e.encode();
+                let v: serde_json::Value = serde_json::from_str(encoded.as_str())
+                    .unwrap_or_else(|err| panic!("error event is not JSON ({err}): {encoded:?}"));
+                assert_eq!(v["type"], "error", "{encoded:?}");
+                assert!(v["code"].is_string(), "{encoded:?}");
+                assert_eq!(v["message"].as_str(), Some(e.message.as_str()), "{encoded:?}");
+            }
+        }
+    }
+}
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(s) = std::str::from_utf8(data) {
+        check(s);
+    }
+    let lossy = String::from_utf8_lossy(data);
+    if let std::borrow::Cow::Owned(s) = &lossy {
+        check(s);
+    }
+});

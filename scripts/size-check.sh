@@ -27,6 +27,10 @@ check() { # name path budget
 check "static (min profile)" "$static" $STATIC_BUDGET
 check "dynamic (min profile)" target/min/smolchat $DYNAMIC_MIN_BUDGET
 check "dynamic (release profile)" target/release/smolchat $DYNAMIC_RELEASE_BUDGET
+if ! command -v file >/dev/null 2>&1; then # not on every fresh machine
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq file >/dev/null
+fi
+file "$static"
 file "$static" | grep -q "statically linked" || { echo "$static is not statically linked" >&2; fail=1; }
 "$static" --version
 exit $fail

@@ -52,17 +52,28 @@ pub enum HeadError {
 /// Reads one request head. Returns it with the bytes that followed it in the same reads (the
 /// start of the WebSocket stream, if the client did not wait for the `101`).
 pub async fn read_head<S: AsyncRead + Unpin>(stream: &mut S) -> Result<(Head, Vec<u8>), HeadError> {
-    let mut buf = Vec::with_capacity(1024);
-    let mut chunk = [0u8; 1024];
+    // Read straight into the buffer's spare room: a separate chunk array would sit in the
+    // (boxed) handshake future of every connection being accepted.
+    let mut buf = vec![0u8; 1024];
+    let mut len = 0;
     loop {
-        let n = stream.read(&mut chunk).await.map_err(|_| HeadError::Io)?;
+        if len == buf.len() {
+            buf.resize((buf.len() * 2).min(MAX_HEAD_BYTES), 0);
+        }
+        let n = stream
+            .read(&mut buf[len..])
+            .await
+            .map_err(|_| HeadError::Io)?;
         if n == 0 {
             return Err(HeadError::Io);
         }
-        buf.extend_from_slice(&chunk[..n]);
-        match parse_head(&buf)? {
-            Some((head, used)) => return Ok((head, buf.split_off(used))),
-            None if buf.len() >= MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
+        len += n;
+        match parse_head(&buf[..len])? {
+            Some((head, used)) => {
+                buf.truncate(len);
+                return Ok((head, buf.split_off(used)));
+            }
+            None if len >= MAX_HEAD_BYTES => return Err(HeadError::TooLarge),
             None => {}
         }
     }

@@ -324,8 +324,7 @@ where
                 // together. Every write is a system call that costs more than the frames in
                 // it; sparse traffic is never held.
                 let coalesce = config.coalesce;
-                let now = Instant::now();
-                if !coalesce.is_zero() && now < last_write + coalesce / 2 {
+                if !coalesce.is_zero() && Instant::now() < last_write + coalesce / 2 {
                     hold.set_at(last_write + coalesce);
                     (&mut hold).await;
                     queue.append_to(&mut batch);
@@ -375,7 +374,9 @@ where
             sink.flush().await?;
             Ok(None)
         };
-        last_write = Instant::now();
+        if !config.coalesce.is_zero() {
+            last_write = Instant::now();
+        }
         match within(config.write_timeout, write).await {
             Some(Ok(None)) => {}
             Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },

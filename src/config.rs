@@ -266,6 +266,18 @@ impl Config {
         Ok(Action::Run(Box::new(config)))
     }
 
+    /// The limits a client is told about in `welcome`.
+    pub fn limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            max_message_bytes: self.max_message_bytes,
+            history: self.history,
+            rate_limit: self.rate_limit,
+            rate_burst: self.rate_burst,
+            max_rooms_per_client: self.max_rooms_per_client,
+            presence_limit: self.presence_limit,
+        }
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         // A join queues the room event and the whole replay at once; a queue smaller than

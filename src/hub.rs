@@ -18,7 +18,7 @@ use slab::Slab;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Limits, Request, RoomSummary};
+use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
 use crate::queue::{self, TrySendError};
 use crate::room::Room;
 
@@ -189,14 +189,7 @@ impl Hub {
             rooms: Vec::new(),
         });
         self.nicks.insert(nick.clone(), key);
-        let limits = Limits {
-            max_message_bytes: self.config.max_message_bytes,
-            history: self.config.history,
-            rate_limit: self.config.rate_limit,
-            rate_burst: self.config.rate_burst,
-            max_rooms_per_client: self.config.max_rooms_per_client,
-            presence_limit: self.config.presence_limit,
-        };
+        let limits = self.config.limits();
         let welcome = Event::Welcome {
             nick: &nick,
             server: &self.server,

@@ -498,14 +498,7 @@ impl Hub {
     }
 
     fn send_welcome(&mut self, key: usize) {
-        let limits = Limits {
-            max_message_bytes: self.config.max_message_bytes,
-            history: self.config.history,
-            rate_limit: self.config.rate_limit,
-            rate_burst: self.config.rate_burst,
-            max_rooms_per_client: self.config.max_rooms_per_client,
-            presence_limit: self.config.presence_limit,
-        };
+        let limits = self.config.limits();
         let frame = Event::Welcome {
             nick: &self.clients[key].nick,
             server: &self.server,

@@ -800,14 +800,7 @@ async fn call_script(
                 last_id: int(v.get(2)),
                 ev: int(v.get(3)),
                 count: int(v.get(4)) as usize,
-                nicks: v
-                    .get(5)
-                    .cloned()
-                    .map(items)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|n| text(Some(n)))
-                    .collect(),
+                nicks: texts(v.get(5)),
                 history: frames(v.get(6)),
             })
         }
@@ -871,14 +864,7 @@ async fn call_script(
             );
             Answer::Members {
                 count: int(v.first()) as usize,
-                nicks: v
-                    .get(1)
-                    .cloned()
-                    .map(items)
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|n| text(Some(n)))
-                    .collect(),
+                nicks: texts(v.get(1)),
             }
         }
         Call::Rooms => {
@@ -918,6 +904,17 @@ fn int(v: Option<&Value>) -> u64 {
             .unwrap_or(0),
         _ => 0,
     }
+}
+
+/// A reply's list of strings (nicks), empty when missing.
+fn texts(value: Option<&Value>) -> Vec<String> {
+    value
+        .cloned()
+        .map(items)
+        .unwrap_or_default()
+        .iter()
+        .map(|n| text(Some(n)))
+        .collect()
 }
 
 fn frames(v: Option<&Value>) -> Vec<Frame> {

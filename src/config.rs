@@ -17,6 +17,11 @@ pub struct Config {
     pub listen: SocketAddr,
     /// Messages each room remembers for replay and recovery (`--history`).
     pub history: usize,
+    /// Bytes of encoded messages each room remembers at most (`--history-bytes`).
+    pub history_bytes: usize,
+    /// Bytes of encoded messages all rooms together remember at most; past it the oldest
+    /// message on the server is forgotten first (`--history-total-bytes`).
+    pub history_total_bytes: usize,
     /// Executor threads; 0 means one per available core (`--threads`).
     pub threads: usize,
     /// The room every client joins on connect (`--default-room`).
@@ -28,10 +33,20 @@ pub struct Config {
     /// Events that may wait in one client's outgoing queue before it counts as a slow
     /// consumer and is disconnected (`--queue`).
     pub queue: usize,
+    /// Bytes of events that may wait for one client, those its writer holds included, before
+    /// it counts as a slow consumer (`--queue-bytes`).
+    pub queue_bytes: usize,
     /// Concurrent WebSocket connections (`--max-connections`).
     pub max_connections: usize,
-    /// Time a client has to send its complete HTTP request head (`--handshake-timeout`).
+    /// Time a connection has from its first byte until it is a WebSocket session: the whole
+    /// exchange of a plain HTTP request, response included (`--handshake-timeout`).
     pub handshake_timeout: Duration,
+    /// Connections that are not (yet) WebSocket sessions: request heads being read and plain
+    /// responses being written. More are closed at once (`--max-pending`).
+    pub max_pending: usize,
+    /// Host names a WebSocket upgrade may be addressed to besides IP literals and `localhost`;
+    /// `*` allows any (`--allow-host`, repeatable). Guards against DNS rebinding.
+    pub allow_hosts: Vec<String>,
     /// Browser origins allowed besides the server's own; `*` allows every origin
     /// (`--allow-origin`, repeatable).
     pub allow_origins: Vec<String>,
@@ -53,6 +68,9 @@ pub struct Config {
     pub max_rooms: usize,
     /// Rooms one client may be in at once (`--max-rooms-per-client`).
     pub max_rooms_per_client: usize,
+    /// Rooms the clients of one address (an IPv4 address or an IPv6 /64) may have created
+    /// and that still exist (`--max-rooms-per-address`).
+    pub max_rooms_per_address: usize,
     /// Largest room that still gets presence: `join`/`leave`/`nick` events and full member
     /// lists. Bigger rooms get member counts, and `who` answers in pages of this size
     /// (`--presence-limit`).
@@ -74,13 +92,18 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             history: 100,
+            history_bytes: 64 * 1024,
+            history_total_bytes: 16 << 20,
             threads: 0,
             default_room: "lobby".to_string(),
             log_level: log::LevelFilter::Info,
             max_message_bytes: 4096,
             queue: 256,
+            queue_bytes: 256 * 1024,
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
+            max_pending: 512,
+            allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
             rate_limit: 10,
             rate_burst: 20,
@@ -90,6 +113,7 @@ impl Default for Config {
             coalesce: Duration::ZERO,
             max_rooms: 1000,
             max_rooms_per_client: 32,
+            max_rooms_per_address: 100,
             presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
             #[cfg(feature = "redis")]
@@ -141,13 +165,19 @@ Durations are whole seconds, or take a unit: 500ms, 10s, 2m.
 Options:
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
   --history N                 messages each room keeps for replay [default: 100]
+  --history-bytes N           bytes of messages each room keeps [default: 65536]
+  --history-total-bytes N     bytes of messages all rooms keep together [default: 16777216]
   --threads N                 executor threads, 0 = one per core [default: 0]
   --default-room NAME         room every client joins on connect [default: lobby]
   --log-level LEVEL           off, error, warn, info, debug, trace [default: info]
   --max-message-bytes N       largest message or frame a client may send [default: 4096]
   --queue N                   events queued per client before it is a slow consumer [default: 256]
+  --queue-bytes N             bytes queued per client before it is a slow consumer [default: 262144]
   --max-connections N         concurrent WebSocket connections [default: 10000]
-  --handshake-timeout DUR     time to send the HTTP request head [default: 10s]
+  --handshake-timeout DUR     time for a whole plain HTTP exchange or upgrade [default: 10s]
+  --max-pending N             connections not yet WebSocket sessions [default: 512]
+  --allow-host NAME           host name /ws may be reached by besides IP literals and
+                              localhost; repeatable; * = any
   --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
   --rate-limit N              messages per second per client, 0 = off [default: 10]
   --rate-burst N              burst allowance above the rate [default: 20]
@@ -158,6 +188,7 @@ Options:
                               write them together; 0 = never hold [default: 0]
   --max-rooms N               rooms the server keeps [default: 1000]
   --max-rooms-per-client N    rooms one client may be in [default: 32]
+  --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
   -h, --help                  print this help
@@ -179,13 +210,18 @@ Scale-out (the redis feature; see docs/scale-out.md):
 const OPTIONS: &[(&str, &str)] = &[
     ("listen", "SMOLCHAT_LISTEN"),
     ("history", "SMOLCHAT_HISTORY"),
+    ("history-bytes", "SMOLCHAT_HISTORY_BYTES"),
+    ("history-total-bytes", "SMOLCHAT_HISTORY_TOTAL_BYTES"),
     ("threads", "SMOLCHAT_THREADS"),
     ("default-room", "SMOLCHAT_DEFAULT_ROOM"),
     ("log-level", "SMOLCHAT_LOG_LEVEL"),
     ("max-message-bytes", "SMOLCHAT_MAX_MESSAGE_BYTES"),
     ("queue", "SMOLCHAT_QUEUE"),
+    ("queue-bytes", "SMOLCHAT_QUEUE_BYTES"),
     ("max-connections", "SMOLCHAT_MAX_CONNECTIONS"),
     ("handshake-timeout", "SMOLCHAT_HANDSHAKE_TIMEOUT"),
+    ("max-pending", "SMOLCHAT_MAX_PENDING"),
+    ("allow-host", "SMOLCHAT_ALLOW_HOST"),
     ("allow-origin", "SMOLCHAT_ALLOW_ORIGIN"),
     ("rate-limit", "SMOLCHAT_RATE_LIMIT"),
     ("rate-burst", "SMOLCHAT_RATE_BURST"),
@@ -195,6 +231,7 @@ const OPTIONS: &[(&str, &str)] = &[
     ("coalesce", "SMOLCHAT_COALESCE"),
     ("max-rooms", "SMOLCHAT_MAX_ROOMS"),
     ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
+    ("max-rooms-per-address", "SMOLCHAT_MAX_ROOMS_PER_ADDRESS"),
     ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
     #[cfg(feature = "redis")]
@@ -210,7 +247,7 @@ impl Config {
     }
 
     /// Reads `args` (without the program name), falling back to `env` for options not given.
-    /// `--allow-origin` in the environment is a comma-separated list.
+    /// `--allow-origin` and `--allow-host` in the environment are comma-separated lists.
     pub fn from_args<I, E>(args: I, env: E) -> Result<Action, ConfigError>
     where
         I: IntoIterator<Item = OsString>,
@@ -253,9 +290,9 @@ impl Config {
                     config.set(flag, value)?;
                 }
             } else if let Some(value) = env(var) {
-                if flag == "allow-origin" {
-                    for origin in value.split(',').filter(|o| !o.trim().is_empty()) {
-                        config.set(flag, origin.trim())?;
+                if flag == "allow-origin" || flag == "allow-host" {
+                    for item in value.split(',').filter(|o| !o.trim().is_empty()) {
+                        config.set(flag, item.trim())?;
                     }
                 } else {
                     config.set(flag, &value)?;
@@ -278,8 +315,53 @@ impl Config {
         }
     }
 
+    /// The largest event the hub can send with these settings, in bytes: every frame a
+    /// client's writer gets fits in it (see [`crate::protocol::max_event_bytes`]).
+    pub fn max_event_bytes(&self) -> usize {
+        crate::protocol::max_event_bytes(self.max_message_bytes, self.presence_limit)
+    }
+
+    /// The largest `message` event, in bytes: what one history entry can cost.
+    pub fn max_message_event_bytes(&self) -> usize {
+        crate::protocol::max_event_bytes(self.max_message_bytes, 0)
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        let largest = self.max_event_bytes();
+        if self.history_bytes != 0 && self.history_bytes < self.max_message_event_bytes() {
+            return Err(err(
+                "--history-bytes",
+                &format!(
+                    "must be 0 (no history) or hold one message of --max-message-bytes: at \
+                     least {}, got {}",
+                    self.max_message_event_bytes(),
+                    self.history_bytes
+                ),
+            ));
+        }
+        if self.history_total_bytes < self.history_bytes {
+            return Err(err(
+                "--history-total-bytes",
+                &format!(
+                    "must be at least --history-bytes ({}), got {}",
+                    self.history_bytes, self.history_total_bytes
+                ),
+            ));
+        }
+        // A join queues a room's whole history at once, with the room event before it.
+        let join = self.history_bytes + 4 * largest;
+        if self.queue_bytes < join {
+            return Err(err(
+                "--queue-bytes",
+                &format!(
+                    "must be at least --history-bytes + 4 x the largest event ({largest} bytes \
+                     with these settings) = {join}: a join replays the whole history at once; \
+                     got {}",
+                    self.queue_bytes
+                ),
+            ));
+        }
         // A join queues the room event and the whole replay at once; a queue smaller than
         // that would disconnect a client as a slow consumer on its first join.
         if self.queue < self.history + 8 {
@@ -306,6 +388,10 @@ impl Config {
                     .map_err(|_| bad("expected an address like 127.0.0.1:8080 or [::1]:8080"))?
             }
             "history" => self.history = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
+            "history-bytes" => self.history_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?,
+            "history-total-bytes" => {
+                self.history_total_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?
+            }
             "threads" => self.threads = number(value, 0, 1024).map_err(|m| bad(&m))?,
             "default-room" => {
                 if !crate::protocol::valid_room(value) {
@@ -324,6 +410,16 @@ impl Config {
                 self.max_message_bytes = number(value, 64, 16 << 20).map_err(|m| bad(&m))?
             }
             "queue" => self.queue = number(value, 1, 1 << 20).map_err(|m| bad(&m))?,
+            "queue-bytes" => self.queue_bytes = number(value, 1, 1 << 40).map_err(|m| bad(&m))?,
+            "max-pending" => self.max_pending = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
+            "allow-host" => {
+                let host = value.to_ascii_lowercase();
+                let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
+                if host != "*" && (host.is_empty() || !host.chars().all(name_char)) {
+                    return Err(bad("expected a host name like chat.example.com (no port), or *"));
+                }
+                self.allow_hosts.push(host);
+            }
             "max-connections" => {
                 self.max_connections = number(value, 1, 10_000_000).map_err(|m| bad(&m))?
             }
@@ -352,6 +448,9 @@ impl Config {
             "max-rooms" => self.max_rooms = number(value, 1, 10_000_000).map_err(|m| bad(&m))?,
             "max-rooms-per-client" => {
                 self.max_rooms_per_client = number(value, 1, 100_000).map_err(|m| bad(&m))?
+            }
+            "max-rooms-per-address" => {
+                self.max_rooms_per_address = number(value, 1, 10_000_000).map_err(|m| bad(&m))?
             }
             "presence-limit" => {
                 self.presence_limit = number(value, 1, 1_000_000).map_err(|m| bad(&m))?

@@ -1,4 +1,4 @@
-//! Timeouts that cost nothing until they are needed.
+//! Timeouts that cost nothing until they are needed, and the one timer type everything uses.
 //!
 //! The writer flushes many times a second per client under load; putting a fresh timer under
 //! every flush would mean a trip through the reactor's timer list each time. [`within`] polls
@@ -11,7 +11,10 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
-use async_io::Timer;
+/// The timer: `async-io`'s. Every wait on the clock in the crate goes through this module.
+pub use async_io::Timer;
+
+use crate::meter::Progress;
 
 /// Runs `fut` to completion, or gives up with `None` once it has been pending for `limit`.
 pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
@@ -25,6 +28,39 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
         match std::pin::Pin::new(timer).poll(cx) {
             Poll::Ready(_) => Poll::Ready(None),
             Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
+}
+
+/// Runs `fut` (a write) to completion, or gives up with `None` once no write on the stream
+/// behind `progress` has moved a byte for `limit`. A large batch over a slow link that keeps
+/// moving is not a stalled client; a client that stopped reading is.
+pub async fn without_progress<F: Future>(
+    limit: Duration,
+    progress: &Progress,
+    fut: F,
+) -> Option<F::Output> {
+    let started = std::time::Instant::now();
+    let mut fut = pin!(fut);
+    let mut timer: Option<Timer> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = fut.as_mut().poll(cx) {
+            return Poll::Ready(Some(out));
+        }
+        loop {
+            let deadline = progress.last_write().max(started) + limit;
+            let timer = timer.get_or_insert_with(|| Timer::at(deadline));
+            match std::pin::Pin::new(&mut *timer).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(_) => {
+                    let deadline = progress.last_write().max(started) + limit;
+                    if deadline <= std::time::Instant::now() {
+                        return Poll::Ready(None);
+                    }
+                    timer.set_at(deadline);
+                }
+            }
         }
     })
     .await

@@ -7,6 +7,8 @@
 //! accepted upgrade leaves as the `101` response plus whatever bytes the client already sent
 //! after its head, which the session hands to tungstenite. Nothing here knows about rooms.
 
+use std::borrow::Cow;
+
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::config::Config;
@@ -128,8 +130,8 @@ pub struct Response {
     pub headers: Vec<(&'static str, String)>,
     /// `Content-Type` of the body.
     pub content_type: &'static str,
-    /// The body.
-    pub body: String,
+    /// The body: borrowed for the built-in page, which is served without a copy.
+    pub body: Cow<'static, str>,
 }
 
 impl Response {
@@ -139,7 +141,7 @@ impl Response {
             status,
             headers: Vec::new(),
             content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n"),
+            body: format!("{body}\n").into(),
         }
     }
 
@@ -162,8 +164,8 @@ impl Response {
             out.push_str(&format!("{name}: {value}\r\n"));
         }
         out.push_str("\r\n");
-        out.push_str(&self.body);
         stream.write_all(out.as_bytes()).await?;
+        stream.write_all(self.body.as_bytes()).await?;
         stream.flush().await
     }
 }
@@ -237,6 +239,16 @@ fn upgrade(head: &Head, config: &Config) -> Route {
     let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
         return bad("missing Sec-WebSocket-Key header");
     };
+    if !host_allowed(head, config) {
+        return Route::Refuse(
+            Response::text(
+                403,
+                "host name not allowed for /ws; the server operator can allow it with \
+                 --allow-host",
+            ),
+            Some(Refusal::Host),
+        );
+    }
     if !origin_allowed(head, config) {
         return Route::Refuse(
             Response::text(
@@ -249,6 +261,33 @@ fn upgrade(head: &Head, config: &Config) -> Route {
     Route::Upgrade {
         accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
     }
+}
+
+/// The `Host` an upgrade was addressed to must be an IP literal, `localhost`, or a name
+/// listed with `--allow-host`. The origin check alone compares `Origin` with `Host`, and a
+/// page on an attacker's domain that resolves to this server (DNS rebinding: a gateway on a
+/// LAN, a server on 127.0.0.1) passes it, because both name the attacker's domain. No browser
+/// sends an IP literal or `localhost` for an attacker's page. A request without `Host` is not
+/// from a browser and is allowed.
+pub fn host_allowed(head: &Head, config: &Config) -> bool {
+    let Some(host) = head.host.as_deref() else {
+        return true;
+    };
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        // An IPv6 literal: [::1] or [::1]:8080.
+        return rest
+            .split_once(']')
+            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+            _ => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || config.allow_hosts.iter().any(|h| h == "*" || *h == name)
 }
 
 /// A request without `Origin` is not from a browser and is allowed. A browser's origin must
@@ -298,7 +337,7 @@ pub fn page() -> Response {
             ("Referrer-Policy", "no-referrer".to_string()),
         ],
         content_type: "text/html; charset=utf-8",
-        body: PAGE.to_string(),
+        body: Cow::Borrowed(PAGE),
     }
 }
 
@@ -327,8 +366,12 @@ mod tests {
         let h = head(&format!("{UPGRADE}\r\n"));
         assert_eq!(h.path, "/ws");
         assert!(h.upgrade_websocket && h.connection_upgrade);
+        let config = Config {
+            allow_hosts: vec!["chat.example".into()],
+            ..Config::default()
+        };
         assert_eq!(
-            route(&h, &Config::default()),
+            route(&h, &config),
             Route::Upgrade {
                 accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
             }
@@ -372,6 +415,31 @@ mod tests {
         assert!(origin_allowed(&with_origin("http://evil.example"), &config));
         config.allow_origins = vec!["*".into()];
         assert!(origin_allowed(&with_origin("null"), &config));
+    }
+
+    #[test]
+    fn host_policy() {
+        let mut config = Config::default();
+        let with_host = |h: &str| head(&format!("GET /ws HTTP/1.1\r\nHost: {h}\r\n\r\n"));
+        for ok in ["127.0.0.1:8080", "10.0.0.7", "[::1]:8080", "[fe80::1]", "localhost:80"] {
+            assert!(host_allowed(&with_host(ok), &config), "{ok}");
+        }
+        for refused in ["evil.example:8080", "evil.example", "127.0.0.1.evil.example", "[x]"] {
+            assert!(!host_allowed(&with_host(refused), &config), "{refused}");
+        }
+        config.allow_hosts.push("chat.example.com".into());
+        assert!(host_allowed(&with_host("Chat.Example.com:443"), &config));
+        assert!(!host_allowed(&with_host("evil.example"), &config));
+        let Route::Refuse(r, Some(Refusal::Host)) = route(
+            &head(&format!("{}Host: evil.example\r\n\r\n", UPGRADE.replace("Host: chat.example:8080\r\n", ""))),
+            &Config::default(),
+        ) else {
+            panic!("a rebinding upgrade is refused")
+        };
+        assert_eq!(r.status, 403);
+        assert!(r.body.contains("--allow-host"));
+        config.allow_hosts = vec!["*".into()];
+        assert!(host_allowed(&with_host("anything.example"), &config));
     }
 
     #[test]

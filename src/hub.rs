@@ -9,7 +9,8 @@
 //! which is why its tests below need no sockets. [`run`] is the few lines that turn it into a
 //! future: receive a command, handle it, repeat.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,7 +20,7 @@ use slab::Slab;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
-use crate::queue::{self, TrySendError};
+use crate::queue::{self, TrySendError, Weigh};
 use crate::room::Room;
 
 #[cfg(feature = "redis")]
@@ -43,6 +44,42 @@ pub enum Outgoing {
     Close(u16, &'static str),
 }
 
+impl Weigh for Outgoing {
+    fn bytes(&self) -> usize {
+        match self {
+            Outgoing::Event(frame) => frame.len(),
+            Outgoing::Close(..) => 0,
+        }
+    }
+}
+
+/// Where a client connects from, for limits per address: an IPv4 address, an IPv6 /64 (one
+/// subscriber's network: a single host can use any of its 2^64 addresses), or for peers that
+/// are not socket addresses (embedders may pass any text) a hash of the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Address(u128);
+
+impl Address {
+    /// The address of `peer`, as `Chat::serve` receives it (`"127.0.0.1:5000"`).
+    pub fn of(peer: &str) -> Address {
+        let ip = peer
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| peer.parse::<IpAddr>());
+        match ip.map(|ip| ip.to_canonical()) {
+            Ok(IpAddr::V4(v4)) => Address(u128::from(v4.to_ipv6_mapped())),
+            Ok(IpAddr::V6(v6)) => Address(u128::from(v6) & !u128::from(u64::MAX)),
+            Err(_) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                peer.hash(&mut h);
+                // Low bits set: no IPv6 /64 prefix key has any.
+                Address(u128::from(h.finish()) | 1 << 64)
+            }
+        }
+    }
+}
+
 /// A request to the hub from a session (or from the server, for shutdown).
 #[derive(Debug)]
 pub enum Command {
@@ -50,6 +87,7 @@ pub enum Command {
     Connect {
         queue: queue::Sender<Outgoing>,
         reply: Sender<ClientId>,
+        address: Address,
     },
     /// A parsed command from a client.
     Request { client: ClientId, request: Request },
@@ -76,6 +114,7 @@ pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server shutting down");
 struct Client {
     queue: queue::Sender<Outgoing>,
     serial: u64,
+    address: Address,
     nick: String,
     /// Rooms in join order; the last one is the "current" room for plain-text frames.
     rooms: Vec<String>,
@@ -90,6 +129,16 @@ pub struct Hub {
     /// Lowercased nick → client key; nicks are unique ignoring case.
     nicks: HashMap<String, usize>,
     rooms: HashMap<String, Room>,
+    /// Bytes of messages all rooms remember together (`--history-total-bytes`).
+    history_bytes: usize,
+    /// Every room with history, by the server-wide sequence number of its oldest message:
+    /// the first entry is the message to forget when the total is over the limit.
+    oldest: BTreeMap<u64, String>,
+    /// Numbers every remembered message, server-wide, oldest first.
+    next_seq: u64,
+    /// Non-empty rooms held by each address: a room is held by the address of the client that
+    /// made it non-empty (created it, or joined it empty) until it is empty again.
+    held: HashMap<Address, usize>,
     next_serial: u64,
     next_guest: u64,
     /// Prefix of every room epoch: different for every start of the server.
@@ -119,6 +168,10 @@ impl Hub {
             clients: Slab::new(),
             nicks: HashMap::new(),
             rooms: HashMap::new(),
+            history_bytes: 0,
+            oldest: BTreeMap::new(),
+            next_seq: 0,
+            held: HashMap::new(),
             next_serial: 1,
             next_guest: 1,
             epoch_base: radix36(started),
@@ -141,9 +194,13 @@ impl Hub {
             return;
         }
         match command {
-            Command::Connect { queue, reply } => {
+            Command::Connect {
+                queue,
+                reply,
+                address,
+            } => {
                 if !self.shutting_down {
-                    let id = self.connect(queue);
+                    let id = self.connect(queue, address);
                     // The session waits on `reply`; if it already went away, its queue is
                     // closed and the next delivery (or its Disconnect) cleans up.
                     let _ = reply.try_send(id);
@@ -172,7 +229,7 @@ impl Hub {
     }
 
     /// Registers a client, queues its `welcome` and joins it to the default room.
-    pub fn connect(&mut self, queue: queue::Sender<Outgoing>) -> ClientId {
+    pub fn connect(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
         let serial = self.next_serial;
         self.next_serial += 1;
         let nick = loop {
@@ -185,6 +242,7 @@ impl Hub {
         let key = self.clients.insert(Client {
             queue,
             serial,
+            address,
             nick: nick.clone(),
             rooms: Vec::new(),
         });
@@ -238,8 +296,8 @@ impl Hub {
                 self.send(key, &frame);
                 Ok(())
             }
-            Request::Rooms => {
-                let mut rooms: Vec<RoomSummary> = self
+            Request::Rooms { offset } => {
+                let rooms: Vec<RoomSummary> = self
                     .rooms
                     .iter()
                     .map(|(name, r)| RoomSummary {
@@ -247,8 +305,7 @@ impl Hub {
                         members: r.members().len(),
                     })
                     .collect();
-                rooms.sort_unstable_by(|a, b| a.name.cmp(b.name));
-                let frame = Event::Rooms { rooms }.encode();
+                let frame = Event::rooms_page(rooms, offset);
                 self.send(key, &frame);
                 Ok(())
             }
@@ -314,13 +371,30 @@ impl Hub {
                     ),
                 ));
             }
+            let address = self.clients[key].address;
+            let empty = self.rooms.get(&name).is_none_or(|r| r.members().is_empty());
+            if empty && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
+            {
+                return Err(Error::new(
+                    ErrorCode::RoomLimit,
+                    format!(
+                        "clients from your address hold {} rooms, the most allowed; join a room \
+                         that has members",
+                        self.config.max_rooms_per_address
+                    ),
+                ));
+            }
             if !self.rooms.contains_key(&name) {
                 self.make_room_for_one_more()?;
                 self.rooms_created += 1;
                 let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
-                self.rooms
-                    .insert(name.clone(), Room::new(epoch, self.config.history));
+                let room = Room::new(epoch, self.config.history, self.config.history_bytes);
+                self.rooms.insert(name.clone(), room);
                 Metrics::add(&self.metrics.rooms, 1);
+            }
+            if empty {
+                *self.held.entry(address).or_default() += 1;
+                self.rooms.get_mut(&name).expect("room exists").holder = Some(address);
             }
         }
 
@@ -373,7 +447,14 @@ impl Hub {
             .map(|(name, _)| name.clone());
         match oldest_empty {
             Some(name) => {
-                self.rooms.remove(&name);
+                let room = self.rooms.remove(&name).expect("the room exists");
+                if let Some(seq) = room.oldest_seq() {
+                    self.oldest.remove(&seq);
+                }
+                self.history_bytes -= room.history_bytes();
+                self.metrics
+                    .history_bytes
+                    .store(self.history_bytes as u64, std::sync::atomic::Ordering::Relaxed);
                 self.metrics
                     .rooms
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -407,6 +488,14 @@ impl Hub {
         room.remove(key);
         if room.members().is_empty() {
             room.idle_since = self.tick;
+            if let Some(holder) = room.holder.take()
+                && let Some(held) = self.held.get_mut(&holder)
+            {
+                *held -= 1;
+                if *held == 0 {
+                    self.held.remove(&holder);
+                }
+            }
         }
         // Announced only if the leaver's arrival was: the size then included the leaver.
         if room.members().len() + 1 > self.config.presence_limit {
@@ -453,11 +542,42 @@ impl Hub {
             ts: now_ms(),
         }
         .encode();
-        room.remember(frame.clone());
         for &k in room.members() {
             deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
         }
+        self.remember(&name, frame);
         Ok(())
+    }
+
+    /// Stores a message in its room's history, then forgets the oldest messages on the server
+    /// until all rooms together are within `--history-total-bytes`.
+    fn remember(&mut self, name: &str, frame: Frame) {
+        let room = self.rooms.get_mut(name).expect("the room exists");
+        let before = room.oldest_seq();
+        let (added, forgotten) = room.remember(frame, self.next_seq);
+        self.next_seq += 1;
+        self.history_bytes = self.history_bytes + added - forgotten;
+        if room.oldest_seq() != before {
+            if let Some(seq) = before {
+                self.oldest.remove(&seq);
+            }
+            if let Some(seq) = room.oldest_seq() {
+                self.oldest.insert(seq, name.to_string());
+            }
+        }
+        while self.history_bytes > self.config.history_total_bytes {
+            let Some((_, name)) = self.oldest.pop_first() else {
+                break;
+            };
+            let room = self.rooms.get_mut(&name).expect("indexed rooms exist");
+            self.history_bytes -= room.forget_oldest();
+            if let Some(seq) = room.oldest_seq() {
+                self.oldest.insert(seq, name);
+            }
+        }
+        self.metrics
+            .history_bytes
+            .store(self.history_bytes as u64, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn direct(&mut self, key: usize, to: &str, text: &str) -> Result<(), Error> {
@@ -567,9 +687,9 @@ fn deliver(
 ) {
     let queue = &clients[key].queue;
     match queue.try_send(Outgoing::Event(frame.clone())) {
-        Ok(waiting) => {
+        Ok(half_full) => {
             Metrics::add(&metrics.events_delivered, 1);
-            backlog.congested |= waiting * 2 > queue.capacity();
+            backlog.congested |= half_full;
         }
         Err(TrySendError::Full) => backlog.full.push(key),
         Err(TrySendError::Closed) => {}
@@ -633,8 +753,8 @@ mod tests {
     }
 
     fn connect(hub: &mut Hub, queue: usize) -> TestClient {
-        let (tx, rx) = queue::bounded(queue);
-        let id = hub.connect(tx);
+        let (tx, rx) = queue::bounded(queue, usize::MAX);
+        let id = hub.connect(tx, Address::of("127.0.0.1:1"));
         let c = TestClient { id, queue: rx };
         c.drain();
         c
@@ -684,8 +804,8 @@ mod tests {
     #[test]
     fn connect_sends_welcome_then_room() {
         let mut hub = hub();
-        let (tx, rx) = queue::bounded(8);
-        hub.connect(tx);
+        let (tx, rx) = queue::bounded(8, usize::MAX);
+        hub.connect(tx, Address::of("127.0.0.1:1"));
         let c = TestClient {
             id: ClientId { key: 0, serial: 1 },
             queue: rx,
@@ -877,7 +997,7 @@ mod tests {
         a.send(&mut hub, join("r2"));
         a.send(&mut hub, join("r3")); // evicts r1, the older empty room
         a.drain();
-        a.send(&mut hub, Request::Rooms);
+        a.send(&mut hub, Request::Rooms { offset: 0 });
         let rooms = &a.events()[0]["rooms"];
         assert_eq!(
             *rooms,
@@ -894,8 +1014,8 @@ mod tests {
         let a = connect(&mut hub, 64);
         let b = connect(&mut hub, 64);
         assert_eq!(a.events()[0]["type"], "join", "2 members: still announced");
-        let (tx, rx) = queue::bounded(64);
-        let c_id = hub.connect(tx);
+        let (tx, rx) = queue::bounded(64, usize::MAX);
+        let c_id = hub.connect(tx, Address::of("127.0.0.1:1"));
         let c = TestClient {
             id: c_id,
             queue: rx,
@@ -979,9 +1099,13 @@ mod tests {
         assert_eq!(got[0]["reason"], "shutdown", "b saw a leave first: {got:?}");
         assert_eq!(got[1]["close"], 1001);
         assert_eq!(hub.client_count(), 0);
-        let (tx, _rx) = queue::bounded(8);
+        let (tx, _rx) = queue::bounded(8, usize::MAX);
         let (reply, replies) = async_channel::bounded(1);
-        hub.handle(Command::Connect { queue: tx, reply });
+        hub.handle(Command::Connect {
+            queue: tx,
+            reply,
+            address: Address::of("127.0.0.1:1"),
+        });
         assert!(replies.try_recv().is_err(), "no new clients after shutdown");
     }
 }

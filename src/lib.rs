@@ -34,6 +34,7 @@ pub mod cluster;
 pub mod config;
 mod deadline;
 pub mod http;
+mod meter;
 pub mod hub;
 pub mod logger;
 pub mod metrics;
@@ -47,7 +48,7 @@ mod session;
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
@@ -59,6 +60,7 @@ pub use config::Config;
 use deadline::within;
 use http::{HeadError, Response, Route};
 use hub::{Command, Hub};
+use meter::{Metered, Progress};
 pub use metrics::Metrics;
 use metrics::Refusal;
 
@@ -141,48 +143,63 @@ impl Chat {
 
     /// Serves one accepted connection from its first byte to its end: reads the HTTP request,
     /// answers it, and for `GET /ws` runs the WebSocket session. `peer` appears in logs.
-    pub async fn serve<S>(&self, stream: S, peer: &str)
+    ///
+    /// Until it is a WebSocket session, a connection holds one of `--max-pending` slots, and the
+    /// whole exchange (request head, response, the drain after it, or the upgrade) must be over
+    /// within `--handshake-timeout`. Beyond the slots, a connection gets a 503 if its socket
+    /// takes it at once, and is closed.
+    pub async fn serve<S>(&self, mut stream: S, peer: &str)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let Some(pending) = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
+        else {
+            self.metrics.refuse(Refusal::Pending);
+            logger::refusal(peer, "refused: too many connections waiting (--max-pending)");
+            let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+                Connection: close\r\nRetry-After: 5\r\n\r\n";
+            // One try, no waiting: this connection gets nothing else from us.
+            let _ = futures_lite::future::poll_once(stream.write_all(busy)).await;
+            return;
+        };
         // The handshake's futures are large and short-lived. Boxed, they are freed before the
         // session starts instead of sitting inside every connection's future for its whole
         // life (rustc does not reuse their space for the session's state).
-        if let Some((ws, slot)) = Box::pin(self.handshake(stream, peer)).await {
-            session::run(self, ws.split(), peer).await;
+        let handshake = Box::pin(self.handshake(stream, peer));
+        let upgraded = match within(self.config.handshake_timeout, handshake).await {
+            Some(upgraded) => upgraded,
+            None => {
+                self.metrics.refuse(Refusal::Timeout);
+                logger::refusal(peer, "dropped: request not done within --handshake-timeout");
+                None
+            }
+        };
+        drop(pending);
+        if let Some((ws, progress, slot)) = upgraded {
+            session::run(self, ws.split(), &progress, peer).await;
             drop(slot);
         }
     }
 
-    /// Reads the request head and answers it. For an accepted upgrade, returns the WebSocket
-    /// and the connection's slot under `--max-connections`.
-    async fn handshake<S>(
-        &self,
-        mut stream: S,
-        peer: &str,
-    ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
+    /// Reads the request head and answers it. For an accepted upgrade, returns the WebSocket,
+    /// its write progress and the connection's slot under `--max-connections`.
+    async fn handshake<S>(&self, mut stream: S, peer: &str) -> Option<Upgraded<'_, S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let head = within(self.config.handshake_timeout, http::read_head(&mut stream)).await;
-        let (head, leftover) = match head {
-            Some(Ok(read)) => read,
-            Some(Err(HeadError::Io)) => return None,
-            Some(Err(HeadError::TooLarge)) => {
+        let (head, leftover) = match http::read_head(&mut stream).await {
+            Ok(read) => read,
+            Err(HeadError::Io) => return None,
+            Err(HeadError::TooLarge) => {
                 let response = Response::text(431, "request head too large");
                 self.refuse(&mut stream, peer, response, Refusal::HeadTooLarge)
                     .await;
                 return None;
             }
-            Some(Err(HeadError::Malformed)) => {
+            Err(HeadError::Malformed) => {
                 let response = Response::text(400, "malformed HTTP request");
                 self.refuse(&mut stream, peer, response, Refusal::BadRequest)
                     .await;
-                return None;
-            }
-            None => {
-                self.metrics.refuse(Refusal::Timeout);
-                logger::refusal(peer, "refused: request head not complete in time");
                 return None;
             }
         };
@@ -195,7 +212,7 @@ impl Chat {
             Route::Metrics => {
                 let mut r = Response::text(200, "");
                 r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-                r.body = self.metrics.render();
+                r.body = self.metrics.render().into();
                 r
             }
             Route::Refuse(response, None) => response,
@@ -224,7 +241,7 @@ impl Chat {
         leftover: Vec<u8>,
         accept_key: &str,
         peer: &str,
-    ) -> Option<(WebSocketStream<S>, ConnectionSlot<'_>)>
+    ) -> Option<Upgraded<'_, S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -237,27 +254,30 @@ impl Chat {
             return None;
         }
         let max = self.config.max_connections as u64;
-        let Some(slot) = ConnectionSlot::take(&self.metrics, max) else {
+        let Some(slot) = Slot::take(&self.metrics.connections, max) else {
             let busy = Response::text(503, "server full; try again later").with("Retry-After", "5");
             self.refuse(&mut stream, peer, busy, Refusal::Capacity)
                 .await;
             return None;
         };
+        Metrics::add(&self.metrics.connections_total, 1);
         let written = async {
             stream
                 .write_all(http::switching_protocols(accept_key).as_bytes())
                 .await?;
             stream.flush().await
         };
-        if !matches!(
-            within(self.config.write_timeout, written).await,
-            Some(Ok(()))
-        ) {
-            return None;
-        }
-        let config = Some(self.ws_config());
-        let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, config).await;
-        Some((ws, slot))
+        written.await.ok()?;
+        // A client's byte budget: its messages at the rate limit, with room for framing.
+        let config = &self.config;
+        let per_message = config.max_message_bytes as u64 + 64;
+        let rate = u64::from(config.rate_limit) * per_message;
+        let burst = u64::from(config.rate_burst) * per_message;
+        let (stream, progress) = Metered::new(stream, rate, burst);
+        let ws_config = Some(self.ws_config());
+        let ws =
+            WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
+        Some((ws, progress, slot))
     }
 
     async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -276,26 +296,20 @@ impl Chat {
     }
 
     /// Writes a plain response, then reads and drops what the client is still sending (at most
-    /// 64 KiB, until it pauses for 100 ms or closes) before the socket is dropped. Dropping a
-    /// socket with unread input makes the kernel answer with a reset, which can destroy the
-    /// response before the client reads it: a refused oversized head would never see its
-    /// 431. (A generic stream cannot half-close, so the pause is how we know it is done.)
+    /// 64 KiB, until it pauses for 100 ms or closes, within the exchange's one deadline)
+    /// before the socket is dropped. Dropping a socket with unread input makes the kernel
+    /// answer with a reset, which can destroy the response before the client reads it: a
+    /// refused oversized head would never see its 431. (A generic stream cannot half-close, so
+    /// the pause is how we know it is done.)
     async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         stream: &mut S,
         response: &Response,
     ) {
-        let written = async {
-            response.write(stream).await?;
-            stream.flush().await
-        };
-        if !matches!(
-            within(self.config.write_timeout, written).await,
-            Some(Ok(()))
-        ) {
+        if response.write(stream).await.is_err() {
             return;
         }
-        let mut scratch = [0u8; 1024];
+        let mut scratch = [0u8; 512];
         let mut left: usize = 64 * 1024;
         while left > 0 {
             match within(Duration::from_millis(100), stream.read(&mut scratch)).await {
@@ -310,12 +324,17 @@ impl Chat {
     /// everything else together. The read buffer is allocated eagerly for every connection, so
     /// it is small; a larger message just takes more reads. Frames are written to the socket
     /// whenever 4 KiB are buffered, which bounds what an active connection holds.
+    ///
+    /// tungstenite refuses a frame that would take its buffer past `max_write_buffer_size`
+    /// (`WriteBufferFull`), and a writer that took that for a dead client would drop a healthy
+    /// one. The buffer therefore holds what may be pending (4 KiB) plus the largest event the
+    /// hub can build with this configuration, plus the largest frame header.
     fn ws_config(&self) -> WebSocketConfig {
         let max = self.config.max_message_bytes;
         WebSocketConfig::default()
             .read_buffer_size(512)
-            .write_buffer_size(4096)
-            .max_write_buffer_size(4096 + max + 1024)
+            .write_buffer_size(WRITE_BUFFER)
+            .max_write_buffer_size(WRITE_BUFFER + self.config.max_event_bytes() + 14)
             .max_message_size(Some(max))
             .max_frame_size(Some(max))
     }
@@ -341,23 +360,29 @@ where
     futures_lite::future::zip(hub::run(hub, commands), bridge).await;
 }
 
-/// Counts a WebSocket session in `connections` for as long as it lives.
-struct ConnectionSlot<'a>(&'a Metrics);
+/// Bytes tungstenite buffers before it writes to the socket.
+const WRITE_BUFFER: usize = 4096;
 
-impl<'a> ConnectionSlot<'a> {
-    fn take(metrics: &'a Metrics, max: u64) -> Option<Self> {
-        let now = metrics.connections.fetch_add(1, Relaxed);
+/// An accepted upgrade: the WebSocket, its write progress, its `--max-connections` slot.
+type Upgraded<'a, S> = (WebSocketStream<Metered<S>>, Arc<Progress>, Slot<'a>);
+
+/// One unit of a gauge with a limit (`connections` under `--max-connections`, `pending` under
+/// `--max-pending`), held for as long as the connection is in that state.
+struct Slot<'a>(&'a AtomicU64);
+
+impl<'a> Slot<'a> {
+    fn take(gauge: &'a AtomicU64, max: u64) -> Option<Self> {
+        let now = gauge.fetch_add(1, Relaxed);
         if now >= max {
-            metrics.connections.fetch_sub(1, Relaxed);
+            gauge.fetch_sub(1, Relaxed);
             return None;
         }
-        Metrics::add(&metrics.connections_total, 1);
-        Some(ConnectionSlot(metrics))
+        Some(Slot(gauge))
     }
 }
 
-impl Drop for ConnectionSlot<'_> {
+impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.0.connections.fetch_sub(1, Relaxed);
+        self.0.fetch_sub(1, Relaxed);
     }
 }

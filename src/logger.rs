@@ -37,25 +37,56 @@ pub fn init(level: log::LevelFilter) {
     }
 }
 
-/// Logs a refused request or a forced disconnect at `warn`, at most ten lines a second, so a
-/// flood of bad clients cannot flood the log too. Lines held back are counted and reported
-/// with the next line that gets through.
-pub fn refusal(peer: &str, what: &str) {
-    static WINDOW: AtomicU64 = AtomicU64::new(0);
-    static IN_WINDOW: AtomicU64 = AtomicU64::new(0);
-    static SUPPRESSED: AtomicU64 = AtomicU64::new(0);
-    let second = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    if WINDOW.swap(second, Relaxed) != second {
-        IN_WINDOW.store(0, Relaxed);
-    }
-    if IN_WINDOW.fetch_add(1, Relaxed) < 10 {
-        match SUPPRESSED.swap(0, Relaxed) {
-            0 => log::warn!("{peer}: {what}"),
-            n => log::warn!("{peer}: {what} ({n} similar lines suppressed)"),
+/// At most [`Limiter::PER_SECOND`] lines a second of one kind; the lines held back are counted
+/// and reported with the next line that gets through.
+struct Limiter {
+    window: AtomicU64,
+    in_window: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl Limiter {
+    const PER_SECOND: u64 = 10;
+
+    const fn new() -> Self {
+        Limiter {
+            window: AtomicU64::new(0),
+            in_window: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
         }
-    } else {
-        SUPPRESSED.fetch_add(1, Relaxed);
     }
+
+    fn log(&self, level: log::Level, peer: &str, what: &str) {
+        if !log::log_enabled!(level) {
+            return;
+        }
+        let second = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if self.window.swap(second, Relaxed) != second {
+            self.in_window.store(0, Relaxed);
+        }
+        if self.in_window.fetch_add(1, Relaxed) < Self::PER_SECOND {
+            match self.suppressed.swap(0, Relaxed) {
+                0 => log::log!(level, "{peer}: {what}"),
+                n => log::log!(level, "{peer}: {what} ({n} similar lines suppressed)"),
+            }
+        } else {
+            self.suppressed.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+/// Logs a refused request or a forced disconnect at `warn`, at most ten lines a second, so a
+/// flood of bad clients cannot flood the log too.
+pub fn refusal(peer: &str, what: &str) {
+    static REFUSALS: Limiter = Limiter::new();
+    REFUSALS.log(log::Level::Warn, peer, what);
+}
+
+/// Logs a client's arrival or departure at `info`, at most ten lines a second: a connection
+/// flood must not become a log flood (or, on a gateway, a flash-wearing one).
+pub fn connection(peer: &str, what: &str) {
+    static CONNECTIONS: Limiter = Limiter::new();
+    CONNECTIONS.log(log::Level::Info, peer, what);
 }

@@ -20,15 +20,21 @@ pub enum Refusal {
     Timeout,
     /// Anything else malformed: bad method, bad upgrade headers, unparsable head.
     BadRequest,
+    /// An upgrade addressed to a host name that is not allowed (403; DNS rebinding).
+    Host,
+    /// `--max-pending` connections were already waiting for their request or response.
+    Pending,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 5] = [
+    const ALL: [Refusal; 7] = [
         Refusal::Origin,
         Refusal::Capacity,
         Refusal::HeadTooLarge,
         Refusal::Timeout,
         Refusal::BadRequest,
+        Refusal::Host,
+        Refusal::Pending,
     ];
 
     fn label(self) -> &'static str {
@@ -38,12 +44,14 @@ impl Refusal {
             Refusal::HeadTooLarge => "head_too_large",
             Refusal::Timeout => "timeout",
             Refusal::BadRequest => "bad_request",
+            Refusal::Host => "host",
+            Refusal::Pending => "pending",
         }
     }
 }
 
 /// The close codes the server sends, each counted separately.
-pub const CLOSE_CODES: [u16; 8] = [1000, 1001, 1003, 1007, 1008, 1009, 1011, 1013];
+pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013];
 
 /// All of the server's counters.
 #[derive(Debug, Default)]
@@ -52,6 +60,11 @@ pub struct Metrics {
     pub connections: AtomicU64,
     /// WebSocket sessions ever opened.
     pub connections_total: AtomicU64,
+    /// Connections that are not WebSocket sessions (yet): reading a request head or writing a
+    /// plain response.
+    pub pending: AtomicU64,
+    /// Bytes of messages all rooms remember.
+    pub history_bytes: AtomicU64,
     /// Rooms the hub holds now.
     pub rooms: AtomicU64,
     /// Chat and direct messages accepted from clients.
@@ -79,7 +92,7 @@ pub struct Metrics {
     /// Scale-out: commands answered with `unavailable`.
     #[cfg(feature = "redis")]
     pub redis_unavailable: AtomicU64,
-    refused: [AtomicU64; 5],
+    refused: [AtomicU64; Refusal::ALL.len()],
     closes: [AtomicU64; CLOSE_CODES.len()],
 }
 
@@ -141,6 +154,18 @@ impl Metrics {
             "counter",
             "WebSocket sessions opened.",
             &self.connections_total,
+        );
+        one(
+            "pending_connections",
+            "gauge",
+            "Connections reading a request head or writing a plain response.",
+            &self.pending,
+        );
+        one(
+            "history_bytes",
+            "gauge",
+            "Bytes of messages all rooms remember.",
+            &self.history_bytes,
         );
         one(
             "rooms",

@@ -15,6 +15,35 @@ pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
 /// Longest nick or room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
+/// Rooms per page of a `rooms` reply.
+pub const ROOMS_PAGE: usize = 50;
+
+/// Longest `message` of an `error` event, in characters; longer ones are cut. Some messages
+/// quote what the client sent (a parser's complaint, an unknown type), and a reply must never
+/// be allowed to grow with the input.
+pub const MAX_ERROR_CHARS: usize = 200;
+
+/// Bytes an event adds around its variable parts: type, keys, quotes, punctuation, a room and
+/// a nick (32 bytes each) and three numbers of up to 20 digits. Generous on purpose; the
+/// bounds below are checked by the hub's fuzz target and unit tests.
+const ENVELOPE_BYTES: usize = 256;
+/// Bytes one nick adds to a member list: `"` nick `",`.
+const LISTED_NICK_BYTES: usize = MAX_NAME_CHARS + 3;
+/// Bytes one entry adds to a `rooms` page: `{"name":"` room `","members":` 20 digits `},`.
+const LISTED_ROOM_BYTES: usize = MAX_NAME_CHARS + 44;
+
+/// The largest event the hub can build, in bytes, for messages of at most `max_text` encoded
+/// bytes and member lists of at most `presence_limit` nicks. Every frame a client's writer is
+/// given fits in this, so the writer's buffer is sized from it.
+pub fn max_event_bytes(max_text: usize, presence_limit: usize) -> usize {
+    let message = max_text + ENVELOPE_BYTES;
+    let members = presence_limit.saturating_mul(LISTED_NICK_BYTES) + ENVELOPE_BYTES;
+    let rooms = ROOMS_PAGE * LISTED_ROOM_BYTES + ENVELOPE_BYTES;
+    // An error's message: each character is at most 4 bytes of UTF-8, 2 more if escaped.
+    let error = MAX_ERROR_CHARS * 6 + ENVELOPE_BYTES;
+    message.max(members).max(rooms).max(error)
+}
+
 /// A command from a client, already validated as far as it can be without the hub's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Request {
@@ -34,15 +63,16 @@ pub enum Request {
     Direct { to: String, text: String },
     /// List a room's members, a page at a time from `offset`.
     Who { room: String, offset: usize },
-    /// List the rooms that have members.
-    Rooms,
+    /// List the server's rooms, a page at a time from `offset`.
+    Rooms { offset: usize },
 }
 
 /// The error codes of protocol v1, sent in `error` events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorCode {
-    /// Malformed JSON, unknown type, or a missing or empty field.
+    /// Malformed JSON, unknown type, a missing or empty field, text that is too long or
+    /// holds control characters.
     BadRequest,
     /// A nick that breaks the naming rules.
     InvalidNick,
@@ -73,11 +103,18 @@ pub struct Error {
 
 impl Error {
     /// An error with the given code and message.
+    /// A message longer than [`MAX_ERROR_CHARS`] is cut, and control characters in it
+    /// become `?`: messages may quote client input, and replies must stay bounded and clean.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        Error {
-            code,
-            message: message.into(),
+        let mut message: String = message.into();
+        if message.chars().count() > MAX_ERROR_CHARS || message.chars().any(char::is_control) {
+            message = message
+                .chars()
+                .take(MAX_ERROR_CHARS)
+                .map(|c| if c.is_control() { '?' } else { c })
+                .collect();
         }
+        Error { code, message }
     }
 }
 
@@ -103,7 +140,8 @@ const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
 
 /// Parses one text frame. A frame whose first non-blank character is not `{` is plain text for
 /// the sender's current room, as in the classic hub chat; one that starts with `{` must be a
-/// valid command object. `max_text` is the longest `text` accepted, in bytes.
+/// valid command object. `max_text` is the longest `text` accepted, in bytes as the text is
+/// sent in events (see [`encoded_len`]).
 pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
     if !frame.trim_start().starts_with('{') {
         let text = check_text(Some(frame.to_string()), max_text)?;
@@ -160,7 +198,9 @@ pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
             room: room_name(wire.room)?,
             offset: wire.offset.unwrap_or(0),
         },
-        "rooms" => Request::Rooms,
+        "rooms" => Request::Rooms {
+            offset: wire.offset.unwrap_or(0),
+        },
         other => {
             return Err(bad(format!(
                 "unknown type {other:?}, expected one of {COMMANDS}"
@@ -207,15 +247,50 @@ fn room_name(room: Option<String>) -> Result<String, Error> {
     }
 }
 
+/// Chat text: not empty, no control characters but tab, newline and carriage return, and at
+/// most `max_text` bytes once encoded in an event. Both rules keep every `message` event the
+/// hub stores and sends within [`max_event_bytes`]: JSON writes a control character as six
+/// bytes (`\u0001`), so 1,600 of them would otherwise make a 9.6 KB event out of a 1.6 KB
+/// frame. Control characters are refused rather than counted because they are never chat:
+/// they garble terminals (escape sequences) and logs.
 fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
     let text = required("text", text)?;
-    if text.len() > max_text {
+    if let Some(c) = text.chars().find(|&c| c.is_control() && !allowed_control(c)) {
         return Err(Error::new(
             ErrorCode::BadRequest,
-            format!("text is {} bytes; the limit is {max_text}", text.len()),
+            format!(
+                "text contains the control character U+{:04X}; only tab, newline and carriage \
+                 return are allowed",
+                c as u32
+            ),
+        ));
+    }
+    let encoded = encoded_len(&text);
+    if encoded > max_text {
+        return Err(Error::new(
+            ErrorCode::BadRequest,
+            format!(
+                "text is {encoded} bytes as sent (quotes, backslashes, tabs and line breaks \
+                 count twice); the limit is {max_text}"
+            ),
         ));
     }
     Ok(text)
+}
+
+fn allowed_control(c: char) -> bool {
+    matches!(c, '\t' | '\n' | '\r')
+}
+
+/// The length of `text` inside a JSON string, for text that passed [`check_text`]'s control
+/// character rule: `"`, `\\`, tab, newline and carriage return take two bytes, everything
+/// else is written as it is.
+pub fn encoded_len(text: &str) -> usize {
+    let escaped = text
+        .bytes()
+        .filter(|b| matches!(b, b'"' | b'\\' | b'\t' | b'\n' | b'\r'))
+        .count();
+    text.len() + escaped
 }
 
 /// True for 1-32 characters of ASCII letters, digits, `_`, `-` and `.`.
@@ -335,8 +410,15 @@ pub enum Event<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         next: Option<usize>,
     },
-    /// The answer to `rooms`.
-    Rooms { rooms: Vec<RoomSummary<'a>> },
+    /// The answer to `rooms`: one page of at most [`ROOMS_PAGE`] rooms, sorted by name.
+    Rooms {
+        rooms: Vec<RoomSummary<'a>>,
+        /// How many rooms the server has.
+        count: usize,
+        /// The `offset` of the next page, when there is one.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<usize>,
+    },
     /// A refusal; the connection stays open.
     Error { code: ErrorCode, message: &'a str },
 }
@@ -346,7 +428,23 @@ impl Event<'_> {
     pub fn encode(&self) -> Frame {
         // Serializing these types cannot fail: every key is a string and no value is a float.
         let json = serde_json::to_string(self).expect("events always serialize");
-        Frame::from(json)
+        // serde_json grows its buffer by doubling, so up to half of it is spare. A frame may
+        // live long (in history, in slow clients' queues): keep only the bytes.
+        Frame::from(json.into_boxed_str().into_string())
+    }
+
+    /// One page of the `rooms` reply: `rooms` sorted by name, from `offset`.
+    pub fn rooms_page(mut rooms: Vec<RoomSummary<'_>>, offset: usize) -> Frame {
+        rooms.sort_unstable_by(|a, b| a.name.cmp(b.name));
+        let count = rooms.len();
+        let end = offset.saturating_add(ROOMS_PAGE).min(count);
+        let page = rooms.drain(offset.min(end)..end).collect();
+        Event::Rooms {
+            rooms: page,
+            count,
+            next: (end < count).then_some(end),
+        }
+        .encode()
     }
 }
 
@@ -382,7 +480,10 @@ mod tests {
                 epoch: Some("e1".into())
             })
         );
-        assert_eq!(parse(r#"{"type":"rooms"}"#, 100), Ok(Request::Rooms));
+        assert_eq!(
+            parse(r#"{"type":"rooms"}"#, 100),
+            Ok(Request::Rooms { offset: 0 })
+        );
         assert_eq!(
             parse("  hello {there}", 100),
             Ok(Request::Say {

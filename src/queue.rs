@@ -1,4 +1,5 @@
-//! A client's outgoing queue: bounded in length, allocated only as far as it is used.
+//! A client's outgoing queue: bounded in items and in bytes, allocated only as far as it is
+//! used.
 //!
 //! The hub is the only producer: [`Sender::try_send`] never waits, and reports a full queue so
 //! the hub can drop the slow consumer. The client's writer is the only consumer:
@@ -6,6 +7,11 @@
 //! in one step, by swapping its empty buffer with the queue's. The two buffers keep their
 //! capacity, so once a connection has seen its largest burst, queuing and writing allocate
 //! nothing.
+//!
+//! The byte bound counts what the writer holds too: items taken by `recv_batch` stay counted
+//! until the writer reports them written with [`Receiver::release`]. Otherwise a client that
+//! stopped reading would hold one full queue in the writer's hands and fill another one
+//! behind it, twice the bound.
 //!
 //! Why not a bounded `async_channel`, as the design began with? A bounded channel allocates
 //! every slot up front: 256 slots of 40 bytes, 11,008 bytes measured per client before it
@@ -23,20 +29,29 @@ use event_listener::Event;
 /// Why [`Sender::try_send`] refused an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrySendError {
-    /// `capacity` items are waiting: the consumer is not keeping up.
+    /// `capacity` items or `byte_capacity` bytes are waiting: the consumer is not keeping up.
     Full,
     /// The receiver is gone or the queue was closed.
     Closed,
 }
 
+/// What an item costs against the queue's byte bound.
+pub trait Weigh {
+    /// The item's size in bytes.
+    fn bytes(&self) -> usize;
+}
+
 struct State<T> {
     items: VecDeque<T>,
+    /// Bytes of the waiting items plus those the consumer took and has not released.
+    bytes: usize,
     closed: bool,
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
+    byte_capacity: usize,
     /// Notified when an item arrives or the queue closes.
     ready: Event,
 }
@@ -60,49 +75,61 @@ pub struct Sender<T>(Arc<Shared<T>>);
 /// The consuming end (the writer's). Dropping it closes the queue.
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// A queue that holds at most `capacity` items (at least 1).
-pub fn bounded<T>(capacity: usize) -> (Sender<T>, Receiver<T>) {
+/// A queue that holds at most `capacity` items (at least 1) and `byte_capacity` bytes.
+pub fn bounded<T: Weigh>(capacity: usize, byte_capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
             items: VecDeque::new(),
+            bytes: 0,
             closed: false,
         }),
         capacity: capacity.max(1),
+        byte_capacity,
         ready: Event::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
 
-impl<T> Sender<T> {
-    /// Queues `item` unless the queue is full or closed, and returns how many items are
-    /// waiting now. Never waits.
-    pub fn try_send(&self, item: T) -> Result<usize, TrySendError> {
+impl<T: Weigh> Sender<T> {
+    /// Queues `item` unless the queue is full or closed, and returns whether the queue is now
+    /// more than half full (in items or bytes). Never waits.
+    pub fn try_send(&self, item: T) -> Result<bool, TrySendError> {
+        let bytes = item.bytes();
         let mut state = self.0.lock();
         if state.closed {
             return Err(TrySendError::Closed);
         }
-        if state.items.len() >= self.0.capacity {
+        if state.items.len() >= self.0.capacity || state.bytes + bytes > self.0.byte_capacity {
             return Err(TrySendError::Full);
         }
         state.items.push_back(item);
+        state.bytes += bytes;
         let waiting = state.items.len();
+        let half_full = waiting * 2 > self.0.capacity || state.bytes * 2 > self.0.byte_capacity;
         drop(state);
         // The writer only waits when the queue is empty, so only the first item needs a wake-up.
         if waiting == 1 {
             self.0.ready.notify(1);
         }
-        Ok(waiting)
+        Ok(half_full)
     }
 
     /// Queues `item` as the last one and closes the queue, full or not: for the final close
-    /// frame of a client that is being disconnected. Dropping the oldest waiting item if full
-    /// keeps the bound.
+    /// frame of a client that is being disconnected. Dropping the oldest waiting items if full
+    /// keeps the bounds.
     pub fn send_last(&self, item: T) {
+        let bytes = item.bytes();
         let mut state = self.0.lock();
         if !state.closed {
-            if state.items.len() >= self.0.capacity {
-                state.items.pop_front();
+            while state.items.len() >= self.0.capacity
+                || state.bytes + bytes > self.0.byte_capacity && !state.items.is_empty()
+            {
+                let Some(dropped) = state.items.pop_front() else {
+                    break;
+                };
+                state.bytes -= dropped.bytes();
             }
+            state.bytes += bytes;
             state.items.push_back(item);
             state.closed = true;
         }
@@ -113,6 +140,11 @@ impl<T> Sender<T> {
     /// The most items that may wait.
     pub fn capacity(&self) -> usize {
         self.0.capacity
+    }
+
+    /// Bytes waiting or held by the consumer now.
+    pub fn bytes(&self) -> usize {
+        self.0.lock().bytes
     }
 
     /// Items waiting now.
@@ -175,14 +207,27 @@ impl<T> Receiver<T> {
         }
     }
 
+    /// Reports `bytes` of items taken with [`Receiver::recv_batch`] as written: they no longer
+    /// count against the queue's byte bound.
+    pub fn release(&self, bytes: usize) {
+        let mut state = self.0.lock();
+        state.bytes = state.bytes.saturating_sub(bytes);
+    }
+
     /// Moves whatever is waiting to the end of `batch`, without waiting.
     pub fn append_to(&self, batch: &mut VecDeque<T>) {
         batch.extend(self.0.lock().items.drain(..));
     }
 
-    /// Takes one item if one is waiting, without waiting.
-    pub fn try_recv(&self) -> Option<T> {
-        self.0.lock().items.pop_front()
+    /// Takes one item if one is waiting, without waiting; it no longer counts as queued.
+    pub fn try_recv(&self) -> Option<T>
+    where
+        T: Weigh,
+    {
+        let mut state = self.0.lock();
+        let item = state.items.pop_front()?;
+        state.bytes -= item.bytes();
+        Some(item)
     }
 
     /// True once the queue is closed (by either end).
@@ -202,9 +247,41 @@ mod tests {
     use super::*;
     use futures_lite::future::block_on;
 
+    /// Test items weigh their value in bytes.
+    impl Weigh for i32 {
+        fn bytes(&self) -> usize {
+            *self as usize
+        }
+    }
+    impl Weigh for u8 {
+        fn bytes(&self) -> usize {
+            1
+        }
+    }
+
+    #[test]
+    fn bytes_count_until_the_writer_releases_them() {
+        let (tx, rx) = bounded(100, 10);
+        assert_eq!(tx.try_send(4), Ok(false));
+        assert_eq!(tx.try_send(4), Ok(true), "8 of 10 bytes is over half");
+        assert_eq!(tx.try_send(3), Err(TrySendError::Full), "11 bytes > 10");
+        let mut batch = VecDeque::new();
+        assert!(block_on(rx.recv_batch(&mut batch)));
+        assert_eq!(
+            tx.try_send(3),
+            Err(TrySendError::Full),
+            "what the writer holds still counts"
+        );
+        rx.release(8);
+        assert_eq!(tx.try_send(3), Ok(false));
+        assert_eq!(tx.bytes(), 3);
+        tx.send_last(9);
+        assert_eq!(rx.try_recv(), Some(9), "the oldest went to make room");
+    }
+
     #[test]
     fn bounded_batches_and_closes() {
-        let (tx, rx) = bounded(3);
+        let (tx, rx) = bounded(3, 1000);
         for i in 0..3 {
             tx.try_send(i).unwrap();
         }
@@ -226,7 +303,7 @@ mod tests {
 
     #[test]
     fn send_last_fits_in_a_full_queue_and_closes_it() {
-        let (tx, rx) = bounded(2);
+        let (tx, rx) = bounded(2, 1000);
         tx.try_send(1).unwrap();
         tx.try_send(2).unwrap();
         tx.send_last(99);
@@ -239,7 +316,7 @@ mod tests {
 
     #[test]
     fn a_waiting_receiver_wakes_for_an_item_from_another_thread() {
-        let (tx, rx) = bounded(4);
+        let (tx, rx) = bounded(4, 1000);
         let t = std::thread::spawn(move || {
             tx.try_send(7).unwrap();
             tx
@@ -255,7 +332,7 @@ mod tests {
 
     #[test]
     fn dropping_the_receiver_closes_for_the_sender() {
-        let (tx, rx) = bounded::<u8>(1);
+        let (tx, rx) = bounded::<u8>(1, 1000);
         drop(rx);
         assert_eq!(tx.try_send(1), Err(TrySendError::Closed));
     }

@@ -3,12 +3,29 @@
 //! The hub owns every [`Room`] and is the only caller. Members enter and leave through
 //! [`Room::add`] and [`Room::remove`]; messages enter through [`Room::next_id`] (which assigns
 //! the id) and [`Room::remember`], and leave again through [`Room::replay`] when a client joins
-//! or recovers after a reconnect. The room stores each message already encoded, so a replay re-sends the very bytes
-//! the live recipients got, without encoding anything again.
+//! or recovers after a reconnect. The room stores each message already encoded, so a replay
+//! re-sends the very bytes the live recipients got, without encoding anything again.
+//!
+//! History is bounded by a count (`--history`) and by bytes (`--history-bytes`); the oldest
+//! message goes first. The hub also forgets a room's oldest message through
+//! [`Room::forget_oldest`] to keep all rooms within `--history-total-bytes`. Whatever evicts
+//! a message, [`Room::replay`] reports `complete: false` to a client that missed it.
 
 use std::collections::VecDeque;
 
+use crate::hub::Address;
 use crate::protocol::Frame;
+
+/// One remembered message.
+#[derive(Debug)]
+struct Stored {
+    /// The message's id in this room.
+    id: u64,
+    /// Its place in the server-wide order of remembered messages (the hub's numbering).
+    seq: u64,
+    /// The encoded `message` event.
+    frame: Frame,
+}
 
 /// A room's members (hub client keys, in join order) and its history ring.
 #[derive(Debug)]
@@ -16,12 +33,20 @@ pub struct Room {
     /// Identifies this life of the room's history; message ids are only comparable within it.
     epoch: String,
     members: Vec<usize>,
-    /// The last `capacity` messages as `(id, encoded message event)`, oldest first.
-    history: VecDeque<(u64, Frame)>,
+    /// The retained messages, oldest first.
+    history: VecDeque<Stored>,
+    /// Most messages retained.
     capacity: usize,
+    /// Most bytes of messages retained.
+    byte_capacity: usize,
+    /// Bytes of the retained messages.
+    bytes: usize,
     last_id: u64,
     /// Hub tick of the last time the room became empty, for evicting the least recently used.
     pub(crate) idle_since: u64,
+    /// The address whose client made the room non-empty, while it has members
+    /// (`--max-rooms-per-address`).
+    pub(crate) holder: Option<Address>,
 }
 
 /// What a join replays: the messages to re-send and whether nothing in between was lost.
@@ -35,15 +60,19 @@ pub struct Replay<'a> {
 }
 
 impl Room {
-    /// An empty room that will remember up to `capacity` messages.
-    pub fn new(epoch: String, capacity: usize) -> Self {
+    /// An empty room that will remember up to `capacity` messages of `byte_capacity` bytes in
+    /// all.
+    pub fn new(epoch: String, capacity: usize, byte_capacity: usize) -> Self {
         Room {
             epoch,
             members: Vec::new(),
-            history: VecDeque::with_capacity(capacity.min(16)),
+            history: VecDeque::new(),
             capacity,
+            byte_capacity,
+            bytes: 0,
             last_id: 0,
             idle_since: 0,
+            holder: None,
         }
     }
 
@@ -51,13 +80,20 @@ impl Room {
     /// the retained messages, oldest first, the newest with id `last_id`.
     pub fn restored(epoch: String, last_id: u64, history: Vec<Frame>) -> Self {
         let first = (last_id + 1).saturating_sub(history.len() as u64);
+        let bytes = history.iter().map(|f| f.len()).sum();
         Room {
             epoch,
             members: Vec::new(),
             capacity: history.len(),
-            history: (first..).zip(history).collect(),
+            byte_capacity: bytes,
+            bytes,
+            history: (first..)
+                .zip(history)
+                .map(|(id, frame)| Stored { id, seq: 0, frame })
+                .collect(),
             last_id,
             idle_since: 0,
+            holder: None,
         }
     }
 
@@ -109,21 +145,52 @@ impl Room {
         self.last_id
     }
 
-    /// Stores the encoded message with id [`Room::last_id`], evicting the oldest if full.
-    pub fn remember(&mut self, frame: Frame) {
-        if self.capacity == 0 {
-            return;
+    /// Stores the encoded message with id [`Room::last_id`] as the hub's message number
+    /// `seq`, evicting the oldest while over either bound. Returns the bytes added and the
+    /// bytes evicted. A message larger than the whole byte bound is not stored.
+    pub fn remember(&mut self, frame: Frame, seq: u64) -> (usize, usize) {
+        let size = frame.len();
+        if self.capacity == 0 || size > self.byte_capacity {
+            return (0, 0);
         }
-        if self.history.len() == self.capacity {
-            self.history.pop_front();
+        let mut forgotten = 0;
+        while self.history.len() >= self.capacity || self.bytes + size > self.byte_capacity {
+            forgotten += self.forget_oldest();
         }
-        self.history.push_back((self.last_id, frame));
+        self.history.push_back(Stored {
+            id: self.last_id,
+            seq,
+            frame,
+        });
+        self.bytes += size;
+        (size, forgotten)
+    }
+
+    /// Forgets the oldest retained message; returns its size in bytes (0 if there was none).
+    pub fn forget_oldest(&mut self) -> usize {
+        let size = self.history.pop_front().map_or(0, |m| m.frame.len());
+        self.bytes -= size;
+        if self.history.is_empty() {
+            // An idle room with no history should not keep a burst's worth of slots.
+            self.history = VecDeque::new();
+        }
+        size
+    }
+
+    /// The hub's number of the oldest retained message.
+    pub fn oldest_seq(&self) -> Option<u64> {
+        self.history.front().map(|m| m.seq)
+    }
+
+    /// Bytes of the retained messages.
+    pub fn history_bytes(&self) -> usize {
+        self.bytes
     }
 
     /// What to replay for a join. `since` and `epoch` are the client's cursor, if it sent one:
     /// with neither, everything retained is replayed and `complete` is not reported.
     pub fn replay(&self, since: Option<u64>, epoch: Option<&str>) -> Replay<'_> {
-        let all = || self.history.iter().map(|(_, f)| f).collect();
+        let all = || self.history.iter().map(|m| &m.frame).collect();
         if since.is_none() && epoch.is_none() {
             return Replay {
                 messages: all(),
@@ -141,11 +208,11 @@ impl Room {
         let messages: Vec<&Frame> = self
             .history
             .iter()
-            .filter(|(id, _)| *id > since)
-            .map(|(_, f)| f)
+            .filter(|m| m.id > since)
+            .map(|m| &m.frame)
             .collect();
         // Complete when every id in since+1 ..= last_id is still here.
-        let oldest = self.history.front().map_or(self.last_id + 1, |(id, _)| *id);
+        let oldest = self.history.front().map_or(self.last_id + 1, |m| m.id);
         let complete = since >= self.last_id || oldest <= since + 1;
         Replay {
             messages,
@@ -159,12 +226,32 @@ mod tests {
     use super::*;
 
     fn room_with(capacity: usize, messages: u64) -> Room {
-        let mut r = Room::new("e1".into(), capacity);
+        let mut r = Room::new("e1".into(), capacity, usize::MAX);
         for _ in 0..messages {
             let id = r.next_id();
-            r.remember(Frame::from(id.to_string()));
+            r.remember(Frame::from(id.to_string()), id);
         }
         r
+    }
+
+    #[test]
+    fn history_is_bounded_in_bytes_and_stays_truthful() {
+        let mut r = Room::new("e1".into(), 100, 10);
+        for text in ["aaaa", "bbbb", "cc"] {
+            r.next_id();
+            assert_eq!(r.remember(Frame::from(text), 0).1, 0);
+        }
+        assert_eq!(r.history_bytes(), 10);
+        r.next_id();
+        assert_eq!(r.remember(Frame::from("ddd"), 0), (3, 4), "aaaa goes");
+        assert_eq!(ids(&r.replay(None, None)), ["bbbb", "cc", "ddd"]);
+        assert_eq!(r.replay(Some(1), Some("e1")).complete, Some(true));
+        assert_eq!(r.replay(Some(0), Some("e1")).complete, Some(false));
+        r.next_id();
+        assert_eq!(r.remember(Frame::from("x".repeat(11)), 0), (0, 0), "too big");
+        assert_eq!(r.forget_oldest(), 4);
+        assert_eq!(r.replay(Some(1), Some("e1")).complete, Some(false));
+        assert_eq!(r.history_bytes(), 5);
     }
 
     fn ids(replay: &Replay) -> Vec<String> {
@@ -215,7 +302,7 @@ mod tests {
 
     #[test]
     fn members_keep_join_order() {
-        let mut r = Room::new("e".into(), 1);
+        let mut r = Room::new("e".into(), 1, 100);
         assert!(r.add(3));
         assert!(r.add(1));
         assert!(!r.add(3));

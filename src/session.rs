@@ -3,14 +3,18 @@
 //! The **reader** turns frames into [`Command`]s for the hub's bounded inbox. It awaits on that
 //! inbox, so a busy hub slows clients down through TCP backpressure instead of growing memory.
 //! It also enforces what can be checked without the hub: frame size and type, UTF-8, and the
-//! per-client rate limit.
+//! per-client rate limit, which every frame counts against (pings and pongs too: each ping
+//! costs the server a pong). It yields to the executor every [`YIELD_FRAMES`] frames, and the
+//! stream below it ([`crate::meter`]) every few KiB, so a client that never stops sending
+//! cannot keep a thread from the other clients.
 //!
 //! The **writer** drains the client's own bounded queue, which only the hub fills. After each
-//! `recv` it feeds every event already queued and flushes once, so a burst costs one write.
-//! It also sends pings, notices a silent client, and gives up on a write that makes no
-//! progress.
+//! `recv` it feeds every event already queued and flushes once, so a burst costs one write,
+//! then releases the batch's bytes from the queue's byte bound. It also sends pings, notices a
+//! silent client, and gives up on a client whose socket accepts no byte for
+//! `--write-timeout`.
 //!
-//! Both run inside one task (`future::or`); whichever ends first ends the session. The session
+//! Both run inside one task ([`race`]); whichever ends first ends the session. The session
 //! then tells the hub the client is gone, sends a close frame if it has one to send, and
 //! lingers briefly so that frame reaches the client before the socket closes.
 
@@ -19,7 +23,6 @@ use std::time::{Duration, Instant};
 
 use std::collections::VecDeque;
 
-use async_io::Timer;
 use async_tungstenite::tungstenite::error::ProtocolError;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
@@ -28,8 +31,9 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_util::SinkExt;
 
 use crate::Chat;
-use crate::deadline::within;
-use crate::hub::{ClientId, Command, Outgoing};
+use crate::deadline::{Timer, within, without_progress};
+use crate::meter::Progress;
+use crate::hub::{Address, ClientId, Command, Outgoing};
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::{self, Receiver};
@@ -37,6 +41,8 @@ use crate::race::race;
 
 /// Refusals in a row, after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
+/// Frames the reader handles before it lets the executor run other tasks.
+pub const YIELD_FRAMES: u32 = 32;
 /// How long a session waits for the client to acknowledge a close frame.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -72,30 +78,31 @@ impl End {
 pub(crate) async fn run<S>(
     chat: &Chat,
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
+    progress: &Progress,
     peer: &str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Registration and teardown run once; boxed, their futures take no space in the
     // long-lived part of the session.
-    let Some((client, queue)) = Box::pin(register(chat, &mut sink)).await else {
+    let Some((client, queue)) = Box::pin(register(chat, &mut sink, peer)).await else {
         return;
     };
-    log::info!("{peer}: connected");
+    crate::logger::connection(peer, "connected");
 
     let last_seen = AtomicU64::new(0);
     let started = Instant::now();
     let reader = read_loop(chat, client, &mut stream, &last_seen, started);
-    let writer = write_loop(chat, &mut sink, &queue, &last_seen, started);
+    let writer = write_loop(chat, &mut sink, &queue, progress, &last_seen, started);
     let end = race(reader, writer).await;
 
     Box::pin(finish(
         chat,
         client,
         end,
-        &mut sink,
-        &mut stream,
+        (&mut sink, &mut stream),
         &queue,
+        progress,
         peer,
     ))
     .await;
@@ -106,15 +113,17 @@ pub(crate) async fn run<S>(
 async fn register<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
+    peer: &str,
 ) -> Option<(ClientId, Receiver<Outgoing>)>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (queue_tx, queue) = queue::bounded(chat.config.queue);
+    let (queue_tx, queue) = queue::bounded(chat.config.queue, chat.config.queue_bytes);
     let (reply, id) = async_channel::bounded(1);
     let command = Command::Connect {
         queue: queue_tx,
         reply,
+        address: Address::of(peer),
     };
     if chat.inbox.send(command).await.is_ok()
         && let Ok(client) = id.recv().await
@@ -134,9 +143,9 @@ async fn finish<S>(
     chat: &Chat,
     client: ClientId,
     end: End,
-    sink: &mut WebSocketSender<S>,
-    stream: &mut WebSocketReceiver<S>,
+    (sink, stream): (&mut WebSocketSender<S>, &mut WebSocketReceiver<S>),
     queue: &Receiver<Outgoing>,
+    progress: &Progress,
     peer: &str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -154,7 +163,7 @@ async fn finish<S>(
         .await;
 
     match end {
-        End::Gone => log::info!("{peer}: disconnected"),
+        End::Gone => crate::logger::connection(peer, "disconnected"),
         End::ClosedByHub { code, reason } => {
             if code != crate::hub::SHUTDOWN_CLOSE.0 {
                 crate::logger::refusal(peer, &format!("closed with {code} ({reason})"));
@@ -170,8 +179,9 @@ async fn finish<S>(
         ),
         End::Close { code, reason, .. } => {
             crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
-            let flushed = within(
+            let flushed = without_progress(
                 chat.config.write_timeout,
+                progress,
                 flush_then_close(chat, sink, queue, code, reason),
             );
             if let Some(Ok(sent)) = flushed.await {
@@ -202,8 +212,10 @@ where
         for item in batch.drain(..) {
             match item {
                 Outgoing::Event(frame) => {
-                    Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
+                    let len = frame.len();
+                    Metrics::add(&chat.metrics.bytes_out, len as u64);
                     sink.feed(Message::Text(frame)).await?;
+                    queue.release(len);
                 }
                 Outgoing::Close(c, r) => (code, reason) = (c, r),
             }
@@ -243,7 +255,13 @@ where
     let config = &chat.config;
     let mut bucket = TokenBucket::new(config.rate_limit, config.rate_burst);
     let mut refused_in_a_row = 0;
+    let mut since_yield = 0;
     while let Some(frame) = stream.next().await {
+        since_yield += 1;
+        if since_yield >= YIELD_FRAMES {
+            since_yield = 0;
+            futures_lite::future::yield_now().await;
+        }
         let now = Instant::now();
         last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
         let text = match frame {
@@ -251,7 +269,23 @@ where
             Ok(Message::Binary(_)) => {
                 return End::violation(1003, "binary frames are not supported; send text");
             }
-            // Pings are answered by tungstenite; pongs and the client's close only prove life.
+            // Pings are answered by tungstenite, so each costs a write: they count against
+            // the rate limit like messages, and a client that floods them is closed like one
+            // that floods messages (without an `error` per ping, which would cost more).
+            // Pongs prove life, and count too.
+            Ok(Message::Ping(_) | Message::Pong(_)) => {
+                if bucket.take(now) {
+                    refused_in_a_row = 0;
+                } else {
+                    Metrics::add(&chat.metrics.rate_limited, 1);
+                    refused_in_a_row += 1;
+                    if refused_in_a_row >= FLOOD_REFUSALS {
+                        return End::violation(1008, "rate limit exceeded");
+                    }
+                }
+                continue;
+            }
+            // The client's close (answered by tungstenite) ends the stream next.
             Ok(_) => continue,
             Err(WsError::Capacity(_)) => return End::violation(1009, "message too big"),
             Err(WsError::Utf8(_)) => return End::violation(1007, "text is not valid UTF-8"),
@@ -295,6 +329,7 @@ async fn write_loop<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
     queue: &Receiver<Outgoing>,
+    progress: &Progress,
     last_seen: &AtomicU64,
     started: Instant,
 ) -> End
@@ -344,7 +379,7 @@ where
                 }
                 if now >= next_ping {
                     let ping = sink.send(Message::Ping(Default::default()));
-                    match within(config.write_timeout, ping).await {
+                    match without_progress(config.write_timeout, progress, ping).await {
                         Some(Ok(())) => {}
                         Some(Err(_)) => return End::Gone,
                         None => return End::Stalled,
@@ -357,10 +392,14 @@ where
         }
 
         // Feed everything that was queued, then flush once: one write for the whole batch.
+        // The batch's bytes stay counted against the queue's byte bound until they are
+        // written.
         let write = async {
+            let mut written = 0;
             while let Some(item) = batch.pop_front() {
                 match item {
                     Outgoing::Event(frame) => {
+                        written += frame.len();
                         Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
                         sink.feed(Message::Text(frame)).await?;
                     }
@@ -372,12 +411,13 @@ where
                 }
             }
             sink.flush().await?;
+            queue.release(written);
             Ok(None)
         };
         if !config.coalesce.is_zero() {
             last_write = Instant::now();
         }
-        match within(config.write_timeout, write).await {
+        match without_progress(config.write_timeout, progress, write).await {
             Some(Ok(None)) => {}
             Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },
             Some(Err(_)) => return End::Gone,

@@ -158,7 +158,7 @@ fn three_nodes_share_rooms_with_one_id_sequence() {
         b.expect_exact(json!({"type": "rooms", "rooms": [
             {"name": "dev", "members": 2},
             {"name": "lobby", "members": 3},
-        ]}))
+        ], "count": 2}))
         .await;
 
         // Direct messages reach a recipient on another node, matched ignoring case.

@@ -753,7 +753,8 @@ fn rooms_lists_every_room_with_its_member_count() {
 
         c.send(json!({"type": "rooms"})).await;
         let mut got = c.expect("rooms").await;
-        assert_eq!(got.as_object().unwrap().len(), 2, "{got}");
+        assert_eq!(got.as_object().unwrap().len(), 3, "{got}");
+        assert_eq!(got["count"], 3, "{got}");
         let list = got["rooms"].as_array_mut().expect("rooms is a list");
         list.sort_by_key(|r| r["name"].to_string());
         assert_eq!(
@@ -828,8 +829,10 @@ fn bad_requests_are_refused_and_the_connection_keeps_working() {
         }
         // None of the refused commands had an effect: a is still only in the lobby.
         a.send(json!({"type": "rooms"})).await;
-        a.expect_exact(json!({"type": "rooms", "rooms": [{"name": "lobby", "members": 2}]}))
-            .await;
+        a.expect_exact(
+            json!({"type": "rooms", "rooms": [{"name": "lobby", "members": 2}], "count": 1}),
+        )
+        .await;
     });
 }
 

@@ -52,6 +52,8 @@ enum Waiting {
     /// ...then the message's own event (see [`Local::waiters`]).
     Echo(String),
     Who(String, usize),
+    /// A `rooms` page from this offset.
+    Rooms(usize),
     Answer,
     /// The answer arrived and is being handled.
     Done,
@@ -108,7 +110,11 @@ impl Hub {
 
     pub(super) fn handle_clustered(&mut self, command: Command) {
         match command {
-            Command::Connect { queue, reply } => {
+            Command::Connect {
+                queue,
+                reply,
+                address,
+            } => {
                 if self.shutting_down {
                     return;
                 }
@@ -119,6 +125,7 @@ impl Hub {
                 let key = self.clients.insert(Client {
                     queue,
                     serial,
+                    address,
                     nick: String::new(),
                     rooms: Vec::new(),
                 });
@@ -283,7 +290,7 @@ impl Hub {
                 let waiting = Waiting::Who(room.clone(), offset);
                 self.call(key, waiting, Call::Who { room, offset });
             }
-            Request::Rooms => self.call(key, Waiting::Answer, Call::Rooms),
+            Request::Rooms { offset } => self.call(key, Waiting::Rooms(offset), Call::Rooms),
         }
         Ok(())
     }
@@ -472,8 +479,7 @@ impl Hub {
                 .encode();
                 self.send(key, &frame);
             }
-            (_, Answer::Rooms(mut rooms)) => {
-                rooms.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+            (Waiting::Rooms(offset), Answer::Rooms(rooms)) => {
                 let rooms = rooms
                     .iter()
                     .map(|(name, members)| RoomSummary {
@@ -481,7 +487,7 @@ impl Hub {
                         members: *members,
                     })
                     .collect();
-                let frame = Event::Rooms { rooms }.encode();
+                let frame = Event::rooms_page(rooms, offset);
                 self.send(key, &frame);
             }
             (waiting, _) => self.fail(key, waiting),

@@ -1,0 +1,219 @@
+//! A connection's byte stream, metered: the one place that sees every byte a session reads and
+//! writes, below tungstenite.
+//!
+//! A session's socket enters [`Metered::new`] right after the HTTP upgrade, and tungstenite
+//! reads and writes through it. On the way it:
+//!
+//! - **yields** to the executor after [`YIELD_BYTES`] read in one go. A socket that always has
+//!   data (a flood of pings or of empty continuation frames, which tungstenite consumes without
+//!   ever returning a message) would otherwise keep its task, and its executor thread, busy for
+//!   as long as the flood lasts;
+//! - **paces** reading to the client's byte budget (`--rate-limit` messages of
+//!   `--max-message-bytes`, with `--rate-burst` of them at once): over it, it stops reading
+//!   until the budget refills, so TCP slows the client down. Frames that never become messages
+//!   cost bytes, so they are bounded too;
+//! - **records write progress** in a shared [`Progress`], so that `--write-timeout` can mean "no
+//!   byte accepted by the socket for that long" rather than "a whole batch not written in that
+//!   long" (see [`crate::deadline::without_progress`]).
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use futures_lite::{AsyncRead, AsyncWrite, Future};
+
+use crate::deadline::Timer;
+
+/// Bytes read without returning to the executor, after which the reader yields once.
+pub const YIELD_BYTES: usize = 16 * 1024;
+
+/// When a stream's writes last made progress, readable by the session while tungstenite owns
+/// the stream.
+#[derive(Debug)]
+pub struct Progress {
+    started: Instant,
+    /// Milliseconds after `started` of the last write or flush that moved bytes.
+    last_write_ms: AtomicU64,
+}
+
+impl Progress {
+    fn new() -> Arc<Self> {
+        Arc::new(Progress {
+            started: Instant::now(),
+            last_write_ms: AtomicU64::new(0),
+        })
+    }
+
+    fn wrote(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_write_ms.store(ms, Relaxed);
+    }
+
+    /// When a write last moved bytes (the stream's creation if none has).
+    pub fn last_write(&self) -> Instant {
+        self.started + Duration::from_millis(self.last_write_ms.load(Relaxed))
+    }
+}
+
+/// Bytes a client may send: `rate` a second, at most `burst` at once.
+#[derive(Debug)]
+struct Budget {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+pin_project_lite::pin_project! {
+    /// A stream that yields, paces its reads and records its writes' progress (see the module
+    /// documentation).
+    pub struct Metered<S> {
+        #[pin]
+        inner: S,
+        progress: Arc<Progress>,
+        read_since_yield: usize,
+        budget: Option<Budget>,
+        pause: Option<Timer>,
+    }
+}
+
+impl<S> Metered<S> {
+    /// Wraps `inner`. `bytes_per_second` of 0 means no byte budget (reads still yield).
+    pub fn new(inner: S, bytes_per_second: u64, burst: u64) -> (Self, Arc<Progress>) {
+        let progress = Progress::new();
+        let budget = (bytes_per_second > 0).then(|| Budget {
+            rate: bytes_per_second as f64,
+            burst: burst.max(1) as f64,
+            tokens: burst.max(1) as f64,
+            last: Instant::now(),
+        });
+        let metered = Metered {
+            inner,
+            progress: progress.clone(),
+            read_since_yield: 0,
+            budget,
+            pause: None,
+        };
+        (metered, progress)
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Metered<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        if *this.read_since_yield >= YIELD_BYTES {
+            *this.read_since_yield = 0;
+            cx.waker().wake_by_ref();
+            return Poll::Pending;
+        }
+        let mut allowed = buf.len();
+        if let Some(budget) = this.budget {
+            if let Some(pause) = this.pause {
+                if Pin::new(pause).poll(cx).is_pending() {
+                    return Poll::Pending;
+                }
+                *this.pause = None;
+            }
+            let now = Instant::now();
+            let earned = now.duration_since(budget.last).as_secs_f64() * budget.rate;
+            budget.tokens = (budget.tokens + earned).min(budget.burst);
+            budget.last = now;
+            if budget.tokens < 1.0 {
+                // Wait until a read's worth is back rather than waking for every byte.
+                let want = (budget.burst / 4.0).clamp(1.0, 4096.0) - budget.tokens;
+                let mut pause = Timer::after(Duration::from_secs_f64(want / budget.rate));
+                let _ = Pin::new(&mut pause).poll(cx);
+                *this.pause = Some(pause);
+                return Poll::Pending;
+            }
+            allowed = allowed.min(budget.tokens as usize);
+        }
+        match this.inner.poll_read(cx, &mut buf[..allowed]) {
+            Poll::Ready(Ok(n)) => {
+                *this.read_since_yield += n;
+                if let Some(budget) = this.budget {
+                    budget.tokens -= n as f64;
+                }
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                *this.read_since_yield = 0;
+                Poll::Pending
+            }
+            other => other,
+        }
+    }
+}
+
+impl<S: AsyncWrite> AsyncWrite for Metered<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.inner.poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            this.progress.wrote();
+        }
+        written
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.project();
+        let flushed = this.inner.poll_flush(cx);
+        if let Poll::Ready(Ok(())) = flushed {
+            this.progress.wrote();
+        }
+        flushed
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.project().inner.poll_close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures_lite::AsyncReadExt;
+    use futures_lite::future::block_on;
+
+    #[test]
+    fn reads_yield_after_a_bounded_amount() {
+        let data = vec![7u8; YIELD_BYTES * 3];
+        let (mut m, _) = Metered::new(&data[..], 0, 0);
+        let mut buf = vec![0u8; YIELD_BYTES];
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut pendings = 0;
+        let mut total = 0;
+        while total < data.len() {
+            match Pin::new(&mut m).poll_read(&mut cx, &mut buf) {
+                Poll::Ready(Ok(n)) => total += n,
+                Poll::Pending => pendings += 1,
+                Poll::Ready(Err(e)) => panic!("{e}"),
+            }
+        }
+        assert_eq!(pendings, 2, "one yield per {YIELD_BYTES} bytes read in a row");
+    }
+
+    #[test]
+    fn reads_keep_to_the_byte_budget() {
+        let data = vec![1u8; 3000];
+        let (mut m, _) = Metered::new(&data[..], 1_000_000, 1000);
+        let mut buf = vec![0u8; 3000];
+        let n = block_on(m.read(&mut buf)).unwrap();
+        assert_eq!(n, 1000, "one burst's worth, then the budget is spent");
+        let n = block_on(m.read(&mut buf)).unwrap();
+        assert!(n >= 1 && n <= 1000, "the rest arrives as the budget refills: {n}");
+    }
+}

@@ -99,7 +99,7 @@ impl Default for Config {
             log_level: log::LevelFilter::Info,
             max_message_bytes: 4096,
             queue: 256,
-            queue_bytes: 256 * 1024,
+            queue_bytes: 128 * 1024,
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             max_pending: 512,
@@ -172,7 +172,7 @@ Options:
   --log-level LEVEL           off, error, warn, info, debug, trace [default: info]
   --max-message-bytes N       largest message or frame a client may send [default: 4096]
   --queue N                   events queued per client before it is a slow consumer [default: 256]
-  --queue-bytes N             bytes queued per client before it is a slow consumer [default: 262144]
+  --queue-bytes N             bytes queued per client before it is a slow consumer [default: 131072]
   --max-connections N         concurrent WebSocket connections [default: 10000]
   --handshake-timeout DUR     time for a whole plain HTTP exchange or upgrade [default: 10s]
   --max-pending N             connections not yet WebSocket sessions [default: 512]
@@ -350,12 +350,12 @@ impl Config {
             ));
         }
         // A join queues a room's whole history at once, with the room event before it.
-        let join = self.history_bytes + 4 * largest;
+        let join = self.history_bytes + 2 * largest;
         if self.queue_bytes < join {
             return Err(err(
                 "--queue-bytes",
                 &format!(
-                    "must be at least --history-bytes + 4 x the largest event ({largest} bytes \
+                    "must be at least --history-bytes + 2 x the largest event ({largest} bytes \
                      with these settings) = {join}: a join replays the whole history at once; \
                      got {}",
                     self.queue_bytes
@@ -388,7 +388,9 @@ impl Config {
                     .map_err(|_| bad("expected an address like 127.0.0.1:8080 or [::1]:8080"))?
             }
             "history" => self.history = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
-            "history-bytes" => self.history_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?,
+            "history-bytes" => {
+                self.history_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?
+            }
             "history-total-bytes" => {
                 self.history_total_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?
             }
@@ -416,7 +418,9 @@ impl Config {
                 let host = value.to_ascii_lowercase();
                 let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
                 if host != "*" && (host.is_empty() || !host.chars().all(name_char)) {
-                    return Err(bad("expected a host name like chat.example.com (no port), or *"));
+                    return Err(bad(
+                        "expected a host name like chat.example.com (no port), or *",
+                    ));
                 }
                 self.allow_hosts.push(host);
             }
@@ -588,6 +592,19 @@ mod tests {
             "the default queue cannot hold a 500-message replay"
         );
         assert!(parse(&["--history", "500", "--queue", "508"], &[]).is_ok());
+        let e = parse(&["--queue-bytes", "70000"], &[]).unwrap_err();
+        assert_eq!(e.flag, "--queue-bytes", "a join replays up to 64 KiB: {e}");
+        let e = parse(&["--history-bytes", "1000"], &[]).unwrap_err();
+        assert_eq!(
+            e.flag, "--history-bytes",
+            "cannot hold one 4 KiB message: {e}"
+        );
+        let e = parse(&["--history-total-bytes", "1000"], &[]).unwrap_err();
+        assert_eq!(e.flag, "--history-total-bytes");
+        let e = parse(&["--allow-host", "a b"], &[]).unwrap_err();
+        assert_eq!(e.flag, "--allow-host");
+        let c = parse(&[], &[("SMOLCHAT_ALLOW_HOST", "a.example, B.example")]).unwrap();
+        assert_eq!(c.allow_hosts, ["a.example", "b.example"]);
         let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
         assert_eq!(e.flag, "--log-level");
     }

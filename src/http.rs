@@ -421,17 +421,31 @@ mod tests {
     fn host_policy() {
         let mut config = Config::default();
         let with_host = |h: &str| head(&format!("GET /ws HTTP/1.1\r\nHost: {h}\r\n\r\n"));
-        for ok in ["127.0.0.1:8080", "10.0.0.7", "[::1]:8080", "[fe80::1]", "localhost:80"] {
+        for ok in [
+            "127.0.0.1:8080",
+            "10.0.0.7",
+            "[::1]:8080",
+            "[fe80::1]",
+            "localhost:80",
+        ] {
             assert!(host_allowed(&with_host(ok), &config), "{ok}");
         }
-        for refused in ["evil.example:8080", "evil.example", "127.0.0.1.evil.example", "[x]"] {
+        for refused in [
+            "evil.example:8080",
+            "evil.example",
+            "127.0.0.1.evil.example",
+            "[x]",
+        ] {
             assert!(!host_allowed(&with_host(refused), &config), "{refused}");
         }
         config.allow_hosts.push("chat.example.com".into());
         assert!(host_allowed(&with_host("Chat.Example.com:443"), &config));
         assert!(!host_allowed(&with_host("evil.example"), &config));
         let Route::Refuse(r, Some(Refusal::Host)) = route(
-            &head(&format!("{}Host: evil.example\r\n\r\n", UPGRADE.replace("Host: chat.example:8080\r\n", ""))),
+            &head(&format!(
+                "{}Host: evil.example\r\n\r\n",
+                UPGRADE.replace("Host: chat.example:8080\r\n", "")
+            )),
             &Config::default(),
         ) else {
             panic!("a rebinding upgrade is refused")

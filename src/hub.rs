@@ -373,7 +373,9 @@ impl Hub {
             }
             let address = self.clients[key].address;
             let empty = self.rooms.get(&name).is_none_or(|r| r.members().is_empty());
-            if empty && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
+            if empty
+                && self.held.get(&address).copied().unwrap_or(0)
+                    >= self.config.max_rooms_per_address
             {
                 return Err(Error::new(
                     ErrorCode::RoomLimit,
@@ -452,9 +454,10 @@ impl Hub {
                     self.oldest.remove(&seq);
                 }
                 self.history_bytes -= room.history_bytes();
-                self.metrics
-                    .history_bytes
-                    .store(self.history_bytes as u64, std::sync::atomic::Ordering::Relaxed);
+                self.metrics.history_bytes.store(
+                    self.history_bytes as u64,
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 self.metrics
                     .rooms
                     .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
@@ -575,9 +578,10 @@ impl Hub {
                 self.oldest.insert(seq, name);
             }
         }
-        self.metrics
-            .history_bytes
-            .store(self.history_bytes as u64, std::sync::atomic::Ordering::Relaxed);
+        self.metrics.history_bytes.store(
+            self.history_bytes as u64,
+            std::sync::atomic::Ordering::Relaxed,
+        );
     }
 
     fn direct(&mut self, key: usize, to: &str, text: &str) -> Result<(), Error> {

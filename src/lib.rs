@@ -34,9 +34,9 @@ pub mod cluster;
 pub mod config;
 mod deadline;
 pub mod http;
-mod meter;
 pub mod hub;
 pub mod logger;
+mod meter;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;
@@ -155,7 +155,10 @@ impl Chat {
         let Some(pending) = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
         else {
             self.metrics.refuse(Refusal::Pending);
-            logger::refusal(peer, "refused: too many connections waiting (--max-pending)");
+            logger::refusal(
+                peer,
+                "refused: too many connections waiting (--max-pending)",
+            );
             let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
                 Connection: close\r\nRetry-After: 5\r\n\r\n";
             // One try, no waiting: this connection gets nothing else from us.

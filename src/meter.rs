@@ -203,7 +203,10 @@ mod tests {
                 Poll::Ready(Err(e)) => panic!("{e}"),
             }
         }
-        assert_eq!(pendings, 2, "one yield per {YIELD_BYTES} bytes read in a row");
+        assert_eq!(
+            pendings, 2,
+            "one yield per {YIELD_BYTES} bytes read in a row"
+        );
     }
 
     #[test]
@@ -214,6 +217,9 @@ mod tests {
         let n = block_on(m.read(&mut buf)).unwrap();
         assert_eq!(n, 1000, "one burst's worth, then the budget is spent");
         let n = block_on(m.read(&mut buf)).unwrap();
-        assert!(n >= 1 && n <= 1000, "the rest arrives as the budget refills: {n}");
+        assert!(
+            n >= 1 && n <= 1000,
+            "the rest arrives as the budget refills: {n}"
+        );
     }
 }

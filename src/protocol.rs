@@ -255,7 +255,10 @@ fn room_name(room: Option<String>) -> Result<String, Error> {
 /// they garble terminals (escape sequences) and logs.
 fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
     let text = required("text", text)?;
-    if let Some(c) = text.chars().find(|&c| c.is_control() && !allowed_control(c)) {
+    if let Some(c) = text
+        .chars()
+        .find(|&c| c.is_control() && !allowed_control(c))
+    {
         return Err(Error::new(
             ErrorCode::BadRequest,
             format!(

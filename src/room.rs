@@ -248,7 +248,11 @@ mod tests {
         assert_eq!(r.replay(Some(1), Some("e1")).complete, Some(true));
         assert_eq!(r.replay(Some(0), Some("e1")).complete, Some(false));
         r.next_id();
-        assert_eq!(r.remember(Frame::from("x".repeat(11)), 0), (0, 0), "too big");
+        assert_eq!(
+            r.remember(Frame::from("x".repeat(11)), 0),
+            (0, 0),
+            "too big"
+        );
         assert_eq!(r.forget_oldest(), 4);
         assert_eq!(r.replay(Some(1), Some("e1")).complete, Some(false));
         assert_eq!(r.history_bytes(), 5);

@@ -32,8 +32,8 @@ use futures_util::SinkExt;
 
 use crate::Chat;
 use crate::deadline::{Timer, within, without_progress};
-use crate::meter::Progress;
 use crate::hub::{Address, ClientId, Command, Outgoing};
+use crate::meter::Progress;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::{self, Receiver};

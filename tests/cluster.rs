@@ -159,7 +159,7 @@ fn three_nodes_share_rooms_with_one_id_sequence() {
             {"name": "dev", "members": 2},
             {"name": "lobby", "members": 3},
         ], "count": 2}))
-        .await;
+            .await;
 
         // Direct messages reach a recipient on another node, matched ignoring case.
         b.send(json!({"type": "direct", "to": "CY", "text": "psst"}))

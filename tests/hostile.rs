@@ -1,0 +1,537 @@
+//! Hostile clients beside healthy ones: each test is an attack that once hurt other clients
+//! or broke a documented bound, run against a real server on a loopback port, with healthy
+//! clients that must lose nothing.
+//!
+//! The flooding tests run their attackers on plain threads writing raw frames as fast as the
+//! socket takes them, bounded by a stop flag and a time limit.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use async_tungstenite::tungstenite::Message;
+use common::*;
+use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use serde_json::{Value, json};
+use smol::Async;
+
+/// `a` says `text` in lobby and every client in `all` (a included) receives it with `id`.
+async fn heard_by_all(a: &mut Client, all: &mut [&mut Client], id: u64, text: &str) {
+    a.say("lobby", text).await;
+    let from = a.nick.clone();
+    a.expect_exact(message("lobby", id, &from, text)).await;
+    for c in all.iter_mut() {
+        c.expect_exact(message("lobby", id, &from, text)).await;
+    }
+}
+
+// 1. A message that grows when encoded.
+
+#[test]
+fn control_characters_are_refused_and_the_room_and_its_history_survive() {
+    let server = server_with(|c| c.rate_limit = 0);
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        let mut b = Client::connect(server.addr).await;
+        a.expect("join").await;
+        // 1,600 U+0001 would be 9.6 KB of JSON escapes in one event.
+        a.send_text(&"\u{1}".repeat(1600)).await;
+        let e = a.expect_error("bad_request").await;
+        assert!(e["message"].as_str().unwrap().contains("U+0001"), "{e}");
+        // An escape sequence for terminals, in a `say`.
+        a.say("lobby", "red \u{1b}[31m alert").await;
+        a.expect_error("bad_request").await;
+        // Tab, newline and carriage return are text.
+        heard_by_all(&mut a, &mut [&mut b], 1, "two\tcolumns\r\nand lines").await;
+        // Quotes count twice against the limit: 2,048 of them are 4,096 bytes when sent...
+        let quotes = "\"".repeat(2048);
+        a.send_text(&quotes).await;
+        for c in [&mut a, &mut b] {
+            assert_eq!(c.expect("message").await["text"], quotes.as_str());
+        }
+        // ...and 2,049 are over the 4,096-byte limit.
+        a.send_text(&"\"".repeat(2049)).await;
+        a.expect_error("bad_request").await;
+
+        // A newcomer gets the whole history, and the room carries on.
+        let mut c = Client::connect_raw(server.addr).await;
+        c.expect("welcome").await;
+        c.expect("room").await;
+        c.expect("message").await;
+        assert_eq!(c.expect("message").await["text"], quotes.as_str());
+        c.nick = a.nick.clone();
+        a.expect("join").await;
+        b.expect("join").await;
+        heard_by_all(&mut a, &mut [&mut b, &mut c], 3, "still here").await;
+    });
+}
+
+// 2. A reply that grows with the server's state.
+
+#[test]
+fn a_long_room_list_comes_in_pages_that_all_arrive() {
+    let server = server_with(|c| {
+        c.rate_limit = 0;
+        c.max_rooms = 1000;
+    });
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        // 300 rooms with the longest names: about 23 KB as one reply.
+        let name = |i: usize| format!("{i:03}-{}", "r".repeat(28));
+        for i in 0..300 {
+            a.join(&name(i)).await;
+            a.send(json!({"type": "leave", "room": name(i)})).await;
+        }
+        let mut listed = Vec::new();
+        let mut offset = 0;
+        loop {
+            a.send(json!({"type": "rooms", "offset": offset})).await;
+            let page = a.expect("rooms").await;
+            assert_eq!(page["count"], 301, "{page}");
+            let rooms = page["rooms"].as_array().unwrap();
+            assert!(rooms.len() <= 50);
+            listed.extend(
+                rooms
+                    .iter()
+                    .map(|r| r["name"].as_str().unwrap().to_string()),
+            );
+            match page["next"].as_u64() {
+                Some(next) => offset = next,
+                None => break,
+            }
+        }
+        let mut expected: Vec<String> = (0..300).map(name).collect();
+        expected.push("lobby".into());
+        assert_eq!(listed, expected, "every room once, in name order");
+        // Still connected.
+        a.send(json!({"type": "who", "room": "lobby"})).await;
+        a.expect("members").await;
+    });
+}
+
+// 3. Plain HTTP that never ends.
+
+#[test]
+fn a_client_trickling_after_a_response_is_cut_off_at_the_handshake_deadline() {
+    let server = server_with(|c| c.handshake_timeout = Duration::from_millis(1500));
+    run(async {
+        let mut s = Async::<TcpStream>::connect(server.addr).await.unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await
+            .unwrap();
+        // The old drain allowed 100 ms per read, up to 64 KiB: one byte every 50 ms held the
+        // socket for almost an hour.
+        let started = Instant::now();
+        let closed = deadline("the server to close the trickling socket", async {
+            let mut buf = [0u8; 256];
+            let mut response = Vec::new();
+            loop {
+                if s.write_all(b"x").await.is_err() {
+                    return response;
+                }
+                let read = smol::future::or(async { Some(s.read(&mut buf).await) }, async {
+                    smol::Timer::after(Duration::from_millis(50)).await;
+                    None
+                });
+                match read.await {
+                    Some(Ok(0)) | Some(Err(_)) => return response,
+                    Some(Ok(n)) => response.extend_from_slice(&buf[..n]),
+                    None => {}
+                }
+            }
+        })
+        .await;
+        assert!(String::from_utf8_lossy(&closed).starts_with("HTTP/1.1 200"));
+        assert!(started.elapsed() < DEADLINE);
+        raw::wait_for_metric(server.addr, "smolchat_pending_connections", 1).await;
+    });
+}
+
+#[test]
+fn connections_beyond_max_pending_are_refused_without_disturbing_sessions() {
+    let server = server_with(|c| {
+        c.max_pending = 3;
+        c.rate_limit = 0;
+    });
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        let mut b = Client::connect(server.addr).await;
+        a.expect("join").await;
+        // Three connections that never send a request hold every slot.
+        let mut idle = Vec::new();
+        for _ in 0..3 {
+            idle.push(Async::<TcpStream>::connect(server.addr).await.unwrap());
+        }
+        // Wait until the server has taken all three: a fourth is then refused at once.
+        let refused = deadline("a refusal", async {
+            loop {
+                // A refused connection may be reset: that is a refusal too.
+                let response = raw::exchange(server.addr, b"GET /healthz HTTP/1.1\r\n\r\n").await;
+                match response {
+                    Ok(r) if r.starts_with("HTTP/1.1 200") => continue,
+                    Ok(r) => return r,
+                    Err((_, r)) => return r,
+                }
+            }
+        })
+        .await;
+        assert!(
+            refused.is_empty() || refused.starts_with("HTTP/1.1 503"),
+            "{refused}"
+        );
+        heard_by_all(&mut a, &mut [&mut b], 1, "sessions are not pending").await;
+        drop(idle);
+        raw::wait_for_metric(server.addr, "smolchat_pending_connections", 1).await;
+        let text = raw::metrics(server.addr).await;
+        assert!(raw::metric(&text, "smolchat_refused_total{cause=\"pending\"}") >= 1);
+    });
+}
+
+#[test]
+fn the_page_is_served_whole_to_many_clients_at_once() {
+    let server = server();
+    run(async {
+        let pages = (0..50).map(|_| http(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
+        for page in futures_lite::stream::iter(pages)
+            .then(|p| p)
+            .collect::<Vec<_>>()
+            .await
+        {
+            assert!(page.starts_with("HTTP/1.1 200"));
+            assert!(page.ends_with(smolchat::http::PAGE));
+        }
+    });
+}
+
+// 4. Floods that never become messages.
+
+/// A client frame: FIN + `opcode` byte as given, masked with a zero key (valid; the payload
+/// stays as it is).
+fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+    assert!(payload.len() < 126);
+    let mut f = vec![first, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+/// Upgrades a blocking socket by hand and floods it with `preamble` then `unit` repeated,
+/// until `stop` is set or 20 s have passed. A second thread drains what the server sends.
+fn flood(addr: SocketAddr, preamble: Vec<u8>, unit: Vec<u8>, stop: Arc<AtomicBool>) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(raw::upgrade_request(addr, &[]).as_bytes())
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"));
+    let mut drain = s.try_clone().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 64 * 1024];
+        while matches!(drain.read(&mut buf), Ok(n) if n > 0) {}
+    });
+    std::thread::spawn(move || {
+        let burst: Vec<u8> = unit.repeat(64 * 1024 / unit.len());
+        let started = Instant::now();
+        if s.write_all(&preamble).is_err() {
+            return;
+        }
+        while !stop.load(Ordering::Relaxed) && started.elapsed() < Duration::from_secs(20) {
+            if s.write_all(&burst).is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// On one executor thread, with the rate limit off, two floods of `unit` frames run while a
+/// healthy pair chats: every message must arrive.
+fn flood_beside_a_chat(preamble: Vec<u8>, unit: Vec<u8>) {
+    let server = server_with(|c| {
+        c.threads = 1;
+        c.rate_limit = 0;
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        let mut b = Client::connect(server.addr).await;
+        a.expect("join").await;
+        for _ in 0..2 {
+            flood(server.addr, preamble.clone(), unit.clone(), stop.clone());
+            a.expect("join").await;
+            b.expect("join").await;
+        }
+        for id in 1..=20 {
+            heard_by_all(&mut a, &mut [&mut b], id, &format!("during the flood {id}")).await;
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+}
+
+#[test]
+fn a_ping_flood_does_not_starve_other_clients_on_one_thread() {
+    flood_beside_a_chat(Vec::new(), frame(0x89, b"ping"));
+}
+
+#[test]
+fn a_flood_of_empty_continuation_frames_does_not_starve_other_clients() {
+    // A text message that never ends: tungstenite reads these without ever returning.
+    flood_beside_a_chat(frame(0x01, b"a"), frame(0x00, b""));
+}
+
+#[test]
+fn pings_count_against_the_rate_limit() {
+    let server = server();
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        let mut b = Client::connect(server.addr).await;
+        a.expect("join").await;
+        let mut s = raw::upgrade(server.addr).await;
+        let pings: Vec<u8> = frame(0x89, b"").repeat(200);
+        s.write_all(&pings).await.unwrap();
+        // The flood's close: 1008 after the burst and 50 refusals in a row.
+        let mut ws = raw::websocket(s).await;
+        let code = deadline("the flooder's close", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, 1008);
+        a.expect("join").await;
+        b.expect("join").await;
+        let leave = a.expect("leave").await;
+        b.expect("leave").await;
+        assert_eq!(leave["reason"], "disconnected");
+        heard_by_all(&mut a, &mut [&mut b], 1, "after the flood").await;
+    });
+}
+
+// 6. DNS rebinding.
+
+#[test]
+fn an_upgrade_for_a_rebound_host_name_is_refused() {
+    let server = server();
+    run(async {
+        let addr = server.addr;
+        let port = addr.port();
+        let rebound = format!(
+            "GET /ws HTTP/1.1\r\nHost: evil.example:{port}\r\nOrigin: http://evil.example:{port}\r\n\
+             Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: {}\r\n\
+             Sec-WebSocket-Version: 13\r\n\r\n",
+            raw::KEY
+        );
+        let response = http(addr, &rebound).await;
+        assert_eq!(raw::status(&response), 403, "{response}");
+        assert!(response.contains("--allow-host"), "{response}");
+        let text = raw::metrics(addr).await;
+        assert_eq!(
+            raw::metric(&text, "smolchat_refused_total{cause=\"host\"}"),
+            1
+        );
+
+        // The operator names the host, and the same request is a WebSocket.
+        drop(server);
+        let server = server_with(|c| c.allow_hosts = vec!["evil.example".into()]);
+        let rebound = rebound.replace(&format!(":{port}"), &format!(":{}", server.addr.port()));
+        let (head, _s) = raw::request_head(server.addr, &rebound).await;
+        assert_eq!(raw::status(&head), 101, "{head}");
+    });
+}
+
+// 7. A slow reader that keeps reading.
+
+/// A stream that lets its reader take at most 256 bytes every 10 ms: a slow link that keeps
+/// moving.
+struct Slow {
+    inner: duplex::Duplex,
+    pause: Option<smol::Timer>,
+}
+
+impl futures_lite::AsyncRead for Slow {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut [u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future;
+        let pause = self
+            .pause
+            .get_or_insert_with(|| smol::Timer::after(Duration::from_millis(10)));
+        futures_lite::ready!(std::pin::Pin::new(pause).poll(cx));
+        self.pause = None;
+        let n = buf.len().min(256);
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, &mut buf[..n])
+    }
+}
+
+impl futures_lite::AsyncWrite for Slow {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_close(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+#[test]
+fn a_slow_link_that_keeps_moving_is_not_a_stalled_client() {
+    let server = server_with(|c| {
+        c.rate_limit = 0;
+        c.write_timeout = Duration::from_millis(500);
+    });
+    run(async {
+        // 14 messages of 4 KB in lobby's history: a newcomer's join writes 58 KB at once.
+        let mut a = Client::connect(server.addr).await;
+        let text = "x".repeat(4000);
+        for id in 1..=14 {
+            a.say("lobby", &text).await;
+            a.expect_exact(message("lobby", id, &a.nick.clone(), &text))
+                .await;
+        }
+        // The newcomer reads 25.6 KB a second through a 1 KiB pipe: more than two seconds
+        // for the replay, four times the write timeout, but never half a second without
+        // progress.
+        let (client_end, server_end) = duplex::pair(1024);
+        let chat = server.running().chat().clone();
+        let session = smol::spawn(async move { chat.serve(server_end, "slow").await });
+        let slow = Slow {
+            inner: client_end,
+            pause: None,
+        };
+        let (mut ws, _) = async_tungstenite::client_async("ws://127.0.0.1/ws", slow)
+            .await
+            .unwrap();
+        let mut ids = Vec::new();
+        deadline("the whole replay over the slow link", async {
+            while ids.len() < 14 {
+                match ws.next().await {
+                    Some(Ok(Message::Text(t))) => {
+                        let e: Value = serde_json::from_str(&t).unwrap();
+                        if e["type"] == "message" {
+                            ids.push(e["id"].as_u64().unwrap());
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    other => panic!("the slow client was dropped: {other:?} after {ids:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(ids, (1..=14).collect::<Vec<_>>());
+        ws.close(None).await.unwrap();
+        drop(ws);
+        deadline("the slow session to end", session).await;
+    });
+}
+
+// 8. Rooms for everyone.
+
+/// A client connecting from `local` (any 127.x.y.z works on loopback).
+async fn client_from(local: &str, server: SocketAddr) -> Client {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket
+        .bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    socket.connect(&server.into()).unwrap();
+    let stream = Async::new(TcpStream::from(socket)).unwrap();
+    let (ws, _) = async_tungstenite::client_async(format!("ws://{server}/ws"), stream)
+        .await
+        .unwrap();
+    let mut c = Client {
+        ws,
+        nick: String::new(),
+    };
+    c.nick = c.expect("welcome").await["nick"].as_str().unwrap().into();
+    c.expect("room").await;
+    c
+}
+
+#[test]
+fn one_address_cannot_hold_every_room() {
+    let server = server_with(|c| {
+        c.rate_limit = 0;
+        c.max_rooms = 10;
+        c.max_rooms_per_address = 4;
+    });
+    run(async {
+        // The attacker's clients hold lobby plus three rooms, and then no more.
+        let mut attackers = Vec::new();
+        for i in 0..3 {
+            let mut c = client_from("127.0.0.2", server.addr).await;
+            c.join(&format!("mine-{i}")).await;
+            attackers.push(c);
+        }
+        let mut more = client_from("127.0.0.2", server.addr).await;
+        more.send(json!({"type": "join", "room": "mine-3"})).await;
+        let e = more.expect_error("room_limit").await;
+        assert!(e["message"].as_str().unwrap().contains("address"), "{e}");
+        // Joining a room that has members is always fine.
+        more.join("mine-0").await;
+
+        // Another address still creates rooms.
+        let mut other = client_from("127.0.0.3", server.addr).await;
+        other.join("ours").await;
+        // And when the attacker's room empties, its address may bring another to life.
+        let mut first = attackers.remove(0);
+        first.send(json!({"type": "leave", "room": "mine-1"})).await;
+        attackers.remove(0).close().await;
+        more.send(json!({"type": "join", "room": "mine-4"})).await;
+        loop {
+            let e = more.next().await;
+            if e["type"] == "room" {
+                assert_eq!(e["room"], "mine-4");
+                break;
+            }
+            assert!(matches!(e["type"].as_str(), Some("join" | "leave")), "{e}");
+        }
+    });
+}
+
+// 10. Protocol errors are counted.
+
+#[test]
+fn a_protocol_error_is_closed_with_1002_and_counted() {
+    let server = server();
+    run(async {
+        let mut s = raw::upgrade(server.addr).await;
+        // RSV1 set without an extension that defines it.
+        s.write_all(&frame(0xC1, b"hi")).await.unwrap();
+        let mut ws = raw::websocket(s).await;
+        let code = deadline("the close", async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                    Some(Ok(_)) => continue,
+                    other => panic!("expected a close, got {other:?}"),
+                }
+            }
+        })
+        .await;
+        assert_eq!(code, 1002);
+        raw::wait_for_metric(server.addr, "smolchat_close_codes_total{code=\"1002\"}", 1).await;
+    });
+}

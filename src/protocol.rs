@@ -36,7 +36,7 @@ const LISTED_ROOM_BYTES: usize = MAX_NAME_CHARS + 44;
 /// bytes and member lists of at most `presence_limit` nicks. Every frame a client's writer is
 /// given fits in this, so the writer's buffer is sized from it.
 pub fn max_event_bytes(max_text: usize, presence_limit: usize) -> usize {
-    let message = max_text + ENVELOPE_BYTES;
+    let message = max_text.saturating_add(ENVELOPE_BYTES);
     let members = presence_limit.saturating_mul(LISTED_NICK_BYTES) + ENVELOPE_BYTES;
     let rooms = ROOMS_PAGE * LISTED_ROOM_BYTES + ENVELOPE_BYTES;
     // An error's message: each character is at most 4 bytes of UTF-8, 2 more if escaped.

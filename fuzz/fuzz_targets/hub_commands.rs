@@ -4,7 +4,10 @@
 //! already gone), shutdown, queue drains and receivers dropped.
 //!
 //! Invariants checked, besides "no panic":
-//! - every event a client receives is a JSON object with a string `type`;
+//! - every event a client receives is a JSON object with a string `type`, and fits in
+//!   `Config::max_event_bytes()`, the bound the server sizes each writer's buffer by (an
+//!   event over it would be undeliverable);
+//! - the rooms' history together stays within `--history-total-bytes`;
 //! - nothing is queued for a client after its close;
 //! - `client_count` equals the clients the target believes connected (within the clients
 //!   whose receivers it dropped, whose closes it cannot see).
@@ -14,14 +17,25 @@ use std::sync::Arc;
 
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
-use smolchat::hub::{ClientId, Command, Hub, Outgoing};
+use smolchat::hub::{Address, ClientId, Command, Hub, Outgoing};
 use smolchat::protocol::{self, Error, ErrorCode, LeaveReason};
 use smolchat::queue::{self, Receiver};
 use smolchat::{Config, Metrics};
 
-const ROOMS: [&str; 6] = ["lobby", "dev", "r1", "r2", "a-b_c", "Bad Room"];
-const NICKS: [&str; 7] = ["ada", "ADA", "bob", "guest-1", "guest-2", "Guest-3", "b b"];
-const TEXTS: [&str; 4] = ["hi", "", "é\u{0}\"\\\n", "{not json"];
+const ROOMS: [&str; 7] =
+    ["lobby", "dev", "r1", "r2", "a-b_c", "Bad Room", "the-longest-room-name-there-is-3"];
+const NICKS: [&str; 8] =
+    ["ada", "ADA", "bob", "guest-1", "guest-2", "Guest-3", "b b", "The.Longest-Nick_Anyone_Can_Hav"];
+const TEXTS: [&str; 7] = [
+    "hi",
+    "",
+    "é\u{0}\"\\\n",
+    "{not json",
+    "\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"\"",
+    "\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}\u{1}",
+    "tab\tcr\rnl\n\\\\\\\\",
+];
+const ADDRESSES: [&str; 3] = ["127.0.0.1:1", "127.0.0.2:1", "[2001:db8::1]:1"];
 
 #[derive(Arbitrary, Debug)]
 struct Setup {
@@ -31,15 +45,18 @@ struct Setup {
     default_room: u8,
     max_message_bytes: u8,
     presence_limit: u8,
+    history_bytes: u16,
+    history_total_bytes: u16,
+    max_rooms_per_address: u8,
     ops: Vec<Op>,
 }
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    /// `hub.connect` with a queue of 1..=8.
-    Connect { queue: u8 },
+    /// `hub.connect` with a queue of 1..=8 items and up to 64 KiB, from one of [`ADDRESSES`].
+    Connect { queue: u8, bytes: u16, from: u8 },
     /// `Command::Connect` (refused after shutdown).
-    ConnectCommand { queue: u8 },
+    ConnectCommand { queue: u8, bytes: u16, from: u8 },
     /// A frame from client `client` (any id ever handed out, gone or not).
     Frame { client: u8, frame: Frame },
     Refuse { client: u8, code: u8 },
@@ -66,7 +83,7 @@ enum Frame {
     Say { room: u8, text: u8 },
     Direct { to: u8, text: u8 },
     Who { room: u8, offset: Option<u64> },
-    Rooms,
+    Rooms { offset: Option<u64> },
 }
 
 struct Client {
@@ -116,7 +133,8 @@ impl Frame {
                 Some(o) => format!(r#"{{"type":"who","room":{},"offset":{o}}}"#, q(room(r))),
                 None => format!(r#"{{"type":"who","room":{}}}"#, q(room(r))),
             },
-            Frame::Rooms => r#"{"type":"rooms"}"#.to_string(),
+            Frame::Rooms { offset: None } => r#"{"type":"rooms"}"#.to_string(),
+            Frame::Rooms { offset: Some(o) } => format!(r#"{{"type":"rooms","offset":{o}}}"#),
         }
     }
 }
@@ -130,12 +148,17 @@ const REASONS: [LeaveReason; 5] = [
     LeaveReason::Shutdown,
 ];
 
-fn drain(client: &mut Client, epochs: &mut Vec<String>) {
+fn drain(client: &mut Client, epochs: &mut Vec<String>, max_event: usize) {
     let Some(queue) = &client.queue else { return };
     loop {
         match queue.try_recv() {
             Some(Outgoing::Event(frame)) => {
                 assert!(!client.closed, "event after close: {frame:?}");
+                assert!(
+                    frame.len() <= max_event,
+                    "an event of {} bytes, over the bound of {max_event}: {frame:?}",
+                    frame.len()
+                );
                 let v: serde_json::Value = serde_json::from_str(frame.as_str())
                     .unwrap_or_else(|e| panic!("event is not JSON ({e}): {frame:?}"));
                 assert!(v["type"].is_string(), "{frame:?}");
@@ -168,30 +191,35 @@ fuzz_target!(|setup: Setup| {
         max_rooms_per_client: 1 + setup.max_rooms_per_client as usize % 4,
         history: setup.history as usize % 5,
         default_room: pick(&ROOMS[..5], setup.default_room).to_string(),
-        max_message_bytes: 1 + setup.max_message_bytes as usize % 32,
+        max_message_bytes: 1 + setup.max_message_bytes as usize % 64,
         presence_limit: 1 + setup.presence_limit as usize % 4,
+        history_bytes: setup.history_bytes as usize,
+        history_total_bytes: setup.history_total_bytes as usize,
+        max_rooms_per_address: 1 + setup.max_rooms_per_address as usize % 4,
         ..Config::default()
     };
     let max_text = config.max_message_bytes;
-    let mut hub = Hub::new(Arc::new(config), Arc::new(Metrics::default()));
+    let max_event = config.max_event_bytes();
+    let history_total = config.history_total_bytes as u64;
+    let metrics = Arc::new(Metrics::default());
+    let mut hub = Hub::new(Arc::new(config), metrics.clone());
     let mut clients: Vec<Client> = Vec::new();
     let mut epochs: Vec<String> = Vec::new();
     let mut shut_down = false;
 
     for op in setup.ops.into_iter().take(256) {
         match op {
-            Op::Connect { queue } | Op::ConnectCommand { queue } if clients.len() >= 32 => {
-                let _ = queue;
-            }
-            Op::Connect { queue } => {
-                let (tx, rx) = queue::bounded(1 + queue as usize % 8);
-                let id = hub.connect(tx);
+            Op::Connect { .. } | Op::ConnectCommand { .. } if clients.len() >= 32 => {}
+            Op::Connect { queue, bytes, from } => {
+                let (tx, rx) = queue::bounded(1 + queue as usize % 8, bytes as usize);
+                let id = hub.connect(tx, Address::of(pick(&ADDRESSES, from)));
                 clients.push(Client { id, queue: Some(rx), closed: false, connected: true });
             }
-            Op::ConnectCommand { queue } => {
-                let (tx, rx) = queue::bounded(1 + queue as usize % 8);
+            Op::ConnectCommand { queue, bytes, from } => {
+                let (tx, rx) = queue::bounded(1 + queue as usize % 8, bytes as usize);
                 let (reply, replies) = async_channel::bounded(1);
-                hub.handle(Command::Connect { queue: tx, reply });
+                let address = Address::of(pick(&ADDRESSES, from));
+                hub.handle(Command::Connect { queue: tx, reply, address });
                 match replies.try_recv() {
                     Ok(id) => {
                         assert!(!shut_down, "a client was accepted after shutdown");
@@ -235,14 +263,14 @@ fuzz_target!(|setup: Setup| {
                 let Some(c) = clients.get_mut(i) else {
                     continue;
                 };
-                drain(c, &mut epochs);
+                drain(c, &mut epochs, max_event);
             }
             Op::DropReceiver { client } => {
                 let i = client as usize % clients.len().max(1);
                 let Some(c) = clients.get_mut(i) else {
                     continue;
                 };
-                drain(c, &mut epochs);
+                drain(c, &mut epochs, max_event);
                 c.queue = None;
             }
             Op::Shutdown => {
@@ -252,8 +280,10 @@ fuzz_target!(|setup: Setup| {
         }
         // A client whose queue the hub closed (slow consumer) is gone from the hub; so is one
         // that was disconnected. Everything queued so far must be well-formed.
+        let history = metrics.history_bytes.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(history <= history_total, "history {history} over {history_total} bytes");
         for c in &mut clients {
-            drain(c, &mut epochs);
+            drain(c, &mut epochs, max_event);
             if c.closed && !shut_down {
                 c.connected = false;
             }

@@ -2,14 +2,17 @@
 //!
 //! The input is tried as UTF-8 (when it is) and always as its lossy conversion, each with a
 //! few `max_text` limits. Invariants checked, besides "no panic":
-//! - `Ok(Say { text, room })`: `text` is non-empty and at most `max` bytes; `room`, if any, is a
+//! - `Ok(Say { text, room })`: `text` is non-empty, holds no control character but tab, newline
+//!   and carriage return, and is at most `max` bytes once JSON-encoded (as serde_json writes
+//!   it, measured); `room`, if any, is a
 //!   valid room; a frame that does not start (after blanks) with `{` is said verbatim to the
 //!   current room.
 //! - `Ok(Nick)`, `Ok(Join/Leave/Who)`: the nick / room passes `valid_nick` / `valid_room`.
 //! - `Ok(Direct { to, text })`: `text` as for `Say`, `to` passes `valid_nick`.
 //! - A larger limit never turns an `Ok` into something else (limits only reject by length).
 //! - `Err(e)`: `e.encode()` is a JSON object `{"type":"error","code":<string>,"message":...}`
-//!   whose message round-trips.
+//!   whose message round-trips, has at most `MAX_ERROR_CHARS` characters and no control
+//!   characters, and whose encoding fits in `max_event_bytes` (the writer's bound).
 //!
 //! Set `SMOLCHAT_FUZZ_SKIP_KNOWN=1` to skip the checks of findings already reported (see
 //! fuzz/README.md), so a long run can look for new ones.
@@ -18,7 +21,9 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use smolchat::protocol::{parse, valid_nick, valid_room, Request};
+use smolchat::protocol::{
+    max_event_bytes, parse, valid_nick, valid_room, Request, MAX_ERROR_CHARS,
+};
 
 const LIMITS: [usize; 5] = [0, 1, 16, 4096, usize::MAX];
 
@@ -29,10 +34,14 @@ fn skip_known() -> bool {
 
 fn check_text(text: &str, max: usize, frame: &str) {
     assert!(!text.is_empty(), "empty text accepted from {frame:?}");
+    let encoded = serde_json::to_string(text).unwrap().len() - 2;
     assert!(
-        text.len() <= max,
-        "text of {} bytes accepted with max {max} from {frame:?}",
-        text.len()
+        encoded <= max,
+        "text of {encoded} encoded bytes accepted with max {max} from {frame:?}"
+    );
+    assert!(
+        !text.chars().any(|c| c.is_control() && !matches!(c, '\t' | '\n' | '\r')),
+        "control character accepted from {frame:?}"
     );
 }
 
@@ -71,7 +80,7 @@ fn check(frame: &str) {
                             );
                         }
                     }
-                    Request::Rooms => {}
+                    Request::Rooms { .. } => {}
                 }
                 // Raising the limit keeps an accepted frame accepted, unchanged.
                 match &first_ok {
@@ -90,6 +99,9 @@ fn check(frame: &str) {
                 assert_eq!(v["type"], "error", "{encoded:?}");
                 assert!(v["code"].is_string(), "{encoded:?}");
                 assert_eq!(v["message"].as_str(), Some(e.message.as_str()), "{encoded:?}");
+                assert!(e.message.chars().count() <= MAX_ERROR_CHARS, "{encoded:?}");
+                assert!(!e.message.chars().any(char::is_control), "{encoded:?}");
+                assert!(encoded.len() <= max_event_bytes(0, 0), "{encoded:?}");
             }
         }
     }

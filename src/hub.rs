@@ -1009,6 +1009,171 @@ mod tests {
         );
     }
 
+    /// A client with a queue of `items` and `bytes`, from `peer`.
+    fn connect_from(hub: &mut Hub, items: usize, bytes: usize, peer: &str) -> TestClient {
+        let (tx, rx) = queue::bounded(items, bytes);
+        let id = hub.connect(tx, Address::of(peer));
+        let c = TestClient { id, queue: rx };
+        c.drain();
+        c
+    }
+
+    fn frames(c: &TestClient) -> Vec<Frame> {
+        std::iter::from_fn(|| c.queue.try_recv())
+            .filter_map(|item| match item {
+                Outgoing::Event(f) => Some(f),
+                Outgoing::Close(..) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_largest_events_fit_the_bound_the_writers_are_sized_by() {
+        let config = Config {
+            presence_limit: 40,
+            max_message_bytes: 300,
+            rate_limit: 0,
+            ..Config::default()
+        };
+        let bound = config.max_event_bytes();
+        let mut hub = hub_with(config);
+        // 40 members with the longest nicks, 60 rooms with the longest names.
+        let clients: Vec<TestClient> = (0..40)
+            .map(|i| {
+                let c = connect_from(&mut hub, 10_000, usize::MAX, "127.0.0.1:1");
+                c.send(
+                    &mut hub,
+                    Request::Nick {
+                        nick: format!("{i:02}{}", "N".repeat(30)),
+                    },
+                );
+                c
+            })
+            .collect();
+        let a = &clients[0];
+        for i in 0..60 {
+            let room = format!("{i:02}{}", "r".repeat(30));
+            a.send(&mut hub, join(&room));
+            a.send(&mut hub, Request::Leave { room });
+        }
+        a.drain();
+        let longest_text = "\"".repeat(150); // 300 bytes once escaped
+        a.send(
+            &mut hub,
+            Request::Who {
+                room: "lobby".into(),
+                offset: 0,
+            },
+        );
+        a.send(&mut hub, Request::Rooms { offset: 0 });
+        a.say(&mut hub, "lobby", &longest_text);
+        let direct = Request::Direct {
+            to: format!("39{}", "N".repeat(30)),
+            text: longest_text,
+        };
+        a.send(&mut hub, direct);
+        let error = Error::new(ErrorCode::BadRequest, "\"é".repeat(500));
+        hub.handle(Command::Refuse {
+            client: a.id,
+            error,
+        });
+        // Its `room` event lists 40 of 41 members.
+        let (tx, late) = queue::bounded(10, usize::MAX);
+        hub.connect(tx, Address::of("127.0.0.1:1"));
+        let late = TestClient {
+            id: a.id,
+            queue: late,
+        };
+        let got = frames(a);
+        let kinds: Vec<&str> = got
+            .iter()
+            .map(|f| f.as_str().split('"').nth(3).unwrap_or(""))
+            .collect();
+        for ty in ["members", "rooms", "message", "direct", "error"] {
+            assert!(kinds.contains(&ty), "no {ty} in {kinds:?}");
+        }
+        let more = [frames(&clients[1]), frames(&late)].concat();
+        assert!(more.iter().any(|f| f.as_str().contains(r#""count":41"#)));
+        for f in got.iter().chain(more.iter()) {
+            assert!(f.len() <= bound, "{} > {bound}: {}", f.len(), f.as_str());
+        }
+    }
+
+    #[test]
+    fn a_client_over_its_queue_bytes_is_a_slow_consumer() {
+        let mut hub = hub_with(Config {
+            rate_limit: 0,
+            ..Config::default()
+        });
+        let a = connect_from(&mut hub, 1000, usize::MAX, "127.0.0.1:1");
+        // Room for 1000 events, but only about 5 KB of them.
+        let slow = connect_from(&mut hub, 1000, 5000, "127.0.0.1:1");
+        a.drain();
+        for _ in 0..6 {
+            a.say(&mut hub, "lobby", &"x".repeat(900));
+        }
+        let got = slow.events();
+        assert_eq!(got.last().unwrap()["close"], 1013, "{got:?}");
+        let leave = a
+            .events()
+            .into_iter()
+            .find(|e| e["type"] == "leave")
+            .unwrap();
+        assert_eq!(leave["reason"], "slow_consumer");
+    }
+
+    #[test]
+    fn history_is_bounded_in_total_oldest_message_first() {
+        let config = Config {
+            rate_limit: 0,
+            history_bytes: 4 * 1024,
+            history_total_bytes: 6 * 1024,
+            ..Config::default()
+        };
+        let metrics = Arc::new(Metrics::default());
+        let mut hub = Hub::new(Arc::new(config), metrics.clone());
+        let a = connect(&mut hub, 1000);
+        let text = "y".repeat(900);
+        a.send(&mut hub, join("one"));
+        a.send(&mut hub, join("two"));
+        for _ in 0..3 {
+            a.say(&mut hub, "one", &text);
+        }
+        for _ in 0..4 {
+            a.say(&mut hub, "two", &text);
+        }
+        // 7 messages of ~1 KB in 6 KiB: room one's oldest went first.
+        let total = metrics
+            .history_bytes
+            .load(std::sync::atomic::Ordering::Relaxed);
+        assert!(total <= 6 * 1024, "{total}");
+        a.drain();
+        let b = connect(&mut hub, 1000);
+        b.send(
+            &mut hub,
+            Request::Join {
+                room: "one".into(),
+                since: Some(0),
+                epoch: None,
+            },
+        );
+        let got = b.events();
+        assert_eq!(got[0]["complete"], false, "message 1 of one was forgotten");
+        let ids: Vec<u64> = got[1..].iter().map(|e| e["id"].as_u64().unwrap()).collect();
+        assert_eq!(ids, [2, 3]);
+        b.send(
+            &mut hub,
+            Request::Join {
+                room: "two".into(),
+                since: Some(0),
+                epoch: None,
+            },
+        );
+        let got = b.events();
+        assert_eq!(got[0]["complete"], true, "room two lost nothing");
+        assert_eq!(got.len(), 5);
+    }
+
     #[test]
     fn presence_stops_above_the_limit_and_who_pages() {
         let mut hub = hub_with(Config {

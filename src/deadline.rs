@@ -41,27 +41,24 @@ pub async fn without_progress<F: Future>(
     progress: &Progress,
     fut: F,
 ) -> Option<F::Output> {
-    let started = std::time::Instant::now();
     let mut fut = pin!(fut);
+    // Armed when the write first has to wait. When it fires, a write that moved bytes since
+    // then pushes the deadline to `limit` after that write; none means no progress for
+    // `limit`.
     let mut timer: Option<Timer> = None;
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        loop {
-            let deadline = progress.last_write().max(started) + limit;
-            let timer = timer.get_or_insert_with(|| Timer::at(deadline));
-            match std::pin::Pin::new(&mut *timer).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(_) => {
-                    let deadline = progress.last_write().max(started) + limit;
-                    if deadline <= std::time::Instant::now() {
-                        return Poll::Ready(None);
-                    }
-                    timer.set_at(deadline);
-                }
+        let timer = timer.get_or_insert_with(|| Timer::after(limit));
+        while std::pin::Pin::new(&mut *timer).poll(cx).is_ready() {
+            let deadline = progress.last_write() + limit;
+            if deadline <= std::time::Instant::now() {
+                return Poll::Ready(None);
             }
+            timer.set_at(deadline);
         }
+        Poll::Pending
     })
     .await
 }

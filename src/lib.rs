@@ -52,8 +52,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
 use async_channel::{Receiver, Sender};
-use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 pub use config::Config;
@@ -148,11 +148,26 @@ impl Chat {
     /// whole exchange (request head, response, the drain after it, or the upgrade) must be over
     /// within `--handshake-timeout`. Beyond the slots, a connection gets a 503 if its socket
     /// takes it at once, and is closed.
-    pub async fn serve<S>(&self, mut stream: S, peer: &str)
+    pub async fn serve<S>(&self, stream: S, peer: &str)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(pending) = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
+        // Admission's futures are large and short-lived. Boxed, they are freed before the
+        // session starts instead of sitting inside every connection's future for its whole
+        // life (rustc does not reuse their space for the session's state).
+        if let Some((halves, progress, slot)) = Box::pin(self.admit(stream, peer)).await {
+            session::run(self, halves, &progress, peer).await;
+            drop(slot);
+        }
+    }
+
+    /// Everything before the session: a `--max-pending` slot, then the HTTP exchange within
+    /// `--handshake-timeout`.
+    async fn admit<S>(&self, mut stream: S, peer: &str) -> Option<Upgraded<'_, S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(_pending) = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
         else {
             self.metrics.refuse(Refusal::Pending);
             logger::refusal(
@@ -163,24 +178,16 @@ impl Chat {
                 Connection: close\r\nRetry-After: 5\r\n\r\n";
             // One try, no waiting: this connection gets nothing else from us.
             let _ = futures_lite::future::poll_once(stream.write_all(busy)).await;
-            return;
+            return None;
         };
-        // The handshake's futures are large and short-lived. Boxed, they are freed before the
-        // session starts instead of sitting inside every connection's future for its whole
-        // life (rustc does not reuse their space for the session's state).
-        let handshake = Box::pin(self.handshake(stream, peer));
-        let upgraded = match within(self.config.handshake_timeout, handshake).await {
+        let handshake = within(self.config.handshake_timeout, self.handshake(stream, peer));
+        match handshake.await {
             Some(upgraded) => upgraded,
             None => {
                 self.metrics.refuse(Refusal::Timeout);
                 logger::refusal(peer, "dropped: request not done within --handshake-timeout");
                 None
             }
-        };
-        drop(pending);
-        if let Some((ws, progress, slot)) = upgraded {
-            session::run(self, ws.split(), &progress, peer).await;
-            drop(slot);
         }
     }
 
@@ -280,7 +287,9 @@ impl Chat {
         let ws_config = Some(self.ws_config());
         let ws =
             WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
-        Some((ws, progress, slot))
+        // Split here: the halves are two pointers to the shared WebSocket, while the stream
+        // itself would take its whole size in every connection's future.
+        Some((ws.split(), progress, slot))
     }
 
     async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -366,8 +375,13 @@ where
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket, its write progress, its `--max-connections` slot.
-type Upgraded<'a, S> = (WebSocketStream<Metered<S>>, Arc<Progress>, Slot<'a>);
+/// An accepted upgrade: the WebSocket's two halves, its write progress, its
+/// `--max-connections` slot.
+type Upgraded<'a, S> = (
+    (WebSocketSender<Metered<S>>, WebSocketReceiver<Metered<S>>),
+    Arc<Progress>,
+    Slot<'a>,
+);
 
 /// One unit of a gauge with a limit (`connections` under `--max-connections`, `pending` under
 /// `--max-pending`), held for as long as the connection is in that state.

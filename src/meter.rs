@@ -30,40 +30,53 @@ use crate::deadline::Timer;
 pub const YIELD_BYTES: usize = 16 * 1024;
 
 /// When a stream's writes last made progress, readable by the session while tungstenite owns
-/// the stream.
+/// the stream. One atomic: it is allocated for every connection.
 #[derive(Debug)]
 pub struct Progress {
-    started: Instant,
-    /// Milliseconds after `started` of the last write or flush that moved bytes.
+    /// Milliseconds after [`epoch`] of the last write or flush that moved bytes.
     last_write_ms: AtomicU64,
+}
+
+/// The instant the meters count from: the first time any stream was metered.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// Milliseconds since [`epoch`], wrapping after 49 days (differences stay right).
+fn now_ms() -> u32 {
+    epoch().elapsed().as_millis() as u32
 }
 
 impl Progress {
     fn new() -> Arc<Self> {
-        Arc::new(Progress {
-            started: Instant::now(),
+        let progress = Arc::new(Progress {
             last_write_ms: AtomicU64::new(0),
-        })
+        });
+        progress.wrote();
+        progress
     }
 
     fn wrote(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
+        let ms = epoch().elapsed().as_millis() as u64;
         self.last_write_ms.store(ms, Relaxed);
     }
 
     /// When a write last moved bytes (the stream's creation if none has).
     pub fn last_write(&self) -> Instant {
-        self.started + Duration::from_millis(self.last_write_ms.load(Relaxed))
+        epoch() + Duration::from_millis(self.last_write_ms.load(Relaxed))
     }
 }
 
-/// Bytes a client may send: `rate` a second, at most `burst` at once.
+/// Bytes a client may send: `rate` a second, at most `burst` at once. Compact, since every
+/// connection has one.
 #[derive(Debug)]
 struct Budget {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+    rate: u32,
+    burst: u32,
+    tokens: f32,
+    /// When `tokens` was last topped up, in milliseconds after [`epoch`].
+    last_ms: u32,
 }
 
 pin_project_lite::pin_project! {
@@ -73,9 +86,11 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: S,
         progress: Arc<Progress>,
-        read_since_yield: usize,
+        read_since_yield: u32,
         budget: Option<Budget>,
-        pause: Option<Timer>,
+        // Boxed: a timer is the size of the rest of this struct, and only a client over its
+        // budget needs one.
+        pause: Option<Box<Timer>>,
     }
 }
 
@@ -83,11 +98,12 @@ impl<S> Metered<S> {
     /// Wraps `inner`. `bytes_per_second` of 0 means no byte budget (reads still yield).
     pub fn new(inner: S, bytes_per_second: u64, burst: u64) -> (Self, Arc<Progress>) {
         let progress = Progress::new();
+        let clamp = |n: u64| n.clamp(1, u64::from(u32::MAX)) as u32;
         let budget = (bytes_per_second > 0).then(|| Budget {
-            rate: bytes_per_second as f64,
-            burst: burst.max(1) as f64,
-            tokens: burst.max(1) as f64,
-            last: Instant::now(),
+            rate: clamp(bytes_per_second),
+            burst: clamp(burst),
+            tokens: clamp(burst) as f32,
+            last_ms: now_ms(),
         });
         let metered = Metered {
             inner,
@@ -107,7 +123,7 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
-        if *this.read_since_yield >= YIELD_BYTES {
+        if *this.read_since_yield as usize >= YIELD_BYTES {
             *this.read_since_yield = 0;
             cx.waker().wake_by_ref();
             return Poll::Pending;
@@ -115,20 +131,21 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
         let mut allowed = buf.len();
         if let Some(budget) = this.budget {
             if let Some(pause) = this.pause {
-                if Pin::new(pause).poll(cx).is_pending() {
+                if Pin::new(&mut **pause).poll(cx).is_pending() {
                     return Poll::Pending;
                 }
                 *this.pause = None;
             }
-            let now = Instant::now();
-            let earned = now.duration_since(budget.last).as_secs_f64() * budget.rate;
-            budget.tokens = (budget.tokens + earned).min(budget.burst);
-            budget.last = now;
+            let now = now_ms();
+            let earned = now.wrapping_sub(budget.last_ms) as f32 / 1000.0 * budget.rate as f32;
+            budget.tokens = (budget.tokens + earned).min(budget.burst as f32);
+            budget.last_ms = now;
             if budget.tokens < 1.0 {
                 // Wait until a read's worth is back rather than waking for every byte.
-                let want = (budget.burst / 4.0).clamp(1.0, 4096.0) - budget.tokens;
-                let mut pause = Timer::after(Duration::from_secs_f64(want / budget.rate));
-                let _ = Pin::new(&mut pause).poll(cx);
+                let want = (budget.burst as f32 / 4.0).clamp(1.0, 4096.0) - budget.tokens;
+                let wait = Duration::from_secs_f32(want / budget.rate as f32);
+                let mut pause = Box::new(Timer::after(wait.max(Duration::from_millis(1))));
+                let _ = Pin::new(&mut *pause).poll(cx);
                 *this.pause = Some(pause);
                 return Poll::Pending;
             }
@@ -136,9 +153,9 @@ impl<S: AsyncRead> AsyncRead for Metered<S> {
         }
         match this.inner.poll_read(cx, &mut buf[..allowed]) {
             Poll::Ready(Ok(n)) => {
-                *this.read_since_yield += n;
+                *this.read_since_yield += n as u32;
                 if let Some(budget) = this.budget {
-                    budget.tokens -= n as f64;
+                    budget.tokens -= n as f32;
                 }
                 Poll::Ready(Ok(n))
             }
@@ -218,7 +235,7 @@ mod tests {
         assert_eq!(n, 1000, "one burst's worth, then the budget is spent");
         let n = block_on(m.read(&mut buf)).unwrap();
         assert!(
-            n >= 1 && n <= 1000,
+            (1..=1000).contains(&n),
             "the rest arrives as the budget refills: {n}"
         );
     }

@@ -1,5 +1,6 @@
 //! Heap accounting with a counting global allocator: how much heap an idle connection keeps,
-//! and how many allocations the fan-out path makes per delivered event.
+//! how many allocations the fan-out path makes per delivered event, and that the built-in
+//! page is served without a copy per request.
 //!
 //! The test clients run on this test's own thread, whose allocations are not counted; the
 //! server runs on its executor threads, whose allocations are. One `#[test]` only, so that no
@@ -17,6 +18,8 @@ struct Counting;
 
 static LIVE_BYTES: AtomicI64 = AtomicI64::new(0);
 static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+/// Bytes ever allocated (grown by reallocations too), freed or not.
+static ALLOCATED_BYTES: AtomicU64 = AtomicU64::new(0);
 
 thread_local! {
     /// Set on the test's own thread: its allocations (the clients') are not the server's.
@@ -31,6 +34,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if counted() {
             ALLOCATIONS.fetch_add(1, Relaxed);
+            ALLOCATED_BYTES.fetch_add(layout.size() as u64, Relaxed);
             LIVE_BYTES.fetch_add(layout.size() as i64, Relaxed);
         }
         unsafe { System.alloc(layout) }
@@ -44,6 +48,7 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         if counted() {
             ALLOCATIONS.fetch_add(1, Relaxed);
+            ALLOCATED_BYTES.fetch_add(new_size.saturating_sub(layout.size()) as u64, Relaxed);
             LIVE_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Relaxed);
         }
         unsafe { System.realloc(ptr, layout, new_size) }
@@ -151,6 +156,22 @@ fn fan_out_allocates_per_message_not_per_recipient() {
         assert!(
             per_delivery < 0.5,
             "fan-out allocates {per_delivery:.4} times per delivered event"
+        );
+
+        // The page (28 KB) is written from the binary: what a request allocates is its head,
+        // its response head and the connection's task, not a copy of the page (the server
+        // once made two). Many clients loading it at once must not cost the page many times.
+        const PAGES: u64 = 20;
+        let b0 = ALLOCATED_BYTES.load(Relaxed);
+        for _ in 0..PAGES {
+            let page = http(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
+            assert!(page.ends_with(smolchat::http::PAGE));
+        }
+        let per_page = (ALLOCATED_BYTES.load(Relaxed) - b0) / PAGES;
+        println!("server heap allocated per page request: {per_page} bytes");
+        assert!(
+            per_page < smolchat::http::PAGE.len() as u64 / 2,
+            "a page request allocates {per_page} bytes: a copy of the page?"
         );
     });
 }

@@ -191,22 +191,6 @@ fn connections_beyond_max_pending_are_refused_without_disturbing_sessions() {
     });
 }
 
-#[test]
-fn the_page_is_served_whole_to_many_clients_at_once() {
-    let server = server();
-    run(async {
-        let pages = (0..50).map(|_| http(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"));
-        for page in futures_lite::stream::iter(pages)
-            .then(|p| p)
-            .collect::<Vec<_>>()
-            .await
-        {
-            assert!(page.starts_with("HTTP/1.1 200"));
-            assert!(page.ends_with(smolchat::http::PAGE));
-        }
-    });
-}
-
 // 4. Floods that never become messages.
 
 /// A client frame: FIN + `opcode` byte as given, masked with a zero key (valid; the payload

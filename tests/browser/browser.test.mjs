@@ -244,7 +244,7 @@ async function main() {
       const body = await r.text();
       const csp = r.headers.get('content-security-policy') || '';
       check(r.status === 200, `GET / answered ${r.status}`);
-      check(Buffer.byteLength(body) < 30_000, `the page is ${Buffer.byteLength(body)} bytes; the limit is 30 KB`);
+      check(Buffer.byteLength(body) < 32_000, `the page is ${Buffer.byteLength(body)} bytes; the limit is 32 KB`);
       check(!csp.includes('unsafe-inline'), `the CSP allows unsafe-inline: ${csp}`);
       check(/default-src 'none'/.test(csp) && /connect-src 'self'/.test(csp), `unexpected CSP: ${csp}`);
       for (const tag of ['script', 'style']) {

@@ -7,8 +7,11 @@ cd "$(dirname "$0")/.."
 
 # The budgets, in bytes.
 STATIC_BUDGET=1600000        # static x86_64 binary, size-first profile: at most 1.6 MB
-DYNAMIC_MIN_BUDGET=720000    # dynamic binary, size-first profile (see README "Binary size")
-DYNAMIC_RELEASE_BUDGET=880000 # dynamic binary, speed-first release profile
+# Raised from 720,000 and 880,000 on 2026-12-02 by the hostile-client protections (metered
+# streams, byte-bounded queues and history, Host check, limits per address; +18 KB of code)
+# and the paced web client (+3 KB): +28 KB in all, measured. See README "On a gateway".
+DYNAMIC_MIN_BUDGET=750000    # dynamic binary, size-first profile (see README "Binary size")
+DYNAMIC_RELEASE_BUDGET=910000 # dynamic binary, speed-first release profile
 
 static=$(scripts/build-static.sh)
 cargo build --locked --release --bin smolchat >&2

@@ -10,9 +10,21 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+/// What `/ws` speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// Protocol v1 (docs/protocol.md): rooms, nicks, presence, history, JSON events.
+    V1,
+    /// The Go hub's protocol: every data frame a client sends goes, as it is, to every client
+    /// of its group, the sender included. Nothing else is ever sent.
+    Raw,
+}
+
 /// The server's settings. See the README's configuration table for what each one means.
 #[derive(Clone, Debug)]
 pub struct Config {
+    /// What `/ws` speaks (`--protocol`).
+    pub protocol: Protocol,
     /// Address to listen on (`--listen`).
     pub listen: SocketAddr,
     /// Messages each room remembers for replay and recovery (`--history`).
@@ -90,6 +102,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            protocol: Protocol::V1,
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             history: 100,
             history_bytes: 64 * 1024,
@@ -163,6 +176,8 @@ Every option can also be set through the environment variable named after it
 Durations are whole seconds, or take a unit: 500ms, 10s, 2m.
 
 Options:
+  --protocol v1|raw           v1: rooms, nicks, history (docs/protocol.md); raw: the Go hub's
+                              protocol, every frame to every client of the group [default: v1]
   --listen ADDR               address to listen on [default: 127.0.0.1:8080]
   --history N                 messages each room keeps for replay [default: 100]
   --history-bytes N           bytes of messages each room keeps [default: 65536]
@@ -208,6 +223,7 @@ Scale-out (the redis feature; see docs/scale-out.md):
 
 /// Every option that takes a value, as `(flag, environment variable)`.
 const OPTIONS: &[(&str, &str)] = &[
+    ("protocol", "SMOLCHAT_PROTOCOL"),
     ("listen", "SMOLCHAT_LISTEN"),
     ("history", "SMOLCHAT_HISTORY"),
     ("history-bytes", "SMOLCHAT_HISTORY_BYTES"),
@@ -328,6 +344,18 @@ impl Config {
 
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        #[cfg(feature = "redis")]
+        if self.protocol == Protocol::Raw && self.redis.is_some() {
+            return Err(err(
+                "--protocol",
+                "raw mode runs on one node; it cannot be combined with --redis",
+            ));
+        }
+        if self.protocol == Protocol::Raw {
+            // No history, no replay: the queue bound alone holds (a queue always takes one
+            // event when it is empty, however large).
+            return Ok(());
+        }
         let largest = self.max_event_bytes();
         if self.history_bytes != 0 && self.history_bytes < self.max_message_event_bytes() {
             return Err(err(
@@ -382,6 +410,13 @@ impl Config {
     fn set(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
         let bad = |what: &str| err(&format!("--{flag}"), &format!("{what}, got {value:?}"));
         match flag {
+            "protocol" => {
+                self.protocol = match value {
+                    "v1" => Protocol::V1,
+                    "raw" => Protocol::Raw,
+                    _ => return Err(bad("expected v1 or raw")),
+                }
+            }
             "listen" => {
                 self.listen = value
                     .parse()
@@ -601,6 +636,20 @@ mod tests {
         );
         let e = parse(&["--history-total-bytes", "1000"], &[]).unwrap_err();
         assert_eq!(e.flag, "--history-total-bytes");
+        let c = parse(
+            &["--protocol", "raw", "--max-message-bytes", "16777216"],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(
+            c.protocol,
+            Protocol::Raw,
+            "raw mode keeps no history to size queues by"
+        );
+        assert_eq!(
+            parse(&["--protocol", "v2"], &[]).unwrap_err().flag,
+            "--protocol"
+        );
         let e = parse(&["--allow-host", "a b"], &[]).unwrap_err();
         assert_eq!(e.flag, "--allow-host");
         let c = parse(&[], &[("SMOLCHAT_ALLOW_HOST", "a.example, B.example")]).unwrap();

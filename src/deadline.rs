@@ -34,29 +34,35 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
 }
 
 /// Runs `fut` (a write) to completion, or gives up with `None` once no write on the stream
-/// behind `progress` has moved a byte for `limit`. A large batch over a slow link that keeps
-/// moving is not a stalled client; a client that stopped reading is.
+/// behind `progress` has moved a byte for `limit` (checked every quarter of it, so the end
+/// comes between `limit` and 1.25 × `limit` after the last progress). A large batch over a
+/// slow link that keeps moving is not a stalled client; a client that stopped reading is.
 pub async fn without_progress<F: Future>(
     limit: Duration,
     progress: &Progress,
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = pin!(fut);
-    // Armed when the write first has to wait. When it fires, a write that moved bytes since
-    // then pushes the deadline to `limit` after that write; none means no progress for
-    // `limit`.
+    // Armed when the write first has to wait; then one tick per quarter of the limit.
     let mut timer: Option<Timer> = None;
+    let (mut seen, mut quiet) = (progress.writes(), 0);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
         }
-        let timer = timer.get_or_insert_with(|| Timer::after(limit));
+        let tick = limit / 4;
+        let timer = timer.get_or_insert_with(|| Timer::after(tick));
         while std::pin::Pin::new(&mut *timer).poll(cx).is_ready() {
-            let deadline = progress.last_write() + limit;
-            if deadline <= std::time::Instant::now() {
-                return Poll::Ready(None);
+            let now = progress.writes();
+            if now == seen {
+                quiet += 1;
+                if quiet >= 4 {
+                    return Poll::Ready(None);
+                }
+            } else {
+                (seen, quiet) = (now, 0);
             }
-            timer.set_at(deadline);
+            timer.set_after(tick);
         }
         Poll::Pending
     })

@@ -11,7 +11,7 @@ use std::borrow::Cow;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::metrics::Refusal;
 
 /// The largest request head accepted; a longer one gets `431`.
@@ -188,8 +188,12 @@ fn reason_phrase(status: u16) -> &'static str {
 /// What to do with a request.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Route {
-    /// Upgrade to a WebSocket, answering with this `Sec-WebSocket-Accept`.
-    Upgrade { accept_key: String },
+    /// Upgrade to a WebSocket, answering with this `Sec-WebSocket-Accept`. In raw mode,
+    /// `group` is the group named by the path (`/ws/NAME`), `None` for `/ws`.
+    Upgrade {
+        accept_key: String,
+        group: Option<String>,
+    },
     /// Serve the built-in web client.
     Page,
     /// Answer `/healthz`.
@@ -208,16 +212,26 @@ pub fn route(head: &Head, config: &Config) -> Route {
             Some(Refusal::BadRequest),
         );
     }
+    let raw = config.protocol == Protocol::Raw;
     match head.path.as_str() {
         "/" | "/index.html" => Route::Page,
         "/healthz" => Route::Health,
         "/metrics" => Route::Metrics,
-        "/ws" => upgrade(head, config),
+        "/ws" => upgrade(head, config, None),
+        path if raw && path.starts_with("/ws/") => {
+            let group = &path["/ws/".len()..];
+            if crate::protocol::valid_room(group) {
+                upgrade(head, config, Some(group.to_string()))
+            } else {
+                let why = "not found: a group is /ws/NAME, NAME 1-32 characters a-z, 0-9, _ or -";
+                Route::Refuse(Response::text(404, why), None)
+            }
+        }
         _ => Route::Refuse(Response::text(404, "not found; the chat is at /ws"), None),
     }
 }
 
-fn upgrade(head: &Head, config: &Config) -> Route {
+fn upgrade(head: &Head, config: &Config, group: Option<String>) -> Route {
     let bad = |why: &str| Route::Refuse(Response::text(400, why), Some(Refusal::BadRequest));
     if !head.upgrade_websocket || !head.connection_upgrade {
         return Route::Refuse(
@@ -260,6 +274,7 @@ fn upgrade(head: &Head, config: &Config) -> Route {
     }
     Route::Upgrade {
         accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
+        group,
     }
 }
 
@@ -313,31 +328,47 @@ pub fn origin_allowed(head: &Head, config: &Config) -> bool {
 
 /// The built-in web client, embedded in the binary.
 pub const PAGE: &str = include_str!("../web/index.html");
+/// Raw mode's page: a plain-text chat, lines in and lines out, like the Go hub's.
+pub const RAW_PAGE: &str = include_str!("../web/raw.html");
 
 /// The web client's response: HTML with a policy that allows only its own inline script and
 /// style (by the SHA-256 that `build.rs` computes from `web/index.html`), and connections back
 /// to this server (`'self'` covers same-origin `ws:`/`wss:` in current browsers), so injected
 /// markup, inline event handlers included, could not run or load anything even if it got into
 /// the page. `no-cache` makes browsers revalidate, so a new server version's page is picked up.
-pub fn page() -> Response {
-    const CSP: &str = concat!(
-        "default-src 'none'; script-src 'sha256-",
-        env!("SMOLCHAT_SCRIPT_SHA256"),
-        "'; style-src 'sha256-",
-        env!("SMOLCHAT_STYLE_SHA256"),
-        "'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
-         form-action 'none'; frame-ancestors 'none'"
-    );
+pub fn page(protocol: Protocol) -> Response {
+    macro_rules! csp {
+        ($script:literal, $style:literal) => {
+            concat!(
+                "default-src 'none'; script-src 'sha256-",
+                env!($script),
+                "'; style-src 'sha256-",
+                env!($style),
+                "'; connect-src 'self'; img-src 'self' data:; base-uri 'none'; \
+                 form-action 'none'; frame-ancestors 'none'"
+            )
+        };
+    }
+    let (body, csp) = match protocol {
+        Protocol::V1 => (
+            PAGE,
+            csp!("SMOLCHAT_SCRIPT_SHA256", "SMOLCHAT_STYLE_SHA256"),
+        ),
+        Protocol::Raw => (
+            RAW_PAGE,
+            csp!("SMOLCHAT_RAW_SCRIPT_SHA256", "SMOLCHAT_RAW_STYLE_SHA256"),
+        ),
+    };
     Response {
         status: 200,
         headers: vec![
-            ("Content-Security-Policy", CSP.to_string()),
+            ("Content-Security-Policy", csp.to_string()),
             ("Cache-Control", "no-cache".to_string()),
             ("X-Content-Type-Options", "nosniff".to_string()),
             ("Referrer-Policy", "no-referrer".to_string()),
         ],
         content_type: "text/html; charset=utf-8",
-        body: Cow::Borrowed(PAGE),
+        body: Cow::Borrowed(body),
     }
 }
 
@@ -373,7 +404,8 @@ mod tests {
         assert_eq!(
             route(&h, &config),
             Route::Upgrade {
-                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into()
+                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
+                group: None,
             }
         );
     }

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_channel::{Receiver, Sender};
 use slab::Slab;
 
-use crate::config::Config;
+use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
 use crate::queue::{self, TrySendError, Weigh};
@@ -25,6 +25,7 @@ use crate::room::Room;
 
 #[cfg(feature = "redis")]
 mod clustered;
+mod raw;
 
 /// Identifies one connected client. The slab key is reused after a client leaves, so the
 /// `serial` (never reused) tells a late command from a departed client apart from its
@@ -38,8 +39,10 @@ pub struct ClientId {
 /// What the hub puts into a client's queue for its writer.
 #[derive(Debug, Clone)]
 pub enum Outgoing {
-    /// An encoded event to write as a text frame.
+    /// An encoded event to write as a text frame (in raw mode, a text frame as received).
     Event(Frame),
+    /// Raw mode: a binary frame as received.
+    Binary(async_tungstenite::tungstenite::Bytes),
     /// Close the connection with this code and reason, then stop.
     Close(u16, &'static str),
 }
@@ -48,6 +51,7 @@ impl Weigh for Outgoing {
     fn bytes(&self) -> usize {
         match self {
             Outgoing::Event(frame) => frame.len(),
+            Outgoing::Binary(bytes) => bytes.len(),
             Outgoing::Close(..) => 0,
         }
     }
@@ -83,14 +87,18 @@ impl Address {
 /// A request to the hub from a session (or from the server, for shutdown).
 #[derive(Debug)]
 pub enum Command {
-    /// A new client: register its queue and reply with its id (after queuing `welcome`).
+    /// A new client: register its queue and reply with its id (after queuing `welcome`). In
+    /// raw mode it joins `group` (`None`: the default room) and is sent nothing.
     Connect {
         queue: queue::Sender<Outgoing>,
         reply: Sender<ClientId>,
         address: Address,
+        group: Option<String>,
     },
     /// A parsed command from a client.
     Request { client: ClientId, request: Request },
+    /// Raw mode: a data frame from a client, for every client of its group.
+    Publish { client: ClientId, item: Outgoing },
     /// A refusal the session found itself (for example the rate limit), to be queued in order
     /// with the client's other events.
     Refuse { client: ClientId, error: Error },
@@ -198,9 +206,13 @@ impl Hub {
                 queue,
                 reply,
                 address,
+                group,
             } => {
                 if !self.shutting_down {
-                    let id = self.connect(queue, address);
+                    let id = match self.config.protocol {
+                        Protocol::V1 => self.connect(queue, address),
+                        Protocol::Raw => self.connect_raw(queue, address, group),
+                    };
                     // The session waits on `reply`; if it already went away, its queue is
                     // closed and the next delivery (or its Disconnect) cleans up.
                     let _ = reply.try_send(id);
@@ -209,6 +221,11 @@ impl Hub {
             Command::Request { client, request } => {
                 if let Some(key) = self.key(client) {
                     self.request(key, request);
+                }
+            }
+            Command::Publish { client, item } => {
+                if let Some(key) = self.key(client) {
+                    self.publish(key, item);
                 }
             }
             Command::Refuse { client, error } => {
@@ -230,8 +247,6 @@ impl Hub {
 
     /// Registers a client, queues its `welcome` and joins it to the default room.
     pub fn connect(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
-        let serial = self.next_serial;
-        self.next_serial += 1;
         let nick = loop {
             let candidate = format!("guest-{}", self.next_guest);
             self.next_guest += 1;
@@ -239,13 +254,7 @@ impl Hub {
                 break candidate;
             }
         };
-        let key = self.clients.insert(Client {
-            queue,
-            serial,
-            address,
-            nick: nick.clone(),
-            rooms: Vec::new(),
-        });
+        let ClientId { key, serial } = self.register(queue, address, nick.clone());
         self.nicks.insert(nick.clone(), key);
         let limits = self.config.limits();
         let welcome = Event::Welcome {
@@ -258,6 +267,25 @@ impl Hub {
         if let Err(error) = self.join(key, room, None, None) {
             self.send_error(key, error);
         }
+        ClientId { key, serial }
+    }
+
+    /// Gives a new client its slot and serial.
+    fn register(
+        &mut self,
+        queue: queue::Sender<Outgoing>,
+        address: Address,
+        nick: String,
+    ) -> ClientId {
+        let serial = self.next_serial;
+        self.next_serial += 1;
+        let key = self.clients.insert(Client {
+            queue,
+            serial,
+            address,
+            nick,
+            rooms: Vec::new(),
+        });
         ClientId { key, serial }
     }
 
@@ -360,53 +388,14 @@ impl Hub {
         since: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Error> {
-        let already_in = self.clients[key].rooms.contains(&name);
-        if !already_in {
-            if self.clients[key].rooms.len() >= self.config.max_rooms_per_client {
-                return Err(Error::new(
-                    ErrorCode::RoomLimit,
-                    format!(
-                        "you are in {} rooms, the most allowed; leave one first",
-                        self.config.max_rooms_per_client
-                    ),
-                ));
-            }
-            let address = self.clients[key].address;
-            let empty = self.rooms.get(&name).is_none_or(|r| r.members().is_empty());
-            if empty
-                && self.held.get(&address).copied().unwrap_or(0)
-                    >= self.config.max_rooms_per_address
-            {
-                return Err(Error::new(
-                    ErrorCode::RoomLimit,
-                    format!(
-                        "clients from your address hold {} rooms, the most allowed; join a room \
-                         that has members",
-                        self.config.max_rooms_per_address
-                    ),
-                ));
-            }
-            if !self.rooms.contains_key(&name) {
-                self.make_room_for_one_more()?;
-                self.rooms_created += 1;
-                let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
-                let room = Room::new(epoch, self.config.history, self.config.history_bytes);
-                self.rooms.insert(name.clone(), room);
-                Metrics::add(&self.metrics.rooms, 1);
-            }
-            if empty {
-                *self.held.entry(address).or_default() += 1;
-                self.rooms.get_mut(&name).expect("room exists").holder = Some(address);
-            }
-        }
-
+        let already_in = !self.enter(key, &name)?;
         let client = &mut self.clients[key];
         // Joining moves the room to the end: it becomes the client's current room.
         client.rooms.retain(|r| *r != name);
         client.rooms.push(name.clone());
         let room = self.rooms.get_mut(&name).expect("room exists");
         // Above the presence limit, members see counts instead of every arrival.
-        if !already_in && room.add(key) && room.members().len() <= self.config.presence_limit {
+        if !already_in && room.members().len() <= self.config.presence_limit {
             let frame = Event::Join {
                 room: &name,
                 nick: &client.nick,
@@ -434,6 +423,54 @@ impl Hub {
             deliver(&self.clients, &mut self.slow, &self.metrics, key, message);
         }
         Ok(())
+    }
+
+    /// Makes `key` a member of room `name`, creating the room if needed, within the limits on
+    /// rooms per client, per address and in all. Returns false if it was a member already.
+    /// Announces nothing: that is the caller's (and the protocol's) business.
+    fn enter(&mut self, key: usize, name: &str) -> Result<bool, Error> {
+        if self.clients[key].rooms.iter().any(|r| r == name) {
+            return Ok(false);
+        }
+        if self.clients[key].rooms.len() >= self.config.max_rooms_per_client {
+            return Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!(
+                    "you are in {} rooms, the most allowed; leave one first",
+                    self.config.max_rooms_per_client
+                ),
+            ));
+        }
+        let address = self.clients[key].address;
+        let empty = self.rooms.get(name).is_none_or(|r| r.members().is_empty());
+        if empty
+            && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
+        {
+            return Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!(
+                    "clients from your address hold {} rooms, the most allowed; join a room \
+                     that has members",
+                    self.config.max_rooms_per_address
+                ),
+            ));
+        }
+        if !self.rooms.contains_key(name) {
+            self.make_room_for_one_more()?;
+            self.rooms_created += 1;
+            let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
+            let room = Room::new(epoch, self.config.history, self.config.history_bytes);
+            self.rooms.insert(name.to_string(), room);
+            Metrics::add(&self.metrics.rooms, 1);
+        }
+        let room = self.rooms.get_mut(name).expect("room exists");
+        if empty {
+            *self.held.entry(address).or_default() += 1;
+            room.holder = Some(address);
+        }
+        room.add(key);
+        self.clients[key].rooms.push(name.to_string());
+        Ok(true)
     }
 
     /// Evicts the least recently used empty room if the server is at `--max-rooms`.
@@ -499,6 +536,16 @@ impl Hub {
                     self.held.remove(&holder);
                 }
             }
+        }
+        if self.config.protocol == Protocol::Raw {
+            // A group has no history to keep and nobody to tell.
+            if room.members().is_empty() {
+                self.rooms.remove(name);
+                self.metrics
+                    .rooms
+                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            return;
         }
         // Announced only if the leaver's arrival was: the size then included the leaver.
         if room.members().len() + 1 > self.config.presence_limit {
@@ -618,7 +665,9 @@ impl Hub {
             self.part(key, name, reason);
         }
         let client = self.clients.remove(key);
-        self.nicks.remove(&client.nick.to_ascii_lowercase());
+        if !client.nick.is_empty() {
+            self.nicks.remove(&client.nick.to_ascii_lowercase());
+        }
     }
 
     /// Disconnects every client whose queue was found full, which may find more (their leave
@@ -680,8 +729,7 @@ struct Backlog {
     congested: bool,
 }
 
-/// Queues `frame` for client `key` without waiting. A full queue marks a slow consumer; a
-/// closed one means the writer is gone and the session's `Disconnect` is on its way.
+/// Queues `frame` for client `key` without waiting (see [`deliver_item`]).
 fn deliver(
     clients: &Slab<Client>,
     backlog: &mut Backlog,
@@ -689,8 +737,26 @@ fn deliver(
     key: usize,
     frame: &Frame,
 ) {
+    deliver_item(
+        clients,
+        backlog,
+        metrics,
+        key,
+        Outgoing::Event(frame.clone()),
+    );
+}
+
+/// Queues `item` for client `key` without waiting. A full queue marks a slow consumer; a
+/// closed one means the writer is gone and the session's `Disconnect` is on its way.
+fn deliver_item(
+    clients: &Slab<Client>,
+    backlog: &mut Backlog,
+    metrics: &Metrics,
+    key: usize,
+    item: Outgoing,
+) {
     let queue = &clients[key].queue;
-    match queue.try_send(Outgoing::Event(frame.clone())) {
+    match queue.try_send(item) {
         Ok(half_full) => {
             Metrics::add(&metrics.events_delivered, 1);
             backlog.congested |= half_full;
@@ -770,6 +836,7 @@ mod tests {
             while let Some(item) = self.queue.try_recv() {
                 match item {
                     Outgoing::Event(f) => out.push(serde_json::from_str(f.as_str()).unwrap()),
+                    Outgoing::Binary(b) => out.push(serde_json::json!({"binary": b.to_vec()})),
                     Outgoing::Close(code, reason) => {
                         out.push(serde_json::json!({"close": code, "reason": reason}))
                     }
@@ -1022,7 +1089,7 @@ mod tests {
         std::iter::from_fn(|| c.queue.try_recv())
             .filter_map(|item| match item {
                 Outgoing::Event(f) => Some(f),
-                Outgoing::Close(..) => None,
+                Outgoing::Binary(_) | Outgoing::Close(..) => None,
             })
             .collect()
     }
@@ -1274,6 +1341,7 @@ mod tests {
             queue: tx,
             reply,
             address: Address::of("127.0.0.1:1"),
+            group: None,
         });
         assert!(replies.try_recv().is_err(), "no new clients after shutdown");
     }

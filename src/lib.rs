@@ -155,8 +155,8 @@ impl Chat {
         // Admission's futures are large and short-lived. Boxed, they are freed before the
         // session starts instead of sitting inside every connection's future for its whole
         // life (rustc does not reuse their space for the session's state).
-        if let Some((halves, progress, slot)) = Box::pin(self.admit(stream, peer)).await {
-            session::run(self, halves, &progress, peer).await;
+        if let Some((halves, progress, group, slot)) = Box::pin(self.admit(stream, peer)).await {
+            session::run(self, halves, &progress, group, peer).await;
             drop(slot);
         }
     }
@@ -214,10 +214,12 @@ impl Chat {
             }
         };
         let response = match http::route(&head, &self.config) {
-            Route::Upgrade { accept_key } => {
-                return self.upgrade(stream, leftover, &accept_key, peer).await;
+            Route::Upgrade { accept_key, group } => {
+                return self
+                    .upgrade(stream, leftover, &accept_key, group, peer)
+                    .await;
             }
-            Route::Page => http::page(),
+            Route::Page => http::page(self.config.protocol),
             Route::Health => self.health(),
             Route::Metrics => {
                 let mut r = Response::text(200, "");
@@ -250,6 +252,7 @@ impl Chat {
         mut stream: S,
         leftover: Vec<u8>,
         accept_key: &str,
+        group: Option<String>,
         peer: &str,
     ) -> Option<Upgraded<'_, S>>
     where
@@ -289,7 +292,7 @@ impl Chat {
             WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
         // Split here: the halves are two pointers to the shared WebSocket, while the stream
         // itself would take its whole size in every connection's future.
-        Some((ws.split(), progress, slot))
+        Some((ws.split(), progress, group, slot))
     }
 
     async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -375,11 +378,12 @@ where
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, its write progress, its
-/// `--max-connections` slot.
+/// An accepted upgrade: the WebSocket's two halves, its write progress, its raw-mode group
+/// and its `--max-connections` slot.
 type Upgraded<'a, S> = (
     (WebSocketSender<Metered<S>>, WebSocketReceiver<Metered<S>>),
     Arc<Progress>,
+    Option<String>,
     Slot<'a>,
 );
 

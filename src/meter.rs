@@ -29,12 +29,14 @@ use crate::deadline::Timer;
 /// Bytes read without returning to the executor, after which the reader yields once.
 pub const YIELD_BYTES: usize = 16 * 1024;
 
-/// When a stream's writes last made progress, readable by the session while tungstenite owns
-/// the stream. One atomic: it is allocated for every connection.
-#[derive(Debug)]
+/// Whether a stream's writes make progress, readable by the session while tungstenite owns
+/// the stream: a count of the writes that moved bytes. A count, not a time, because reading
+/// the clock on every write would cost more than the rest of this file together; whoever
+/// watches compares counts taken some time apart. One atomic: it is allocated for every
+/// connection.
+#[derive(Debug, Default)]
 pub struct Progress {
-    /// Milliseconds after [`epoch`] of the last write or flush that moved bytes.
-    last_write_ms: AtomicU64,
+    writes: AtomicU64,
 }
 
 /// The instant the meters count from: the first time any stream was metered.
@@ -49,22 +51,13 @@ fn now_ms() -> u32 {
 }
 
 impl Progress {
-    fn new() -> Arc<Self> {
-        let progress = Arc::new(Progress {
-            last_write_ms: AtomicU64::new(0),
-        });
-        progress.wrote();
-        progress
-    }
-
     fn wrote(&self) {
-        let ms = epoch().elapsed().as_millis() as u64;
-        self.last_write_ms.store(ms, Relaxed);
+        self.writes.fetch_add(1, Relaxed);
     }
 
-    /// When a write last moved bytes (the stream's creation if none has).
-    pub fn last_write(&self) -> Instant {
-        epoch() + Duration::from_millis(self.last_write_ms.load(Relaxed))
+    /// How many writes and flushes have moved bytes so far.
+    pub fn writes(&self) -> u64 {
+        self.writes.load(Relaxed)
     }
 }
 
@@ -97,7 +90,7 @@ pin_project_lite::pin_project! {
 impl<S> Metered<S> {
     /// Wraps `inner`. `bytes_per_second` of 0 means no byte budget (reads still yield).
     pub fn new(inner: S, bytes_per_second: u64, burst: u64) -> (Self, Arc<Progress>) {
-        let progress = Progress::new();
+        let progress = Arc::new(Progress::default());
         let clamp = |n: u64| n.clamp(1, u64::from(u32::MAX)) as u32;
         let budget = (bytes_per_second > 0).then(|| Budget {
             rate: clamp(bytes_per_second),

@@ -75,7 +75,8 @@ pub struct Sender<T>(Arc<Shared<T>>);
 /// The consuming end (the writer's). Dropping it closes the queue.
 pub struct Receiver<T>(Arc<Shared<T>>);
 
-/// A queue that holds at most `capacity` items (at least 1) and `byte_capacity` bytes.
+/// A queue that holds at most `capacity` items (at least 1) and `byte_capacity` bytes, or one
+/// item larger than that.
 pub fn bounded<T: Weigh>(capacity: usize, byte_capacity: usize) -> (Sender<T>, Receiver<T>) {
     let shared = Arc::new(Shared {
         state: Mutex::new(State {
@@ -99,7 +100,10 @@ impl<T: Weigh> Sender<T> {
         if state.closed {
             return Err(TrySendError::Closed);
         }
-        if state.items.len() >= self.0.capacity || state.bytes + bytes > self.0.byte_capacity {
+        // An empty queue takes one item of any size: a bound smaller than the largest item
+        // must not make that item undeliverable.
+        let over_bytes = state.bytes + bytes > self.0.byte_capacity && state.bytes > 0;
+        if state.items.len() >= self.0.capacity || over_bytes {
             return Err(TrySendError::Full);
         }
         state.items.push_back(item);
@@ -182,9 +186,17 @@ impl<T> Receiver<T> {
     /// empty; its capacity is handed to the queue in exchange). Returns false, with `batch`
     /// left empty, once the queue is closed and drained.
     pub async fn recv_batch(&self, batch: &mut VecDeque<T>) -> bool {
+        self.release_and_recv_batch(0, batch).await
+    }
+
+    /// [`Receiver::release`]s `written` bytes, then [`Receiver::recv_batch`]: a writer's loop
+    /// takes the lock once per batch instead of twice.
+    pub async fn release_and_recv_batch(&self, written: usize, batch: &mut VecDeque<T>) -> bool {
+        let mut written = written;
         loop {
             {
                 let mut state = self.0.lock();
+                state.bytes = state.bytes.saturating_sub(std::mem::take(&mut written));
                 if !state.items.is_empty() {
                     std::mem::swap(&mut state.items, batch);
                     return true;
@@ -275,6 +287,14 @@ mod tests {
         rx.release(8);
         assert_eq!(tx.try_send(3), Ok(false));
         assert_eq!(tx.bytes(), 3);
+        assert_eq!(rx.try_recv(), Some(3));
+        assert_eq!(
+            tx.try_send(50),
+            Ok(true),
+            "an empty queue takes one item of any size"
+        );
+        assert_eq!(tx.try_send(1), Err(TrySendError::Full));
+        assert_eq!(rx.try_recv(), Some(50));
         tx.send_last(9);
         assert_eq!(rx.try_recv(), Some(9), "the oldest went to make room");
     }

@@ -31,11 +31,13 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_util::SinkExt;
 
 use crate::Chat;
+use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
 use crate::hub::{Address, ClientId, Command, Outgoing};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
+use crate::queue::Weigh;
 use crate::queue::{self, Receiver};
 use crate::race::race;
 
@@ -79,13 +81,14 @@ pub(crate) async fn run<S>(
     chat: &Chat,
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
     progress: &Progress,
+    group: Option<String>,
     peer: &str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     // Registration and teardown run once; boxed, their futures take no space in the
     // long-lived part of the session.
-    let Some((client, queue)) = Box::pin(register(chat, &mut sink, peer)).await else {
+    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, peer)).await else {
         return;
     };
     crate::logger::connection(peer, "connected");
@@ -113,6 +116,7 @@ pub(crate) async fn run<S>(
 async fn register<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
+    group: Option<String>,
     peer: &str,
 ) -> Option<(ClientId, Receiver<Outgoing>)>
 where
@@ -124,6 +128,7 @@ where
         queue: queue_tx,
         reply,
         address: Address::of(peer),
+        group,
     };
     if chat.inbox.send(command).await.is_ok()
         && let Ok(client) = id.recv().await
@@ -217,6 +222,12 @@ where
                     sink.feed(Message::Text(frame)).await?;
                     queue.release(len);
                 }
+                Outgoing::Binary(bytes) => {
+                    let len = bytes.len();
+                    Metrics::add(&chat.metrics.bytes_out, len as u64);
+                    sink.feed(Message::Binary(bytes)).await?;
+                    queue.release(len);
+                }
                 Outgoing::Close(c, r) => (code, reason) = (c, r),
             }
         }
@@ -253,8 +264,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &chat.config;
-    let mut bucket = TokenBucket::new(config.rate_limit, config.rate_burst);
-    let mut refused_in_a_row = 0;
+    let raw = config.protocol == Protocol::Raw;
+    let mut limit = RateLimit {
+        bucket: TokenBucket::new(config.rate_limit, config.rate_burst),
+        refused_in_a_row: 0,
+    };
     let mut since_yield = 0;
     while let Some(frame) = stream.next().await {
         since_yield += 1;
@@ -264,8 +278,9 @@ where
         }
         let now = Instant::now();
         last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
-        let text = match frame {
-            Ok(Message::Text(text)) => text,
+        let data = match frame {
+            Ok(Message::Text(text)) => Outgoing::Event(text),
+            Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
             Ok(Message::Binary(_)) => {
                 return End::violation(1003, "binary frames are not supported; send text");
             }
@@ -274,14 +289,8 @@ where
             // that floods messages (without an `error` per ping, which would cost more).
             // Pongs prove life, and count too.
             Ok(Message::Ping(_) | Message::Pong(_)) => {
-                if bucket.take(now) {
-                    refused_in_a_row = 0;
-                } else {
-                    Metrics::add(&chat.metrics.rate_limited, 1);
-                    refused_in_a_row += 1;
-                    if refused_in_a_row >= FLOOD_REFUSALS {
-                        return End::violation(1008, "rate limit exceeded");
-                    }
+                if let Err(end) = limit.allow(now, &chat.metrics) {
+                    return end;
                 }
                 continue;
             }
@@ -295,28 +304,31 @@ where
             Err(WsError::Protocol(_)) => return End::violation(1002, "protocol error"),
             Err(_) => return End::Gone,
         };
-        Metrics::add(&chat.metrics.bytes_in, text.len() as u64);
+        Metrics::add(&chat.metrics.bytes_in, data.bytes() as u64);
 
-        let command = if bucket.take(now) {
-            refused_in_a_row = 0;
-            match protocol::parse(&text, config.max_message_bytes) {
-                Ok(request) => Command::Request { client, request },
-                Err(error) => Command::Refuse { client, error },
+        let command = match (limit.allow(now, &chat.metrics), data) {
+            (Err(end), _) => return end,
+            // Raw mode sends nothing but data: a refused frame is dropped unanswered.
+            (Ok(false), _) if raw => continue,
+            (Ok(false), _) => {
+                let error = Error::new(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "slow down: at most {} messages per second (bursts of {}); this one was \
+                         dropped",
+                        config.rate_limit, config.rate_burst
+                    ),
+                );
+                Command::Refuse { client, error }
             }
-        } else {
-            Metrics::add(&chat.metrics.rate_limited, 1);
-            refused_in_a_row += 1;
-            if refused_in_a_row >= FLOOD_REFUSALS {
-                return End::violation(1008, "rate limit exceeded");
+            (Ok(true), item) if raw => Command::Publish { client, item },
+            (Ok(true), Outgoing::Event(text)) => {
+                match protocol::parse(&text, config.max_message_bytes) {
+                    Ok(request) => Command::Request { client, request },
+                    Err(error) => Command::Refuse { client, error },
+                }
             }
-            let error = Error::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "slow down: at most {} messages per second (bursts of {}); this one was dropped",
-                    config.rate_limit, config.rate_burst
-                ),
-            );
-            Command::Refuse { client, error }
+            (Ok(true), _) => unreachable!("v1 data frames are text"),
         };
         if chat.inbox.send(command).await.is_err() {
             return End::Gone;
@@ -346,8 +358,12 @@ where
     // Holds back the frames of a client that is receiving a burst (see below).
     let mut hold = Timer::never();
     let mut last_write = started;
+    // Bytes of the batch last written, released from the queue's byte bound with the next.
+    let mut written = 0;
     loop {
-        let received = async { Some(queue.recv_batch(&mut batch).await) };
+        // The previous batch's bytes leave the byte bound as the next batch is taken.
+        let release = std::mem::take(&mut written);
+        let received = async { Some(queue.release_and_recv_batch(release, &mut batch).await) };
         let fired = async {
             (&mut timer).await;
             None
@@ -395,13 +411,17 @@ where
         // The batch's bytes stay counted against the queue's byte bound until they are
         // written.
         let write = async {
-            let mut written = 0;
             while let Some(item) = batch.pop_front() {
                 match item {
                     Outgoing::Event(frame) => {
                         written += frame.len();
                         Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
                         sink.feed(Message::Text(frame)).await?;
+                    }
+                    Outgoing::Binary(bytes) => {
+                        written += bytes.len();
+                        Metrics::add(&chat.metrics.bytes_out, bytes.len() as u64);
+                        sink.feed(Message::Binary(bytes)).await?;
                     }
                     Outgoing::Close(code, reason) => {
                         sink.send(close(code, reason)).await?;
@@ -411,7 +431,6 @@ where
                 }
             }
             sink.flush().await?;
-            queue.release(written);
             Ok(None)
         };
         if !config.coalesce.is_zero() {
@@ -423,6 +442,30 @@ where
             Some(Err(_)) => return End::Gone,
             None => return End::Stalled,
         }
+    }
+}
+
+/// The rate limit on a client's frames: the bucket, and the refusals in a row that end a
+/// flood.
+struct RateLimit {
+    bucket: TokenBucket,
+    refused_in_a_row: u32,
+}
+
+impl RateLimit {
+    /// Takes a token for a frame: `Ok(true)` if it may be handled, `Ok(false)` if it is
+    /// refused, `Err` with the 1008 close after [`FLOOD_REFUSALS`] refusals in a row.
+    fn allow(&mut self, now: Instant, metrics: &Metrics) -> Result<bool, End> {
+        if self.bucket.take(now) {
+            self.refused_in_a_row = 0;
+            return Ok(true);
+        }
+        Metrics::add(&metrics.rate_limited, 1);
+        self.refused_in_a_row += 1;
+        if self.refused_in_a_row >= FLOOD_REFUSALS {
+            return Err(End::violation(1008, "rate limit exceeded"));
+        }
+        Ok(false)
     }
 }
 

@@ -114,6 +114,7 @@ impl Hub {
                 queue,
                 reply,
                 address,
+                ..
             } => {
                 if self.shutting_down {
                     return;
@@ -153,6 +154,8 @@ impl Hub {
                 self.node().bridge.send(Op::Shutdown);
             }
             Command::Cluster(notice) => self.notice(notice),
+            // Raw mode is single-node only (`Config::validate` refuses --redis with it).
+            Command::Publish { .. } => {}
         }
     }
 

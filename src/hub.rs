@@ -526,16 +526,27 @@ impl Hub {
             return;
         };
         room.remove(key);
-        if room.members().is_empty() {
-            room.idle_since = self.tick;
-            if let Some(holder) = room.holder.take()
-                && let Some(held) = self.held.get_mut(&holder)
-            {
+        // The room stays held by an address while a client from it is in the room; when the
+        // last one leaves, the hold passes to a remaining member's address (or ends with the
+        // last member). Otherwise another address could pin this one's quota by staying in
+        // rooms it created.
+        let leaver = self.clients[key].address;
+        let still_there = |k: &usize| self.clients[*k].address == leaver;
+        if room.holder == Some(leaver) && !room.members().iter().any(still_there) {
+            let heir = room.members().first().map(|&k| self.clients[k].address);
+            if let Some(held) = self.held.get_mut(&leaver) {
                 *held -= 1;
                 if *held == 0 {
-                    self.held.remove(&holder);
+                    self.held.remove(&leaver);
                 }
             }
+            if let Some(heir) = heir {
+                *self.held.entry(heir).or_default() += 1;
+            }
+            room.holder = heir;
+        }
+        if room.members().is_empty() {
+            room.idle_since = self.tick;
         }
         if self.config.protocol == Protocol::Raw {
             // A group has no history to keep and nobody to tell.

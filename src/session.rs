@@ -41,8 +41,11 @@ use crate::queue::Weigh;
 use crate::queue::{self, Receiver};
 use crate::race::race;
 
-/// Refusals in a row, after which a flooding client is closed with 1008.
+/// Refusals within [`FLOOD_WINDOW`], after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
+/// The window [`FLOOD_REFUSALS`] are counted in. Not "in a row": a client that sends 49
+/// frames for every token it earns would never have 50 refusals in a row.
+pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 /// Frames the reader handles before it lets the executor run other tasks.
 pub const YIELD_FRAMES: u32 = 32;
 /// How long a session waits for the client to acknowledge a close frame.
@@ -267,7 +270,8 @@ where
     let raw = config.protocol == Protocol::Raw;
     let mut limit = RateLimit {
         bucket: TokenBucket::new(config.rate_limit, config.rate_burst),
-        refused_in_a_row: 0,
+        refused: 0,
+        window_start: started,
     };
     let mut since_yield = 0;
     while let Some(frame) = stream.next().await {
@@ -445,24 +449,28 @@ where
     }
 }
 
-/// The rate limit on a client's frames: the bucket, and the refusals in a row that end a
-/// flood.
+/// The rate limit on a client's frames: the bucket, and the refusals counted in the current
+/// window that end a flood.
 struct RateLimit {
     bucket: TokenBucket,
-    refused_in_a_row: u32,
+    refused: u32,
+    window_start: Instant,
 }
 
 impl RateLimit {
     /// Takes a token for a frame: `Ok(true)` if it may be handled, `Ok(false)` if it is
-    /// refused, `Err` with the 1008 close after [`FLOOD_REFUSALS`] refusals in a row.
+    /// refused, `Err` with the 1008 close at [`FLOOD_REFUSALS`] refusals within
+    /// [`FLOOD_WINDOW`].
     fn allow(&mut self, now: Instant, metrics: &Metrics) -> Result<bool, End> {
         if self.bucket.take(now) {
-            self.refused_in_a_row = 0;
             return Ok(true);
         }
         Metrics::add(&metrics.rate_limited, 1);
-        self.refused_in_a_row += 1;
-        if self.refused_in_a_row >= FLOOD_REFUSALS {
+        if now.duration_since(self.window_start) > FLOOD_WINDOW {
+            (self.window_start, self.refused) = (now, 0);
+        }
+        self.refused += 1;
+        if self.refused >= FLOOD_REFUSALS {
             return Err(End::violation(1008, "rate limit exceeded"));
         }
         Ok(false)

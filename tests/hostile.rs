@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use async_tungstenite::tungstenite::Message;
 use common::*;
 use futures_lite::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use futures_util::SinkExt;
 use serde_json::{Value, json};
 use smol::Async;
 
@@ -301,6 +302,33 @@ fn pings_count_against_the_rate_limit() {
     });
 }
 
+#[test]
+fn refusals_are_counted_in_a_window_not_in_a_row() {
+    let server = server_with(|c| {
+        c.rate_limit = 10;
+        c.rate_burst = 1;
+    });
+    run(async {
+        let mut a = Client::connect(server.addr).await;
+        // 49 frames for every token earned (one each 100 ms): never 50 refusals in a row,
+        // but 490 refused frames a second, each answered with an error.
+        let code = deadline("the dodger's close", async {
+            for _ in 0..10 {
+                for i in 0..49 {
+                    a.ws.feed(Message::Text(format!("{i}").into()))
+                        .await
+                        .unwrap();
+                }
+                a.ws.flush().await.unwrap();
+                smol::Timer::after(Duration::from_millis(110)).await;
+            }
+            a.expect_close().await.0
+        })
+        .await;
+        assert_eq!(code, 1008);
+    });
+}
+
 // 6. DNS rebinding.
 
 #[test]
@@ -492,6 +520,36 @@ fn one_address_cannot_hold_every_room() {
             }
             assert!(matches!(e["type"].as_str(), Some("join" | "leave")), "{e}");
         }
+    });
+}
+
+#[test]
+fn another_address_cannot_pin_a_quota_by_staying_in_its_rooms() {
+    let server = server_with(|c| {
+        c.rate_limit = 0;
+        c.max_rooms_per_address = 3;
+    });
+    run(async {
+        // The victim holds lobby and creates two rooms; the attacker sits in both.
+        let mut victim = client_from("127.0.0.2", server.addr).await;
+        let mut attacker = client_from("127.0.0.3", server.addr).await;
+        victim.expect("join").await;
+        for room in ["v1", "v2"] {
+            victim.join(room).await;
+            attacker.join(room).await;
+            victim.expect("join").await;
+        }
+        // The victim leaves them: the attacker's address holds them now.
+        for room in ["v1", "v2"] {
+            victim.send(json!({"type": "leave", "room": room})).await;
+            attacker.expect("leave").await;
+        }
+        victim.join("v3").await;
+        victim.join("v4").await;
+        // The attacker's address holds v1 and v2 against its own quota: one more, then no more.
+        attacker.join("a1").await;
+        attacker.send(json!({"type": "join", "room": "a2"})).await;
+        attacker.expect_error("room_limit").await;
     });
 }
 

@@ -344,6 +344,16 @@ impl Config {
 
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.ping_interval >= self.idle_timeout {
+            return Err(err(
+                "--ping-interval",
+                &format!(
+                    "must be shorter than --idle-timeout ({:?}), or idle clients that only answer \
+                     pings are closed; got {:?}",
+                    self.idle_timeout, self.ping_interval
+                ),
+            ));
+        }
         #[cfg(feature = "redis")]
         if self.protocol == Protocol::Raw && self.redis.is_some() {
             return Err(err(
@@ -424,10 +434,10 @@ impl Config {
             }
             "history" => self.history = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
             "history-bytes" => {
-                self.history_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?
+                self.history_bytes = number(value, 0, 1 << 30).map_err(|m| bad(&m))?
             }
             "history-total-bytes" => {
-                self.history_total_bytes = number(value, 0, 1 << 40).map_err(|m| bad(&m))?
+                self.history_total_bytes = number(value, 0, 1 << 30).map_err(|m| bad(&m))?
             }
             "threads" => self.threads = number(value, 0, 1024).map_err(|m| bad(&m))?,
             "default-room" => {
@@ -447,7 +457,7 @@ impl Config {
                 self.max_message_bytes = number(value, 64, 16 << 20).map_err(|m| bad(&m))?
             }
             "queue" => self.queue = number(value, 1, 1 << 20).map_err(|m| bad(&m))?,
-            "queue-bytes" => self.queue_bytes = number(value, 1, 1 << 40).map_err(|m| bad(&m))?,
+            "queue-bytes" => self.queue_bytes = number(value, 1, 1 << 30).map_err(|m| bad(&m))?,
             "max-pending" => self.max_pending = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
             "allow-host" => {
                 let host = value.to_ascii_lowercase();
@@ -534,10 +544,12 @@ where
     }
 }
 
-/// Parses `10`, `10s`, `500ms` or `2m`. Zero is refused: every duration here is a timeout or
-/// an interval, and zero would make the server close or ping without pause.
+/// Parses `10`, `10s`, `500ms` or `2m`, up to a day. Zero is refused: every duration here is a
+/// timeout or an interval, and zero would make the server close or ping without pause; more
+/// than a day is no timeout at all, and would overflow the clock's arithmetic.
 fn duration(value: &str) -> Result<Duration, String> {
-    let expected = || "expected a positive duration like 10, 10s, 500ms or 2m".to_string();
+    let expected =
+        || "expected a positive duration up to a day, like 10, 10s, 500ms or 2m".to_string();
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
         None => (value, "s"),
@@ -549,7 +561,11 @@ fn duration(value: &str) -> Result<Duration, String> {
         "m" => Duration::from_secs(n.saturating_mul(60)),
         _ => return Err(expected()),
     };
-    if d.is_zero() { Err(expected()) } else { Ok(d) }
+    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+        Err(expected())
+    } else {
+        Ok(d)
+    }
 }
 
 #[cfg(test)]
@@ -615,6 +631,11 @@ mod tests {
             (&["--default-room", "No Spaces"][..], "--default-room"),
             (&["--queue", "0"][..], "--queue"),
             (&["--write-timeout", "0"][..], "--write-timeout"),
+            (
+                &["--ping-interval", "18446744073709551615"][..],
+                "--ping-interval",
+            ),
+            (&["--ping-interval", "80s"][..], "--ping-interval"),
             (&["--nope", "1"][..], "--nope"),
             (&["--history"][..], "--history"),
         ] {

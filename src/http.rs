@@ -103,6 +103,10 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         let value = String::from_utf8_lossy(h.value).trim().to_string();
         let name = h.name;
         if name.eq_ignore_ascii_case("host") {
+            // Two `Host` headers: a proxy in front may have read the other one (RFC 9112).
+            if head.host.is_some() {
+                return Err(HeadError::Malformed);
+            }
             head.host = Some(value);
         } else if name.eq_ignore_ascii_case("origin") {
             head.origin = Some(value);
@@ -289,10 +293,11 @@ pub fn host_allowed(head: &Head, config: &Config) -> bool {
         return true;
     };
     let name = if let Some(rest) = host.strip_prefix('[') {
-        // An IPv6 literal: [::1] or [::1]:8080.
-        return rest
-            .split_once(']')
-            .is_some_and(|(ip, _)| ip.parse::<std::net::Ipv6Addr>().is_ok());
+        // An IPv6 literal: [::1] or [::1]:8080, nothing else after the bracket.
+        return rest.split_once(']').is_some_and(|(ip, after)| {
+            let port = after.strip_prefix(':').unwrap_or(after);
+            ip.parse::<std::net::Ipv6Addr>().is_ok() && port.bytes().all(|b| b.is_ascii_digit())
+        });
     } else {
         match host.rsplit_once(':') {
             Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
@@ -423,6 +428,10 @@ mod tests {
             parse_head(b"\x16\x03\x01garbage\r\n\r\n"),
             Err(HeadError::Malformed)
         ));
+        assert!(matches!(
+            parse_head(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"),
+            Err(HeadError::Malformed)
+        ));
     }
 
     #[test]
@@ -467,6 +476,7 @@ mod tests {
             "evil.example",
             "127.0.0.1.evil.example",
             "[x]",
+            "[::1]evil.example",
         ] {
             assert!(!host_allowed(&with_host(refused), &config), "{refused}");
         }

@@ -46,6 +46,7 @@ pub mod room;
 pub mod server;
 mod session;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -59,7 +60,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub use config::Config;
 use deadline::within;
 use http::{HeadError, Response, Route};
-use hub::{Command, Hub};
+use hub::{Address, Command, Hub};
 use meter::{Metered, Progress};
 pub use metrics::Metrics;
 use metrics::Refusal;
@@ -81,6 +82,8 @@ pub struct Chat {
     inbox: Sender<Command>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Pending connections per address, for each address's share of `--max-pending`.
+    pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
     bridge_stopped: Option<async_channel::Receiver<()>>,
@@ -109,6 +112,7 @@ impl Chat {
             inbox,
             config,
             metrics,
+            pending: Arc::default(),
             #[cfg(feature = "redis")]
             bridge_stopped,
         };
@@ -161,14 +165,32 @@ impl Chat {
         }
     }
 
+    /// One of the address's share of the `--max-pending` slots: an eighth of them (at least
+    /// 4), so that one address cannot hold every slot and lock everyone else out.
+    fn pending_share(&self, peer: &str) -> Option<Share> {
+        let address = Address::of(peer);
+        let share = (self.config.max_pending / 8).max(4) as u32;
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let count = pending.entry(address).or_default();
+        if *count >= share {
+            return None;
+        }
+        *count += 1;
+        Some(Share {
+            pending: self.pending.clone(),
+            address,
+        })
+    }
+
     /// Everything before the session: a `--max-pending` slot, then the HTTP exchange within
     /// `--handshake-timeout`.
     async fn admit<S>(&self, mut stream: S, peer: &str) -> Option<Upgraded<'_, S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(_pending) = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
-        else {
+        let pending = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
+            .and_then(|slot| Some((slot, self.pending_share(peer)?)));
+        let Some(_pending) = pending else {
             self.metrics.refuse(Refusal::Pending);
             logger::refusal(
                 peer,
@@ -386,6 +408,24 @@ type Upgraded<'a, S> = (
     Option<String>,
     Slot<'a>,
 );
+
+/// A connection's place in its address's share of `--max-pending`.
+struct Share {
+    pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
+    address: Address,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.address);
+            }
+        }
+    }
+}
 
 /// One unit of a gauge with a limit (`connections` under `--max-connections`, `pending` under
 /// `--max-pending`), held for as long as the connection is in that state.

@@ -192,6 +192,39 @@ fn connections_beyond_max_pending_are_refused_without_disturbing_sessions() {
     });
 }
 
+#[test]
+fn one_address_gets_an_eighth_of_the_pending_slots() {
+    let server = server_with(|c| c.max_pending = 32);
+    run(async {
+        // Four connections from one address that never send a request: its share.
+        let idle: Vec<_> = (0..4).map(|_| tcp_from("127.0.0.2", server.addr)).collect();
+        let refused = deadline("a refusal for the same address", async {
+            loop {
+                let mut s = tcp_from("127.0.0.2", server.addr);
+                s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+                let mut out = Vec::new();
+                let _ = s.read_to_end(&mut out).await;
+                let out = String::from_utf8_lossy(&out).into_owned();
+                if !out.starts_with("HTTP/1.1 200") {
+                    return out;
+                }
+            }
+        })
+        .await;
+        assert!(
+            refused.is_empty() || refused.starts_with("HTTP/1.1 503"),
+            "{refused}"
+        );
+        // Another address is served.
+        let mut s = tcp_from("127.0.0.3", server.addr);
+        s.write_all(b"GET /healthz HTTP/1.1\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        assert!(out.starts_with(b"HTTP/1.1 200"));
+        drop(idle);
+    });
+}
+
 // 4. Floods that never become messages.
 
 /// A client frame: FIN + `opcode` byte as given, masked with a zero key (valid; the payload
@@ -462,14 +495,19 @@ fn a_slow_link_that_keeps_moving_is_not_a_stalled_client() {
 
 // 8. Rooms for everyone.
 
-/// A client connecting from `local` (any 127.x.y.z works on loopback).
-async fn client_from(local: &str, server: SocketAddr) -> Client {
+/// A TCP connection from `local` (any 127.x.y.z works on loopback).
+fn tcp_from(local: &str, server: SocketAddr) -> Async<TcpStream> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     socket
         .bind(&format!("{local}:0").parse::<SocketAddr>().unwrap().into())
         .unwrap();
     socket.connect(&server.into()).unwrap();
-    let stream = Async::new(TcpStream::from(socket)).unwrap();
+    Async::new(TcpStream::from(socket)).unwrap()
+}
+
+/// A client connecting from `local`.
+async fn client_from(local: &str, server: SocketAddr) -> Client {
+    let stream = tcp_from(local, server);
     let (ws, _) = async_tungstenite::client_async(format!("ws://{server}/ws"), stream)
         .await
         .unwrap();

@@ -39,8 +39,8 @@ const GATEWAY: &[&str] = &[
 /// "Limits and guarantees"): a fixed base, then per connection its share, then the pending
 /// connections, the history and the rooms.
 fn bound_kib(connections: u64) -> u64 {
-    let (queue_bytes, max_message, pending, history_total, rooms) =
-        (16384u64, 2048u64, 64u64, 1048576u64, 200u64);
+    let (queue_bytes, max_message, pending, history_total, rooms, history) =
+        (16384u64, 2048u64, 64u64, 1048576u64, 200u64, 50u64);
     let config = smolchat::Config {
         max_message_bytes: max_message as usize,
         ..smolchat::Config::default()
@@ -51,7 +51,9 @@ fn bound_kib(connections: u64) -> u64 {
     let bytes = base
         + connections * per_connection
         + pending * 12 * 1024
+        + 1024 * (max_message + 128)
         + history_total * 5 / 4
+        + rooms * history * 96
         + rooms * 1024;
     bytes / 1024
 }

@@ -36,16 +36,18 @@ function freePort() {
 }
 
 const serverLog = [];
-const logFile = () => path.join(OUT, 'server.log');
 
 class Server {
-  constructor(port) {
+  /** `args` are more flags (e.g. `--protocol raw`); `log` is its log's file in target/browser/. */
+  constructor(port, { args = [], log = 'server.log' } = {}) {
     this.port = port;
+    this.args = args;
+    this.log = path.join(OUT, log);
     this.child = null;
   }
 
   async start() {
-    const child = spawn(BIN, ['--listen', `127.0.0.1:${this.port}`, '--log-level', 'info'], {
+    const child = spawn(BIN, ['--listen', `127.0.0.1:${this.port}`, '--log-level', 'info', ...this.args], {
       stdio: ['ignore', 'pipe', 'pipe'],
     });
     this.child = child;
@@ -56,7 +58,7 @@ class Server {
       stream.setEncoding('utf8');
       stream.on('data', (chunk) => {
         serverLog.push(chunk);
-        fs.appendFileSync(logFile(), chunk);
+        fs.appendFileSync(this.log, chunk);
       });
     }
     // Ready when /healthz answers; a retry every 50 ms, failing after TIMEOUT.
@@ -135,7 +137,9 @@ function check(cond, message) {
   if (!cond) throw new Error(message);
 }
 
-function watch(page, name) {
+/** Fails the test on what `page` shows that it should not. `favicon`: a 404 for /favicon.ico
+ * is expected (raw mode's page names no icon, so the browser asks the server for one). */
+function watch(page, name, { favicon = false } = {}) {
   page.setDefaultTimeout(TIMEOUT);
   page.on('dialog', async (d) => {
     problems.push(`page ${name}: a ${d.type()} dialog opened (${JSON.stringify(d.message())}): injected script ran`);
@@ -148,6 +152,7 @@ function watch(page, name) {
     // Failed reconnection attempts while the server is down are expected.
     if (/WebSocket connection to .* failed/.test(text)) return;
     if (expectCspViolation && /inline event handler/.test(text)) return;
+    if (favicon && new URL(m.location().url || 'about:blank').pathname === '/favicon.ico' && /404/.test(text)) return;
     problems.push(`page ${name}: console error: ${text}`);
   });
 }
@@ -292,11 +297,110 @@ async function checkNotRateLimited(page, name) {
   check(lines === 0, `page ${name} shows ${lines} rate_limited error line(s)`);
 }
 
+/** Checks `GET url`: one self-contained page, with a CSP that allows only its own inline
+ * script and style, by hash. Returns the page's text. */
+async function checkPageResponse(url) {
+  const r = await fetch(url);
+  const body = await r.text();
+  const csp = r.headers.get('content-security-policy') || '';
+  check(r.status === 200, `GET / answered ${r.status}`);
+  check(Buffer.byteLength(body) < 32_000, `the page is ${Buffer.byteLength(body)} bytes; the limit is 32 KB`);
+  check(!csp.includes('unsafe-inline'), `the CSP allows unsafe-inline: ${csp}`);
+  check(/default-src 'none'/.test(csp) && /connect-src 'self'/.test(csp), `unexpected CSP: ${csp}`);
+  for (const tag of ['script', 'style']) {
+    const inline = body.match(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`));
+    check(inline, `no inline <${tag}> in the page`);
+    const hash = createHash('sha256').update(inline[1], 'utf8').digest('base64');
+    check(csp.includes(`${tag}-src 'sha256-${hash}'`), `the CSP does not carry the <${tag}>'s hash ${hash}: ${csp}`);
+  }
+  check((r.headers.get('cache-control') || '').includes('no-cache'), 'missing Cache-Control: no-cache');
+  check(r.headers.get('x-content-type-options') === 'nosniff', 'missing X-Content-Type-Options: nosniff');
+  check(!/\b(src|href)=["']?(https?:)?\/\//i.test(body), 'the page refers to an external resource');
+  check(!/innerHTML|outerHTML|insertAdjacentHTML|document\.write/.test(body), 'the page uses an HTML-parsing sink');
+  return body;
+}
+
+// Raw mode's page (web/raw.html): a log of lines (`#log > div`, connection notes with class
+// `note`) and one input.
+
+/** The lines the raw page shows, without its connection notes. */
+const rawLines = (page) => page.locator('#log > div:not(.note)').allTextContents();
+const rawNotes = (page) => page.locator('#log > div.note').allTextContents();
+
+/** Waits until the raw page shows exactly the lines `want`, in that order. */
+async function waitLines(page, name, want) {
+  try {
+    await page.waitForFunction(
+      (w) => JSON.stringify([...document.querySelectorAll('#log > div:not(.note)')].map((d) => d.textContent)) === JSON.stringify(w),
+      want,
+    );
+  } catch (e) {
+    throw new Error(`page ${name} shows ${JSON.stringify(await rawLines(page))}, expected ${JSON.stringify(want)}: ${e.message}`);
+  }
+}
+
+/** Waits until the raw page has said `connected to URL` `n` times (n - 1 reconnections). */
+async function waitConnected(page, name, url, n = 1) {
+  const note = `connected to ${url}`;
+  try {
+    await page.waitForFunction(
+      ([t, n]) => [...document.querySelectorAll('#log > div.note')].filter((d) => d.textContent === t).length >= n,
+      [note, n],
+    );
+  } catch (e) {
+    throw new Error(`page ${name} did not say ${JSON.stringify(note)} ${n} time(s); its notes: ${JSON.stringify(await rawNotes(page))}: ${e.message}`);
+  }
+}
+
+/** Types `text` into the raw page's input and presses Enter, which sends it. */
+async function typeLine(page, text) {
+  const input = page.getByLabel('message');
+  await input.fill(text);
+  await input.press('Enter');
+  check((await input.inputValue()) === '', `the input was not cleared after sending ${JSON.stringify(text)}`);
+}
+
+/** A WebSocket client that is not the raw page: connects to `url`, sends `frames` (`{text}` or
+ * `{bytes: [...]}`), collects what the server sends it until as many frames have come back,
+ * and closes. Self-contained, to run in Node or, by `evaluate`, in a page. */
+function exchange([url, frames, timeout]) {
+  return new Promise((resolve, reject) => {
+    const ws = new WebSocket(url);
+    ws.binaryType = 'arraybuffer';
+    const got = [];
+    const timer = setTimeout(() => {
+      ws.close();
+      reject(new Error(`${url}: ${got.length} of ${frames.length} frames back within ${timeout} ms`));
+    }, timeout);
+    ws.onerror = () => { clearTimeout(timer); reject(new Error(`${url}: the connection failed`)); };
+    ws.onopen = () => {
+      for (const f of frames) ws.send('text' in f ? f.text : new Uint8Array(f.bytes));
+    };
+    ws.onmessage = (e) => {
+      got.push(typeof e.data === 'string' ? { text: e.data } : { bytes: [...new Uint8Array(e.data)] });
+      if (got.length === frames.length) {
+        clearTimeout(timer);
+        ws.onerror = null;
+        ws.close();
+        resolve(got);
+      }
+    };
+  });
+}
+
+/** Runs `exchange` with Node's own WebSocket where this Node has one (22 and later; 20 with
+ * --experimental-websocket), else in `blank`, a page at the server's origin that is not the
+ * raw page (like the bare protocol connections above). */
+async function bareClient(blank, url, frames) {
+  if (typeof globalThis.WebSocket === 'function') return { via: 'Node', got: await exchange([url, frames, TIMEOUT]) };
+  return { via: 'a blank page', got: await blank.evaluate(exchange, [url, frames, TIMEOUT]) };
+}
+
 // ---------------------------------------------------------------- the test
 
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
-  fs.writeFileSync(logFile(), '');
+  for (const f of ['server.log', 'server-raw.log']) fs.writeFileSync(path.join(OUT, f), '');
   for (const f of fs.readdirSync(OUT)) if (f.startsWith('failure-')) fs.rmSync(path.join(OUT, f));
   check(fs.existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` first, or set SMOLCHAT_BIN`);
   check(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
@@ -306,6 +410,9 @@ async function main() {
   await server.start();
   const proxy = new Proxy(port);
   const proxyPort = await proxy.listen();
+  // Raw mode (--protocol raw) is a second server, started for its own checks after the rest.
+  const rawPort = await freePort();
+  const rawServer = new Server(rawPort, { args: ['--protocol', 'raw'], log: 'server-raw.log' });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
   const pages = {};
   try {
@@ -319,23 +426,7 @@ async function main() {
     const viaProxy = `http://127.0.0.1:${proxyPort}/`;
 
     await step('GET / serves one self-contained page with a hash-based CSP', async () => {
-      const r = await fetch(direct);
-      const body = await r.text();
-      const csp = r.headers.get('content-security-policy') || '';
-      check(r.status === 200, `GET / answered ${r.status}`);
-      check(Buffer.byteLength(body) < 32_000, `the page is ${Buffer.byteLength(body)} bytes; the limit is 32 KB`);
-      check(!csp.includes('unsafe-inline'), `the CSP allows unsafe-inline: ${csp}`);
-      check(/default-src 'none'/.test(csp) && /connect-src 'self'/.test(csp), `unexpected CSP: ${csp}`);
-      for (const tag of ['script', 'style']) {
-        const inline = body.match(new RegExp(`<${tag}>([\\s\\S]*?)</${tag}>`));
-        check(inline, `no inline <${tag}> in the page`);
-        const hash = createHash('sha256').update(inline[1], 'utf8').digest('base64');
-        check(csp.includes(`${tag}-src 'sha256-${hash}'`), `the CSP does not carry the <${tag}>'s hash ${hash}: ${csp}`);
-      }
-      check((r.headers.get('cache-control') || '').includes('no-cache'), 'missing Cache-Control: no-cache');
-      check(r.headers.get('x-content-type-options') === 'nosniff', 'missing X-Content-Type-Options: nosniff');
-      check(!/\b(src|href)=["']?(https?:)?\/\//i.test(body), 'the page refers to an external resource');
-      check(!/innerHTML|outerHTML|insertAdjacentHTML|document\.write/.test(body), 'the page uses an HTML-parsing sink');
+      await checkPageResponse(direct);
     });
 
     await step('both pages load and connect (A direct, B phone-sized through a proxy)', async () => {
@@ -656,6 +747,179 @@ async function main() {
       await a.emulateMedia({ colorScheme: 'dark' });
       await a.screenshot({ path: path.join(OUT, 'a-dark.png') });
     });
+
+    // ------------------------------------------------------------ raw mode (--protocol raw)
+    // Every frame a client sends goes, as it is, to every client of its group, the sender
+    // included, and nothing else is ever sent: each page must show exactly the lines sent to
+    // its group, in order.
+    await rawServer.start();
+    const rawUrl = `http://127.0.0.1:${rawPort}/`;
+    const wsDefault = `ws://127.0.0.1:${rawPort}/ws`;
+    const wsOps = `ws://127.0.0.1:${rawPort}/ws/ops`;
+    const rawPage = async (name, options) => {
+      const context = await browser.newContext(options);
+      // Every CSP violation the page reports, whatever the console shows.
+      await context.addInitScript(() => {
+        window.cspViolations = [];
+        document.addEventListener('securitypolicyviolation', (e) => {
+          window.cspViolations.push(`${e.effectiveDirective} blocked ${e.blockedURI || 'inline'}`);
+        });
+      });
+      const page = await context.newPage();
+      pages[name] = page;
+      watch(page, name, { favicon: true });
+      return page;
+    };
+    const ra = await rawPage('raw-A', { viewport: { width: 900, height: 600 } });
+    const rb = await rawPage('raw-B', { viewport: { width: 390, height: 760 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+    const rc = await rawPage('raw-C', { viewport: { width: 900, height: 600 } });
+    const rd = await rawPage('raw-D', { viewport: { width: 900, height: 600 } });
+    const seen = { def: [], ops: [] }; // what each group's pages must show, in order
+
+    await step('raw mode: GET / serves the raw page, self-contained, with a hash-based CSP', async () => {
+      const body = await checkPageResponse(rawUrl);
+      check(body.includes('id="log"') && body.includes('<title>smolchat (raw)</title>'), 'GET / in raw mode is not web/raw.html');
+    });
+
+    await step('raw mode: two pages on / show every line verbatim, the sender included, in order', async () => {
+      await ra.goto(rawUrl);
+      await rb.goto(rawUrl);
+      await waitConnected(ra, 'raw-A', wsDefault);
+      await waitConnected(rb, 'raw-B', wsDefault);
+      // Sent one after the other without waiting: they must arrive in this order.
+      const fromA = ['first', 'second', '  two spaces either side  ', 'héllo ✓ 日本語 🙂', 'third'];
+      for (const text of fromA) await typeLine(ra, text);
+      seen.def.push(...fromA);
+      await waitLines(ra, 'raw-A', seen.def);
+      await waitLines(rb, 'raw-B', seen.def);
+      await typeLine(rb, 'from the phone');
+      seen.def.push('from the phone');
+      await waitLines(ra, 'raw-A', seen.def);
+      await waitLines(rb, 'raw-B', seen.def);
+    });
+
+    await step('raw mode: markup in a line is shown as literal text and runs nothing', async () => {
+      const marked = ['<b>x</b>', '<img src=x onerror=alert(1)>', '&lt;i&gt; &amp;'];
+      for (const text of marked) await typeLine(rb, text);
+      seen.def.push(...marked);
+      for (const [name, page] of [['raw-A', ra], ['raw-B', rb]]) {
+        await waitLines(page, name, seen.def);
+        // Each line is a div holding only text.
+        const made = await page.locator('#log *').evaluateAll((els) => els.filter((e) => e.tagName !== 'DIV' || e.children.length).map((e) => e.tagName));
+        check(made.length === 0, `page ${name} made elements from lines: ${made}`);
+      }
+    });
+
+    await step('raw mode: a page on /#ops sees its own group only', async () => {
+      await rc.goto(`${rawUrl}#ops`);
+      await rd.goto(`${rawUrl}#ops`);
+      await waitConnected(rc, 'raw-C', wsOps);
+      await waitConnected(rd, 'raw-D', wsOps);
+      await typeLine(ra, 'default only');
+      seen.def.push('default only');
+      await waitLines(ra, 'raw-A', seen.def);
+      await waitLines(rb, 'raw-B', seen.def);
+      await typeLine(rc, 'ops only');
+      seen.ops.push('ops only');
+      await waitLines(rc, 'raw-C', seen.ops);
+      await waitLines(rd, 'raw-D', seen.ops);
+      await typeLine(rd, 'ops reply');
+      seen.ops.push('ops reply');
+      // A line sent after the others to each group: once it is in, anything leaked across
+      // would be in too, and the exact lists would not match.
+      await typeLine(rb, 'default again');
+      seen.def.push('default again');
+      for (const [name, page, want] of [['raw-A', ra, seen.def], ['raw-B', rb, seen.def], ['raw-C', rc, seen.ops], ['raw-D', rd, seen.ops]]) {
+        await waitLines(page, name, want);
+      }
+    });
+
+    await step('raw mode: frames from a non-browser client reach the pages; binary shows as [binary, N bytes]', async () => {
+      const blank = await browser.newPage();
+      await blank.goto(`${rawUrl}healthz`);
+      const frames = [
+        { text: 'from a bare client' },
+        { bytes: [0, 1, 2, 254, 255] },
+        { bytes: Array.from({ length: 1000 }, (_, i) => i & 255) },
+        { text: '' },
+        { text: 'bare client done' },
+      ];
+      const { via, got } = await bareClient(blank, wsDefault, frames);
+      // The sender gets its own frames back, as sent: binary stays binary.
+      check(JSON.stringify(got) === JSON.stringify(frames), `the bare client (${via}) got back ${JSON.stringify(got).slice(0, 300)}`);
+      seen.def.push('from a bare client', '[binary, 5 bytes]', '[binary, 1000 bytes]', '', 'bare client done');
+      await waitLines(ra, 'raw-A', seen.def);
+      await waitLines(rb, 'raw-B', seen.def);
+      const ops = await bareClient(blank, wsOps, [{ bytes: [7, 7, 7] }]);
+      check(ops.got.length === 1 && JSON.stringify(ops.got[0].bytes) === '[7,7,7]', `the bare client in ops got back ${JSON.stringify(ops.got)}`);
+      seen.ops.push('[binary, 3 bytes]');
+      await waitLines(rc, 'raw-C', seen.ops);
+      await waitLines(rd, 'raw-D', seen.ops);
+      await blank.close();
+      console.log(`#   (the bare client ran in ${via})`);
+    });
+
+    await step('raw mode: changing the fragment of an open page moves it to that group', async () => {
+      const re = await rawPage('raw-E', { viewport: { width: 900, height: 600 } });
+      await re.goto(rawUrl);
+      await waitConnected(re, 'raw-E', wsDefault);
+      // As when the address bar's fragment is edited: no new document is loaded.
+      await re.evaluate(() => { location.hash = 'ops'; });
+      await waitConnected(re, 'raw-E', wsOps);
+      await typeLine(rc, 'ops, with E');
+      seen.ops.push('ops, with E');
+      await waitLines(rc, 'raw-C', seen.ops);
+      await waitLines(rd, 'raw-D', seen.ops);
+      await re.waitForFunction(() => [...document.querySelectorAll('#log > div:not(.note)')].some((d) => d.textContent === 'ops, with E'));
+      await typeLine(re, 'E in ops');
+      seen.ops.push('E in ops');
+      await waitLines(rc, 'raw-C', seen.ops);
+      await typeLine(ra, 'E has left');
+      seen.def.push('E has left');
+      await waitLines(ra, 'raw-A', seen.def);
+      await waitLines(rb, 'raw-B', seen.def);
+      check(!(await rawLines(re)).includes('E has left'), "page E, now in ops, shows the default group's line");
+      await re.context().close();
+      delete pages['raw-E'];
+    });
+
+    await step('raw mode: after a server restart the pages reconnect by themselves', async () => {
+      await rawServer.stop();
+      for (const [name, page] of [['raw-A', ra], ['raw-B', rb], ['raw-C', rc], ['raw-D', rd]]) {
+        await page.waitForFunction(() => [...document.querySelectorAll('#log > div.note')].some((d) => d.textContent.startsWith('connection closed')));
+        check((await page.locator('#log > div.note').last().textContent()).endsWith('reconnecting'), `page ${name} does not say it is reconnecting`);
+      }
+      await ra.screenshot({ path: path.join(OUT, 'raw-a-offline.png') });
+      await rawServer.start(); // same port
+      await waitConnected(ra, 'raw-A', wsDefault, 2);
+      await waitConnected(rb, 'raw-B', wsDefault, 2);
+      await waitConnected(rc, 'raw-C', wsOps, 2);
+      await waitConnected(rd, 'raw-D', wsOps, 2);
+      await typeLine(rb, 'after the restart');
+      seen.def.push('after the restart');
+      await typeLine(rd, 'ops after the restart');
+      seen.ops.push('ops after the restart');
+      for (const [name, page, want] of [['raw-A', ra, seen.def], ['raw-B', rb, seen.def], ['raw-C', rc, seen.ops], ['raw-D', rd, seen.ops]]) {
+        await waitLines(page, name, want);
+      }
+    });
+
+    await step("raw mode: the page's script runs under its CSP, which reports no violation", async () => {
+      // Every line above got through the page's script, so it ran; the CSP must not have
+      // blocked anything else either (a console error about it would have failed a step).
+      for (const [name, page] of [['raw-A', ra], ['raw-B', rb], ['raw-C', rc], ['raw-D', rd]]) {
+        const violations = await page.evaluate(() => window.cspViolations);
+        check(Array.isArray(violations) && violations.length === 0, `page ${name} reported CSP violations: ${JSON.stringify(violations)}`);
+        const style = await page.locator('#log').evaluate((el) => getComputedStyle(el).whiteSpace);
+        check(style === 'pre-wrap', `page ${name}'s inline style did not apply (white-space: ${style})`);
+      }
+    });
+
+    await step('raw mode: screenshots saved under target/browser/', async () => {
+      await ra.screenshot({ path: path.join(OUT, 'raw-a.png') });
+      await rb.screenshot({ path: path.join(OUT, 'raw-b.png') });
+      await rc.screenshot({ path: path.join(OUT, 'raw-ops.png') });
+    });
   } catch (e) {
     for (const [name, page] of Object.entries(pages)) {
       await page.screenshot({ path: path.join(OUT, `failure-${name}.png`) }).catch(() => {});
@@ -665,6 +929,7 @@ async function main() {
     await browser.close().catch(() => {});
     await proxy.close().catch(() => {});
     await server.stop().catch(() => {});
+    await rawServer.stop().catch(() => {});
   }
 }
 

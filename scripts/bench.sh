@@ -153,12 +153,14 @@ start_server() {
   case $1 in
     smolchat | smolchat-raw)
       # No rate limit (the generator sends far more than 10 msg/s per client), room for the
-      # idle runs' 10,000 clients, default --queue; warn-level logging so that per-connection
+      # idle runs' 10,000 clients (all from one address, connecting as fast as they can, so
+      # no per-address share of pending connections either), default --queue; warn-level logging so that per-connection
       # info lines do not cost the server time during the measurement.
       local protocol=v1
       [ "$1" = smolchat-raw ] && protocol=raw
       "${prio[@]}" "${pin_server[@]}" "$smolchat" --listen "127.0.0.1:$port" --rate-limit 0 \
-        --max-connections 20000 --log-level warn --protocol "$protocol" >"$2" 2>&1 &
+        --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 \
+        --log-level warn --protocol "$protocol" >"$2" 2>&1 &
       ;;
     go-hub)
       "${prio[@]}" "${pin_server[@]}" "$go_hub" -port "$port" >"$2" 2>&1 &
@@ -266,7 +268,7 @@ fi
   echo "- Machine: $(nproc) cores, $cpu, $mem; $(uname -sr)"
   echo "- Server on core 0 (\`taskset -c 0\`); load generator \`examples/bench.rs\` (one thread) on core 1 (\`taskset -c 1\`): its CPU use is the \"generator CPU\" column, 100% = core 1 saturated"
   echo "- Priority: $([ -n "$nice_level" ] && echo "the benchmark in its own session, autogroup \`$autogroup\`, server and generator at \`nice -n $nice_level\`" || echo "default (nice 0)"); the \"waited\" columns show how long each one's busiest thread waited for its core anyway"
-  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); Go hub: \`go-seed -port P\`"
+  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); Go hub: \`go-seed -port P\`"
   echo "- Load average (1, 5, 15 min) before: $load_before; after: $load_after"
   if [ "$attempts" -gt 1 ]; then
     echo "- A row in which the server's or the generator's busiest thread waited for its core more than $noise_limit% of the time was measured up to $attempts times and the least disturbed attempt is shown; $noisy_rows of $row rows needed that"

@@ -6,10 +6,18 @@
 #
 # Usage: scripts/build-static.sh            -> prints the path of the binary
 #        PROFILE=release scripts/build-static.sh   (speed-first instead)
+#        FEATURES=tls scripts/build-static.sh      (with TLS; built under target/tls/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-min}
 target=x86_64-unknown-linux-gnu
+features=()
+dir=target
+if [ -n "${FEATURES:-}" ]; then
+  features=(--features "$FEATURES")
+  dir=target/${FEATURES//,/-}
+fi
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
-  cargo build --locked --profile "$profile" --target "$target" --bin smolchat >&2
-echo "target/$target/$profile/smolchat"
+  CARGO_TARGET_DIR=$dir cargo build --locked --profile "$profile" --target "$target" \
+  --bin smolchat "${features[@]}" >&2
+echo "$dir/$target/$profile/smolchat"

@@ -14,8 +14,10 @@ DYNAMIC_MIN_BUDGET=750000    # dynamic binary, size-first profile (see README "B
 DYNAMIC_RELEASE_BUDGET=910000 # dynamic binary, speed-first release profile
 
 static=$(scripts/build-static.sh)
+static_tls=$(FEATURES=tls scripts/build-static.sh)
 cargo build --locked --release --bin smolchat >&2
 cargo build --locked --profile min --bin smolchat >&2
+CARGO_TARGET_DIR=target/tls cargo build --locked --profile min --bin smolchat --features tls >&2
 
 size_of() { stat -c %s "$1"; }
 fail=0
@@ -30,6 +32,8 @@ check() { # name path budget
 check "static (min profile)" "$static" $STATIC_BUDGET
 check "dynamic (min profile)" target/min/smolchat $DYNAMIC_MIN_BUDGET
 check "dynamic (release profile)" target/release/smolchat $DYNAMIC_RELEASE_BUDGET
+check "static, tls (min profile)" "$static_tls" $STATIC_TLS_BUDGET
+check "dynamic, tls (min profile)" target/tls/min/smolchat $DYNAMIC_TLS_BUDGET
 if ! command -v file >/dev/null 2>&1; then # not on every fresh machine
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq file >/dev/null
 fi

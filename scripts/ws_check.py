@@ -4,13 +4,19 @@ server: connects to ADDR, expects `welcome` and the `lobby` room event, says som
 it back, then sends the server process PID a signal (default SIGINT) and expects close 1001.
 
 Usage: ws_check.py ADDR PID [SIGINT|SIGTERM]   (exit status 0 on success)
+With WS_CHECK_CA=PEM in the environment it speaks wss, trusting that certificate for
+`localhost`.
 """
-import base64, json, os, signal, socket, struct, sys
+import base64, json, os, signal, socket, ssl, struct, sys
 
 addr, pid = sys.argv[1], int(sys.argv[2])
 sig = getattr(signal, sys.argv[3]) if len(sys.argv) > 3 else signal.SIGINT
 host, port = addr.rsplit(":", 1)
 sock = socket.create_connection((host.strip("[]"), int(port)), timeout=10)
+if os.environ.get("WS_CHECK_CA"):
+    context = ssl.create_default_context(cafile=os.environ["WS_CHECK_CA"])
+    sock = context.wrap_socket(sock, server_hostname="localhost")
+    print(f"   TLS {sock.version()}, certificate for localhost verified")
 key = base64.b64encode(os.urandom(16)).decode()
 sock.sendall(
     f"GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"

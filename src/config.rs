@@ -56,6 +56,9 @@ pub struct Config {
     /// Connections that are not (yet) WebSocket sessions: request heads being read and plain
     /// responses being written. More are closed at once (`--max-pending`).
     pub max_pending: usize,
+    /// Of those, how many one address (IPv4, or IPv6 /64) may have at once
+    /// (`--max-pending-per-address`), so that one address cannot lock everyone else out.
+    pub max_pending_per_address: usize,
     /// Host names a WebSocket upgrade may be addressed to besides IP literals and `localhost`;
     /// `*` allows any (`--allow-host`, repeatable). Guards against DNS rebinding.
     pub allow_hosts: Vec<String>,
@@ -97,6 +100,13 @@ pub struct Config {
     /// (`--redis-heartbeat`). A node whose heartbeat is 3 intervals old is lost.
     #[cfg(feature = "redis")]
     pub redis_heartbeat: Duration,
+    /// TLS: the certificate chain, PEM (`--tls-cert`). With `tls_key`, the port serves https
+    /// and wss only.
+    #[cfg(feature = "tls")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// TLS: the private key, PEM (`--tls-key`).
+    #[cfg(feature = "tls")]
+    pub tls_key: Option<std::path::PathBuf>,
 }
 
 impl Default for Config {
@@ -116,6 +126,7 @@ impl Default for Config {
             max_connections: 10_000,
             handshake_timeout: Duration::from_secs(10),
             max_pending: 512,
+            max_pending_per_address: 64,
             allow_hosts: Vec::new(),
             allow_origins: Vec::new(),
             rate_limit: 10,
@@ -133,6 +144,10 @@ impl Default for Config {
             redis: None,
             #[cfg(feature = "redis")]
             redis_heartbeat: Duration::from_secs(5),
+            #[cfg(feature = "tls")]
+            tls_cert: None,
+            #[cfg(feature = "tls")]
+            tls_key: None,
         }
     }
 }
@@ -191,6 +206,7 @@ Options:
   --max-connections N         concurrent WebSocket connections [default: 10000]
   --handshake-timeout DUR     time for a whole plain HTTP exchange or upgrade [default: 10s]
   --max-pending N             connections not yet WebSocket sessions [default: 512]
+  --max-pending-per-address N   of those, from one address (IPv6: /64) [default: 64]
   --allow-host NAME           host name /ws may be reached by besides IP literals and
                               localhost; repeatable; * = any
   --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
@@ -221,6 +237,17 @@ Scale-out (the redis feature; see docs/scale-out.md):
     ""
 };
 
+/// The TLS options, printed after [`HELP`] in builds with the `tls` feature.
+pub const HELP_TLS: &str = if cfg!(feature = "tls") {
+    "
+TLS (the tls feature; SIGHUP reloads both files):
+  --tls-cert PATH             certificate chain, PEM; with --tls-key the port serves https/wss only
+  --tls-key PATH              private key, PEM
+"
+} else {
+    ""
+};
+
 /// Every option that takes a value, as `(flag, environment variable)`.
 const OPTIONS: &[(&str, &str)] = &[
     ("protocol", "SMOLCHAT_PROTOCOL"),
@@ -237,6 +264,10 @@ const OPTIONS: &[(&str, &str)] = &[
     ("max-connections", "SMOLCHAT_MAX_CONNECTIONS"),
     ("handshake-timeout", "SMOLCHAT_HANDSHAKE_TIMEOUT"),
     ("max-pending", "SMOLCHAT_MAX_PENDING"),
+    (
+        "max-pending-per-address",
+        "SMOLCHAT_MAX_PENDING_PER_ADDRESS",
+    ),
     ("allow-host", "SMOLCHAT_ALLOW_HOST"),
     ("allow-origin", "SMOLCHAT_ALLOW_ORIGIN"),
     ("rate-limit", "SMOLCHAT_RATE_LIMIT"),
@@ -254,6 +285,10 @@ const OPTIONS: &[(&str, &str)] = &[
     ("redis", "SMOLCHAT_REDIS"),
     #[cfg(feature = "redis")]
     ("redis-heartbeat", "SMOLCHAT_REDIS_HEARTBEAT"),
+    #[cfg(feature = "tls")]
+    ("tls-cert", "SMOLCHAT_TLS_CERT"),
+    #[cfg(feature = "tls")]
+    ("tls-key", "SMOLCHAT_TLS_KEY"),
 ];
 
 impl Config {
@@ -344,6 +379,12 @@ impl Config {
 
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        #[cfg(feature = "tls")]
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => return Err(err("--tls-key", "is needed with --tls-cert")),
+            (None, Some(_)) => return Err(err("--tls-cert", "is needed with --tls-key")),
+            _ => {}
+        }
         if self.ping_interval >= self.idle_timeout {
             return Err(err(
                 "--ping-interval",
@@ -459,6 +500,9 @@ impl Config {
             "queue" => self.queue = number(value, 1, 1 << 20).map_err(|m| bad(&m))?,
             "queue-bytes" => self.queue_bytes = number(value, 1, 1 << 30).map_err(|m| bad(&m))?,
             "max-pending" => self.max_pending = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
+            "max-pending-per-address" => {
+                self.max_pending_per_address = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
+            }
             "allow-host" => {
                 let host = value.to_ascii_lowercase();
                 let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
@@ -514,6 +558,10 @@ impl Config {
             }
             #[cfg(feature = "redis")]
             "redis-heartbeat" => self.redis_heartbeat = duration(value).map_err(|m| bad(&m))?,
+            #[cfg(feature = "tls")]
+            "tls-cert" => self.tls_cert = Some(value.into()),
+            #[cfg(feature = "tls")]
+            "tls-key" => self.tls_key = Some(value.into()),
             _ => unreachable!("every flag in OPTIONS is handled"),
         }
         Ok(())

@@ -45,6 +45,8 @@ pub mod room;
 #[cfg(feature = "smol")]
 pub mod server;
 mod session;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -71,6 +73,8 @@ pub const FEATURES: &[&str] = &[
     "smol",
     #[cfg(feature = "redis")]
     "redis",
+    #[cfg(feature = "tls")]
+    "tls",
 ];
 
 /// Commands that may wait in the hub's inbox before readers have to wait their turn.
@@ -156,20 +160,58 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let plain = |stream| async { Some(stream) };
+        self.serve_over(stream, peer, plain, true).await;
+    }
+
+    /// Serves one accepted connection that speaks TLS (feature `tls`): the TLS handshake with
+    /// `acceptor` first, then everything [`Chat::serve`] does, over the encrypted stream. The
+    /// TLS handshake is part of the exchange that `--handshake-timeout` and `--max-pending`
+    /// bound.
+    #[cfg(feature = "tls")]
+    pub async fn serve_tls<S>(&self, stream: S, peer: &str, acceptor: futures_rustls::TlsAcceptor)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let handshake = |stream| async move {
+            match acceptor.accept(stream).await {
+                Ok(tls) => Some(tls),
+                Err(e) => {
+                    let failure = tls::Failure::of(&e);
+                    self.metrics.tls_failed(failure);
+                    logger::refusal(peer, &format!("TLS handshake failed ({failure:?}): {e}"));
+                    None
+                }
+            }
+        };
+        // No plain-HTTP 503 on a TLS port: the client could not read it.
+        self.serve_over(stream, peer, handshake, false).await;
+    }
+
+    /// Admission, then the session, over the stream `wrap` makes of the socket (the socket
+    /// itself, or its TLS stream). `plain`: a refused connection may be answered in plain HTTP.
+    async fn serve_over<S, T, F, Fut>(&self, stream: S, peer: &str, wrap: F, plain: bool)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        T: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(S) -> Fut,
+        Fut: Future<Output = Option<T>>,
+    {
         // Admission's futures are large and short-lived. Boxed, they are freed before the
         // session starts instead of sitting inside every connection's future for its whole
         // life (rustc does not reuse their space for the session's state).
-        if let Some((halves, progress, group, slot)) = Box::pin(self.admit(stream, peer)).await {
+        let admitted = Box::pin(self.admit(stream, peer, wrap, plain)).await;
+        if let Some((halves, progress, group, slot)) = admitted {
             session::run(self, halves, &progress, group, peer).await;
             drop(slot);
         }
     }
 
-    /// One of the address's share of the `--max-pending` slots: an eighth of them (at least
-    /// 4), so that one address cannot hold every slot and lock everyone else out.
+    /// One of the address's `--max-pending-per-address` share of the `--max-pending` slots,
+    /// so that one address cannot hold every slot and lock everyone else out.
     fn pending_share(&self, peer: &str) -> Option<Share> {
         let address = Address::of(peer);
-        let share = (self.config.max_pending / 8).max(4) as u32;
+        let share = self.config.max_pending_per_address as u32;
         let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let count = pending.entry(address).or_default();
         if *count >= share {
@@ -182,11 +224,20 @@ impl Chat {
         })
     }
 
-    /// Everything before the session: a `--max-pending` slot, then the HTTP exchange within
-    /// `--handshake-timeout`.
-    async fn admit<S>(&self, mut stream: S, peer: &str) -> Option<Upgraded<'_, S>>
+    /// Everything before the session: a `--max-pending` slot, then `wrap` and the HTTP
+    /// exchange, together within `--handshake-timeout`.
+    async fn admit<S, T, F, Fut>(
+        &self,
+        mut stream: S,
+        peer: &str,
+        wrap: F,
+        plain: bool,
+    ) -> Option<Upgraded<'_, T>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
+        T: AsyncRead + AsyncWrite + Unpin,
+        F: FnOnce(S) -> Fut,
+        Fut: Future<Output = Option<T>>,
     {
         let pending = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
             .and_then(|slot| Some((slot, self.pending_share(peer)?)));
@@ -199,11 +250,16 @@ impl Chat {
             let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
                 Connection: close\r\nRetry-After: 5\r\n\r\n";
             // One try, no waiting: this connection gets nothing else from us.
-            let _ = futures_lite::future::poll_once(stream.write_all(busy)).await;
+            if plain {
+                let _ = futures_lite::future::poll_once(stream.write_all(busy)).await;
+            }
             return None;
         };
-        let handshake = within(self.config.handshake_timeout, self.handshake(stream, peer));
-        match handshake.await {
+        let exchange = async {
+            let stream = wrap(stream).await?;
+            self.handshake(stream, peer).await
+        };
+        match within(self.config.handshake_timeout, exchange).await {
             Some(upgraded) => upgraded,
             None => {
                 self.metrics.refuse(Refusal::Timeout);

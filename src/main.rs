@@ -1,19 +1,20 @@
 //! The `smolchat` binary: read the configuration, start the server, wait for a signal.
 //!
 //! Everything else lives in the library; this file is the glue a user's `main` would be.
-//! SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once.
+//! SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once. With the `tls`
+//! feature, SIGHUP reloads the certificate and key.
 
 use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
-use smolchat::config::{Action, Config, HELP, HELP_REDIS};
+use smolchat::config::{Action, Config, HELP, HELP_REDIS, HELP_TLS};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{HELP}{HELP_REDIS}");
+            print!("{HELP}{HELP_REDIS}{HELP_TLS}");
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {
@@ -32,7 +33,11 @@ fn main() -> ExitCode {
     smolchat::logger::init(config.log_level);
 
     // Register for signals before starting, so an early Ctrl-C is not lost.
-    let mut signals = match Signals::new([Signal::Term, Signal::Int]) {
+    #[cfg(not(feature = "tls"))]
+    let wanted = [Signal::Term, Signal::Int];
+    #[cfg(feature = "tls")]
+    let wanted = [Signal::Term, Signal::Int, Signal::Hup];
+    let mut signals = match Signals::new(wanted) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("smolchat: cannot listen for signals: {e}");
@@ -42,19 +47,47 @@ fn main() -> ExitCode {
     let listen = config.listen;
     let server = match smolchat::server::start(config) {
         Ok(server) => server,
+        // A setting that only start-up could check, such as a TLS file: exit 2 like a bad flag.
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => {
+            eprintln!("smolchat: {e}");
+            return ExitCode::from(2);
+        }
         Err(e) => {
             eprintln!("smolchat: cannot listen on {listen}: {e}");
             return ExitCode::FAILURE;
         }
     };
 
-    let first = futures_lite::future::block_on(signals.next());
+    let first = wait_for_stop(&mut signals, &server);
     log::info!("received {first:?}; shutting down (a second signal exits at once)");
     std::thread::spawn(move || {
-        futures_lite::future::block_on(signals.next());
+        // A SIGHUP now is not a second request to stop.
+        while let Some(Ok(signal)) = futures_lite::future::block_on(signals.next()) {
+            if signal != Signal::Hup {
+                break;
+            }
+        }
         eprintln!("smolchat: second signal; exiting now");
         std::process::exit(1);
     });
     server.shutdown();
     ExitCode::SUCCESS
+}
+
+/// Waits for SIGINT or SIGTERM. With TLS, SIGHUP reloads the certificate meanwhile.
+fn wait_for_stop(signals: &mut Signals, server: &smolchat::server::Running) -> Option<Signal> {
+    loop {
+        let signal = futures_lite::future::block_on(signals.next())?.ok()?;
+        if signal != Signal::Hup {
+            return Some(signal);
+        }
+        #[cfg(feature = "tls")]
+        match server.reload_tls() {
+            Ok(true) => log::info!("SIGHUP: certificate and key reloaded"),
+            Ok(false) => log::info!("SIGHUP: no TLS certificate to reload"),
+            Err(e) => log::error!("SIGHUP: reload failed, keeping the old certificate: {e}"),
+        }
+        #[cfg(not(feature = "tls"))]
+        let _ = server;
+    }
 }

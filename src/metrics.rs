@@ -93,6 +93,9 @@ pub struct Metrics {
     #[cfg(feature = "redis")]
     pub redis_unavailable: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
+    /// TLS handshakes that failed: not TLS, protocol, I/O.
+    #[cfg(feature = "tls")]
+    tls_failures: [AtomicU64; 3],
     closes: [AtomicU64; CLOSE_CODES.len()],
 }
 
@@ -100,6 +103,12 @@ impl Metrics {
     /// Counts one refusal.
     pub fn refuse(&self, why: Refusal) {
         self.refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts one failed TLS handshake.
+    #[cfg(feature = "tls")]
+    pub fn tls_failed(&self, why: crate::tls::Failure) {
+        self.tls_failures[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Refusals of one kind so far.
@@ -243,6 +252,20 @@ impl Metrics {
                 why.label(),
                 self.refused(why)
             );
+        }
+        #[cfg(feature = "tls")]
+        {
+            out.push_str(
+                "# HELP smolchat_tls_handshake_failures_total TLS handshakes that failed, by cause.\n",
+            );
+            out.push_str("# TYPE smolchat_tls_handshake_failures_total counter\n");
+            for (i, cause) in ["not_tls", "protocol", "io"].iter().enumerate() {
+                let n = self.tls_failures[i].load(Relaxed);
+                let _ = writeln!(
+                    out,
+                    "smolchat_tls_handshake_failures_total{{cause=\"{cause}\"}} {n}"
+                );
+            }
         }
         out.push_str("# HELP smolchat_close_codes_total WebSocket close frames sent, by code.\n");
         out.push_str("# TYPE smolchat_close_codes_total counter\n");

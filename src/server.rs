@@ -9,7 +9,7 @@
 //! up to `--shutdown-timeout` for the sessions to finish writing, and stops the threads.
 
 use std::io;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -29,6 +29,9 @@ pub struct Running {
     /// Every session holds a clone of the matching sender; `recv` fails once all are gone.
     sessions: Receiver<()>,
     threads: Vec<JoinHandle<()>>,
+    /// TLS (feature `tls`): the certificates, reloaded by [`Running::reload_tls`].
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<crate::tls::Tls>>,
 }
 
 /// Descriptors kept free for the listener, logs, and HTTP requests that are not sessions.
@@ -42,6 +45,15 @@ pub fn start(mut config: Config) -> io::Result<Running> {
         .validate()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     config.max_connections = fit_descriptor_limit(config.max_connections);
+    #[cfg(feature = "tls")]
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(crate::tls::Tls::load(cert, key).map_err(|e| {
+                io::Error::new(io::ErrorKind::InvalidInput, e)
+            })?))
+        }
+        _ => None,
+    };
     let listener = bind(config.listen)?;
     let addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
@@ -56,7 +68,14 @@ pub fn start(mut config: Config) -> io::Result<Running> {
 
     let (stop_accepting, accepting_stopped) = async_channel::bounded::<()>(1);
     let (session_alive, sessions) = async_channel::bounded::<()>(1);
-    let accept = accept_loop(listener, chat.clone(), executor.clone(), session_alive);
+    let accept = accept_loop(
+        listener,
+        chat.clone(),
+        executor.clone(),
+        session_alive,
+        #[cfg(feature = "tls")]
+        tls.clone(),
+    );
     executor
         .spawn(async move {
             // `recv` fails when `stop_accepting` is closed, which ends the loop.
@@ -78,7 +97,11 @@ pub fn start(mut config: Config) -> io::Result<Running> {
                 .expect("spawn executor thread")
         })
         .collect();
-    log::info!("listening on {addr} (WebSocket at ws://{addr}/ws)");
+    #[cfg(feature = "tls")]
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    #[cfg(not(feature = "tls"))]
+    let scheme = "ws";
+    log::info!("listening on {addr} (WebSocket at {scheme}://{addr}/ws)");
     Ok(Running {
         addr,
         chat,
@@ -87,6 +110,8 @@ pub fn start(mut config: Config) -> io::Result<Running> {
         stop_threads,
         sessions,
         threads,
+        #[cfg(feature = "tls")]
+        tls,
     })
 }
 
@@ -148,6 +173,7 @@ async fn accept_loop(
     chat: Chat,
     executor: Arc<Executor<'static>>,
     session_alive: Sender<()>,
+    #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::Tls>>,
 ) {
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -163,23 +189,40 @@ async fn accept_loop(
         let _ = stream.get_ref().set_nodelay(true);
         let chat = chat.clone();
         let alive = session_alive.clone();
+        // The certificate of the moment: a reload changes it for the connections after it.
+        #[cfg(feature = "tls")]
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         executor
             .spawn(async move {
-                serve(chat, stream, peer).await;
+                let peer = peer.to_string();
+                #[cfg(feature = "tls")]
+                if let Some(acceptor) = acceptor {
+                    chat.serve_tls(stream, &peer, acceptor).await;
+                    drop(alive);
+                    return;
+                }
+                chat.serve(stream, &peer).await;
                 drop(alive);
             })
             .detach();
     }
 }
 
-async fn serve(chat: Chat, stream: Async<TcpStream>, peer: SocketAddr) {
-    chat.serve(stream, &peer.to_string()).await;
-}
-
 impl Running {
     /// The address the server listens on (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// TLS (feature `tls`): reads the certificate and key files again (what SIGHUP does). New
+    /// connections get the new certificate; on an error the old one stays. `Ok(false)` when
+    /// the server does not use TLS.
+    #[cfg(feature = "tls")]
+    pub fn reload_tls(&self) -> Result<bool, crate::config::ConfigError> {
+        match &self.tls {
+            Some(tls) => tls.reload().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// The hub handle, for metrics or for serving more connections by hand.

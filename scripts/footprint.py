@@ -2,10 +2,14 @@
 """Gateway footprint of a smolchat binary: resident memory at start, with 100 and with 1,000
 idle clients, and the time from exec to the first accepted WebSocket connection.
 
-Usage: footprint.py BINARY [--clients 100,1000] [--runs 5]
-Python standard library only; loopback only; every wait is bounded.
+Usage: footprint.py BINARY [--clients 100,1000] [--runs 5] [--tls]
+With --tls (a binary built with the tls feature) the server gets a self-signed certificate
+made with openssl, and every client connects over TLS.
+Python standard library only (plus openssl for --tls); loopback only; every wait is bounded.
 """
-import argparse, base64, os, resource, socket, statistics, subprocess, sys, time
+import argparse, base64, os, resource, socket, ssl, statistics, subprocess, sys, tempfile, time
+
+TLS = None  # (server flags, client context) with --tls
 
 
 def free_port():
@@ -25,6 +29,8 @@ def rss_kib(pid):
 def upgrade(port, timeout=5.0):
     """Opens a WebSocket connection (handshake only) and returns the socket."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    if TLS:
+        s = TLS[1].wrap_socket(s, server_hostname="localhost")
     key = base64.b64encode(os.urandom(16)).decode()
     s.sendall(
         f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
@@ -42,8 +48,9 @@ def upgrade(port, timeout=5.0):
 
 
 def start(binary, port, extra=()):
+    tls_flags = TLS[0] if TLS else []
     return subprocess.Popen(
-        [binary, "--listen", f"127.0.0.1:{port}", "--log-level", "warn", *extra],
+        [binary, "--listen", f"127.0.0.1:{port}", "--log-level", "warn", *tls_flags, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -52,7 +59,7 @@ def first_upgrade(port, t0):
     while True:
         try:
             return upgrade(port, timeout=1)
-        except (ConnectionRefusedError, ConnectionResetError):
+        except (ConnectionRefusedError, ConnectionResetError, ssl.SSLError):
             if time.perf_counter() > t0 + 10:
                 raise RuntimeError("server did not come up within 10 s")
             time.sleep(0.001)
@@ -91,7 +98,18 @@ def main():
     ap.add_argument("binary")
     ap.add_argument("--clients", default="100,1000")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--tls", action="store_true")
     args = ap.parse_args()
+    if args.tls:
+        global TLS
+        d = tempfile.mkdtemp()
+        cert, key = os.path.join(d, "cert.pem"), os.path.join(d, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=DNS:localhost", "-keyout", key, "-out", cert],
+                       check=True, capture_output=True)
+        context = ssl.create_default_context(cafile=cert)
+        TLS = (["--tls-cert", cert, "--tls-key", key], context)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 

@@ -10,8 +10,10 @@ STATIC_BUDGET=1600000        # static x86_64 binary, size-first profile: at most
 # Raised from 720,000 and 880,000 on 2026-12-02 by the hostile-client protections (metered
 # streams, byte-bounded queues and history, Host check, limits per address; +18 KB of code)
 # and the paced web client (+3 KB): +28 KB in all, measured. See README "On a gateway".
-DYNAMIC_MIN_BUDGET=750000    # dynamic binary, size-first profile (see README "Binary size")
-DYNAMIC_RELEASE_BUDGET=910000 # dynamic binary, speed-first release profile
+DYNAMIC_MIN_BUDGET=760000    # dynamic binary, size-first profile (see README "Binary size")
+DYNAMIC_RELEASE_BUDGET=920000 # dynamic binary, speed-first release profile
+STATIC_TLS_BUDGET=2450000     # static, size-first, with the tls feature (2,420,504 measured)
+DYNAMIC_TLS_BUDGET=1640000    # dynamic, size-first, with the tls feature (1,610,592 measured)
 
 static=$(scripts/build-static.sh)
 static_tls=$(FEATURES=tls scripts/build-static.sh)

@@ -315,16 +315,7 @@ fn pings_count_against_the_rate_limit() {
         s.write_all(&pings).await.unwrap();
         // The flood's close: 1008 after the burst and 50 refusals in a row.
         let mut ws = raw::websocket(s).await;
-        let code = deadline("the flooder's close", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("expected a close, got {other:?}"),
-                }
-            }
-        })
-        .await;
+        let code = raw::close_code(&mut ws).await;
         assert_eq!(code, 1008);
         a.expect("join").await;
         b.expect("join").await;
@@ -601,16 +592,7 @@ fn a_protocol_error_is_closed_with_1002_and_counted() {
         // RSV1 set without an extension that defines it.
         s.write_all(&frame(0xC1, b"hi")).await.unwrap();
         let mut ws = raw::websocket(s).await;
-        let code = deadline("the close", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("expected a close, got {other:?}"),
-                }
-            }
-        })
-        .await;
+        let code = raw::close_code(&mut ws).await;
         assert_eq!(code, 1002);
         raw::wait_for_metric(server.addr, "smolchat_close_codes_total{code=\"1002\"}", 1).await;
     });

@@ -222,16 +222,7 @@ fn a_client_that_stops_reading_is_a_slow_consumer() {
             }
         }
         // Reading at last: what was written before, then 1013.
-        let code = deadline("the close", async {
-            loop {
-                match ws.next().await {
-                    Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
-                    Some(Ok(_)) => continue,
-                    other => panic!("expected a close, got {other:?}"),
-                }
-            }
-        })
-        .await;
+        let code = raw::close_code(&mut ws).await;
         assert_eq!(code, 1013);
     });
 }

@@ -121,16 +121,9 @@ impl Hub {
                 }
                 // Registered like any client; if Redis is down, the bridge's refusal closes it
                 // with 1011 (upgrades are refused with 503 before that while Redis is down).
-                let serial = self.next_serial;
-                self.next_serial += 1;
-                let key = self.clients.insert(Client {
-                    queue,
-                    serial,
-                    address,
-                    nick: String::new(),
-                    rooms: Vec::new(),
-                });
-                let _ = reply.try_send(ClientId { key, serial });
+                let id = self.register(queue, address, String::new());
+                let key = id.key;
+                let _ = reply.try_send(id);
                 let mid = self.mid(key);
                 self.call(key, Waiting::Welcome, Call::Guest { mid });
             }

@@ -98,6 +98,26 @@ pub async fn websocket(s: Async<TcpStream>) -> WebSocketStream<Async<TcpStream>>
     WebSocketStream::from_raw_socket(s, Role::Client, None).await
 }
 
+/// Reads a WebSocket until the server's close frame and returns its code (frames before it
+/// are skipped), failing after [`DEADLINE`].
+pub async fn close_code<S>(ws: &mut WebSocketStream<S>) -> u16
+where
+    S: futures_lite::AsyncRead + futures_lite::AsyncWrite + Unpin,
+{
+    use async_tungstenite::tungstenite::Message;
+    use futures_lite::StreamExt;
+    deadline("a close frame", async {
+        loop {
+            match ws.next().await {
+                Some(Ok(Message::Close(Some(f)))) => return u16::from(f.code),
+                Some(Ok(_)) => continue,
+                other => panic!("expected a close frame, got {other:?}"),
+            }
+        }
+    })
+    .await
+}
+
 /// Reads until the server closes the connection and returns every byte received. Fails the
 /// test on a read error (a reset) or after [`DEADLINE`].
 pub async fn read_until_closed(s: &mut Async<TcpStream>) -> Vec<u8> {

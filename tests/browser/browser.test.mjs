@@ -2,11 +2,13 @@
 // server binary. See README.md in this folder for how to run it.
 //
 // Every wait is on a condition in the page (locators' auto-wait, waitForFunction) or on the
-// server's health endpoint answering; nothing sleeps for a fixed time.
+// server's health endpoint answering; nothing sleeps for a fixed time. (One check gives a
+// plain HTTP request to the TLS port a deadline: it must fail or get no page, not hang.)
 
-import { spawn } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -35,14 +37,57 @@ function freePort() {
   });
 }
 
+/** `GET url` as a fetch-like `{status, headers: {get}, text()}`: Node's fetch for http, and
+ * node:https for https, trusting only `ca` (PEM), so the server's certificate is checked. */
+function get(url, { ca } = {}) {
+  if (!url.startsWith('https:')) return fetch(url);
+  return new Promise((resolve, reject) => {
+    const req = https.get(url, { ca, timeout: TIMEOUT }, (res) => {
+      const chunks = [];
+      res.on('data', (c) => chunks.push(c));
+      res.on('error', reject);
+      res.on('end', () => {
+        const body = Buffer.concat(chunks).toString('utf8');
+        resolve({
+          status: res.statusCode,
+          ok: res.statusCode >= 200 && res.statusCode < 300,
+          headers: { get: (name) => { const v = res.headers[name.toLowerCase()]; return v === undefined ? null : String(v); } },
+          text: async () => body,
+        });
+      });
+    });
+    req.on('timeout', () => req.destroy(new Error(`GET ${url}: no answer within ${TIMEOUT} ms`)));
+    req.on('error', reject);
+  });
+}
+
+/** A self-signed certificate for localhost and 127.0.0.1 (P-256, one day), made by openssl
+ * into target/browser/; returns the files' paths and the certificate's PEM. */
+function makeCert() {
+  const cert = path.join(OUT, 'tls-cert.pem');
+  const key = path.join(OUT, 'tls-key.pem');
+  try {
+    execFileSync('openssl', [
+      'req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes', '-days', '1',
+      '-subj', '/CN=localhost', '-addext', 'subjectAltName=DNS:localhost,IP:127.0.0.1',
+      '-keyout', key, '-out', cert,
+    ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  } catch (e) {
+    throw new Error(`openssl could not make a certificate (apt-get install -y openssl): ${e.stderr ? e.stderr.toString().trim() : e.message}`);
+  }
+  return { cert, key, pem: fs.readFileSync(cert, 'utf8') };
+}
+
 const serverLog = [];
 
 class Server {
-  /** `args` are more flags (e.g. `--protocol raw`); `log` is its log's file in target/browser/. */
-  constructor(port, { args = [], log = 'server.log' } = {}) {
+  /** `args` are more flags (e.g. `--protocol raw`); `log` is its log's file in target/browser/;
+   * `ca` (a PEM certificate) makes it a TLS server, whose health is asked for over https. */
+  constructor(port, { args = [], log = 'server.log', ca = null } = {}) {
     this.port = port;
     this.args = args;
     this.log = path.join(OUT, log);
+    this.ca = ca;
     this.child = null;
   }
 
@@ -67,9 +112,12 @@ class Server {
     this.exited.then(() => { gone = true; });
     for (;;) {
       if (spawnError) throw new Error(`cannot start ${BIN}: ${spawnError.message}`);
-      if (gone) throw new Error(`the server exited at startup:\n${serverLog.join('').slice(-2000)}`);
+      if (gone) {
+        const hint = this.ca ? ' (a binary built without `--features tls` knows no --tls-cert)' : '';
+        throw new Error(`the server exited at startup${hint}:\n${serverLog.join('').slice(-2000)}`);
+      }
       try {
-        const r = await fetch(`http://127.0.0.1:${this.port}/healthz`);
+        const r = await get(`${this.ca ? 'https' : 'http'}://127.0.0.1:${this.port}/healthz`, { ca: this.ca });
         if (r.ok) return;
       } catch (_) { /* not listening yet */ }
       if (Date.now() > deadline) throw new Error(`the server did not answer /healthz within ${TIMEOUT} ms`);
@@ -265,6 +313,15 @@ async function serverRooms(raw) {
   }), TIMEOUT);
 }
 
+/** The TLS server's count of handshakes that failed because the client did not speak TLS,
+ * from /metrics (asked over https, trusting `ca`). */
+async function notTlsFailures(url, ca) {
+  const text = await (await get(`${url}metrics`, { ca })).text();
+  const m = text.match(/^smolchat_tls_handshake_failures_total\{cause="not_tls"\} (\d+)$/m);
+  check(m, 'no smolchat_tls_handshake_failures_total{cause="not_tls"} in /metrics');
+  return Number(m[1]);
+}
+
 /** The server's count of frames refused by the rate limit, from /metrics. */
 async function rateLimited(url) {
   const text = await (await fetch(`${url}metrics`)).text();
@@ -299,8 +356,8 @@ async function checkNotRateLimited(page, name) {
 
 /** Checks `GET url`: one self-contained page, with a CSP that allows only its own inline
  * script and style, by hash. Returns the page's text. */
-async function checkPageResponse(url) {
-  const r = await fetch(url);
+async function checkPageResponse(url, { ca } = {}) {
+  const r = await get(url, { ca });
   const body = await r.text();
   const csp = r.headers.get('content-security-policy') || '';
   check(r.status === 200, `GET / answered ${r.status}`);
@@ -400,10 +457,12 @@ async function bareClient(blank, url, frames) {
 
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
-  for (const f of ['server.log', 'server-raw.log']) fs.writeFileSync(path.join(OUT, f), '');
+  for (const f of ['server.log', 'server-raw.log', 'server-tls.log']) fs.writeFileSync(path.join(OUT, f), '');
   for (const f of fs.readdirSync(OUT)) if (f.startsWith('failure-')) fs.rmSync(path.join(OUT, f));
   check(fs.existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` first, or set SMOLCHAT_BIN`);
   check(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
+  const version = execFileSync(BIN, ['--version'], { encoding: 'utf8' }).trim();
+  check(/\btls\b/.test(version), `${BIN} was built without the tls feature (${version}): run \`cargo build --features tls\``);
 
   const port = await freePort();
   const server = new Server(port);
@@ -413,6 +472,10 @@ async function main() {
   // Raw mode (--protocol raw) is a second server, started for its own checks after the rest.
   const rawPort = await freePort();
   const rawServer = new Server(rawPort, { args: ['--protocol', 'raw'], log: 'server-raw.log' });
+  // TLS (--tls-cert/--tls-key, feature `tls`) is a third server, started after raw mode's checks.
+  const tls = makeCert();
+  const tlsPort = await freePort();
+  const tlsServer = new Server(tlsPort, { args: ['--tls-cert', tls.cert, '--tls-key', tls.key], log: 'server-tls.log', ca: tls.pem });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
   const pages = {};
   try {
@@ -920,6 +983,102 @@ async function main() {
       await rb.screenshot({ path: path.join(OUT, 'raw-b.png') });
       await rc.screenshot({ path: path.join(OUT, 'raw-ops.png') });
     });
+
+    // ------------------------------------------------------------ TLS (--tls-cert/--tls-key)
+    // The one port serves https and wss only. The pages trust the self-signed certificate by
+    // ignoreHTTPSErrors; Node's requests trust it as their only CA, so it is checked there.
+    await tlsServer.start();
+    const tlsUrl = `https://localhost:${tlsPort}/`; // page T1
+    const tlsIpUrl = `https://127.0.0.1:${tlsPort}/`; // page T2, and Node's requests
+    const sockets = { 'tls-1': [], 'tls-2': [] }; // the WebSocket URLs each page opened
+    const tlsPage = async (name, options) => {
+      const context = await browser.newContext({ ...options, ignoreHTTPSErrors: true });
+      const page = await context.newPage();
+      pages[name] = page;
+      watch(page, name);
+      page.on('websocket', (ws) => sockets[name].push(ws.url()));
+      return page;
+    };
+    /** Loads `url` in `page`: 200 over https with the CSP, and the client online over wss. */
+    const loadOverTls = async (page, name, url, nick, load = () => page.goto(url)) => {
+      const known = sockets[name].length;
+      const r = await load();
+      check(r && r.status() === 200, `page ${name}: ${url} answered ${r ? r.status() : 'nothing'}`);
+      check(r.url() === url, `page ${name} ended up at ${r.url()}, not ${url}`);
+      const csp = (await r.allHeaders())['content-security-policy'] || '';
+      check(/default-src 'none'/.test(csp) && /script-src 'sha256-/.test(csp), `page ${name}: no hash-based CSP over https: ${JSON.stringify(csp)}`);
+      check((await page.evaluate(() => location.protocol)) === 'https:', `page ${name} is not an https page`);
+      await waitStatus(page, 'online', nick && `Connected as ${nick}`);
+      const ws = `wss://${new URL(url).host}/ws`;
+      const opened = sockets[name].slice(known);
+      check(opened.length > 0 && opened.every((u) => u === ws), `page ${name} opened WebSockets to ${JSON.stringify(opened)}, expected ${ws}`);
+      await log(page, 'r:lobby').waitFor();
+    };
+    const t1 = await tlsPage('tls-1', { viewport: { width: 1200, height: 760 } });
+    const t2 = await tlsPage('tls-2', { viewport: { width: 390, height: 760 }, isMobile: true, hasTouch: true, deviceScaleFactor: 2 });
+
+    await step('tls: GET / over https serves the page with its hash-based CSP (certificate checked)', async () => {
+      const body = await checkPageResponse(tlsIpUrl, { ca: tls.pem });
+      check(body.includes('<title>') && !body.includes('<title>smolchat (raw)</title>'), 'GET / over https is not web/index.html');
+    });
+
+    await step('tls: pages load over https (localhost, 127.0.0.1) and connect over wss', async () => {
+      await loadOverTls(t1, 'tls-1', tlsUrl);
+      await loadOverTls(t2, 'tls-2', tlsIpUrl);
+      for (const [page, nick] of [[t1, 'tessa'], [t2, 'theo']]) {
+        const field = page.getByLabel('Nickname');
+        await field.fill(nick);
+        await field.press('Enter');
+        await waitStatus(page, 'online', `Connected as ${nick}`);
+      }
+      await waitMembers(t1, ['tessa', 'theo'], []);
+    });
+
+    await step('tls: two pages chat over wss', async () => {
+      await say(t1, 'r:lobby', 'hello over wss');
+      await seeMessage(t2, 'r:lobby', 'hello over wss', 'tessa');
+      await say(t2, 'r:lobby', 'wss reply from the phone');
+      await seeMessage(t1, 'r:lobby', 'wss reply from the phone', 'theo');
+    });
+
+    await step('tls: a reload loads over https again, reconnects over wss and chats', async () => {
+      await loadOverTls(t1, 'tls-1', tlsUrl, 'tessa', () => t1.reload());
+      await say(t1, 'r:lobby', 'back after the reload');
+      await seeMessage(t2, 'r:lobby', 'back after the reload', 'tessa');
+      await say(t2, 'r:lobby', 'welcome back');
+      await seeMessage(t1, 'r:lobby', 'welcome back', 'theo');
+    });
+
+    await step('tls: plain http on the TLS port gets no page, and wss chat goes on', async () => {
+      const before = await notTlsFailures(tlsIpUrl, tls.pem);
+      const plain = [`http://127.0.0.1:${tlsPort}/`, `http://127.0.0.1:${tlsPort}/healthz`];
+      for (const url of plain) {
+        let answer;
+        try {
+          const r = await fetch(url, { signal: AbortSignal.timeout(3000) });
+          answer = `HTTP ${r.status}`;
+          check(r.status !== 200, `plain GET ${url} on the TLS port answered 200`);
+        } catch (e) {
+          if (e.message.includes('on the TLS port answered 200')) throw e;
+          answer = `failed (${e.cause ? e.cause.code || e.cause.message : e.name})`;
+        }
+        console.log(`#   (plain GET ${url}: ${answer})`);
+      }
+      const after = await notTlsFailures(tlsIpUrl, tls.pem);
+      check(after - before >= plain.length, `the server counted ${after - before} not_tls handshake failures for ${plain.length} plain requests`);
+      await say(t2, 'r:lobby', 'still here after the plain requests');
+      await seeMessage(t1, 'r:lobby', 'still here after the plain requests', 'theo');
+      await say(t1, 'r:lobby', 'wss undisturbed');
+      await seeMessage(t2, 'r:lobby', 'wss undisturbed', 'tessa');
+      await waitStatus(t1, 'online', 'Connected as tessa');
+      await waitStatus(t2, 'online', 'Connected as theo');
+      check(sockets['tls-1'].length === 2 && sockets['tls-2'].length === 1,
+        `the pages opened ${JSON.stringify(sockets)}: a connection was lost to the plain requests`);
+    });
+
+    await step('tls: screenshot saved under target/browser/', async () => {
+      await t1.screenshot({ path: path.join(OUT, 'tls.png') });
+    });
   } catch (e) {
     for (const [name, page] of Object.entries(pages)) {
       await page.screenshot({ path: path.join(OUT, `failure-${name}.png`) }).catch(() => {});
@@ -930,6 +1089,7 @@ async function main() {
     await proxy.close().catch(() => {});
     await server.stop().catch(() => {});
     await rawServer.stop().catch(() => {});
+    await tlsServer.stop().catch(() => {});
   }
 }
 

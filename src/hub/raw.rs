@@ -19,7 +19,7 @@ pub const GROUP_LIMIT_CLOSE: (u16, &str) = (1013, "group limit reached");
 
 impl Hub {
     /// Registers a raw client and puts it in `group` (`None`: the default room). A client
-    /// whose group cannot be created is closed with [`GROUP_LIMIT_CLOSE`].
+    /// whose group cannot be created is closed with 1013, "group limit reached".
     pub fn connect_raw(
         &mut self,
         queue: queue::Sender<Outgoing>,

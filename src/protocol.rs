@@ -285,8 +285,8 @@ fn allowed_control(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r')
 }
 
-/// The length of `text` inside a JSON string, for text that passed [`check_text`]'s control
-/// character rule: `"`, `\\`, tab, newline and carriage return take two bytes, everything
+/// The length of `text` inside a JSON string, for text that passed the control-character
+/// rule of the text check: `"`, `\\`, tab, newline and carriage return take two bytes, everything
 /// else is written as it is.
 pub fn encoded_len(text: &str) -> usize {
     let escaped = text

@@ -350,6 +350,13 @@ impl Config {
                 }
             }
         }
+        // Unless set, `--queue-bytes` grows to what the other settings need (see
+        // `min_queue_bytes`), so that raising `--max-message-bytes` alone keeps a working server.
+        let queue_bytes_set =
+            given.iter().any(|(f, _)| *f == "queue-bytes") || env("SMOLCHAT_QUEUE_BYTES").is_some();
+        if !queue_bytes_set {
+            config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
+        }
         config.validate()?;
         Ok(Action::Run(Box::new(config)))
     }
@@ -370,6 +377,22 @@ impl Config {
     /// client's writer gets fits in it (see [`crate::protocol::max_event_bytes`]).
     pub fn max_event_bytes(&self) -> usize {
         crate::protocol::max_event_bytes(self.max_message_bytes, self.presence_limit)
+    }
+
+    /// The least `--queue-bytes` that works: a queue must take one client's whole permitted
+    /// burst of the largest messages (or, with the rate limit off, two of them: one in the
+    /// writer's hands and one waiting) without its reader counting as slow, and in v1 a
+    /// join's replay of a full history plus two of the largest events.
+    pub fn min_queue_bytes(&self) -> usize {
+        let frame = self.max_message_event_bytes() + 14;
+        let burst = match self.rate_limit {
+            0 => 2 * frame,
+            _ => self.rate_burst as usize * frame,
+        };
+        match self.protocol {
+            Protocol::Raw => burst,
+            Protocol::V1 => burst.max(self.history_bytes + 2 * self.max_event_bytes()),
+        }
     }
 
     /// The largest `message` event, in bytes: what one history entry can cost.
@@ -402,13 +425,10 @@ impl Config {
                 "raw mode runs on one node; it cannot be combined with --redis",
             ));
         }
-        if self.protocol == Protocol::Raw {
-            // No history, no replay: the queue bound alone holds (a queue always takes one
-            // event when it is empty, however large).
-            return Ok(());
-        }
-        let largest = self.max_event_bytes();
-        if self.history_bytes != 0 && self.history_bytes < self.max_message_event_bytes() {
+        if self.protocol == Protocol::V1
+            && self.history_bytes != 0
+            && self.history_bytes < self.max_message_event_bytes()
+        {
             return Err(err(
                 "--history-bytes",
                 &format!(
@@ -428,22 +448,9 @@ impl Config {
                 ),
             ));
         }
-        // A join queues a room's whole history at once, with the room event before it.
-        let join = self.history_bytes + 2 * largest;
-        if self.queue_bytes < join {
-            return Err(err(
-                "--queue-bytes",
-                &format!(
-                    "must be at least --history-bytes + 2 x the largest event ({largest} bytes \
-                     with these settings) = {join}: a join replays the whole history at once; \
-                     got {}",
-                    self.queue_bytes
-                ),
-            ));
-        }
-        // A join queues the room event and the whole replay at once; a queue smaller than
-        // that would disconnect a client as a slow consumer on its first join.
-        if self.queue < self.history + 8 {
+        // A join queues the room event and the whole history replay at once; a queue smaller
+        // than that would disconnect a client as a slow consumer on its first join.
+        if self.protocol == Protocol::V1 && self.queue < self.history + 8 {
             return Err(err(
                 "--queue",
                 &format!(
@@ -451,6 +458,20 @@ impl Config {
                      once), got {}",
                     self.history + 8,
                     self.queue
+                ),
+            ));
+        }
+        let needed = self.min_queue_bytes();
+        if self.queue_bytes < needed {
+            return Err(err(
+                "--queue-bytes",
+                &format!(
+                    "must be at least {needed} with these settings: a client's burst of \
+                     --rate-burst largest messages (two with the rate limit off) must fit, and \
+                     in v1 a join's replay of --history-bytes plus two of the largest events \
+                     ({} bytes); got {}",
+                    self.max_event_bytes(),
+                    self.queue_bytes
                 ),
             ));
         }
@@ -710,10 +731,26 @@ mod tests {
             &[],
         )
         .unwrap();
+        assert_eq!(c.protocol, Protocol::Raw);
+        assert!(
+            c.queue_bytes >= 2 * 16_777_216,
+            "an unset --queue-bytes grows to hold two of the largest messages (no rate limit)"
+        );
+        let e = parse(
+            &[
+                "--max-message-bytes",
+                "65536",
+                "--history-bytes",
+                "0",
+                "--queue-bytes",
+                "131072",
+            ],
+            &[],
+        );
         assert_eq!(
-            c.protocol,
-            Protocol::Raw,
-            "raw mode keeps no history to size queues by"
+            e.unwrap_err().flag,
+            "--queue-bytes",
+            "a set value is checked, not grown"
         );
         assert_eq!(
             parse(&["--protocol", "v2"], &[]).unwrap_err().flag,

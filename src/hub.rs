@@ -442,7 +442,11 @@ impl Hub {
             ));
         }
         let address = self.clients[key].address;
-        let empty = self.rooms.get(name).is_none_or(|r| r.members().is_empty());
+        // The default room is everybody's: nobody holds it, no limit keeps it from being
+        // created, and it is never evicted (otherwise a few addresses filling the limits could
+        // leave newcomers without one).
+        let default = name == self.config.default_room;
+        let empty = !default && self.rooms.get(name).is_none_or(|r| r.members().is_empty());
         if empty
             && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
         {
@@ -456,7 +460,9 @@ impl Hub {
             ));
         }
         if !self.rooms.contains_key(name) {
-            self.make_room_for_one_more()?;
+            if !default {
+                self.make_room_for_one_more()?;
+            }
             self.rooms_created += 1;
             let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
             let room = Room::new(epoch, self.config.history, self.config.history_bytes);
@@ -473,15 +479,18 @@ impl Hub {
         Ok(true)
     }
 
-    /// Evicts the least recently used empty room if the server is at `--max-rooms`.
+    /// Evicts the least recently used empty room if the server holds `--max-rooms` rooms
+    /// besides the default room.
     fn make_room_for_one_more(&mut self) -> Result<(), Error> {
-        if self.rooms.len() < self.config.max_rooms {
+        let default = &self.config.default_room;
+        let others = self.rooms.len() - usize::from(self.rooms.contains_key(default));
+        if others < self.config.max_rooms {
             return Ok(());
         }
         let oldest_empty = self
             .rooms
             .iter()
-            .filter(|(_, r)| r.members().is_empty())
+            .filter(|(name, r)| r.members().is_empty() && *name != default)
             .min_by_key(|(_, r)| r.idle_since)
             .map(|(name, _)| name.clone());
         match oldest_empty {
@@ -549,8 +558,8 @@ impl Hub {
             room.idle_since = self.tick;
         }
         if self.config.protocol == Protocol::Raw {
-            // A group has no history to keep and nobody to tell.
-            if room.members().is_empty() {
+            // A group has no history to keep and nobody to tell; the default one stays.
+            if room.members().is_empty() && name != self.config.default_room {
                 self.rooms.remove(name);
                 self.metrics
                     .rooms
@@ -1057,7 +1066,7 @@ mod tests {
     #[test]
     fn room_limits_evict_the_least_recently_used_empty_room() {
         let mut hub = hub_with(Config {
-            max_rooms: 3,
+            max_rooms: 2, // besides lobby, the default room
             max_rooms_per_client: 2,
             ..Config::default()
         });

@@ -174,7 +174,12 @@ impl Chat {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let handshake = |stream| async move {
-            match acceptor.accept(stream).await {
+            // rustls buffers up to 64 KiB of outgoing plaintext by default: 16 KiB holds more
+            // than the largest default event, and bounds what a client that stops reading costs.
+            let limit = |conn: &mut futures_rustls::rustls::ServerConnection| {
+                conn.set_buffer_limit(Some(tls::BUFFER_LIMIT));
+            };
+            match acceptor.accept_with(stream, limit).await {
                 Ok(tls) => Some(tls),
                 Err(e) => {
                     let failure = tls::Failure::of(&e);
@@ -194,7 +199,7 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin,
         T: AsyncRead + AsyncWrite + Unpin,
-        F: FnOnce(S) -> Fut,
+        F: FnOnce(Metered<S>) -> Fut,
         Fut: Future<Output = Option<T>>,
     {
         // Admission's futures are large and short-lived. Boxed, they are freed before the
@@ -236,7 +241,7 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin,
         T: AsyncRead + AsyncWrite + Unpin,
-        F: FnOnce(S) -> Fut,
+        F: FnOnce(Metered<S>) -> Fut,
         Fut: Future<Output = Option<T>>,
     {
         let pending = Slot::take(&self.metrics.pending, self.config.max_pending as u64)
@@ -245,7 +250,7 @@ impl Chat {
             self.metrics.refuse(Refusal::Pending);
             logger::refusal(
                 peer,
-                "refused: too many connections waiting (--max-pending)",
+                "refused: too many connections waiting (--max-pending, --max-pending-per-address)",
             );
             let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
                 Connection: close\r\nRetry-After: 5\r\n\r\n";
@@ -255,12 +260,20 @@ impl Chat {
             }
             return None;
         };
+        // The socket is metered from its first byte, below TLS when there is TLS: the byte
+        // budget, the yield and the write progress count what crosses the socket, so records
+        // that decrypt to nothing cost a client its budget too.
+        let config = &self.config;
+        let per_message = config.max_message_bytes as u64 + 64;
+        let rate = u64::from(config.rate_limit) * per_message;
+        let burst = u64::from(config.rate_burst) * per_message;
+        let (stream, progress) = Metered::new(stream, rate, burst);
         let exchange = async {
             let stream = wrap(stream).await?;
             self.handshake(stream, peer).await
         };
         match within(self.config.handshake_timeout, exchange).await {
-            Some(upgraded) => upgraded,
+            Some(upgraded) => upgraded.map(|(halves, group, slot)| (halves, progress, group, slot)),
             None => {
                 self.metrics.refuse(Refusal::Timeout);
                 logger::refusal(peer, "dropped: request not done within --handshake-timeout");
@@ -270,8 +283,8 @@ impl Chat {
     }
 
     /// Reads the request head and answers it. For an accepted upgrade, returns the WebSocket,
-    /// its write progress and the connection's slot under `--max-connections`.
-    async fn handshake<S>(&self, mut stream: S, peer: &str) -> Option<Upgraded<'_, S>>
+    /// its raw-mode group and the connection's slot under `--max-connections`.
+    async fn handshake<S>(&self, mut stream: S, peer: &str) -> Option<Upgrade<'_, S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -332,7 +345,7 @@ impl Chat {
         accept_key: &str,
         group: Option<String>,
         peer: &str,
-    ) -> Option<Upgraded<'_, S>>
+    ) -> Option<Upgrade<'_, S>>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -359,18 +372,12 @@ impl Chat {
             stream.flush().await
         };
         written.await.ok()?;
-        // A client's byte budget: its messages at the rate limit, with room for framing.
-        let config = &self.config;
-        let per_message = config.max_message_bytes as u64 + 64;
-        let rate = u64::from(config.rate_limit) * per_message;
-        let burst = u64::from(config.rate_burst) * per_message;
-        let (stream, progress) = Metered::new(stream, rate, burst);
         let ws_config = Some(self.ws_config());
         let ws =
             WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
         // Split here: the halves are two pointers to the shared WebSocket, while the stream
         // itself would take its whole size in every connection's future.
-        Some((ws.split(), progress, group, slot))
+        Some((ws.split(), group, slot))
     }
 
     async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
@@ -456,10 +463,17 @@ where
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, its write progress, its raw-mode group
-/// and its `--max-connections` slot.
+/// An accepted upgrade: the WebSocket's two halves, its raw-mode group and its
+/// `--max-connections` slot.
+type Upgrade<'a, S> = (
+    (WebSocketSender<S>, WebSocketReceiver<S>),
+    Option<String>,
+    Slot<'a>,
+);
+
+/// An admitted connection: the upgrade, with the write progress of its socket.
 type Upgraded<'a, S> = (
-    (WebSocketSender<Metered<S>>, WebSocketReceiver<Metered<S>>),
+    (WebSocketSender<S>, WebSocketReceiver<S>),
     Arc<Progress>,
     Option<String>,
     Slot<'a>,

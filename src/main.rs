@@ -1,8 +1,8 @@
 //! The `smolchat` binary: read the configuration, start the server, wait for a signal.
 //!
 //! Everything else lives in the library; this file is the glue a user's `main` would be.
-//! SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once. With the `tls`
-//! feature, SIGHUP reloads the certificate and key.
+//! SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once. SIGHUP reloads
+//! the TLS certificate and key (feature `tls`), and is logged and ignored otherwise.
 
 use std::process::ExitCode;
 
@@ -33,11 +33,9 @@ fn main() -> ExitCode {
     smolchat::logger::init(config.log_level);
 
     // Register for signals before starting, so an early Ctrl-C is not lost.
-    #[cfg(not(feature = "tls"))]
-    let wanted = [Signal::Term, Signal::Int];
-    #[cfg(feature = "tls")]
-    let wanted = [Signal::Term, Signal::Int, Signal::Hup];
-    let mut signals = match Signals::new(wanted) {
+    // SIGHUP too in every build: its default action would kill the server without a
+    // goodbye, and deploy hooks send it for certificate renewals.
+    let mut signals = match Signals::new([Signal::Term, Signal::Int, Signal::Hup]) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("smolchat: cannot listen for signals: {e}");
@@ -88,6 +86,9 @@ fn wait_for_stop(signals: &mut Signals, server: &smolchat::server::Running) -> O
             Err(e) => log::error!("SIGHUP: reload failed, keeping the old certificate: {e}"),
         }
         #[cfg(not(feature = "tls"))]
-        let _ = server;
+        {
+            let _ = server;
+            log::info!("SIGHUP: nothing to reload (built without the tls feature)");
+        }
     }
 }

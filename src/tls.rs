@@ -20,6 +20,11 @@ use futures_rustls::rustls::{self, ServerConfig};
 
 use crate::config::ConfigError;
 
+/// Outgoing plaintext a TLS connection may buffer in rustls before writes wait (rustls's
+/// default is 64 KiB). The session's own buffers come on top; see the README's memory
+/// formula.
+pub const BUFFER_LIMIT: usize = 16 * 1024;
+
 /// The certificate files and the acceptor built from them.
 pub struct Tls {
     cert: PathBuf,
@@ -109,6 +114,8 @@ impl Failure {
                 Failure::NotTls
             }
             Some(_) => Failure::Protocol,
+            // rustls reports some refusals (a handshake message over its buffer) as bad data.
+            None if error.kind() == std::io::ErrorKind::InvalidData => Failure::Protocol,
             None => Failure::Io,
         }
     }

@@ -200,8 +200,9 @@ fn a_client_that_stops_reading_is_a_slow_consumer() {
     let server = raw_server(|c| {
         c.rate_limit = 0;
         c.queue = 8;
-        c.queue_bytes = 64 * 1024;
-        c.max_message_bytes = 65536;
+        // Two of the largest frames: one in the writer's hands, one waiting.
+        c.queue_bytes = 2 * (60_000 + 256 + 14);
+        c.max_message_bytes = 60_000;
         c.write_timeout = Duration::from_secs(30);
     });
     run(async {
@@ -224,5 +225,26 @@ fn a_client_that_stops_reading_is_a_slow_consumer() {
         // Reading at last: what was written before, then 1013.
         let code = raw::close_code(&mut ws).await;
         assert_eq!(code, 1013);
+    });
+}
+
+#[test]
+fn the_default_group_is_there_for_everyone_when_the_groups_are_full() {
+    let server = raw_server(|c| c.max_rooms = 2);
+    run(async {
+        // Two groups fill --max-rooms; a third cannot be made (1013)...
+        let mut a = connect(server.addr, "/ws/a").await;
+        let mut b = connect(server.addr, "/ws/b").await;
+        let mut c = connect(server.addr, "/ws/c").await;
+        assert_eq!(close_code(&mut c).await, 1013);
+        // ...but the default group needs no room of the limit, and works.
+        let mut d = connect(server.addr, "/ws").await;
+        let mut e = connect(server.addr, "/ws").await;
+        d.send(Message::Text("still open".into())).await.unwrap();
+        assert_eq!(next(&mut e).await, Message::Text("still open".into()));
+        for ws in [&mut a, &mut b] {
+            ws.send(Message::Text("mine".into())).await.unwrap();
+            assert_eq!(next(ws).await, Message::Text("mine".into()));
+        }
     });
 }

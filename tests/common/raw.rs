@@ -192,7 +192,10 @@ pub async fn wait_for_metric(addr: SocketAddr, name: &str, want: u64) {
         let text = match exchange(addr, request.as_bytes()).await {
             Ok(r) if status(&r) == 200 => r.split_once("\r\n\r\n").unwrap().1.to_string(),
             refused => {
-                assert!(started.elapsed() < DEADLINE, "/metrics refused: {refused:?}");
+                assert!(
+                    started.elapsed() < DEADLINE,
+                    "/metrics refused: {refused:?}"
+                );
                 smol::Timer::after(Duration::from_millis(10)).await;
                 continue;
             }

@@ -395,3 +395,32 @@ fn a_redis_outage_is_answered_with_unavailable_then_healed() {
             .await;
     });
 }
+
+#[test]
+fn a_room_named_with_the_id_placeholder_keeps_its_name_and_ids() {
+    // Regression: the clustered hub cut the encoded event at the first run of the id
+    // placeholder's digits, which was inside this room's name.
+    let redis = RedisServer::start();
+    let nodes = [node(&redis), node(&redis)];
+    run(async {
+        let room = "18446744073709551615";
+        let mut a = join_as(nodes[0].addr, "ada", &mut []).await;
+        let mut b = join_as(nodes[1].addr, "bob", &mut [&mut a]).await;
+        a.join(room).await;
+        b.join(room).await;
+        a.expect("join").await;
+        for (i, text) in ["one", "two"].iter().enumerate() {
+            a.say(room, text).await;
+            for c in [&mut a, &mut b] {
+                let got = messages(c, room, 1).await;
+                assert_eq!(got, [(i as u64 + 1, "ada".to_string(), text.to_string())]);
+            }
+        }
+        // A huge `who` offset is an empty page, not an unavailable script.
+        a.send(json!({"type": "who", "room": room, "offset": 1_000_000_000_000_000u64}))
+            .await;
+        let page = a.expect("members").await;
+        assert_eq!(page["members"], json!([]), "{page}");
+        assert_eq!(page["count"], 2, "{page}");
+    });
+}

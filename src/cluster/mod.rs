@@ -857,7 +857,9 @@ async fn call_script(
                 scripts
                     .who
                     .arg(&room)
-                    .arg(offset)
+                    // Lua's numbers are doubles: a huge offset would reach the script as a
+                    // float and fail it. Past any member count, the page is empty anyway.
+                    .arg(offset.min(1 << 40))
                     .arg(config.presence_limit)
                     .invoke_async(conn)
                     .await?,

@@ -248,14 +248,18 @@ impl Hub {
                     ts: now_ms(),
                 }
                 .encode();
+                // Cut at the `id` key, not at the first run of the placeholder's digits: a room
+                // may be named with digits ("18446744073709551615" is a valid room name), and the
+                // key comes before every value a client chose but the room's name.
+                let id_key = format!(r#""id":{}"#, u64::MAX);
                 let (before, after) = frame
                     .as_str()
-                    .split_once(&u64::MAX.to_string())
+                    .split_once(&id_key)
                     .expect("the id is in the event");
                 let call = Call::Say {
                     mid,
                     room: room.clone(),
-                    before: before.to_string(),
+                    before: format!(r#"{before}"id":"#),
                     after: after.to_string(),
                 };
                 self.call(key, Waiting::Say(room), call);

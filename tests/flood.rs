@@ -13,16 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// `a` says `text` in lobby and every client in `all` (a included) receives it with `id`.
-async fn heard_by_all(a: &mut Client, all: &mut [&mut Client], id: u64, text: &str) {
-    a.say("lobby", text).await;
-    let from = a.nick.clone();
-    a.expect_exact(message("lobby", id, &from, text)).await;
-    for c in all.iter_mut() {
-        c.expect_exact(message("lobby", id, &from, text)).await;
-    }
-}
-
 /// A client frame: FIN + `opcode` byte as given, masked with a zero key (valid; the payload
 /// stays as it is).
 fn frame(first: u8, payload: &[u8]) -> Vec<u8> {

@@ -17,16 +17,6 @@ use futures_util::SinkExt;
 use serde_json::{Value, json};
 use smol::Async;
 
-/// `a` says `text` in lobby and every client in `all` (a included) receives it with `id`.
-async fn heard_by_all(a: &mut Client, all: &mut [&mut Client], id: u64, text: &str) {
-    a.say("lobby", text).await;
-    let from = a.nick.clone();
-    a.expect_exact(message("lobby", id, &from, text)).await;
-    for c in all.iter_mut() {
-        c.expect_exact(message("lobby", id, &from, text)).await;
-    }
-}
-
 // 1. A message that grows when encoded.
 
 #[test]

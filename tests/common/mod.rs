@@ -217,6 +217,16 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
 
 // Exact event assertions (used by tests/protocol.rs and tests/history.rs).
 
+/// `a` says `text` in lobby and `a` and every client in `all` receive it with `id`.
+pub async fn heard_by_all(a: &mut Client, all: &mut [&mut Client], id: u64, text: &str) {
+    a.say("lobby", text).await;
+    let from = a.nick.clone();
+    a.expect_exact(message("lobby", id, &from, text)).await;
+    for c in all.iter_mut() {
+        c.expect_exact(message("lobby", id, &from, text)).await;
+    }
+}
+
 /// A `message` event as the server sends it, without its `ts`.
 pub fn message(room: &str, id: u64, from: &str, text: &str) -> Value {
     json!({"type": "message", "room": room, "id": id, "from": from, "text": text})

@@ -1,40 +1,43 @@
-//! The hub: the single owner of all chat state, run as one future.
+//! The hub: the chat's rules, and the single owner of this node's clients, run as one future.
 //!
 //! Sessions talk to the hub only through [`Command`]s sent to its bounded inbox; the hub talks
 //! back only by putting [`Outgoing`] items into each client's own bounded queue with
 //! `try_send`. It never awaits on a client: a client whose queue is full is a slow consumer and
 //! is disconnected on the spot, so one stalled reader can never delay anybody else.
 //!
+//! What all nodes of a chat must agree on (nicks, membership, message ids, history, the rooms
+//! that exist) the hub asks of its [`Authority`] (see [`crate::authority`]): in memory on a
+//! single node, which answers at once, or Redis, which answers later through [`Hub::notice`].
+//! Every rule lives here once, for both: what a command may do, the order of a client's
+//! answers, who hears of which room event, presence above `--presence-limit`, replay and
+//! recovery, every error and its text. A client whose question is not answered yet is *busy*:
+//! its later frames wait, in order, so the answer to one command always arrives before the
+//! answer to the next.
+//!
+//! Room events (messages, joins, leaves, renames) come from the authority as values and are
+//! encoded here, once per event, into a shared [`Frame`] for every local member.
+//!
 //! [`Hub`] is a plain state machine (commands in, events out, no I/O, no executor, no timer),
-//! which is why its tests below need no sockets. [`run`] is the few lines that turn it into a
-//! future: receive a command, handle it, repeat.
+//! which is why its tests below need no sockets: the clustered paths are tested against a fake
+//! authority that answers late, out of order, or never. [`run`] is the few lines that turn it
+//! into a future: receive a command or notice, handle it, repeat.
 
-use std::collections::{BTreeMap, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
 use slab::Slab;
 
+use crate::authority::local::Local;
+use crate::authority::{Answer, Ask, Authority, Joined, Member, Notice, RoomEvent, What};
+pub use crate::client::{Address, ClientId};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
 use crate::queue::{self, TrySendError, Weigh};
-use crate::room::Room;
 
-#[cfg(feature = "redis")]
-mod clustered;
 mod raw;
-
-/// Identifies one connected client. The slab key is reused after a client leaves, so the
-/// `serial` (never reused) tells a late command from a departed client apart from its
-/// successor in the same slot.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ClientId {
-    key: usize,
-    serial: u64,
-}
 
 /// What the hub puts into a client's queue for its writer.
 #[derive(Debug, Clone)]
@@ -57,38 +60,12 @@ impl Weigh for Outgoing {
     }
 }
 
-/// Where a client connects from, for limits per address: an IPv4 address, an IPv6 /64 (one
-/// subscriber's network: a single host can use any of its 2^64 addresses), or for peers that
-/// are not socket addresses (embedders may pass any text) a hash of the text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Address(u128);
-
-impl Address {
-    /// The address of `peer`, as `Chat::serve` receives it (`"127.0.0.1:5000"`).
-    pub fn of(peer: &str) -> Address {
-        let ip = peer
-            .parse::<SocketAddr>()
-            .map(|a| a.ip())
-            .or_else(|_| peer.parse::<IpAddr>());
-        match ip.map(|ip| ip.to_canonical()) {
-            Ok(IpAddr::V4(v4)) => Address(u128::from(v4.to_ipv6_mapped())),
-            Ok(IpAddr::V6(v6)) => Address(u128::from(v6) & !u128::from(u64::MAX)),
-            Err(_) => {
-                use std::hash::{Hash, Hasher};
-                let mut h = std::collections::hash_map::DefaultHasher::new();
-                peer.hash(&mut h);
-                // Low bits set: no IPv6 /64 prefix key has any.
-                Address(u128::from(h.finish()) | 1 << 64)
-            }
-        }
-    }
-}
-
 /// A request to the hub from a session (or from the server, for shutdown).
 #[derive(Debug)]
 pub enum Command {
-    /// A new client: register its queue and reply with its id (after queuing `welcome`). In
-    /// raw mode it joins `group` (`None`: the default room) and is sent nothing.
+    /// A new client: register its queue and reply with its id (its `welcome` follows once the
+    /// authority has given it a nick). In raw mode it joins `group` (`None`: the default room)
+    /// and is sent nothing.
     Connect {
         queue: queue::Sender<Outgoing>,
         reply: Sender<ClientId>,
@@ -109,98 +86,150 @@ pub enum Command {
     },
     /// Close every client with 1001 and accept no new ones.
     Shutdown,
-    /// Scale-out: an answer or event from Redis.
-    #[cfg(feature = "redis")]
-    Cluster(crate::cluster::Notice),
 }
 
 /// Close code and reason sent to a slow consumer.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
 /// Close code and reason sent to everyone at shutdown.
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server shutting down");
+/// Close code and reason for a client the authority cannot register (Redis is down).
+pub const UNAVAILABLE_CLOSE: (u16, &str) = (1011, "chat backend unavailable");
+/// Close code and reason for a client the authority no longer knows (its node was taken for
+/// lost while cut off from Redis): it must connect again, and recover with its cursor.
+pub const LOST_CLOSE: (u16, &str) = (1012, "session lost by the chat backend; reconnect");
+
+/// Frames a client may have waiting while the authority has not answered its command yet.
+/// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
+pub const MAX_WAITING: usize = 64;
+/// Room events kept for one room while its state is fetched again after a reconnect, or for
+/// one join on the way; beyond it the oldest go (messages are still recovered from history).
+pub const MAX_HELD_EVENTS: usize = 1024;
+/// Largest `offset` passed on to the authority: every page beyond is empty anyway, and Redis'
+/// Lua would take a larger number for a float.
+const MAX_OFFSET: usize = u32::MAX as usize;
 
 struct Client {
     queue: queue::Sender<Outgoing>,
     serial: u64,
     address: Address,
+    /// Empty until the authority registered the client (and always, in raw mode).
     nick: String,
     /// Rooms in join order; the last one is the "current" room for plain-text frames.
     rooms: Vec<String>,
 }
 
-/// All chat state: clients, nicks and rooms.
+/// A client waiting for the authority: what it waits for, and its frames since.
+struct Busy {
+    waiting: Waiting,
+    later: VecDeque<Result<Request, Error>>,
+}
+
+/// What a client waits for.
+#[derive(Debug)]
+enum Waiting {
+    Register,
+    Nick(String),
+    Join {
+        room: String,
+        resync: bool,
+    },
+    Leave(String),
+    /// The answer to a `say` in this room...
+    Say(String),
+    /// ...then the message's own event (see [`Audience::waiters`]).
+    Echo(String),
+    Direct {
+        to: String,
+        text: String,
+        ts: u64,
+    },
+    Who(String, usize),
+    Rooms(usize),
+    /// The answer arrived and is being handled.
+    Done,
+}
+
+/// The local side of a room: this node's clients that hear its events.
+#[derive(Default)]
+struct Audience {
+    /// Local clients that get the room's live events, in join order.
+    members: Vec<usize>,
+    /// Members that joined at room event `ev`: they skip events up to it, which their join
+    /// already reflected.
+    fresh: Vec<(usize, u64)>,
+    /// Joins on the way, with the events that arrived meanwhile.
+    pending: Vec<(usize, VecDeque<RoomEvent>)>,
+    epoch: String,
+    /// The newest message id delivered here.
+    last_id: u64,
+    /// Senders waiting for their message (by id) to come back.
+    waiters: Vec<(usize, u64)>,
+    /// Events held back between a reconnect and the room's resync.
+    held: Option<VecDeque<RoomEvent>>,
+    /// Members that joined while the room was held, with the last message id their join
+    /// replayed: the resync must not send them those again.
+    floors: Vec<(usize, u64)>,
+}
+
+impl Audience {
+    fn unused(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty() && self.waiters.is_empty()
+    }
+}
+
+/// This node's clients, and the rules of the chat.
 pub struct Hub {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
     server: String,
+    authority: Box<dyn Authority>,
     clients: Slab<Client>,
-    /// Lowercased nick → client key; nicks are unique ignoring case.
-    nicks: HashMap<String, usize>,
-    rooms: HashMap<String, Room>,
-    /// Bytes of messages all rooms remember together (`--history-total-bytes`).
-    history_bytes: usize,
-    /// Every room with history, by the server-wide sequence number of its oldest message:
-    /// the first entry is the message to forget when the total is over the limit.
-    oldest: BTreeMap<u64, String>,
-    /// Numbers every remembered message, server-wide, oldest first.
-    next_seq: u64,
-    /// Non-empty rooms held by each address: a room is held by the address of the client that
-    /// made it non-empty (created it, or joined it empty) until it is empty again.
-    held: HashMap<Address, usize>,
+    /// Rooms with local members, or joins or senders on the way, by name.
+    audiences: HashMap<String, Audience>,
+    busy: HashMap<usize, Busy>,
+    /// Room events the authority produced while answering, to deliver (reused).
+    events: Vec<RoomEvent>,
+    /// The last rename delivered (its tag) and the clients that got it: a rename is announced
+    /// in each room of the renamed client, and a client sharing several of them hears it once.
+    last_rename: (u64, Vec<usize>),
     next_serial: u64,
-    next_guest: u64,
-    /// Prefix of every room epoch: different for every start of the server.
-    epoch_base: String,
-    rooms_created: u64,
-    /// Counts commands, to order empty rooms by how recently they were used.
-    tick: u64,
     /// Clients whose queue was found full while delivering, to disconnect after the command.
     slow: Backlog,
     shutting_down: bool,
-    /// Scale-out: set when rooms are shared with other nodes through Redis.
-    #[cfg(feature = "redis")]
-    cluster: Option<Box<clustered::Node>>,
 }
 
 impl Hub {
-    /// A hub with no clients and no rooms.
+    /// A single node's hub: the authority is in memory.
     pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        let started = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_micros();
+        let local = Local::new(config.clone(), metrics.clone());
+        Hub::with_authority(config, metrics, Box::new(local))
+    }
+
+    /// A hub that asks `authority` what all nodes must agree on.
+    pub fn with_authority(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        authority: Box<dyn Authority>,
+    ) -> Self {
         Hub {
             config,
             metrics,
             server: format!("smolchat/{}", env!("CARGO_PKG_VERSION")),
+            authority,
             clients: Slab::new(),
-            nicks: HashMap::new(),
-            rooms: HashMap::new(),
-            history_bytes: 0,
-            oldest: BTreeMap::new(),
-            next_seq: 0,
-            held: HashMap::new(),
+            audiences: HashMap::new(),
+            busy: HashMap::new(),
+            events: Vec::new(),
+            last_rename: (0, Vec::new()),
             next_serial: 1,
-            next_guest: 1,
-            epoch_base: radix36(started),
-            rooms_created: 0,
-            tick: 0,
             slow: Backlog::default(),
             shutting_down: false,
-            #[cfg(feature = "redis")]
-            cluster: None,
         }
     }
 
-    /// Handles one command. Everything the command causes is queued before this returns.
+    /// Handles one command. Everything the command causes (and the authority answers at once)
+    /// is queued before this returns.
     pub fn handle(&mut self, command: Command) {
-        self.tick += 1;
-        #[cfg(feature = "redis")]
-        if self.cluster.is_some() {
-            self.handle_clustered(command);
-            self.drop_slow_consumers();
-            return;
-        }
         match command {
             Command::Connect {
                 queue,
@@ -220,7 +249,7 @@ impl Hub {
             }
             Command::Request { client, request } => {
                 if let Some(key) = self.key(client) {
-                    self.request(key, request);
+                    self.submit(key, Ok(request));
                 }
             }
             Command::Publish { client, item } => {
@@ -230,7 +259,7 @@ impl Hub {
             }
             Command::Refuse { client, error } => {
                 if let Some(key) = self.key(client) {
-                    self.send_error(key, error);
+                    self.submit(key, Err(error));
                 }
             }
             Command::Disconnect { client, reason } => {
@@ -239,51 +268,80 @@ impl Hub {
                 }
             }
             Command::Shutdown => self.shutdown(),
-            #[cfg(feature = "redis")]
-            Command::Cluster(_) => {}
         }
         self.drop_slow_consumers();
     }
 
-    /// Registers a client, queues its `welcome` and joins it to the default room.
-    pub fn connect(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
-        let nick = loop {
-            let candidate = format!("guest-{}", self.next_guest);
-            self.next_guest += 1;
-            if !self.nicks.contains_key(&candidate) {
-                break candidate;
+    /// Handles what an authority that answers later sends back.
+    pub fn notice(&mut self, notice: Notice) {
+        match notice {
+            Notice::Answer { client, answer } => {
+                if let Some(key) = self.key(client)
+                    && let Some(busy) = self.busy.get_mut(&key)
+                {
+                    let waiting = std::mem::replace(&mut busy.waiting, Waiting::Done);
+                    self.answered(key, waiting, answer);
+                }
             }
-        };
-        let ClientId { key, serial } = self.register(queue, address, nick.clone());
-        self.nicks.insert(nick.clone(), key);
-        let limits = self.config.limits();
-        let welcome = Event::Welcome {
-            nick: &nick,
-            server: &self.server,
-            limits,
-        };
-        self.send(key, &welcome.encode());
-        let room = self.config.default_room.clone();
-        if let Err(error) = self.join(key, room, None, None) {
-            self.send_error(key, error);
+            Notice::Room(event) => self.room_event(event),
+            Notice::Direct {
+                target,
+                from,
+                to,
+                text,
+                ts,
+            } => {
+                if let Some(key) = self.key(target) {
+                    let frame = Event::Direct {
+                        from: &from,
+                        to: &to,
+                        text: &text,
+                        ts,
+                    }
+                    .encode();
+                    self.send(key, &frame);
+                }
+            }
+            Notice::Resyncing => self.resyncing(),
+            Notice::Resync {
+                room,
+                epoch,
+                last_id,
+                ev,
+                history,
+            } => self.resync(&room, epoch, last_id, ev, history),
+            Notice::Lost(clients) => {
+                for client in clients {
+                    if let Some(key) = self.key(client) {
+                        self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
+                    }
+                }
+            }
         }
-        ClientId { key, serial }
+        self.drop_slow_consumers();
+    }
+
+    /// Registers a client and asks the authority for its nick; its `welcome` and the join of
+    /// the default room follow the answer.
+    pub fn connect(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
+        let id = self.register(queue, address);
+        let ask = Ask::Register {
+            address,
+            named: true,
+        };
+        self.ask(id.key, Waiting::Register, ask);
+        id
     }
 
     /// Gives a new client its slot and serial.
-    fn register(
-        &mut self,
-        queue: queue::Sender<Outgoing>,
-        address: Address,
-        nick: String,
-    ) -> ClientId {
+    fn register(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
         let serial = self.next_serial;
         self.next_serial += 1;
         let key = self.clients.insert(Client {
             queue,
             serial,
             address,
-            nick,
+            nick: String::new(),
             rooms: Vec::new(),
         });
         ClientId { key, serial }
@@ -301,285 +359,639 @@ impl Hub {
         }
     }
 
-    fn request(&mut self, key: usize, request: Request) {
-        let result = match request {
-            Request::Nick { nick } => self.rename(key, nick),
-            Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
-            Request::Leave { room } => self.leave(key, &room),
-            Request::Say { room, text } => self.say(key, room, &text),
-            Request::Direct { to, text } => self.direct(key, &to, &text),
-            Request::Who { room, offset } => {
-                let (members, count) = match self.rooms.get(&room) {
-                    Some(r) => (self.nicks_of(r, offset), r.members().len()),
-                    None => (Vec::new(), 0),
-                };
-                let end = offset.saturating_add(members.len());
-                let frame = Event::Members {
-                    room: &room,
-                    members,
-                    count,
-                    next: (end < count).then_some(end),
-                }
-                .encode();
-                self.send(key, &frame);
-                Ok(())
-            }
-            Request::Rooms { offset } => {
-                let rooms: Vec<RoomSummary> = self
-                    .rooms
-                    .iter()
-                    .map(|(name, r)| RoomSummary {
-                        name,
-                        members: r.members().len(),
-                    })
-                    .collect();
-                let frame = Event::rooms_page(rooms, offset);
-                self.send(key, &frame);
-                Ok(())
-            }
+    fn id(&self, key: usize) -> ClientId {
+        ClientId {
+            key,
+            serial: self.clients[key].serial,
+        }
+    }
+
+    /// Starts `item` now, or after what the client is waiting for.
+    fn submit(&mut self, key: usize, item: Result<Request, Error>) {
+        let Some(busy) = self.busy.get_mut(&key) else {
+            return self.start(key, item);
         };
+        if busy.later.len() < MAX_WAITING {
+            busy.later.push_back(item);
+            return;
+        }
+        // Over the bound the frame is dropped; one refusal stands for a run of them.
+        let refused = |i: &Result<Request, Error>| matches!(i, Err(e) if e.code == ErrorCode::RateLimited && e.message == WAITING_FULL);
+        if !busy.later.back().is_some_and(refused) {
+            let error = Error::new(ErrorCode::RateLimited, WAITING_FULL);
+            busy.later.push_back(Err(error));
+        }
+    }
+
+    fn start(&mut self, key: usize, item: Result<Request, Error>) {
+        let result = item.and_then(|request| self.start_request(key, request));
         if let Err(error) = result {
             self.send_error(key, error);
         }
     }
 
-    fn send_error(&mut self, key: usize, error: Error) {
-        self.send(key, &error.encode());
-    }
-
-    fn rename(&mut self, key: usize, nick: String) -> Result<(), Error> {
-        let lower = nick.to_ascii_lowercase();
-        if self.nicks.get(&lower).is_some_and(|&owner| owner != key) {
-            return Err(Error::new(
-                ErrorCode::NickTaken,
-                format!("the nick {nick:?} is taken; choose another"),
-            ));
-        }
-        let client = &mut self.clients[key];
-        let old = std::mem::replace(&mut client.nick, nick);
-        self.nicks.remove(&old.to_ascii_lowercase());
-        self.nicks.insert(lower, key);
-        let client = &self.clients[key];
-        let frame = Event::Nick {
-            old: &old,
-            nick: &client.nick,
-        }
-        .encode();
-        // The client itself and everyone sharing a room with it, each once.
-        let mut recipients = vec![key];
-        for room in &client.rooms {
-            let members = self.rooms[room].members();
-            if members.len() <= self.config.presence_limit {
-                recipients.extend_from_slice(members);
+    /// The client's wait is over: starts its waiting frames until one has to wait again.
+    fn finish(&mut self, key: usize) {
+        let Some(busy) = self.busy.remove(&key) else {
+            return;
+        };
+        let mut later = busy.later;
+        while let Some(item) = later.pop_front() {
+            self.start(key, item);
+            if !self.clients.contains(key) {
+                return; // closed by what it started
+            }
+            if let Some(busy) = self.busy.get_mut(&key) {
+                busy.later = later;
+                return;
             }
         }
-        recipients.sort_unstable();
-        recipients.dedup();
-        for k in recipients {
-            self.send(k, &frame);
+    }
+
+    /// Asks the authority for client `key`, which waits for the answer. An answer given at once
+    /// is handled at once, after the room events it caused.
+    fn ask(&mut self, key: usize, waiting: Waiting, ask: Ask) {
+        let client = self.id(key);
+        let answer = self.authority.ask(client, ask, &mut self.events);
+        self.deliver_events();
+        match answer {
+            Some(answer) => self.answered(key, waiting, answer),
+            None => match self.busy.get_mut(&key) {
+                Some(busy) => busy.waiting = waiting,
+                None => {
+                    let later = VecDeque::new();
+                    self.busy.insert(key, Busy { waiting, later });
+                }
+            },
+        }
+    }
+
+    fn start_request(&mut self, key: usize, request: Request) -> Result<(), Error> {
+        match request {
+            Request::Nick { nick } => self.ask(key, Waiting::Nick(nick.clone()), Ask::Nick(nick)),
+            Request::Join { room, since, epoch } => self.start_join(key, room, since, epoch)?,
+            Request::Leave { room } => {
+                if !self.clients[key].rooms.contains(&room) {
+                    return Err(not_member(&room));
+                }
+                self.ask(key, Waiting::Leave(room.clone()), Ask::Leave(room));
+            }
+            Request::Say { room, text } => {
+                let room = self.say_target(key, room)?;
+                Metrics::add(&self.metrics.messages_received, 1);
+                let ask = Ask::Say {
+                    room: room.clone(),
+                    text,
+                    ts: now_ms(),
+                };
+                self.ask(key, Waiting::Say(room), ask);
+            }
+            Request::Direct { to, text } => {
+                Metrics::add(&self.metrics.messages_received, 1);
+                let ts = now_ms();
+                let ask = Ask::Direct {
+                    to: to.clone(),
+                    text: text.clone(),
+                    ts,
+                };
+                self.ask(key, Waiting::Direct { to, text, ts }, ask);
+            }
+            Request::Who { room, offset } => {
+                let offset = offset.min(MAX_OFFSET);
+                let waiting = Waiting::Who(room.clone(), offset);
+                self.ask(key, waiting, Ask::Who { room, offset });
+            }
+            Request::Rooms { offset } => {
+                let offset = offset.min(MAX_OFFSET);
+                self.ask(key, Waiting::Rooms(offset), Ask::Rooms { offset });
+            }
         }
         Ok(())
     }
 
-    fn join(
+    fn start_join(
         &mut self,
         key: usize,
-        name: String,
+        room: String,
         since: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Error> {
-        let already_in = !self.enter(key, &name)?;
-        let client = &mut self.clients[key];
-        // Joining moves the room to the end: it becomes the client's current room.
-        client.rooms.retain(|r| *r != name);
-        client.rooms.push(name.clone());
-        let room = self.rooms.get_mut(&name).expect("room exists");
-        // Above the presence limit, members see counts instead of every arrival.
-        if !already_in && room.members().len() <= self.config.presence_limit {
-            let frame = Event::Join {
-                room: &name,
-                nick: &client.nick,
-            }
-            .encode();
-            for &k in room.members().iter().filter(|&&k| k != key) {
-                deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
-            }
+        let resync = self.clients[key].rooms.contains(&room);
+        let max = self.config.max_rooms_per_client;
+        if !resync && self.clients[key].rooms.len() >= max {
+            return Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!("you are in {max} rooms, the most allowed; leave one first"),
+            ));
         }
-
-        let room = &self.rooms[&name];
-        let replay = room.replay(since, epoch.as_deref());
-        let members = self.nicks_of(room, 0);
-        let frame = Event::Room {
-            room: &name,
-            epoch: room.epoch(),
-            members,
-            count: room.members().len(),
-            last_id: room.last_id(),
-            complete: replay.complete,
-        }
-        .encode();
-        deliver(&self.clients, &mut self.slow, &self.metrics, key, &frame);
-        for message in replay.messages {
-            deliver(&self.clients, &mut self.slow, &self.metrics, key, message);
-        }
+        let audience = self.audiences.entry(room.clone()).or_default();
+        // A resync stops live events until the replay is out, like a join.
+        audience.members.retain(|&k| k != key);
+        audience.fresh.retain(|&(k, _)| k != key);
+        audience.pending.push((key, VecDeque::new()));
+        let waiting = Waiting::Join {
+            room: room.clone(),
+            resync,
+        };
+        self.ask(key, waiting, Ask::Join { room, since, epoch });
         Ok(())
     }
 
-    /// Makes `key` a member of room `name`, creating the room if needed, within the limits on
-    /// rooms per client, per address and in all. Returns false if it was a member already.
-    /// Announces nothing: that is the caller's (and the protocol's) business.
-    fn enter(&mut self, key: usize, name: &str) -> Result<bool, Error> {
-        if self.clients[key].rooms.iter().any(|r| r == name) {
-            return Ok(false);
-        }
-        if self.clients[key].rooms.len() >= self.config.max_rooms_per_client {
-            return Err(Error::new(
-                ErrorCode::RoomLimit,
-                format!(
-                    "you are in {} rooms, the most allowed; leave one first",
-                    self.config.max_rooms_per_client
-                ),
-            ));
-        }
-        let address = self.clients[key].address;
-        // The default room is everybody's: nobody holds it, no limit keeps it from being
-        // created, and it is never evicted (otherwise a few addresses filling the limits could
-        // leave newcomers without one).
-        let default = name == self.config.default_room;
-        let empty = !default && self.rooms.get(name).is_none_or(|r| r.members().is_empty());
-        if empty
-            && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
-        {
-            return Err(Error::new(
-                ErrorCode::RoomLimit,
-                format!(
-                    "clients from your address hold {} rooms, the most allowed; join a room \
-                     that has members",
-                    self.config.max_rooms_per_address
-                ),
-            ));
-        }
-        if !self.rooms.contains_key(name) {
-            if !default {
-                self.make_room_for_one_more()?;
+    fn answered(&mut self, key: usize, waiting: Waiting, answer: Answer) {
+        match (waiting, answer) {
+            (waiting, Answer::Unavailable) => self.fail(key, waiting),
+            (_, Answer::Gone) => {
+                self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
+                return;
             }
-            self.rooms_created += 1;
-            let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
-            let room = Room::new(epoch, self.config.history, self.config.history_bytes);
-            self.rooms.insert(name.to_string(), room);
-            Metrics::add(&self.metrics.rooms, 1);
-        }
-        let room = self.rooms.get_mut(name).expect("room exists");
-        if empty {
-            *self.held.entry(address).or_default() += 1;
-            room.holder = Some(address);
-        }
-        room.add(key);
-        self.clients[key].rooms.push(name.to_string());
-        Ok(true)
-    }
-
-    /// Evicts the least recently used empty room if the server holds `--max-rooms` rooms
-    /// besides the default room.
-    fn make_room_for_one_more(&mut self) -> Result<(), Error> {
-        let default = &self.config.default_room;
-        let others = self.rooms.len() - usize::from(self.rooms.contains_key(default));
-        if others < self.config.max_rooms {
-            return Ok(());
-        }
-        let oldest_empty = self
-            .rooms
-            .iter()
-            .filter(|(name, r)| r.members().is_empty() && *name != default)
-            .min_by_key(|(_, r)| r.idle_since)
-            .map(|(name, _)| name.clone());
-        match oldest_empty {
-            Some(name) => {
-                let room = self.rooms.remove(&name).expect("the room exists");
-                if let Some(seq) = room.oldest_seq() {
-                    self.oldest.remove(&seq);
+            (Waiting::Register, Answer::Registered(nick)) => {
+                self.clients[key].nick = nick;
+                let welcome = Event::Welcome {
+                    nick: &self.clients[key].nick,
+                    server: &self.server,
+                    limits: self.config.limits(),
                 }
-                self.history_bytes -= room.history_bytes();
-                self.metrics.history_bytes.store(
-                    self.history_bytes as u64,
-                    std::sync::atomic::Ordering::Relaxed,
+                .encode();
+                self.send(key, &welcome);
+                let room = self.config.default_room.clone();
+                if let Err(error) = self.start_join(key, room, None, None) {
+                    self.send_error(key, error);
+                }
+            }
+            (Waiting::Nick(nick), Answer::Renamed { old }) => {
+                self.clients[key].nick = nick;
+                let frame = Event::Nick {
+                    old: &old,
+                    nick: &self.clients[key].nick,
+                }
+                .encode();
+                self.send(key, &frame);
+            }
+            (Waiting::Nick(nick), Answer::NickTaken) => {
+                let error = Error::new(
+                    ErrorCode::NickTaken,
+                    format!("the nick {nick:?} is taken; choose another"),
                 );
-                self.metrics
-                    .rooms
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-                Ok(())
+                self.send_error(key, error);
             }
-            None => Err(Error::new(
-                ErrorCode::RoomLimit,
-                format!(
-                    "the server holds {} rooms, the most allowed; join an existing room",
-                    self.config.max_rooms
-                ),
-            )),
-        }
-    }
-
-    fn leave(&mut self, key: usize, name: &str) -> Result<(), Error> {
-        let client = &mut self.clients[key];
-        let Some(i) = client.rooms.iter().position(|r| r == name) else {
-            return Err(not_member(name));
-        };
-        client.rooms.remove(i);
-        self.part(key, name, LeaveReason::Left);
-        Ok(())
-    }
-
-    /// Takes `key` out of room `name` and tells the remaining members why.
-    fn part(&mut self, key: usize, name: &str, reason: LeaveReason) {
-        let Some(room) = self.rooms.get_mut(name) else {
-            return;
-        };
-        room.remove(key);
-        // The room stays held by an address while a client from it is in the room; when the
-        // last one leaves, the hold passes to a remaining member's address (or ends with the
-        // last member). Otherwise another address could pin this one's quota by staying in
-        // rooms it created.
-        let leaver = self.clients[key].address;
-        let still_there = |k: &usize| self.clients[*k].address == leaver;
-        if room.holder == Some(leaver) && !room.members().iter().any(still_there) {
-            let heir = room.members().first().map(|&k| self.clients[k].address);
-            if let Some(held) = self.held.get_mut(&leaver) {
-                *held -= 1;
-                if *held == 0 {
-                    self.held.remove(&leaver);
+            (Waiting::Join { room, .. }, Answer::Joined(joined)) => {
+                self.joined(key, room, joined);
+            }
+            (Waiting::Join { room, resync }, Answer::Refused(error)) => {
+                self.undo_join(key, &room, resync);
+                self.send_error(key, error);
+            }
+            (Waiting::Leave(room), Answer::Left) => {
+                self.clients[key].rooms.retain(|r| *r != room);
+                if let Some(audience) = self.audiences.get_mut(&room) {
+                    audience.members.retain(|&k| k != key);
+                    audience.fresh.retain(|&(k, _)| k != key);
+                }
+                self.drop_if_unused(&room);
+            }
+            (Waiting::Leave(room) | Waiting::Say(room), Answer::NotMember) => {
+                self.send_error(key, not_member(&room));
+            }
+            (Waiting::Say(room), Answer::Said { id }) => {
+                if let Some(audience) = self.audiences.get_mut(&room)
+                    && audience.last_id < id
+                {
+                    // Answered when the message comes back, so the sender sees it in the same
+                    // place among the room's events as everybody else.
+                    audience.waiters.push((key, id));
+                    let busy = self.busy.entry(key).or_insert_with(|| Busy {
+                        waiting: Waiting::Done,
+                        later: VecDeque::new(),
+                    });
+                    busy.waiting = Waiting::Echo(room);
                 }
             }
-            if let Some(heir) = heir {
-                *self.held.entry(heir).or_default() += 1;
+            (Waiting::Direct { text, ts, .. }, Answer::Direct { to, target }) => {
+                let frame = Event::Direct {
+                    from: &self.clients[key].nick,
+                    to: &to,
+                    text: &text,
+                    ts,
+                }
+                .encode();
+                if let Some(target) = target.and_then(|t| self.key(t))
+                    && target != key
+                {
+                    self.send(target, &frame);
+                }
+                self.send(key, &frame);
             }
-            room.holder = heir;
-        }
-        if room.members().is_empty() {
-            room.idle_since = self.tick;
-        }
-        if self.config.protocol == Protocol::Raw {
-            // A group has no history to keep and nobody to tell; the default one stays.
-            if room.members().is_empty() && name != self.config.default_room {
-                self.rooms.remove(name);
-                self.metrics
-                    .rooms
-                    .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            (Waiting::Direct { to, .. }, Answer::UnknownRecipient) => {
+                let error = Error::new(
+                    ErrorCode::UnknownRecipient,
+                    format!("nobody is called {to:?}; `who` lists a room's members"),
+                );
+                self.send_error(key, error);
             }
-            return;
+            (Waiting::Who(room, offset), Answer::Members { count, nicks }) => {
+                let end = offset.saturating_add(nicks.len());
+                let frame = Event::Members {
+                    room: &room,
+                    members: nicks.iter().map(String::as_str).collect(),
+                    count,
+                    next: (end < count).then_some(end),
+                }
+                .encode();
+                self.send(key, &frame);
+            }
+            (Waiting::Rooms(offset), Answer::Rooms { count, page }) => {
+                let rooms = page
+                    .iter()
+                    .map(|(name, members)| RoomSummary {
+                        name,
+                        members: *members,
+                    })
+                    .collect();
+                self.send(key, &Event::rooms_page(rooms, count, offset));
+            }
+            (waiting, answer) => {
+                log::warn!("hub: answer {answer:?} does not fit {waiting:?}");
+                self.fail(key, waiting);
+            }
         }
-        // Announced only if the leaver's arrival was: the size then included the leaver.
-        if room.members().len() + 1 > self.config.presence_limit {
-            return;
+        // Unless the answer started another wait (the welcome starts the first join).
+        if self
+            .busy
+            .get(&key)
+            .is_some_and(|b| matches!(b.waiting, Waiting::Done))
+        {
+            self.finish(key);
         }
-        let frame = Event::Leave {
-            room: name,
-            nick: &self.clients[key].nick,
-            reason,
+    }
+
+    /// The authority could not do what `key` waits for: undo what was prepared, say so.
+    fn fail(&mut self, key: usize, waiting: Waiting) {
+        match waiting {
+            Waiting::Register => {
+                Metrics::add(&self.metrics.backend_unavailable, 1);
+                return self.close(key, UNAVAILABLE_CLOSE, LeaveReason::Disconnected);
+            }
+            Waiting::Join { room, resync } => self.undo_join(key, &room, resync),
+            _ => {}
+        }
+        Metrics::add(&self.metrics.backend_unavailable, 1);
+        let error = Error::new(
+            ErrorCode::Unavailable,
+            "the chat backend is unavailable; nothing was done, try again shortly",
+        );
+        self.send_error(key, error);
+    }
+
+    /// A join that did not happen: the client is back where it was.
+    fn undo_join(&mut self, key: usize, room: &str, resync: bool) {
+        if let Some(audience) = self.audiences.get_mut(room) {
+            audience.pending.retain(|(k, _)| *k != key);
+            if resync {
+                audience.members.push(key);
+            }
+        }
+        self.drop_if_unused(room);
+    }
+
+    fn joined(&mut self, key: usize, room: String, joined: Joined) {
+        let client = &mut self.clients[key];
+        client.rooms.retain(|r| *r != room);
+        client.rooms.push(room.clone());
+        let frame = Event::Room {
+            room: &room,
+            epoch: &joined.epoch,
+            members: joined.nicks.iter().map(String::as_str).collect(),
+            count: joined.count,
+            last_id: joined.last_id,
+            complete: joined.complete,
         }
         .encode();
-        for &k in room.members() {
-            deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
+        self.send(key, &frame);
+        for message in &joined.replay {
+            self.send(key, message);
         }
+        let audience = self.audiences.get_mut(&room).expect("pending join");
+        let i = audience
+            .pending
+            .iter()
+            .position(|(k, _)| *k == key)
+            .expect("pending join");
+        let (_, meanwhile) = audience.pending.swap_remove(i);
+        if audience.members.is_empty() && audience.waiters.is_empty() {
+            audience.last_id = joined.last_id;
+        }
+        audience.epoch = joined.epoch;
+        audience.members.push(key);
+        audience.fresh.push((key, joined.ev));
+        if audience.held.is_some() {
+            audience.floors.push((key, joined.last_id));
+        }
+        for event in meanwhile {
+            if event.ev > joined.ev {
+                self.fan_out(&event, Some(key));
+            }
+        }
+    }
+
+    /// Delivers the room events the authority produced while answering.
+    fn deliver_events(&mut self) {
+        while !self.events.is_empty() {
+            let mut events = std::mem::take(&mut self.events);
+            for event in events.drain(..) {
+                self.room_event(event);
+            }
+            if self.events.is_empty() {
+                self.events = events; // keep the capacity
+            }
+        }
+    }
+
+    /// A room event: delivered to the room's local members now, or kept while the room is held
+    /// (a resync is on the way) and for the joins on the way.
+    fn room_event(&mut self, event: RoomEvent) {
+        if self.config.protocol == Protocol::Raw {
+            return; // raw clients hear nothing but their group's frames
+        }
+        let Some(audience) = self.audiences.get_mut(&event.room) else {
+            return; // nobody here listens (any more)
+        };
+        if let Some(held) = &mut audience.held {
+            keep(held, event);
+            return;
+        }
+        for (_, meanwhile) in &mut audience.pending {
+            keep(meanwhile, event.clone());
+        }
+        let frame = self.fan_out(&event, None);
+        if let (What::Message { id, .. }, Some(frame)) = (&event.what, frame) {
+            self.authority.remember(&event.room, *id, &frame);
+            self.message_back(&event.room, *id);
+        }
+    }
+
+    /// Delivers `event` to the room's local members (or to `only`) that should get it.
+    /// Returns the encoded frame, if the event is announced at all.
+    fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) -> Option<Frame> {
+        let limit = self.config.presence_limit;
+        let (frame, tag) = match &event.what {
+            What::Message { id, nick, text, ts } => {
+                let frame = Event::Message {
+                    room: &event.room,
+                    id: *id,
+                    from: nick,
+                    text,
+                    ts: *ts,
+                };
+                (frame.encode(), None)
+            }
+            // Above the presence limit, members see counts instead of every arrival; a leave
+            // is announced only if the arrival was (the count before includes the leaver).
+            What::Join { count, .. } | What::Leave { count, .. } | What::Nick { count, .. }
+                if *count > limit =>
+            {
+                return None;
+            }
+            What::Join { nick, .. } => (
+                Event::Join {
+                    room: &event.room,
+                    nick,
+                }
+                .encode(),
+                None,
+            ),
+            What::Leave { nick, reason, .. } => (
+                Event::Leave {
+                    room: &event.room,
+                    nick,
+                    reason: *reason,
+                }
+                .encode(),
+                None,
+            ),
+            What::Nick { old, nick, tag, .. } => (Event::Nick { old, nick }.encode(), Some(*tag)),
+        };
+        let subject = event.subject.and_then(|c| self.key(c));
+        let Hub {
+            audiences,
+            clients,
+            slow,
+            metrics,
+            last_rename,
+            ..
+        } = self;
+        let Some(audience) = audiences.get_mut(&event.room) else {
+            return Some(frame);
+        };
+        // Fresh members skip what their join already reflected; once an event is past a
+        // member's join, every later one is too.
+        audience.fresh.retain(|&(_, ev)| ev >= event.ev);
+        if let Some(tag) = tag
+            && last_rename.0 != tag
+        {
+            *last_rename = (tag, Vec::new());
+        }
+        let count = if only.is_some() {
+            1
+        } else {
+            audience.members.len()
+        };
+        for i in 0..count {
+            let k = only.unwrap_or_else(|| audience.members[i]);
+            if Some(k) == subject && !matches!(event.what, What::Message { .. }) {
+                continue; // others hear of a join, leave or rename; the client itself not
+            }
+            if audience
+                .fresh
+                .iter()
+                .any(|&(f, ev)| f == k && ev >= event.ev)
+            {
+                continue;
+            }
+            if tag.is_some() {
+                if last_rename.1.contains(&k) {
+                    continue;
+                }
+                last_rename.1.push(k);
+            }
+            deliver(clients, slow, metrics, k, &frame);
+        }
+        Some(frame)
+    }
+
+    /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an
+    /// earlier one) is answered.
+    fn message_back(&mut self, room: &str, id: u64) {
+        let Some(audience) = self.audiences.get_mut(room) else {
+            return;
+        };
+        audience.last_id = audience.last_id.max(id);
+        if audience.waiters.is_empty() {
+            return;
+        }
+        let last = audience.last_id;
+        let mut done = Vec::new();
+        audience.waiters.retain(|&(k, w)| {
+            if w <= last {
+                done.push(k);
+            }
+            w > last
+        });
+        for key in done {
+            self.finish(key);
+        }
+        self.drop_if_unused(room);
+    }
+
+    /// Forgets a room nobody here uses any more, and tells the authority.
+    fn drop_if_unused(&mut self, room: &str) {
+        if self.audiences.get(room).is_some_and(Audience::unused) {
+            self.audiences.remove(room);
+            self.authority.unused(room);
+        }
+    }
+
+    /// A new connection to the authority's store: hold room events until each room is
+    /// resynced, and tell the authority who is here.
+    fn resyncing(&mut self) {
+        for audience in self.audiences.values_mut() {
+            audience.held.get_or_insert_with(VecDeque::new);
+        }
+        let members = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.nick.is_empty())
+            .map(|(key, c)| Member {
+                client: ClientId {
+                    key,
+                    serial: c.serial,
+                },
+                address: c.address,
+                nick: c.nick.clone(),
+                rooms: c.rooms.clone(),
+            })
+            .collect();
+        self.authority.restore(members);
+    }
+
+    /// A room's state after a reconnect: deliver what was said while this node was cut off
+    /// (as far as the history still has it), then the events held back since.
+    fn resync(&mut self, room: &str, epoch: String, last_id: u64, ev: u64, history: Vec<Frame>) {
+        let Hub {
+            audiences,
+            clients,
+            slow,
+            metrics,
+            ..
+        } = self;
+        let Some(audience) = audiences.get_mut(room) else {
+            return;
+        };
+        let held = audience.held.take().unwrap_or_default();
+        let floors = std::mem::take(&mut audience.floors);
+        let mut lost_waiters = Vec::new();
+        if audience.epoch == epoch || audience.epoch.is_empty() {
+            let first = (last_id + 1).saturating_sub(history.len() as u64);
+            if first > audience.last_id + 1 && !audience.epoch.is_empty() {
+                log::warn!(
+                    "room {room}: messages {}..{} were evicted before this node could deliver them",
+                    audience.last_id + 1,
+                    first - 1
+                );
+            }
+            for (id, frame) in (first..).zip(&history) {
+                if id <= audience.last_id {
+                    continue;
+                }
+                for &k in &audience.members {
+                    // A member that joined meanwhile had its join replay up to its floor.
+                    let floor = floors.iter().find(|&&(f, _)| f == k).map(|&(_, l)| l);
+                    if floor.is_none_or(|floor| id > floor) {
+                        deliver(clients, slow, metrics, k, frame);
+                    }
+                }
+            }
+        } else {
+            // The store lost the room's history: a new life. Senders still waiting for a
+            // message of the old life will never see it.
+            lost_waiters = audience.waiters.drain(..).map(|(k, _)| k).collect();
+            audience.fresh.clear();
+            audience.last_id = last_id;
+        }
+        audience.epoch = epoch;
+        audience.last_id = audience.last_id.max(last_id);
+        for key in lost_waiters {
+            self.fail(key, Waiting::Done);
+            self.finish(key);
+        }
+        self.message_back(room, last_id);
+        for event in held {
+            if event.ev > ev {
+                self.room_event(event);
+            }
+        }
+    }
+
+    /// Closes client `key` with `close` (after what is queued, or instead of the oldest if the
+    /// queue is full) and forgets it.
+    fn close(&mut self, key: usize, close: (u16, &'static str), reason: LeaveReason) {
+        let (code, why) = close;
+        self.clients[key]
+            .queue
+            .send_last(Outgoing::Close(code, why));
+        self.remove(key, reason);
+    }
+
+    /// Forgets a client: it leaves its rooms (announced with `reason`) and its nick is freed,
+    /// and its queue sender is dropped, which ends its writer once the queue is drained.
+    fn remove(&mut self, key: usize, reason: LeaveReason) {
+        let id = self.id(key);
+        let busy = self.busy.remove(&key);
+        self.authority.bye(id, reason, &mut self.events);
+        self.deliver_events();
+        let client = self.clients.remove(key);
+        let mut rooms = client.rooms;
+        if let Some(Busy {
+            waiting: Waiting::Join { room, .. } | Waiting::Say(room) | Waiting::Echo(room),
+            ..
+        }) = busy
+        {
+            rooms.push(room);
+        }
+        for room in &rooms {
+            if let Some(audience) = self.audiences.get_mut(room) {
+                audience.members.retain(|&k| k != key);
+                audience.fresh.retain(|&(k, _)| k != key);
+                audience.pending.retain(|(k, _)| *k != key);
+                audience.waiters.retain(|&(k, _)| k != key);
+                audience.floors.retain(|&(k, _)| k != key);
+            }
+            self.drop_if_unused(room);
+        }
+    }
+
+    /// Disconnects every client whose queue was found full, which may find more (their leave
+    /// events go to others), so it repeats until none are left.
+    fn drop_slow_consumers(&mut self) {
+        while let Some(key) = self.slow.full.pop() {
+            if !self.clients.contains(key) {
+                continue; // found full twice, already gone
+            }
+            Metrics::add(&self.metrics.slow_consumers, 1);
+            // The queue is full; `send_last` makes room for the close by dropping the oldest
+            // event. The client is being disconnected anyway, and the close must come last.
+            self.close(key, SLOW_CONSUMER_CLOSE, LeaveReason::SlowConsumer);
+        }
+    }
+
+    /// Closes every client with 1001. Clients go one by one, so each remaining member of a
+    /// room learns who left (reason `shutdown`) before its own close arrives.
+    fn shutdown(&mut self) {
+        self.shutting_down = true;
+        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
+        for key in keys {
+            self.close(key, SHUTDOWN_CLOSE, LeaveReason::Shutdown);
+        }
+        self.authority.shutdown();
     }
 
     /// The room a `say` goes to: the one named, which the client must be in, or for plain
@@ -598,143 +1010,25 @@ impl Hub {
         }
     }
 
-    fn say(&mut self, key: usize, room: Option<String>, text: &str) -> Result<(), Error> {
-        let name = self.say_target(key, room)?;
-        let client = &self.clients[key];
-        Metrics::add(&self.metrics.messages_received, 1);
-        let room = self.rooms.get_mut(&name).expect("a client's rooms exist");
-        let id = room.next_id();
-        let frame = Event::Message {
-            room: &name,
-            id,
-            from: &client.nick,
-            text,
-            ts: now_ms(),
-        }
-        .encode();
-        for &k in room.members() {
-            deliver(&self.clients, &mut self.slow, &self.metrics, k, &frame);
-        }
-        self.remember(&name, frame);
-        Ok(())
-    }
-
-    /// Stores a message in its room's history, then forgets the oldest messages on the server
-    /// until all rooms together are within `--history-total-bytes`.
-    fn remember(&mut self, name: &str, frame: Frame) {
-        let room = self.rooms.get_mut(name).expect("the room exists");
-        let before = room.oldest_seq();
-        let (added, forgotten) = room.remember(frame, self.next_seq);
-        self.next_seq += 1;
-        self.history_bytes = self.history_bytes + added - forgotten;
-        if room.oldest_seq() != before {
-            if let Some(seq) = before {
-                self.oldest.remove(&seq);
-            }
-            if let Some(seq) = room.oldest_seq() {
-                self.oldest.insert(seq, name.to_string());
-            }
-        }
-        while self.history_bytes > self.config.history_total_bytes {
-            let Some((_, name)) = self.oldest.pop_first() else {
-                break;
-            };
-            let room = self.rooms.get_mut(&name).expect("indexed rooms exist");
-            self.history_bytes -= room.forget_oldest();
-            if let Some(seq) = room.oldest_seq() {
-                self.oldest.insert(seq, name);
-            }
-        }
-        self.metrics.history_bytes.store(
-            self.history_bytes as u64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
-
-    fn direct(&mut self, key: usize, to: &str, text: &str) -> Result<(), Error> {
-        let Some(&target) = self.nicks.get(&to.to_ascii_lowercase()) else {
-            return Err(Error::new(
-                ErrorCode::UnknownRecipient,
-                format!("nobody is called {to:?}; `who` lists a room's members"),
-            ));
-        };
-        Metrics::add(&self.metrics.messages_received, 1);
-        let frame = Event::Direct {
-            from: &self.clients[key].nick,
-            to: &self.clients[target].nick,
-            text,
-            ts: now_ms(),
-        }
-        .encode();
-        self.send(target, &frame);
-        if target != key {
-            self.send(key, &frame);
-        }
-        Ok(())
-    }
-
-    /// Forgets a client: frees its nick, leaves its rooms (announcing `reason`), and drops its
-    /// queue sender, which ends its writer once the queue is drained.
-    fn remove(&mut self, key: usize, reason: LeaveReason) {
-        #[cfg(feature = "redis")]
-        if self.cluster.is_some() {
-            return self.remove_clustered(key, reason);
-        }
-        let rooms = std::mem::take(&mut self.clients[key].rooms);
-        for name in &rooms {
-            self.part(key, name, reason);
-        }
-        let client = self.clients.remove(key);
-        if !client.nick.is_empty() {
-            self.nicks.remove(&client.nick.to_ascii_lowercase());
-        }
-    }
-
-    /// Disconnects every client whose queue was found full, which may find more (their leave
-    /// events go to others), so it repeats until none are left.
-    fn drop_slow_consumers(&mut self) {
-        while let Some(key) = self.slow.full.pop() {
-            if !self.clients.contains(key) {
-                continue; // found full twice, already gone
-            }
-            Metrics::add(&self.metrics.slow_consumers, 1);
-            // The queue is full; `send_last` makes room for the close by dropping the oldest
-            // event. The client is being disconnected anyway, and the close must come last.
-            let (code, reason) = SLOW_CONSUMER_CLOSE;
-            self.clients[key]
-                .queue
-                .send_last(Outgoing::Close(code, reason));
-            self.remove(key, LeaveReason::SlowConsumer);
-        }
-    }
-
-    /// Closes every client with 1001. Clients go one by one, so each remaining member of a
-    /// room learns who left (reason `shutdown`) before its own close arrives.
-    fn shutdown(&mut self) {
-        self.shutting_down = true;
-        let (code, reason) = SHUTDOWN_CLOSE;
-        let keys: Vec<usize> = self.clients.iter().map(|(key, _)| key).collect();
-        for key in keys {
-            self.clients[key]
-                .queue
-                .send_last(Outgoing::Close(code, reason));
-            self.remove(key, LeaveReason::Shutdown);
-        }
-    }
-
-    /// One page of a room's member nicks: at most `--presence-limit`, from `offset`.
-    fn nicks_of<'a>(&'a self, room: &Room, offset: usize) -> Vec<&'a str> {
-        room.members()
-            .iter()
-            .skip(offset)
-            .take(self.config.presence_limit)
-            .map(|&k| self.clients[k].nick.as_str())
-            .collect()
+    fn send_error(&mut self, key: usize, error: Error) {
+        self.send(key, &error.encode());
     }
 
     fn send(&mut self, key: usize, frame: &Frame) {
         deliver(&self.clients, &mut self.slow, &self.metrics, key, frame);
     }
+}
+
+/// The refusal that stands for frames dropped while a client waits for the authority.
+const WAITING_FULL: &str = "too many commands are waiting for the chat backend; later ones \
+     were dropped";
+
+/// Keeps `event` in a bounded buffer of held events, forgetting the oldest when it is full.
+fn keep(buffer: &mut VecDeque<RoomEvent>, event: RoomEvent) {
+    if buffer.len() >= MAX_HELD_EVENTS {
+        buffer.pop_front();
+    }
+    buffer.push_back(event);
 }
 
 /// What deliveries learned about the clients' queues while the hub handled a command.
@@ -799,25 +1093,35 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// `n` in base 36, for short identifiers.
-pub(crate) fn radix36(mut n: u128) -> String {
-    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
-    let mut out = Vec::new();
-    loop {
-        out.push(DIGITS[(n % 36) as usize]);
-        n /= 36;
-        if n == 0 {
-            break;
-        }
+/// Runs the hub until every sender of `inbox` is gone. `notices` carries what an authority
+/// that answers later sends back (`None` for one that always answers at once).
+pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receiver<Notice>>) {
+    use futures_lite::FutureExt;
+    enum Next {
+        Command(Command),
+        Notice(Notice),
+        Stop,
     }
-    out.reverse();
-    String::from_utf8(out).expect("ASCII digits")
-}
-
-/// Runs the hub until every sender of `inbox` is gone.
-pub async fn run(mut hub: Hub, inbox: Receiver<Command>) {
-    while let Ok(command) = inbox.recv().await {
-        hub.handle(command);
+    loop {
+        let next = match &notices {
+            None => inbox.recv().await.map_or(Next::Stop, Next::Command),
+            Some(notices) => {
+                let command = async { inbox.recv().await.map_or(Next::Stop, Next::Command) };
+                // A closed notice channel (the bridge stopped) leaves only the inbox.
+                let notice = async {
+                    match notices.recv().await {
+                        Ok(notice) => Next::Notice(notice),
+                        Err(_) => std::future::pending().await,
+                    }
+                };
+                command.or(notice).await
+            }
+        };
+        match next {
+            Next::Command(command) => hub.handle(command),
+            Next::Notice(notice) => hub.notice(notice),
+            Next::Stop => return,
+        }
         if std::mem::take(&mut hub.slow.congested) {
             futures_lite::future::yield_now().await;
         }

@@ -29,6 +29,8 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod authority;
+pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
 pub mod config;
@@ -54,7 +56,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use async_channel::{Receiver, Sender};
+use async_channel::Sender;
 use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -101,28 +103,42 @@ impl Chat {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
-        let hub = Hub::new(config.clone(), metrics.clone());
         #[cfg(feature = "redis")]
-        let (hub, bridge, bridge_stopped) = match config.redis {
-            Some(_) => {
-                let (done, stopped) = async_channel::bounded(1);
-                let (bridge, run) =
-                    cluster::start(config.clone(), metrics.clone(), inbox.downgrade(), done);
-                (hub.clustered(bridge), Some(run), Some(stopped))
-            }
-            None => (hub, None, None),
-        };
+        if config.redis.is_some() {
+            let (done, stopped) = async_channel::bounded(1);
+            let (authority, notices, bridge) =
+                cluster::start(config.clone(), metrics.clone(), done);
+            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
+            let chat = Chat {
+                inbox,
+                config,
+                metrics,
+                pending: Arc::default(),
+                bridge_stopped: Some(stopped),
+            };
+            // The bridge is part of the hub's future: the embedder's executor runs both, and
+            // the library spawns nothing of its own.
+            let run = futures_lite::future::zip(hub::run(hub, commands, Some(notices)), bridge);
+            return (
+                chat,
+                Either::Left(async move {
+                    run.await;
+                }),
+            );
+        }
+        let hub = Hub::new(config.clone(), metrics.clone());
         let chat = Chat {
             inbox,
             config,
             metrics,
             pending: Arc::default(),
             #[cfg(feature = "redis")]
-            bridge_stopped,
+            bridge_stopped: None,
         };
+        let run = hub::run(hub, commands, None);
         #[cfg(feature = "redis")]
-        let commands = (commands, bridge);
-        (chat, run(hub, commands))
+        let run = Either::Right(run);
+        (chat, run)
     }
 
     /// Scale-out: waits until the Redis bridge has told the other nodes this one is leaving
@@ -440,25 +456,9 @@ impl Chat {
     }
 }
 
-/// The hub's future.
-#[cfg(not(feature = "redis"))]
-fn run(hub: Hub, commands: Receiver<Command>) -> impl Future<Output = ()> + Send + 'static {
-    hub::run(hub, commands)
-}
-
-/// The hub's future, with the Redis bridge's beside it when rooms are shared.
+/// One of two futures, for `Chat::new`'s two kinds of hub.
 #[cfg(feature = "redis")]
-async fn run<B>(hub: Hub, (commands, bridge): (Receiver<Command>, Option<B>))
-where
-    B: Future<Output = ()>,
-{
-    let bridge = async move {
-        if let Some(bridge) = bridge {
-            bridge.await;
-        }
-    };
-    futures_lite::future::zip(hub::run(hub, commands), bridge).await;
-}
+use futures_util::future::Either;
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;

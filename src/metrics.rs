@@ -90,8 +90,7 @@ pub struct Metrics {
     #[cfg(feature = "redis")]
     pub redis_reconnects: AtomicU64,
     /// Scale-out: commands answered with `unavailable`.
-    #[cfg(feature = "redis")]
-    pub redis_unavailable: AtomicU64,
+    pub backend_unavailable: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     /// TLS handshakes that failed: not TLS, protocol, I/O.
     #[cfg(feature = "tls")]
@@ -237,7 +236,7 @@ impl Metrics {
                 "redis_unavailable_total",
                 "counter",
                 "Commands answered with error unavailable.",
-                &self.redis_unavailable,
+                &self.backend_unavailable,
             );
         }
 

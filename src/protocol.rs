@@ -436,12 +436,10 @@ impl Event<'_> {
         Frame::from(json.into_boxed_str().into_string())
     }
 
-    /// One page of the `rooms` reply: `rooms` sorted by name, from `offset`.
-    pub fn rooms_page(mut rooms: Vec<RoomSummary<'_>>, offset: usize) -> Frame {
-        rooms.sort_unstable_by(|a, b| a.name.cmp(b.name));
-        let count = rooms.len();
-        let end = offset.saturating_add(ROOMS_PAGE).min(count);
-        let page = rooms.drain(offset.min(end)..end).collect();
+    /// One page of the `rooms` reply: `page`, the rooms from `offset` in order of name, of
+    /// `count` in all.
+    pub fn rooms_page(page: Vec<RoomSummary<'_>>, count: usize, offset: usize) -> Frame {
+        let end = offset.saturating_add(page.len());
         Event::Rooms {
             rooms: page,
             count,

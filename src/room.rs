@@ -13,7 +13,7 @@
 
 use std::collections::VecDeque;
 
-use crate::hub::Address;
+use crate::client::{Address, ClientId};
 use crate::protocol::Frame;
 
 /// One remembered message.
@@ -32,7 +32,7 @@ struct Stored {
 pub struct Room {
     /// Identifies this life of the room's history; message ids are only comparable within it.
     epoch: String,
-    members: Vec<usize>,
+    members: Vec<ClientId>,
     /// The retained messages, oldest first.
     history: VecDeque<Stored>,
     /// Most messages retained.
@@ -108,17 +108,17 @@ impl Room {
     }
 
     /// Member keys in join order.
-    pub fn members(&self) -> &[usize] {
+    pub fn members(&self) -> &[ClientId] {
         &self.members
     }
 
     /// True when `key` is a member.
-    pub fn contains(&self, key: usize) -> bool {
+    pub fn contains(&self, key: ClientId) -> bool {
         self.members.contains(&key)
     }
 
     /// Adds a member; returns false if it was already in.
-    pub fn add(&mut self, key: usize) -> bool {
+    pub fn add(&mut self, key: ClientId) -> bool {
         if self.contains(key) {
             return false;
         }
@@ -127,7 +127,7 @@ impl Room {
     }
 
     /// Removes a member; returns false if it was not in.
-    pub fn remove(&mut self, key: usize) -> bool {
+    pub fn remove(&mut self, key: ClientId) -> bool {
         match self.members.iter().position(|&k| k == key) {
             Some(i) => {
                 // Order matters for the member list clients see, so no swap_remove.
@@ -306,13 +306,14 @@ mod tests {
 
     #[test]
     fn members_keep_join_order() {
+        let id = |key| ClientId { key, serial: 1 };
         let mut r = Room::new("e".into(), 1, 100);
-        assert!(r.add(3));
-        assert!(r.add(1));
-        assert!(!r.add(3));
-        assert!(r.add(2));
-        assert!(r.remove(3));
-        assert!(!r.remove(3));
-        assert_eq!(r.members(), &[1, 2]);
+        assert!(r.add(id(3)));
+        assert!(r.add(id(1)));
+        assert!(!r.add(id(3)));
+        assert!(r.add(id(2)));
+        assert!(r.remove(id(3)));
+        assert!(!r.remove(id(3)));
+        assert_eq!(r.members(), &[id(1), id(2)]);
     }
 }

@@ -1,16 +1,20 @@
 //! The hub in raw mode (`--protocol raw`): the Go hub's protocol, on the hub's own rules.
 //!
-//! A client enters through [`Hub::connect_raw`], which puts it in its group (a room named by
-//! the path `/ws/NAME`; `/ws` is the default room) under the same limits as a `join`, and sends
-//! it nothing: no welcome, no member list. Data frames enter through [`Hub::publish`] and leave,
-//! as received, to every member of the group, the sender included, in the order the hub took
-//! them. A received frame is already a reference-counted buffer, so a delivery is a
-//! reference-count increment, exactly as for v1's encoded events. Leaving, slow consumers and
-//! shutdown are the hub's ordinary paths; `Hub::part` only skips the `leave` events and drops
-//! a group when its last member goes.
+//! A client enters through [`Hub::connect_raw`], which registers it with the authority and
+//! puts it in its group (a room named by the path `/ws/NAME`; `/ws` is the default room) under
+//! the same limits as a `join`, and sends it nothing: no welcome, no member list. Data frames
+//! enter through [`Hub::publish`] and leave, as received, to every member of the group, the
+//! sender included, in the order the hub took them. A received frame is already a
+//! reference-counted buffer, so a delivery is a reference-count increment, exactly as for v1's
+//! encoded events. Leaving, slow consumers and shutdown are the hub's ordinary paths; room
+//! events are not delivered in raw mode, and the authority drops a group when its last member
+//! goes. Raw mode runs on one node (`--redis` is refused with it), so the authority always
+//! answers at once.
 
 use super::{ClientId, Hub, Outgoing, deliver_item};
+use crate::authority::{Answer, Ask};
 use crate::metrics::Metrics;
+use crate::protocol::LeaveReason;
 use crate::queue;
 
 /// Close code and reason for a client whose group cannot be created (`--max-rooms`,
@@ -26,14 +30,33 @@ impl Hub {
         address: super::Address,
         group: Option<String>,
     ) -> ClientId {
-        let id = self.register(queue, address, String::new());
+        let id = self.register(queue, address);
         let group = group.unwrap_or_else(|| self.config.default_room.clone());
-        if self.enter(id.key, &group).is_err() {
-            let (code, reason) = GROUP_LIMIT_CLOSE;
-            self.clients[id.key]
-                .queue
-                .send_last(Outgoing::Close(code, reason));
-            self.remove(id.key, crate::protocol::LeaveReason::Disconnected);
+        let register = Ask::Register {
+            address,
+            named: false,
+        };
+        let registered = self.authority.ask(id, register, &mut self.events);
+        let join = Ask::Join {
+            room: group.clone(),
+            since: None,
+            epoch: None,
+        };
+        let joined = match registered {
+            Some(Answer::Registered(_)) => self.authority.ask(id, join, &mut self.events),
+            other => other,
+        };
+        self.events.clear(); // raw clients are told nothing about their group
+        match joined {
+            Some(Answer::Joined(_)) => {
+                self.clients[id.key].rooms.push(group.clone());
+                self.audiences
+                    .entry(group)
+                    .or_default()
+                    .members
+                    .push(id.key);
+            }
+            _ => self.close(id.key, GROUP_LIMIT_CLOSE, LeaveReason::Disconnected),
         }
         id
     }
@@ -44,7 +67,7 @@ impl Hub {
             return;
         };
         Metrics::add(&self.metrics.messages_received, 1);
-        let members = self.rooms[group].members();
+        let members = &self.audiences[group].members;
         for &k in members {
             deliver_item(
                 &self.clients,

@@ -1,0 +1,226 @@
+//! Who decides: the narrow interface between the hub's rules and the state a chat of several
+//! nodes must agree on.
+//!
+//! The hub ([`crate::hub`]) owns the chat's rules and every client connected to this node.
+//! What all nodes must agree on is decided by an **authority**: who holds which nick, who is
+//! in which room, each room's message ids and history, which rooms exist and who holds them.
+//! There are two:
+//!
+//! - [`local::Local`], in memory, for a single node. It answers at once.
+//! - `cluster::Redis` (feature `redis`), which asks Redis through the bridge and answers
+//!   later, through the hub's inbox.
+//!
+//! Data enters the authority as an [`Ask`] for one client ([`Authority::ask`]) or as a
+//! departure ([`Authority::bye`]). It leaves in two ways:
+//!
+//! - an [`Answer`] to the client that asked: returned at once (`Some`), or later as
+//!   [`Notice::Answer`];
+//! - [`RoomEvent`]s: what happened in a room (a message with its id, a join, a leave, a
+//!   rename), for every node with members there. The local authority puts them in the `events`
+//!   vector it is given; the Redis authority publishes them on the room's channel, and they
+//!   come back to every node, this one included, as [`Notice::Room`].
+//!
+//! Either way the hub handles answers and events with the same code, so the rules exist once.
+//! Nothing here is encoded for the wire: names, ids and texts travel as values, and the hub
+//! encodes every event through [`crate::protocol`].
+
+pub mod local;
+
+pub use crate::client::{Address, ClientId};
+use crate::protocol::{Error, Frame, LeaveReason};
+
+/// A question from the hub, for one client.
+#[derive(Debug, Clone)]
+pub enum Ask {
+    /// Register a new client from `address`. `named`: give it a free `guest-N` nick (v1);
+    /// raw mode has no nicks.
+    Register { address: Address, named: bool },
+    /// Change the client's nick.
+    Nick(String),
+    /// Make the client a member of `room` (or, if it is one, give it the room's state again
+    /// without announcing anything), replaying history after the cursor.
+    Join {
+        room: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+    },
+    /// Take the client out of `room`.
+    Leave(String),
+    /// Give the client's message in `room` the room's next id and keep it in the history.
+    Say { room: String, text: String, ts: u64 },
+    /// A private message to whoever holds nick `to` (any case).
+    Direct { to: String, text: String, ts: u64 },
+    /// A page of `room`'s members from `offset`.
+    Who { room: String, offset: usize },
+    /// A page of the rooms from `offset`, sorted by name.
+    Rooms { offset: usize },
+}
+
+/// The authority's answer to an [`Ask`].
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Registered, with this nick (empty for raw clients).
+    Registered(String),
+    /// Renamed; the old nick.
+    Renamed {
+        old: String,
+    },
+    NickTaken,
+    Joined(Joined),
+    /// Refused by a rule only the authority can check (the room limits).
+    Refused(Error),
+    Left,
+    NotMember,
+    /// The message has this id; its [`RoomEvent`] is on the way (or already out).
+    Said {
+        id: u64,
+    },
+    /// Delivered to nick `to` (as its holder spells it). `target`: the recipient, when it is a
+    /// client of this node; a recipient elsewhere gets it through [`Notice::Direct`].
+    Direct {
+        to: String,
+        target: Option<ClientId>,
+    },
+    UnknownRecipient,
+    Members {
+        count: usize,
+        nicks: Vec<String>,
+    },
+    Rooms {
+        count: usize,
+        page: Vec<(String, usize)>,
+    },
+    /// The authority does not know this client any more (its node was taken for lost, or the
+    /// store lost its data): the client must reconnect.
+    Gone,
+    /// The authority could not be asked (Redis down, or too far behind); nothing was done.
+    Unavailable,
+}
+
+/// A room as a join found it.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    pub epoch: String,
+    pub last_id: u64,
+    /// The room event that announced the join (or the latest, for a resync): the joiner
+    /// skips live events up to this one, which the answer already reflects.
+    pub ev: u64,
+    pub count: usize,
+    /// The first `--presence-limit` members' nicks, in join order.
+    pub nicks: Vec<String>,
+    /// The messages to replay, oldest first, and whether nothing after the cursor was lost
+    /// (`None` for a join without a cursor). Computed by [`crate::room::Room::replay`].
+    pub replay: Vec<Frame>,
+    pub complete: Option<bool>,
+}
+
+/// Something that happened in a room, for the room's members on every node.
+#[derive(Debug, Clone)]
+pub struct RoomEvent {
+    pub room: String,
+    /// The room's event number: every node sees a room's events in increasing order.
+    pub ev: u64,
+    /// The client of this node the event is about (who said, joined, left or was renamed),
+    /// if it is one.
+    pub subject: Option<ClientId>,
+    pub what: What,
+}
+
+/// What a [`RoomEvent`] is.
+#[derive(Debug, Clone)]
+pub enum What {
+    Message {
+        id: u64,
+        nick: String,
+        text: String,
+        ts: u64,
+    },
+    /// `count`: members after the join.
+    Join { nick: String, count: usize },
+    /// `count`: members before the leave.
+    Leave {
+        nick: String,
+        reason: LeaveReason,
+        count: usize,
+    },
+    /// A rename, announced in each of the client's rooms; `tag` is the same in all of them,
+    /// so a client that shares several rooms with it hears of it once.
+    Nick {
+        old: String,
+        nick: String,
+        count: usize,
+        tag: u64,
+    },
+}
+
+/// From an authority that answers later (Redis), through the hub's inbox.
+#[derive(Debug)]
+pub enum Notice {
+    /// The answer to a client's [`Ask`].
+    Answer { client: ClientId, answer: Answer },
+    /// An event of a room this node has members in.
+    Room(RoomEvent),
+    /// A private message for a client of this node.
+    Direct {
+        target: ClientId,
+        from: String,
+        to: String,
+        text: String,
+        ts: u64,
+    },
+    /// A new connection to the store: hold room events until each room's [`Notice::Resync`],
+    /// and hand the authority this node's members ([`Authority::restore`]).
+    Resyncing,
+    /// A room's state after a reconnect.
+    Resync {
+        room: String,
+        epoch: String,
+        last_id: u64,
+        ev: u64,
+        /// The retained messages, oldest first, the newest with id `last_id`.
+        history: Vec<Frame>,
+    },
+    /// The store no longer knows these clients (their node was taken for lost while it was cut
+    /// off, and others may hold their nicks now): they must reconnect.
+    Lost(Vec<ClientId>),
+}
+
+/// One of this node's clients, for [`Authority::restore`].
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub client: ClientId,
+    pub address: Address,
+    pub nick: String,
+    pub rooms: Vec<String>,
+}
+
+/// The questions the hub asks. See the module documentation.
+pub trait Authority: Send {
+    /// Asks on behalf of `client`. `Some`: the answer, now, with the room events it caused
+    /// pushed to `events`. `None`: the answer comes later as [`Notice::Answer`].
+    fn ask(&mut self, client: ClientId, ask: Ask, events: &mut Vec<RoomEvent>) -> Option<Answer>;
+
+    /// `client` is gone: it leaves its rooms (announced with `reason`) and its nick is free.
+    /// Never refused: an authority that cannot pass it on now keeps it until it can.
+    fn bye(&mut self, client: ClientId, reason: LeaveReason, events: &mut Vec<RoomEvent>);
+
+    /// The hub encoded message `id` of `room` as `frame`: an authority that keeps history in
+    /// memory keeps this frame, so replays send the bytes the members got.
+    fn remember(&mut self, room: &str, id: u64, frame: &Frame) {
+        let _ = (room, id, frame);
+    }
+
+    /// No client of this node is in `room`, or waits for it, any more.
+    fn unused(&mut self, room: &str) {
+        let _ = room;
+    }
+
+    /// After [`Notice::Resyncing`]: this node's members, to register again where the store
+    /// lost them.
+    fn restore(&mut self, members: Vec<Member>) {
+        let _ = members;
+    }
+
+    /// The node is shutting down; its clients are gone.
+    fn shutdown(&mut self) {}
+}

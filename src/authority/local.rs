@@ -1,0 +1,510 @@
+//! The authority of a single node: nicks, rooms, ids and history, in memory.
+//!
+//! Every [`Ask`] is answered at once, and the room events it causes are pushed to the hub's
+//! `events` vector before [`Local::ask`] returns, so the hub delivers them in the same step.
+//! Messages enter history through [`Authority::remember`] as the frame the hub encoded for the
+//! members, and leave through [`Room::replay`] when a client joins.
+//!
+//! Besides the room limits, this is where memory is bounded: `--history` and
+//! `--history-bytes` per room (in [`Room`]), `--history-total-bytes` for all rooms together
+//! (the server's oldest message goes first), `--max-rooms` (the least recently used empty room
+//! is evicted) and `--max-rooms-per-address`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Address, Answer, Ask, Authority, ClientId, Joined, RoomEvent, What};
+use crate::config::{Config, Protocol};
+use crate::metrics::Metrics;
+use crate::protocol::{Error, ErrorCode, Frame, LeaveReason, ROOMS_PAGE};
+use crate::room::Room;
+
+/// One registered client.
+struct Entry {
+    nick: String,
+    address: Address,
+    /// The rooms it is in.
+    rooms: Vec<String>,
+}
+
+/// A room and the number of its last event.
+struct Place {
+    room: Room,
+    ev: u64,
+}
+
+/// The in-memory authority. See the module documentation.
+pub struct Local {
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    clients: HashMap<ClientId, Entry>,
+    /// Lowercased nick → holder; nicks are unique ignoring case.
+    nicks: HashMap<String, ClientId>,
+    /// Every room, empty ones with history included, sorted by name for `rooms` pages.
+    rooms: BTreeMap<String, Place>,
+    /// Non-empty rooms held by each address: a room is held by the address of the client that
+    /// made it non-empty (created it, or joined it empty) until it is empty again.
+    held: HashMap<Address, usize>,
+    /// Bytes of messages all rooms remember together (`--history-total-bytes`).
+    history_bytes: usize,
+    /// Every room with history, by the server-wide sequence number of its oldest message:
+    /// the first entry is the message to forget when the total is over the limit.
+    oldest: BTreeMap<u64, String>,
+    /// Numbers every remembered message, server-wide, oldest first.
+    next_seq: u64,
+    next_guest: u64,
+    /// Numbers renames, so that one rename announced in several rooms is heard once.
+    renames: u64,
+    /// Prefix of every room epoch: different for every start of the server.
+    epoch_base: String,
+    rooms_created: u64,
+    /// Counts questions, to order empty rooms by how recently they were used.
+    tick: u64,
+}
+
+impl Local {
+    /// An authority with no clients and no rooms.
+    pub fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
+        let started = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_micros();
+        Local {
+            config,
+            metrics,
+            clients: HashMap::new(),
+            nicks: HashMap::new(),
+            rooms: BTreeMap::new(),
+            held: HashMap::new(),
+            history_bytes: 0,
+            oldest: BTreeMap::new(),
+            next_seq: 0,
+            next_guest: 1,
+            renames: 0,
+            epoch_base: radix36(started),
+            rooms_created: 0,
+            tick: 0,
+        }
+    }
+
+    fn raw(&self) -> bool {
+        self.config.protocol == Protocol::Raw
+    }
+
+    fn register(&mut self, client: ClientId, address: Address, named: bool) -> Answer {
+        let nick = if named {
+            let nick = loop {
+                let candidate = format!("guest-{}", self.next_guest);
+                self.next_guest += 1;
+                if !self.nicks.contains_key(&candidate) {
+                    break candidate;
+                }
+            };
+            self.nicks.insert(nick.clone(), client);
+            nick
+        } else {
+            String::new()
+        };
+        let entry = Entry {
+            nick: nick.clone(),
+            address,
+            rooms: Vec::new(),
+        };
+        self.clients.insert(client, entry);
+        Answer::Registered(nick)
+    }
+
+    fn rename(&mut self, client: ClientId, nick: String, events: &mut Vec<RoomEvent>) -> Answer {
+        let lower = nick.to_ascii_lowercase();
+        if self
+            .nicks
+            .get(&lower)
+            .is_some_and(|&holder| holder != client)
+        {
+            return Answer::NickTaken;
+        }
+        let entry = self.clients.get_mut(&client).expect("registered");
+        let old = std::mem::replace(&mut entry.nick, nick);
+        self.nicks.remove(&old.to_ascii_lowercase());
+        self.nicks.insert(lower, client);
+        self.renames += 1;
+        for name in &entry.rooms {
+            let place = self.rooms.get_mut(name).expect("a client's rooms exist");
+            place.ev += 1;
+            events.push(RoomEvent {
+                room: name.clone(),
+                ev: place.ev,
+                subject: Some(client),
+                what: What::Nick {
+                    old: old.clone(),
+                    nick: entry.nick.clone(),
+                    count: place.room.members().len(),
+                    tag: self.renames,
+                },
+            });
+        }
+        Answer::Renamed { old }
+    }
+
+    fn join(
+        &mut self,
+        client: ClientId,
+        name: String,
+        since: Option<u64>,
+        epoch: Option<String>,
+        events: &mut Vec<RoomEvent>,
+    ) -> Answer {
+        let entry = &self.clients[&client];
+        let ev = if entry.rooms.contains(&name) {
+            self.rooms[&name].ev // a resync: nothing to announce
+        } else {
+            if let Err(error) = self.enter(client, &name) {
+                return Answer::Refused(error);
+            }
+            let place = self.rooms.get_mut(&name).expect("entered");
+            place.ev += 1;
+            if self.config.protocol != Protocol::Raw {
+                events.push(RoomEvent {
+                    room: name.clone(),
+                    ev: place.ev,
+                    subject: Some(client),
+                    what: What::Join {
+                        nick: self.clients[&client].nick.clone(),
+                        count: place.room.members().len(),
+                    },
+                });
+            }
+            place.ev
+        };
+        if self.raw() {
+            // Raw clients are sent nothing about the group.
+            return Answer::Joined(Joined {
+                epoch: String::new(),
+                last_id: 0,
+                ev,
+                count: 0,
+                nicks: Vec::new(),
+                replay: Vec::new(),
+                complete: None,
+            });
+        }
+        let room = &self.rooms[&name].room;
+        let replay = room.replay(since, epoch.as_deref());
+        Answer::Joined(Joined {
+            epoch: room.epoch().to_string(),
+            last_id: room.last_id(),
+            ev,
+            count: room.members().len(),
+            nicks: self.nicks_of(room, 0),
+            replay: replay.messages.into_iter().cloned().collect(),
+            complete: replay.complete,
+        })
+    }
+
+    /// Makes `client` a member of room `name`, creating the room if needed, within the limits
+    /// on rooms per address and in all (the hub checks the limit per client).
+    fn enter(&mut self, client: ClientId, name: &str) -> Result<(), Error> {
+        let address = self.clients[&client].address;
+        // The default room is everybody's: nobody holds it, no limit keeps it from being
+        // created, and it is never evicted (otherwise a few addresses filling the limits could
+        // leave newcomers without one).
+        let default = name == self.config.default_room;
+        let empty = !default
+            && self
+                .rooms
+                .get(name)
+                .is_none_or(|p| p.room.members().is_empty());
+        if empty
+            && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
+        {
+            return Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!(
+                    "clients from your address hold {} rooms, the most allowed; join a room \
+                     that has members",
+                    self.config.max_rooms_per_address
+                ),
+            ));
+        }
+        if !self.rooms.contains_key(name) {
+            if !default {
+                self.make_room_for_one_more()?;
+            }
+            self.rooms_created += 1;
+            let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
+            let room = Room::new(epoch, self.config.history, self.config.history_bytes);
+            self.rooms.insert(name.to_string(), Place { room, ev: 0 });
+            Metrics::add(&self.metrics.rooms, 1);
+        }
+        let room = &mut self.rooms.get_mut(name).expect("room exists").room;
+        if empty {
+            *self.held.entry(address).or_default() += 1;
+            room.holder = Some(address);
+        }
+        room.add(client);
+        let entry = self.clients.get_mut(&client).expect("registered");
+        entry.rooms.push(name.to_string());
+        Ok(())
+    }
+
+    /// Evicts the least recently used empty room if the server holds `--max-rooms` rooms
+    /// besides the default room.
+    fn make_room_for_one_more(&mut self) -> Result<(), Error> {
+        let default = &self.config.default_room;
+        let others = self.rooms.len() - usize::from(self.rooms.contains_key(default));
+        if others < self.config.max_rooms {
+            return Ok(());
+        }
+        let oldest_empty = self
+            .rooms
+            .iter()
+            .filter(|(name, p)| p.room.members().is_empty() && *name != default)
+            .min_by_key(|(_, p)| p.room.idle_since)
+            .map(|(name, _)| name.clone());
+        let Some(name) = oldest_empty else {
+            return Err(Error::new(
+                ErrorCode::RoomLimit,
+                format!(
+                    "the server holds {} rooms, the most allowed; join an existing room",
+                    self.config.max_rooms
+                ),
+            ));
+        };
+        self.drop_room(&name);
+        Ok(())
+    }
+
+    fn drop_room(&mut self, name: &str) {
+        let place = self.rooms.remove(name).expect("the room exists");
+        if let Some(seq) = place.room.oldest_seq() {
+            self.oldest.remove(&seq);
+        }
+        self.history_bytes -= place.room.history_bytes();
+        self.metrics
+            .history_bytes
+            .store(self.history_bytes as u64, Relaxed);
+        self.metrics.rooms.fetch_sub(1, Relaxed);
+    }
+
+    /// Takes `client` out of room `name` and announces why.
+    fn part(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        reason: LeaveReason,
+        events: &mut Vec<RoomEvent>,
+    ) {
+        let Some(place) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let room = &mut place.room;
+        let before = room.members().len();
+        room.remove(client);
+        // The room stays held by an address while a client from it is in the room; when the
+        // last one leaves, the hold passes to a remaining member's address (or ends with the
+        // last member). Otherwise another address could pin this one's quota by staying in
+        // rooms it created.
+        let clients = &self.clients;
+        let leaver = clients[&client].address;
+        let still_there = |k: &ClientId| clients[k].address == leaver;
+        if room.holder == Some(leaver) && !room.members().iter().any(still_there) {
+            let heir = room.members().first().map(|k| clients[k].address);
+            if let Some(held) = self.held.get_mut(&leaver) {
+                *held -= 1;
+                if *held == 0 {
+                    self.held.remove(&leaver);
+                }
+            }
+            if let Some(heir) = heir {
+                *self.held.entry(heir).or_default() += 1;
+            }
+            room.holder = heir;
+        }
+        let empty = room.members().is_empty();
+        if empty {
+            room.idle_since = self.tick;
+        }
+        if self.config.protocol == Protocol::Raw {
+            // A group has no history to keep and nobody to tell; the default one stays.
+            if empty && name != self.config.default_room {
+                self.drop_room(name);
+            }
+            return;
+        }
+        place.ev += 1;
+        events.push(RoomEvent {
+            room: name.to_string(),
+            ev: place.ev,
+            subject: Some(client),
+            what: What::Leave {
+                nick: clients[&client].nick.clone(),
+                reason,
+                count: before,
+            },
+        });
+    }
+
+    fn say(
+        &mut self,
+        client: ClientId,
+        name: String,
+        text: String,
+        ts: u64,
+        events: &mut Vec<RoomEvent>,
+    ) -> Answer {
+        let entry = &self.clients[&client];
+        if !entry.rooms.contains(&name) {
+            return Answer::NotMember;
+        }
+        let place = self.rooms.get_mut(&name).expect("a client's rooms exist");
+        let id = place.room.next_id();
+        place.ev += 1;
+        events.push(RoomEvent {
+            room: name,
+            ev: place.ev,
+            subject: Some(client),
+            what: What::Message {
+                id,
+                nick: entry.nick.clone(),
+                text,
+                ts,
+            },
+        });
+        Answer::Said { id }
+    }
+
+    /// One page of a room's member nicks: at most `--presence-limit`, from `offset`.
+    fn nicks_of(&self, room: &Room, offset: usize) -> Vec<String> {
+        room.members()
+            .iter()
+            .skip(offset)
+            .take(self.config.presence_limit)
+            .map(|k| self.clients[k].nick.clone())
+            .collect()
+    }
+}
+
+impl Authority for Local {
+    fn ask(&mut self, client: ClientId, ask: Ask, events: &mut Vec<RoomEvent>) -> Option<Answer> {
+        self.tick += 1;
+        if !matches!(ask, Ask::Register { .. }) && !self.clients.contains_key(&client) {
+            return Some(Answer::Gone);
+        }
+        Some(match ask {
+            Ask::Register { address, named } => self.register(client, address, named),
+            Ask::Nick(nick) => self.rename(client, nick, events),
+            Ask::Join { room, since, epoch } => self.join(client, room, since, epoch, events),
+            Ask::Leave(room) => {
+                let entry = self.clients.get_mut(&client).expect("registered");
+                match entry.rooms.iter().position(|r| *r == room) {
+                    Some(i) => {
+                        entry.rooms.remove(i);
+                        self.part(client, &room, LeaveReason::Left, events);
+                        Answer::Left
+                    }
+                    None => Answer::NotMember,
+                }
+            }
+            Ask::Say { room, text, ts } => self.say(client, room, text, ts, events),
+            Ask::Direct { to, .. } => match self.nicks.get(&to.to_ascii_lowercase()) {
+                Some(&target) => Answer::Direct {
+                    to: self.clients[&target].nick.clone(),
+                    target: Some(target),
+                },
+                None => Answer::UnknownRecipient,
+            },
+            Ask::Who { room, offset } => match self.rooms.get(&room) {
+                Some(p) => Answer::Members {
+                    count: p.room.members().len(),
+                    nicks: self.nicks_of(&p.room, offset),
+                },
+                None => Answer::Members {
+                    count: 0,
+                    nicks: Vec::new(),
+                },
+            },
+            Ask::Rooms { offset } => Answer::Rooms {
+                count: self.rooms.len(),
+                page: self
+                    .rooms
+                    .iter()
+                    .skip(offset)
+                    .take(ROOMS_PAGE)
+                    .map(|(name, p)| (name.clone(), p.room.members().len()))
+                    .collect(),
+            },
+        })
+    }
+
+    fn bye(&mut self, client: ClientId, reason: LeaveReason, events: &mut Vec<RoomEvent>) {
+        self.tick += 1;
+        let Some(entry) = self.clients.get_mut(&client) else {
+            return;
+        };
+        let rooms = std::mem::take(&mut entry.rooms);
+        for name in &rooms {
+            self.part(client, name, reason, events);
+        }
+        let entry = self.clients.remove(&client).expect("registered");
+        let lower = entry.nick.to_ascii_lowercase();
+        if self.nicks.get(&lower) == Some(&client) {
+            self.nicks.remove(&lower);
+        }
+    }
+
+    /// Stores a message in its room's history, then forgets the oldest messages on the server
+    /// until all rooms together are within `--history-total-bytes`.
+    fn remember(&mut self, name: &str, id: u64, frame: &Frame) {
+        let Some(place) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let room = &mut place.room;
+        debug_assert_eq!(
+            room.last_id(),
+            id,
+            "messages are remembered as they are said"
+        );
+        let before = room.oldest_seq();
+        let (added, forgotten) = room.remember(frame.clone(), self.next_seq);
+        self.next_seq += 1;
+        self.history_bytes = self.history_bytes + added - forgotten;
+        if room.oldest_seq() != before {
+            if let Some(seq) = before {
+                self.oldest.remove(&seq);
+            }
+            if let Some(seq) = room.oldest_seq() {
+                self.oldest.insert(seq, name.to_string());
+            }
+        }
+        while self.history_bytes > self.config.history_total_bytes {
+            let Some((_, name)) = self.oldest.pop_first() else {
+                break;
+            };
+            let room = &mut self.rooms.get_mut(&name).expect("indexed rooms exist").room;
+            self.history_bytes -= room.forget_oldest();
+            if let Some(seq) = room.oldest_seq() {
+                self.oldest.insert(seq, name);
+            }
+        }
+        self.metrics
+            .history_bytes
+            .store(self.history_bytes as u64, Relaxed);
+    }
+}
+
+/// `n` in base 36, for short identifiers.
+pub(crate) fn radix36(mut n: u128) -> String {
+    const DIGITS: &[u8; 36] = b"0123456789abcdefghijklmnopqrstuvwxyz";
+    let mut out = Vec::new();
+    loop {
+        out.push(DIGITS[(n % 36) as usize]);
+        n /= 36;
+        if n == 0 {
+            break;
+        }
+    }
+    out.reverse();
+    String::from_utf8(out).expect("ASCII digits")
+}

@@ -1,0 +1,48 @@
+//! Who a client is, to the hub and to the authority: its [`ClientId`] (a slot and a serial)
+//! and the [`Address`] it connects from, for the limits per address.
+//!
+//! Ids enter when the hub registers a client and leave with every command, answer and event
+//! about it; addresses enter from the peer `Chat::serve` is given.
+
+use std::net::{IpAddr, SocketAddr};
+
+/// Identifies one connected client. The slab key is reused after a client leaves, so the
+/// `serial` (never reused) tells a late command from a departed client apart from its
+/// successor in the same slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ClientId {
+    pub(crate) key: usize,
+    pub(crate) serial: u64,
+}
+
+/// Where a client connects from, for limits per address: an IPv4 address, an IPv6 /64 (one
+/// subscriber's network: a single host can use any of its 2^64 addresses), or for peers that
+/// are not socket addresses (embedders may pass any text) a hash of the text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Address(u128);
+
+impl Address {
+    /// The address of `peer`, as `Chat::serve` receives it (`"127.0.0.1:5000"`).
+    pub fn of(peer: &str) -> Address {
+        let ip = peer
+            .parse::<SocketAddr>()
+            .map(|a| a.ip())
+            .or_else(|_| peer.parse::<IpAddr>());
+        match ip.map(|ip| ip.to_canonical()) {
+            Ok(IpAddr::V4(v4)) => Address(u128::from(v4.to_ipv6_mapped())),
+            Ok(IpAddr::V6(v6)) => Address(u128::from(v6) & !u128::from(u64::MAX)),
+            Err(_) => {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                peer.hash(&mut h);
+                // Low bits set: no IPv6 /64 prefix key has any.
+                Address(u128::from(h.finish()) | 1 << 64)
+            }
+        }
+    }
+
+    /// The address as a number, for stores that key by it (Redis).
+    pub fn value(self) -> u128 {
+        self.0
+    }
+}

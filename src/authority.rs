@@ -27,7 +27,7 @@
 pub mod local;
 
 pub use crate::client::{Address, ClientId};
-use crate::protocol::{Error, Frame, LeaveReason};
+use crate::protocol::{Error, ErrorCode, Frame, LeaveReason};
 
 /// A question from the hub, for one client.
 #[derive(Debug, Clone)]
@@ -183,6 +183,27 @@ pub enum Notice {
     /// The store no longer knows these clients (their node was taken for lost while it was cut
     /// off, and others may hold their nicks now): they must reconnect.
     Lost(Vec<ClientId>),
+}
+
+/// The refusal of a join that would create a room beyond `--max-rooms`, with no empty room
+/// left to evict. Both authorities refuse with this text.
+pub fn too_many_rooms(max: usize) -> Error {
+    Error::new(
+        ErrorCode::RoomLimit,
+        format!("the server holds {max} rooms, the most allowed; join an existing room"),
+    )
+}
+
+/// The refusal of a join that would make the client's address hold more than
+/// `--max-rooms-per-address` rooms. Both authorities refuse with this text.
+pub fn address_holds_too_many(max: usize) -> Error {
+    Error::new(
+        ErrorCode::RoomLimit,
+        format!(
+            "clients from your address hold {max} rooms, the most allowed; join a room that \
+             has members"
+        ),
+    )
 }
 
 /// One of this node's clients, for [`Authority::restore`].

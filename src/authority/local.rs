@@ -18,7 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use super::{Address, Answer, Ask, Authority, ClientId, Joined, RoomEvent, What};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, Frame, LeaveReason, ROOMS_PAGE};
+use crate::protocol::{Error, Frame, LeaveReason, ROOMS_PAGE};
 use crate::room::Room;
 
 /// One registered client.
@@ -219,13 +219,8 @@ impl Local {
         if empty
             && self.held.get(&address).copied().unwrap_or(0) >= self.config.max_rooms_per_address
         {
-            return Err(Error::new(
-                ErrorCode::RoomLimit,
-                format!(
-                    "clients from your address hold {} rooms, the most allowed; join a room \
-                     that has members",
-                    self.config.max_rooms_per_address
-                ),
+            return Err(super::address_holds_too_many(
+                self.config.max_rooms_per_address,
             ));
         }
         if !self.rooms.contains_key(name) {
@@ -264,13 +259,7 @@ impl Local {
             .min_by_key(|(_, p)| p.room.idle_since)
             .map(|(name, _)| name.clone());
         let Some(name) = oldest_empty else {
-            return Err(Error::new(
-                ErrorCode::RoomLimit,
-                format!(
-                    "the server holds {} rooms, the most allowed; join an existing room",
-                    self.config.max_rooms
-                ),
-            ));
+            return Err(super::too_many_rooms(self.config.max_rooms));
         };
         self.drop_room(&name);
         Ok(())

@@ -27,7 +27,7 @@
 pub mod local;
 
 pub use crate::client::{Address, ClientId};
-use crate::protocol::{Error, ErrorCode, Frame, LeaveReason};
+use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason};
 
 /// A question from the hub, for one client.
 #[derive(Debug, Clone)]
@@ -124,6 +124,42 @@ pub struct RoomEvent {
     /// if it is one.
     pub subject: Option<ClientId>,
     pub what: What,
+}
+
+impl RoomEvent {
+    /// The event as clients get it, encoded once for all of them.
+    pub fn encode(&self) -> Frame {
+        let room = &self.room;
+        match &self.what {
+            What::Message { id, nick, text, ts } => Event::Message {
+                room,
+                id: *id,
+                from: nick,
+                text,
+                ts: *ts,
+            }
+            .encode(),
+            What::Join { nick, .. } => Event::Join { room, nick }.encode(),
+            What::Leave { nick, reason, .. } => Event::Leave {
+                room,
+                nick,
+                reason: *reason,
+            }
+            .encode(),
+            What::Nick { old, nick, .. } => Event::Nick { old, nick }.encode(),
+        }
+    }
+
+    /// Members the room had when this event happened (after a join, before a leave), for
+    /// the presence limit; `None` for a message, which is always delivered.
+    pub fn count(&self) -> Option<usize> {
+        match self.what {
+            What::Message { .. } => None,
+            What::Join { count, .. } | What::Leave { count, .. } | What::Nick { count, .. } => {
+                Some(count)
+            }
+        }
+    }
 }
 
 /// What a [`RoomEvent`] is.

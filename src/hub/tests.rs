@@ -1,0 +1,542 @@
+//! The hub's rules with the in-memory authority, which answers at once: no sockets, no
+//! executor, commands in and queued events out.
+
+use super::*;
+use serde_json::Value;
+
+pub(super) struct TestClient {
+    pub(super) id: ClientId,
+    pub(super) queue: queue::Receiver<Outgoing>,
+}
+
+fn hub_with(config: Config) -> Hub {
+    Hub::new(Arc::new(config), Arc::new(Metrics::default()))
+}
+
+fn hub() -> Hub {
+    hub_with(Config::default())
+}
+
+fn connect(hub: &mut Hub, queue: usize) -> TestClient {
+    let (tx, rx) = queue::bounded(queue, usize::MAX);
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let c = TestClient { id, queue: rx };
+    c.drain();
+    c
+}
+
+impl TestClient {
+    pub(super) fn events(&self) -> Vec<Value> {
+        let mut out = Vec::new();
+        while let Some(item) = self.queue.try_recv() {
+            match item {
+                Outgoing::Event(f) => out.push(serde_json::from_str(f.as_str()).unwrap()),
+                Outgoing::Binary(b) => out.push(serde_json::json!({"binary": b.to_vec()})),
+                Outgoing::Close(code, reason) => {
+                    out.push(serde_json::json!({"close": code, "reason": reason}))
+                }
+            }
+        }
+        out
+    }
+    pub(super) fn drain(&self) {
+        self.events();
+    }
+    pub(super) fn send(&self, hub: &mut Hub, request: Request) {
+        hub.handle(Command::Request {
+            client: self.id,
+            request,
+        });
+    }
+    pub(super) fn say(&self, hub: &mut Hub, room: &str, text: &str) {
+        self.send(
+            hub,
+            Request::Say {
+                room: Some(room.into()),
+                text: text.into(),
+            },
+        );
+    }
+}
+
+pub(super) fn join(room: &str) -> Request {
+    Request::Join {
+        room: room.into(),
+        since: None,
+        epoch: None,
+    }
+}
+
+#[test]
+fn connect_sends_welcome_then_room() {
+    let mut hub = hub();
+    let (tx, rx) = queue::bounded(8, usize::MAX);
+    hub.connect(tx, Address::of("127.0.0.1:1"));
+    let c = TestClient {
+        id: ClientId { key: 0, serial: 1 },
+        queue: rx,
+    };
+    let events = c.events();
+    assert_eq!(events[0]["type"], "welcome");
+    assert_eq!(events[0]["nick"], "guest-1");
+    assert_eq!(events[0]["limits"]["max_message_bytes"], 4096);
+    assert_eq!(events[1]["type"], "room");
+    assert_eq!(events[1]["room"], "lobby");
+    assert_eq!(events[1]["members"], serde_json::json!(["guest-1"]));
+    assert_eq!(events.len(), 2);
+}
+
+#[test]
+fn messages_reach_members_only_and_history_replays() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    a.drain();
+    a.send(&mut hub, join("dev"));
+    a.say(&mut hub, "dev", "one");
+    a.say(&mut hub, "lobby", "two");
+    let got_a = a.events();
+    let got_b = b.events();
+    assert_eq!(got_a.iter().filter(|e| e["type"] == "message").count(), 2);
+    let b_messages: Vec<_> = got_b.iter().filter(|e| e["type"] == "message").collect();
+    assert_eq!(b_messages.len(), 1, "b is not in dev: {got_b:?}");
+    assert_eq!(b_messages[0]["text"], "two");
+    assert_eq!(b_messages[0]["id"], 1);
+
+    b.send(&mut hub, join("dev"));
+    let got_b = b.events();
+    assert_eq!(got_b[0]["type"], "room");
+    assert_eq!(got_b[0]["last_id"], 1);
+    assert_eq!(got_b[1]["text"], "one");
+    assert_eq!(
+        a.events()[0],
+        serde_json::json!({"type":"join","room":"dev","nick":"guest-2"})
+    );
+}
+
+#[test]
+fn nick_rules_and_events() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    a.drain();
+    a.send(&mut hub, Request::Nick { nick: "Ada".into() });
+    assert_eq!(
+        b.events()[0],
+        serde_json::json!({"type":"nick","old":"guest-1","nick":"Ada"})
+    );
+    assert_eq!(a.events()[0]["type"], "nick");
+    b.send(&mut hub, Request::Nick { nick: "aDA".into() });
+    assert_eq!(b.events()[0]["code"], "nick_taken");
+    a.send(&mut hub, Request::Nick { nick: "ADA".into() });
+    assert_eq!(
+        a.events()[0]["nick"],
+        "ADA",
+        "a client may change its own nick's case"
+    );
+}
+
+#[test]
+fn direct_and_errors() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    a.drain();
+    a.send(
+        &mut hub,
+        Request::Direct {
+            to: "GUEST-2".into(),
+            text: "psst".into(),
+        },
+    );
+    assert_eq!(b.events()[0]["type"], "direct");
+    assert_eq!(a.events()[0]["to"], "guest-2");
+    a.send(
+        &mut hub,
+        Request::Direct {
+            to: "nobody".into(),
+            text: "x".into(),
+        },
+    );
+    assert_eq!(a.events()[0]["code"], "unknown_recipient");
+    a.say(&mut hub, "dev", "x");
+    assert_eq!(a.events()[0]["code"], "not_member");
+    a.send(&mut hub, Request::Leave { room: "dev".into() });
+    assert_eq!(a.events()[0]["code"], "not_member");
+    assert!(b.events().is_empty());
+}
+
+#[test]
+fn disconnect_announces_leave_and_frees_the_nick() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    a.drain();
+    hub.handle(Command::Disconnect {
+        client: b.id,
+        reason: LeaveReason::Disconnected,
+    });
+    assert_eq!(
+        a.events()[0],
+        serde_json::json!({"type":"leave","room":"lobby","nick":"guest-2","reason":"disconnected"})
+    );
+    // A late command from the departed client must not act for the slot's next owner.
+    let c = connect(&mut hub, 64);
+    a.drain();
+    b.say(&mut hub, "lobby", "ghost");
+    assert!(c.events().is_empty());
+    assert!(a.events().is_empty());
+    a.send(
+        &mut hub,
+        Request::Nick {
+            nick: "guest-2".into(),
+        },
+    );
+    assert_eq!(a.events()[0]["type"], "nick");
+}
+
+#[test]
+fn a_full_queue_disconnects_only_that_client() {
+    let mut hub = hub();
+    let fast = connect(&mut hub, 64);
+    let slow = connect(&mut hub, 4);
+    fast.drain();
+    for i in 0..10 {
+        fast.say(&mut hub, "lobby", &format!("m{i}"));
+        let got = fast.events();
+        assert!(got.iter().any(|e| e["text"] == format!("m{i}")), "{got:?}");
+    }
+    let got = slow.events();
+    assert_eq!(got.last().unwrap()["close"], 1013);
+    assert!(slow.queue.is_closed());
+    assert_eq!(hub.client_count(), 1);
+    assert_eq!(
+        hub.metrics
+            .slow_consumers
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[test]
+fn a_queue_more_than_half_full_marks_congestion() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 8);
+    a.drain();
+    assert!(
+        !std::mem::take(&mut hub.slow.congested),
+        "b's queue is empty"
+    );
+    for text in ["1", "2", "3"] {
+        a.say(&mut hub, "lobby", text);
+    }
+    assert!(!std::mem::take(&mut hub.slow.congested), "3 of 8 waiting");
+    a.say(&mut hub, "lobby", "4");
+    a.say(&mut hub, "lobby", "5");
+    assert!(hub.slow.congested, "5 of 8 waiting: the writers are behind");
+    assert_eq!(b.events().len(), 5, "nothing was dropped");
+}
+
+#[test]
+fn room_limits_evict_the_least_recently_used_empty_room() {
+    let mut hub = hub_with(Config {
+        max_rooms: 2, // besides lobby, the default room
+        max_rooms_per_client: 2,
+        ..Config::default()
+    });
+    let a = connect(&mut hub, 64);
+    a.send(&mut hub, join("r1"));
+    a.send(&mut hub, join("r2"));
+    assert_eq!(
+        a.events().last().unwrap()["code"],
+        "room_limit",
+        "lobby + r1 is the most"
+    );
+    a.send(&mut hub, Request::Leave { room: "r1".into() });
+    a.send(
+        &mut hub,
+        Request::Leave {
+            room: "lobby".into(),
+        },
+    );
+    a.send(&mut hub, join("r2"));
+    a.send(&mut hub, join("r3")); // evicts r1, the older empty room
+    a.drain();
+    a.send(&mut hub, Request::Rooms { offset: 0 });
+    let rooms = &a.events()[0]["rooms"];
+    assert_eq!(
+        *rooms,
+        serde_json::json!([{"name":"lobby","members":0},{"name":"r2","members":1},{"name":"r3","members":1}])
+    );
+}
+
+/// A client with a queue of `items` and `bytes`, from `peer`.
+fn connect_from(hub: &mut Hub, items: usize, bytes: usize, peer: &str) -> TestClient {
+    let (tx, rx) = queue::bounded(items, bytes);
+    let id = hub.connect(tx, Address::of(peer));
+    let c = TestClient { id, queue: rx };
+    c.drain();
+    c
+}
+
+fn frames(c: &TestClient) -> Vec<Frame> {
+    std::iter::from_fn(|| c.queue.try_recv())
+        .filter_map(|item| match item {
+            Outgoing::Event(f) => Some(f),
+            Outgoing::Binary(_) | Outgoing::Close(..) => None,
+        })
+        .collect()
+}
+
+#[test]
+fn the_largest_events_fit_the_bound_the_writers_are_sized_by() {
+    let config = Config {
+        presence_limit: 40,
+        max_message_bytes: 300,
+        rate_limit: 0,
+        ..Config::default()
+    };
+    let bound = config.max_event_bytes();
+    let mut hub = hub_with(config);
+    // 40 members with the longest nicks, 60 rooms with the longest names.
+    let clients: Vec<TestClient> = (0..40)
+        .map(|i| {
+            let c = connect_from(&mut hub, 10_000, usize::MAX, "127.0.0.1:1");
+            c.send(
+                &mut hub,
+                Request::Nick {
+                    nick: format!("{i:02}{}", "N".repeat(30)),
+                },
+            );
+            c
+        })
+        .collect();
+    let a = &clients[0];
+    for i in 0..60 {
+        let room = format!("{i:02}{}", "r".repeat(30));
+        a.send(&mut hub, join(&room));
+        a.send(&mut hub, Request::Leave { room });
+    }
+    a.drain();
+    let longest_text = "\"".repeat(150); // 300 bytes once escaped
+    a.send(
+        &mut hub,
+        Request::Who {
+            room: "lobby".into(),
+            offset: 0,
+        },
+    );
+    a.send(&mut hub, Request::Rooms { offset: 0 });
+    a.say(&mut hub, "lobby", &longest_text);
+    let direct = Request::Direct {
+        to: format!("39{}", "N".repeat(30)),
+        text: longest_text,
+    };
+    a.send(&mut hub, direct);
+    let error = Error::new(ErrorCode::BadRequest, "\"é".repeat(500));
+    hub.handle(Command::Refuse {
+        client: a.id,
+        error,
+    });
+    // Its `room` event lists 40 of 41 members.
+    let (tx, late) = queue::bounded(10, usize::MAX);
+    hub.connect(tx, Address::of("127.0.0.1:1"));
+    let late = TestClient {
+        id: a.id,
+        queue: late,
+    };
+    let got = frames(a);
+    let kinds: Vec<&str> = got
+        .iter()
+        .map(|f| f.as_str().split('"').nth(3).unwrap_or(""))
+        .collect();
+    for ty in ["members", "rooms", "message", "direct", "error"] {
+        assert!(kinds.contains(&ty), "no {ty} in {kinds:?}");
+    }
+    let more = [frames(&clients[1]), frames(&late)].concat();
+    assert!(more.iter().any(|f| f.as_str().contains(r#""count":41"#)));
+    for f in got.iter().chain(more.iter()) {
+        assert!(f.len() <= bound, "{} > {bound}: {}", f.len(), f.as_str());
+    }
+}
+
+#[test]
+fn a_client_over_its_queue_bytes_is_a_slow_consumer() {
+    let mut hub = hub_with(Config {
+        rate_limit: 0,
+        ..Config::default()
+    });
+    let a = connect_from(&mut hub, 1000, usize::MAX, "127.0.0.1:1");
+    // Room for 1000 events, but only about 5 KB of them.
+    let slow = connect_from(&mut hub, 1000, 5000, "127.0.0.1:1");
+    a.drain();
+    for _ in 0..6 {
+        a.say(&mut hub, "lobby", &"x".repeat(900));
+    }
+    let got = slow.events();
+    assert_eq!(got.last().unwrap()["close"], 1013, "{got:?}");
+    let leave = a
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "leave")
+        .unwrap();
+    assert_eq!(leave["reason"], "slow_consumer");
+}
+
+#[test]
+fn history_is_bounded_in_total_oldest_message_first() {
+    let config = Config {
+        rate_limit: 0,
+        history_bytes: 4 * 1024,
+        history_total_bytes: 6 * 1024,
+        ..Config::default()
+    };
+    let metrics = Arc::new(Metrics::default());
+    let mut hub = Hub::new(Arc::new(config), metrics.clone());
+    let a = connect(&mut hub, 1000);
+    let text = "y".repeat(900);
+    a.send(&mut hub, join("one"));
+    a.send(&mut hub, join("two"));
+    for _ in 0..3 {
+        a.say(&mut hub, "one", &text);
+    }
+    for _ in 0..4 {
+        a.say(&mut hub, "two", &text);
+    }
+    // 7 messages of ~1 KB in 6 KiB: room one's oldest went first.
+    let total = metrics
+        .history_bytes
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(total <= 6 * 1024, "{total}");
+    a.drain();
+    let b = connect(&mut hub, 1000);
+    b.send(
+        &mut hub,
+        Request::Join {
+            room: "one".into(),
+            since: Some(0),
+            epoch: None,
+        },
+    );
+    let got = b.events();
+    assert_eq!(got[0]["complete"], false, "message 1 of one was forgotten");
+    let ids: Vec<u64> = got[1..].iter().map(|e| e["id"].as_u64().unwrap()).collect();
+    assert_eq!(ids, [2, 3]);
+    b.send(
+        &mut hub,
+        Request::Join {
+            room: "two".into(),
+            since: Some(0),
+            epoch: None,
+        },
+    );
+    let got = b.events();
+    assert_eq!(got[0]["complete"], true, "room two lost nothing");
+    assert_eq!(got.len(), 5);
+}
+
+#[test]
+fn presence_stops_above_the_limit_and_who_pages() {
+    let mut hub = hub_with(Config {
+        presence_limit: 2,
+        ..Config::default()
+    });
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    assert_eq!(a.events()[0]["type"], "join", "2 members: still announced");
+    let (tx, rx) = queue::bounded(64, usize::MAX);
+    let c_id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let c = TestClient {
+        id: c_id,
+        queue: rx,
+    };
+    let got = c.events();
+    assert_eq!(got[1]["members"], serde_json::json!(["guest-1", "guest-2"]));
+    assert_eq!(got[1]["count"], 3);
+    assert!(
+        a.events().is_empty() && b.events().is_empty(),
+        "3 > limit: no join"
+    );
+
+    c.send(
+        &mut hub,
+        Request::Who {
+            room: "lobby".into(),
+            offset: 0,
+        },
+    );
+    let page = &c.events()[0];
+    assert_eq!(page["members"], serde_json::json!(["guest-1", "guest-2"]));
+    assert_eq!(
+        (page["count"].as_u64(), page["next"].as_u64()),
+        (Some(3), Some(2))
+    );
+    c.send(
+        &mut hub,
+        Request::Who {
+            room: "lobby".into(),
+            offset: 2,
+        },
+    );
+    let page = &c.events()[0];
+    assert_eq!(page["members"], serde_json::json!(["guest-3"]));
+    assert!(page.get("next").is_none());
+
+    c.send(
+        &mut hub,
+        Request::Nick {
+            nick: "carol".into(),
+        },
+    );
+    assert_eq!(
+        c.events()[0]["type"],
+        "nick",
+        "the renamed client always hears it"
+    );
+    hub.handle(Command::Disconnect {
+        client: c.id,
+        reason: LeaveReason::Disconnected,
+    });
+    assert!(
+        a.events().is_empty(),
+        "its arrival was not announced, nor is its leaving"
+    );
+    b.send(
+        &mut hub,
+        Request::Leave {
+            room: "lobby".into(),
+        },
+    );
+    assert_eq!(
+        a.events()[0]["reason"],
+        "left",
+        "back at 2 members: announced"
+    );
+}
+
+#[test]
+fn shutdown_closes_everyone_with_1001() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let b = connect(&mut hub, 64);
+    a.drain();
+    hub.handle(Command::Shutdown);
+    assert_eq!(
+        a.events(),
+        [serde_json::json!({"close": 1001, "reason": "server shutting down"})]
+    );
+    let got = b.events();
+    assert_eq!(got[0]["reason"], "shutdown", "b saw a leave first: {got:?}");
+    assert_eq!(got[1]["close"], 1001);
+    assert_eq!(hub.client_count(), 0);
+    let (tx, _rx) = queue::bounded(8, usize::MAX);
+    let (reply, replies) = async_channel::bounded(1);
+    hub.handle(Command::Connect {
+        queue: tx,
+        reply,
+        address: Address::of("127.0.0.1:1"),
+        group: None,
+    });
+    assert!(replies.try_recv().is_err(), "no new clients after shutdown");
+}

@@ -1,0 +1,275 @@
+//! Room events on this node: which of its clients hear what, and when.
+//!
+//! Events enter as [`RoomEvent`]s, from the authority's answer (in memory) or from the room's
+//! Redis channel ([`Hub::room_event`]). Each is encoded once and leaves as a shared frame in
+//! the queue of every local member that should hear it: not the subject of its own join,
+//! leave or rename, not a member whose join already reflected it, nobody above the presence
+//! limit. With an authority that answers later, events and answers cross on the way, so an
+//! [`Audience`] also keeps the joins on their way, the senders waiting for their message to
+//! come back, and, after a reconnect, the events held until the room's resync.
+
+use std::collections::VecDeque;
+
+use super::*;
+
+/// Room events kept for one room while its state is fetched again after a reconnect, or for
+/// one join on the way; beyond it the oldest go (messages are still recovered from history).
+pub const MAX_HELD_EVENTS: usize = 1024;
+
+/// The local side of a room: this node's clients that hear its events.
+#[derive(Default)]
+pub(super) struct Audience {
+    /// Local clients that get the room's live events, in join order.
+    pub(super) members: Vec<usize>,
+    /// Members that joined at room event `ev`: they skip events up to it, which their join
+    /// already reflected.
+    pub(super) fresh: Vec<(usize, u64)>,
+    /// Joins on the way, with the events that arrived meanwhile.
+    pub(super) pending: Vec<(usize, VecDeque<RoomEvent>)>,
+    pub(super) epoch: String,
+    /// The newest message id delivered here.
+    pub(super) last_id: u64,
+    /// Senders waiting for their message (by id) to come back.
+    pub(super) waiters: Vec<(usize, u64)>,
+    /// Events held back between a reconnect and the room's resync.
+    pub(super) held: Option<VecDeque<RoomEvent>>,
+    /// Members that joined while the room was held, with the last message id their join
+    /// replayed: the resync must not send them those again.
+    pub(super) floors: Vec<(usize, u64)>,
+}
+
+impl Audience {
+    pub(super) fn unused(&self) -> bool {
+        self.members.is_empty() && self.pending.is_empty() && self.waiters.is_empty()
+    }
+}
+
+impl Hub {
+    /// Delivers the room events the authority produced while answering.
+    pub(super) fn deliver_events(&mut self) {
+        while !self.events.is_empty() {
+            let mut events = std::mem::take(&mut self.events);
+            for event in events.drain(..) {
+                self.room_event(event);
+            }
+            if self.events.is_empty() {
+                self.events = events; // keep the capacity
+            }
+        }
+    }
+
+    /// A room event: delivered to the room's local members now, or kept while the room is held
+    /// (a resync is on the way) and for the joins on the way.
+    pub(super) fn room_event(&mut self, event: RoomEvent) {
+        if self.config.protocol == Protocol::Raw {
+            return; // raw clients hear nothing but their group's frames
+        }
+        let Some(audience) = self.audiences.get_mut(&event.room) else {
+            return; // nobody here listens (any more)
+        };
+        if let Some(held) = &mut audience.held {
+            keep(held, event);
+            return;
+        }
+        for (_, meanwhile) in &mut audience.pending {
+            keep(meanwhile, event.clone());
+        }
+        let frame = self.fan_out(&event, None);
+        if let (What::Message { id, .. }, Some(frame)) = (&event.what, frame) {
+            self.authority.remember(&event.room, *id, &frame);
+            self.message_back(&event.room, *id);
+        }
+    }
+
+    /// Delivers `event` to the room's local members (or to `only`) that should get it.
+    /// Returns the encoded frame, if the event is announced at all.
+    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) -> Option<Frame> {
+        // Above the presence limit, members see counts instead of every arrival; a leave is
+        // announced only if the arrival was (the count before includes the leaver).
+        if event
+            .count()
+            .is_some_and(|n| n > self.config.presence_limit)
+        {
+            return None;
+        }
+        let frame = event.encode();
+        let tag = match event.what {
+            What::Nick { tag, .. } => Some(tag),
+            _ => None,
+        };
+        let subject = event.subject.and_then(|c| self.key(c));
+        let Hub {
+            audiences,
+            clients,
+            slow,
+            metrics,
+            last_rename,
+            ..
+        } = self;
+        let Some(audience) = audiences.get_mut(&event.room) else {
+            return Some(frame);
+        };
+        // Fresh members skip what their join already reflected; once an event is past a
+        // member's join, every later one is too.
+        audience.fresh.retain(|&(_, ev)| ev >= event.ev);
+        if let Some(tag) = tag
+            && last_rename.0 != tag
+        {
+            *last_rename = (tag, Vec::new());
+        }
+        let count = if only.is_some() {
+            1
+        } else {
+            audience.members.len()
+        };
+        for i in 0..count {
+            let k = only.unwrap_or_else(|| audience.members[i]);
+            if Some(k) == subject && !matches!(event.what, What::Message { .. }) {
+                continue; // others hear of a join, leave or rename; the client itself not
+            }
+            if audience
+                .fresh
+                .iter()
+                .any(|&(f, ev)| f == k && ev >= event.ev)
+            {
+                continue;
+            }
+            if tag.is_some() {
+                if last_rename.1.contains(&k) {
+                    continue;
+                }
+                last_rename.1.push(k);
+            }
+            deliver(clients, slow, metrics, k, &frame);
+        }
+        Some(frame)
+    }
+
+    /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an
+    /// earlier one) is answered.
+    pub(super) fn message_back(&mut self, room: &str, id: u64) {
+        let Some(audience) = self.audiences.get_mut(room) else {
+            return;
+        };
+        audience.last_id = audience.last_id.max(id);
+        if audience.waiters.is_empty() {
+            return;
+        }
+        let last = audience.last_id;
+        let mut done = Vec::new();
+        audience.waiters.retain(|&(k, w)| {
+            if w <= last {
+                done.push(k);
+            }
+            w > last
+        });
+        for key in done {
+            self.finish(key);
+        }
+        self.drop_if_unused(room);
+    }
+
+    /// Forgets a room nobody here uses any more, and tells the authority.
+    pub(super) fn drop_if_unused(&mut self, room: &str) {
+        if self.audiences.get(room).is_some_and(Audience::unused) {
+            self.audiences.remove(room);
+            self.authority.unused(room);
+        }
+    }
+
+    /// A new connection to the authority's store: hold room events until each room is
+    /// resynced, and tell the authority who is here.
+    pub(super) fn resyncing(&mut self) {
+        for audience in self.audiences.values_mut() {
+            audience.held.get_or_insert_with(VecDeque::new);
+        }
+        let members = self
+            .clients
+            .iter()
+            .filter(|(_, c)| !c.nick.is_empty())
+            .map(|(key, c)| Member {
+                client: ClientId {
+                    key,
+                    serial: c.serial,
+                },
+                address: c.address,
+                nick: c.nick.clone(),
+                rooms: c.rooms.clone(),
+            })
+            .collect();
+        self.authority.restore(members);
+    }
+
+    /// A room's state after a reconnect: deliver what was said while this node was cut off
+    /// (as far as the history still has it), then the events held back since.
+    pub(super) fn resync(
+        &mut self,
+        room: &str,
+        epoch: String,
+        last_id: u64,
+        ev: u64,
+        history: Vec<Frame>,
+    ) {
+        let Hub {
+            audiences,
+            clients,
+            slow,
+            metrics,
+            ..
+        } = self;
+        let Some(audience) = audiences.get_mut(room) else {
+            return;
+        };
+        let held = audience.held.take().unwrap_or_default();
+        let floors = std::mem::take(&mut audience.floors);
+        let mut lost_waiters = Vec::new();
+        if audience.epoch == epoch || audience.epoch.is_empty() {
+            let first = (last_id + 1).saturating_sub(history.len() as u64);
+            if first > audience.last_id + 1 && !audience.epoch.is_empty() {
+                log::warn!(
+                    "room {room}: messages {}..{} were evicted before this node could deliver them",
+                    audience.last_id + 1,
+                    first - 1
+                );
+            }
+            for (id, frame) in (first..).zip(&history) {
+                if id <= audience.last_id {
+                    continue;
+                }
+                for &k in &audience.members {
+                    // A member that joined meanwhile had its join replay up to its floor.
+                    let floor = floors.iter().find(|&&(f, _)| f == k).map(|&(_, l)| l);
+                    if floor.is_none_or(|floor| id > floor) {
+                        deliver(clients, slow, metrics, k, frame);
+                    }
+                }
+            }
+        } else {
+            // The store lost the room's history: a new life. Senders still waiting for a
+            // message of the old life will never see it.
+            lost_waiters = audience.waiters.drain(..).map(|(k, _)| k).collect();
+            audience.fresh.clear();
+            audience.last_id = last_id;
+        }
+        audience.epoch = epoch;
+        audience.last_id = audience.last_id.max(last_id);
+        for key in lost_waiters {
+            self.fail(key, Waiting::Done);
+            self.finish(key);
+        }
+        self.message_back(room, last_id);
+        for event in held {
+            if event.ev > ev {
+                self.room_event(event);
+            }
+        }
+    }
+}
+
+/// Keeps `event` in a bounded buffer of held events, forgetting the oldest when it is full.
+fn keep(buffer: &mut VecDeque<RoomEvent>, event: RoomEvent) {
+    if buffer.len() >= MAX_HELD_EVENTS {
+        buffer.pop_front();
+    }
+    buffer.push_back(event);
+}

@@ -66,7 +66,8 @@ fuzz_target!(|data: &[u8]| {
             assert!(allowed, "origin refused: {head:?}");
         }
         match http::route(&head, &config) {
-            Route::Upgrade { accept_key } => {
+            Route::Upgrade { accept_key, group } => {
+                assert!(group.is_none(), "groups are raw mode only");
                 assert_eq!(head.method, "GET");
                 assert_eq!(head.path, "/ws");
                 assert!(head.upgrade_websocket && head.connection_upgrade);

@@ -170,6 +170,7 @@ fn drain(client: &mut Client, epochs: &mut Vec<String>, max_event: usize) {
                     }
                 }
             }
+            Some(Outgoing::Binary(_)) => panic!("a binary frame in protocol v1"),
             Some(Outgoing::Close(..)) => {
                 assert!(!client.closed, "closed twice");
                 client.closed = true;
@@ -219,7 +220,7 @@ fuzz_target!(|setup: Setup| {
                 let (tx, rx) = queue::bounded(1 + queue as usize % 8, bytes as usize);
                 let (reply, replies) = async_channel::bounded(1);
                 let address = Address::of(pick(&ADDRESSES, from));
-                hub.handle(Command::Connect { queue: tx, reply, address });
+                hub.handle(Command::Connect { queue: tx, reply, address, group: None });
                 match replies.try_recv() {
                     Ok(id) => {
                         assert!(!shut_down, "a client was accepted after shutdown");

@@ -1,26 +1,65 @@
 //! smolchat: a small WebSocket chat server with rooms, nicknames, presence and history.
 //!
 //! ```text
-//!  TCP accept (server.rs)
-//!    └─ read HTTP head (http.rs) ── GET /healthz, /metrics, 404, 405, 431, 503 ...
-//!                                 └ GET /ws → origin + capacity check → 101 → session.rs
-//!    reader future:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
-//!    writer future:  own bounded queue ◄── hub (try_send only)
-//!                    recv → feed, drain what is queued, flush once; pings; close codes
-//!  hub.rs (one future, owns all chat state):
-//!    Slab<Client{ queue, nick, rooms }>, rooms: name → Room{ members, history ring, ids }
-//!    command in → state change → each event encoded ONCE → shared by refcount with recipients
+//!  accepted socket (server.rs's accept loop, or an embedder's) → Chat::serve / serve_tls
+//!    1. handshake.rs, all within one --handshake-timeout:
+//!         --max-pending slot → [TLS, tls.rs] → read head, route (http.rs)
+//!           ├─ GET /, /healthz, /metrics; 400, 403, 404, 405, 431, 503 → answered, dropped
+//!           └─ GET /ws → host, origin, --max-connections → 101 → WebSocket
+//!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
+//!         reader:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
+//!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
+//!                  take all queued, feed each, flush once; pings, idle and write timeouts
+//!  hub.rs (one future): the chat's rules and this node's clients
+//!    command in → rules → the authority decides nicks, membership, ids and history
+//!                         (authority::local in memory, or cluster's Redis authority)
+//!    → each event encoded ONCE → shared by refcount with the recipients' queues
 //! ```
 //!
-//! The pieces that hold chat logic ([`hub`], [`room`], [`protocol`], the session) are written
-//! against `futures-io` traits and `async-channel` and run on any executor. Only [`server`]
-//! (the accept loop and its threads) uses smol.
+//! # Layout
 //!
-//! Two ways in:
+//! One line per module: what it owns.
+//!
+//! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
+//!   threads and the graceful shutdown.
+//! * `handshake`: everything between an accepted socket and a WebSocket session: the
+//!   `--max-pending` slots, the one `--handshake-timeout` deadline, HTTP routing, the `101`,
+//!   and tungstenite's buffers.
+//! * `http`: HTTP/1.1 request heads, the routing decision, plain responses, the built-in page.
+//! * `tls`: certificates and their reload on SIGHUP (feature `tls`).
+//! * `meter`: the byte stream under tungstenite: the byte budget, the yield after a long read,
+//!   and the count of writes that made progress.
+//! * `session`: one client's WebSocket session: the reader (frames into commands, the rate
+//!   limit) and the writer (batches out, pings, the idle and write timeouts, close codes).
+//! * `race`: two futures in one task, each polled only when its own waker fired.
+//! * `deadline`: timeouts that cost a timer only when an operation has to wait. Apart from
+//!   `server`'s smol timer, the one module that touches `async-io`'s timer: the others take
+//!   its `Timer` from here.
+//! * `queue`: a client's outgoing queue, bounded in items and bytes, filled only by the hub.
+//! * `hub`: the chat's rules and this node's clients, as one future: commands in, events out
+//!   into the clients' queues (`hub::raw`: the Go hub's protocol, `--protocol raw`).
+//! * `authority`: the interface between the hub's rules and who decides ids, history, nicks
+//!   and membership; `authority::local` decides in memory, for a single node.
+//! * `room`: one room: its members, its history ring and the rules for replaying it.
+//! * `cluster`: the Redis authority and its bridge future, for nodes that share rooms
+//!   (feature `redis`).
+//! * `protocol`: protocol v1 on the wire: requests parsed, events encoded once.
+//! * `config`: every setting and limit, from flags and the environment.
+//! * `metrics`: the counters, rendered at `/metrics` as Prometheus text.
+//! * `logger`: a small stderr logger, and the rate limit on refusal lines.
+//!
+//! Everything but `server` and `cluster` (whose Redis client, redis-rs, runs on smol) is
+//! written against `futures-io` traits, `async-channel`, `event-listener` and `async-io`'s
+//! timer (which drives itself), so it runs on any executor: the library builds without smol
+//! (`--no-default-features`).
+//!
+//! # Two ways in
+//!
 //! - [`server::start`] binds a listener, runs everything on its own executor threads and
 //!   reports the bound address (port 0 works), which is what the binary and the tests use.
 //! - [`Chat::new`] gives a handle plus the hub future, for embedding: spawn the future on any
-//!   executor, then hand each accepted connection to [`Chat::serve`].
+//!   executor, then hand each accepted connection to [`Chat::serve`] (or, with feature `tls`,
+//!   `Chat::serve_tls`).
 
 #![forbid(unsafe_code)]
 

@@ -5,7 +5,7 @@
 //! [`MAX_HEAD_BYTES`] and parses them with `httparse`; [`route`] decides, from the head alone,
 //! what to answer. Plain routes leave as a complete HTTP response ([`Response::write`]); an
 //! accepted upgrade leaves as the `101` response plus whatever bytes the client already sent
-//! after its head, which the session hands to tungstenite. Nothing here knows about rooms.
+//! after its head, which `crate::handshake` hands to tungstenite. Nothing here knows about rooms.
 
 use std::borrow::Cow;
 

@@ -365,14 +365,24 @@ where
     // Bytes of the batch last written, released from the queue's byte bound with the next.
     let mut written = 0;
     loop {
-        // The previous batch's bytes leave the byte bound as the next batch is taken.
-        let release = std::mem::take(&mut written);
-        let received = async { Some(queue.release_and_recv_batch(release, &mut batch).await) };
+        // The timer is polled first. Were the queue first, a queue that is never empty when the
+        // writer comes back for more (a busy room, a client that reads just fast enough) would
+        // keep the timer from ever being polled: no pings and no idle check for as long as
+        // the room is busy (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in
+        // tests/limits.rs). A timer that is not due costs a clock read to poll, and one that
+        // fires is re-armed for a later instant below, so it cannot starve the queue in turn.
         let fired = async {
             (&mut timer).await;
             None
         };
-        match received.or(fired).await {
+        // The previous batch's bytes leave the byte bound as the next batch is taken: inside
+        // the future, so that when the timer wins (and this is never polled) they stay in
+        // `written` for the next round.
+        let received = async {
+            let release = std::mem::take(&mut written);
+            Some(queue.release_and_recv_batch(release, &mut batch).await)
+        };
+        match fired.or(received).await {
             Some(true) => {
                 // A client whose last write was less than `coalesce / 2` ago is receiving a
                 // burst: its frames wait until `coalesce` after that write and then go out

@@ -4,9 +4,13 @@
 
 mod common;
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
+use async_tungstenite::WebSocketStream;
 use async_tungstenite::tungstenite::Message;
+use async_tungstenite::tungstenite::protocol::Role;
 use common::raw::{self, metric, status};
 use common::*;
 use futures_lite::{AsyncWriteExt, StreamExt};
@@ -614,6 +618,170 @@ fn a_silent_client_is_dropped_after_the_idle_timeout_and_a_ponging_one_is_not() 
         .await;
         assert_eq!((code, reason.as_str()), (1000, "idle timeout"));
     });
+}
+
+/// Messages the silent client lags behind the talker in
+/// [`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out`]: many more than its pipe
+/// and its WebSocket's read buffer hold, so the rest always wait in its queue on the server.
+const LAG: u64 = 32;
+
+/// A room that never pauses, and a member that only listens and never answers a ping.
+///
+/// The writer waits for its queue and for its ping/idle timer at once. It used to look at the
+/// queue first and at the timer only when the queue was empty, so a queue that was never empty
+/// when the writer came back for more starved the timer: no ping, no idle check, and a client
+/// that received everything and sent nothing (not even a pong) stayed for as long as its room
+/// was busy. This test showed it: no ping and no close in 10 s and over 13,000 messages. The
+/// writer now polls its timer first (`write_loop` in src/session.rs). `--write-timeout` was
+/// never at stake: it runs inside each write.
+///
+/// Here the queue is never empty when the writer comes back: the silent client reads over an
+/// in-memory pipe of 256 bytes, in step with the talker and [`LAG`] messages behind it. When
+/// the talker has its own message `n` back, the hub has queued `n` for the silent client too;
+/// the silent client has then read no further than `n - LAG`, so a writer that has just
+/// finished a write has written at most `n - LAG` plus what the pipe and the client's read
+/// buffer hold (a few messages), and the rest of the lag is waiting in its queue. (Over TCP
+/// the kernel's buffers, of unknown size, would hold the lag instead.) The client's pongs are
+/// swallowed by [`Mute`], so only the idle timeout can end it, and it must, with pings before
+/// it, while the talker keeps talking.
+#[test]
+fn a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out() {
+    let server = server_with(|c| {
+        c.rate_limit = 0;
+        c.ping_interval = Duration::from_millis(100);
+        // Long enough that the talker, busy with its own messages, is never idle that long.
+        c.idle_timeout = Duration::from_secs(1);
+    });
+    let addr = server.addr;
+    run(async {
+        let mut talker = Client::connect(addr).await;
+
+        // The silent client: served through the server's own `Chat`, over a small pipe.
+        let (client_end, server_end) = duplex::pair(256);
+        let chat = server.running().chat().clone();
+        let _session = smol::spawn(async move { chat.serve(server_end, "silent").await });
+        let mut silent = silent_client(addr, client_end).await;
+        let welcome = next_event(&mut silent).await;
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        let nick = welcome["nick"].as_str().unwrap().to_string();
+        assert_eq!(next_event(&mut silent).await["type"], "room");
+        assert_eq!(talker.expect("join").await["nick"], nick.as_str());
+
+        let started = std::time::Instant::now();
+        let (mut pings, mut read_up_to) = (0, 0);
+        let mut left = None;
+        let mut n = 0;
+        let close = 'talk: loop {
+            n += 1;
+            assert!(
+                started.elapsed() < DEADLINE,
+                "the silent client was not closed after {n} messages in {:?}, with {pings} \
+                 pings (none: the busy queue starved the writer's timer)",
+                started.elapsed()
+            );
+            let text = n.to_string();
+            talker.say("lobby", &text).await;
+            // Our own message back means the hub has queued it for the silent client too.
+            loop {
+                let e = talker.next().await;
+                match e["type"].as_str() {
+                    Some("message") if e["text"] == text.as_str() => break,
+                    Some("leave") if left.is_none() => left = Some(e),
+                    _ => panic!("unexpected event {e}"),
+                }
+            }
+            while read_up_to + LAG < n {
+                match deadline("the silent client's next frame", silent.next()).await {
+                    Some(Ok(Message::Text(t))) => {
+                        let e: Value = serde_json::from_str(&t).unwrap();
+                        assert_eq!(e["type"], "message", "{e}");
+                        read_up_to = e["text"].as_str().unwrap().parse().unwrap();
+                    }
+                    Some(Ok(Message::Ping(_))) => pings += 1,
+                    Some(Ok(Message::Close(Some(f)))) => {
+                        break 'talk (u16::from(f.code), f.reason.to_string());
+                    }
+                    other => panic!("expected messages, pings or a close, got {other:?}"),
+                }
+            }
+        };
+        assert_eq!((close.0, close.1.as_str()), (1000, "idle timeout"));
+        assert!(pings >= 1, "the silent client was timed out without a ping");
+        // The talker hears why the silent one left (if it had not already).
+        let left = match left {
+            Some(e) => e,
+            None => talker.expect("leave").await,
+        };
+        assert_eq!(
+            left,
+            json!({"type": "leave", "room": "lobby", "nick": nick, "reason": "timeout"})
+        );
+        chat_still_works(&mut talker, &mut [], "still talking").await;
+    });
+}
+
+/// Upgrades over `end` by hand, then makes a WebSocket client of it whose writes go nowhere
+/// ([`Mute`]): it reads everything the server sends, and the pongs tungstenite answers pings
+/// with never arrive.
+async fn silent_client(
+    addr: std::net::SocketAddr,
+    mut end: duplex::Duplex,
+) -> WebSocketStream<Mute> {
+    use futures_lite::AsyncReadExt;
+    end.write_all(raw::upgrade_request(addr, &[]).as_bytes())
+        .await
+        .unwrap();
+    // The head byte by byte, so that no frame after it is consumed.
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = deadline("the 101", end.read(&mut byte)).await.unwrap();
+        assert_eq!(n, 1, "closed inside the response head");
+        head.push(byte[0]);
+    }
+    assert_eq!(status(&String::from_utf8_lossy(&head)), 101);
+    WebSocketStream::from_raw_socket(Mute(end), Role::Client, None).await
+}
+
+/// The next JSON event on `ws`, pings skipped.
+async fn next_event(ws: &mut WebSocketStream<Mute>) -> Value {
+    loop {
+        match deadline("an event", ws.next()).await {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).unwrap(),
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected an event, got {other:?}"),
+        }
+    }
+}
+
+/// One end of an in-memory connection whose writes go nowhere: the client hears the server,
+/// the server never hears the client.
+struct Mute(duplex::Duplex);
+
+impl futures_lite::AsyncRead for Mute {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl futures_lite::AsyncWrite for Mute {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

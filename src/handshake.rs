@@ -1,0 +1,341 @@
+//! Everything between an accepted socket and a WebSocket session: admission, one deadline, the
+//! HTTP exchange, the `101`, and tungstenite's buffers.
+//!
+//! A connection enters from [`Chat::serve`] or `Chat::serve_tls` as any `AsyncRead +
+//! AsyncWrite` byte stream. [`admit`] first takes one of the `--max-pending` slots ([`Slot`])
+//! and the address's share of them ([`Share`]), or refuses the connection with a one-shot 503.
+//! It then meters the stream ([`Metered`]) and runs the rest under one deadline,
+//! `--handshake-timeout`: the TLS handshake if there is one, reading the request head,
+//! routing it ([`http::route`]), and either a plain response ([`respond`], which also drains
+//! what the client still sends) or the upgrade: a `--max-connections` slot, the `101`, and
+//! the WebSocket, built with buffers sized from our limits ([`ws_config`]).
+//!
+//! A connection leaves in one of two ways. Answered with a plain response (a page, `/healthz`,
+//! `/metrics`, a refusal) or out of time, it is dropped here. Upgraded, it leaves as an
+//! [`Upgraded`]: the WebSocket's two halves, the write [`Progress`] of its socket, its raw-mode
+//! group and its `--max-connections` slot, which [`Chat::serve`] hands to the session
+//! ([`crate::session`]). The pending slot is given back at that moment, the connection slot
+//! only when the session ends.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::Chat;
+use crate::deadline::within;
+use crate::http::{self, HeadError, Response, Route};
+use crate::hub::Address;
+use crate::logger;
+use crate::meter::{Metered, Progress};
+use crate::metrics::{Metrics, Refusal};
+
+/// Bytes tungstenite buffers before it writes to the socket.
+const WRITE_BUFFER: usize = 4096;
+
+/// An accepted upgrade: the WebSocket's two halves, its raw-mode group and its
+/// `--max-connections` slot.
+type Upgrade<'a, S> = (
+    (WebSocketSender<S>, WebSocketReceiver<S>),
+    Option<String>,
+    Slot<'a>,
+);
+
+/// An admitted connection: the upgrade, with the write progress of its socket.
+pub(crate) type Upgraded<'a, S> = (
+    (WebSocketSender<S>, WebSocketReceiver<S>),
+    Arc<Progress>,
+    Option<String>,
+    Slot<'a>,
+);
+
+/// Everything before the session: a `--max-pending` slot, then `wrap` (the socket itself, or
+/// its TLS handshake) and the HTTP exchange, together within `--handshake-timeout`. `plain`:
+/// a refused connection may be answered in plain HTTP.
+pub(crate) async fn admit<'a, S, T, F, Fut>(
+    chat: &'a Chat,
+    mut stream: S,
+    peer: &str,
+    wrap: F,
+    plain: bool,
+) -> Option<Upgraded<'a, T>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    T: AsyncRead + AsyncWrite + Unpin,
+    F: FnOnce(Metered<S>) -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let pending = Slot::take(&chat.metrics.pending, chat.config.max_pending as u64)
+        .and_then(|slot| Some((slot, pending_share(chat, peer)?)));
+    let Some(_pending) = pending else {
+        chat.metrics.refuse(Refusal::Pending);
+        logger::refusal(
+            peer,
+            "refused: too many connections waiting (--max-pending, --max-pending-per-address)",
+        );
+        let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\
+            Connection: close\r\nRetry-After: 5\r\n\r\n";
+        // One try, no waiting: this connection gets nothing else from us.
+        if plain {
+            let _ = futures_lite::future::poll_once(stream.write_all(busy)).await;
+        }
+        return None;
+    };
+    // The socket is metered from its first byte, below TLS when there is TLS: the byte
+    // budget, the yield and the write progress count what crosses the socket, so records
+    // that decrypt to nothing cost a client its budget too.
+    let config = &chat.config;
+    let per_message = config.max_message_bytes as u64 + 64;
+    let rate = u64::from(config.rate_limit) * per_message;
+    let burst = u64::from(config.rate_burst) * per_message;
+    let (stream, progress) = Metered::new(stream, rate, burst);
+    let exchange = async {
+        let stream = wrap(stream).await?;
+        handshake(chat, stream, peer).await
+    };
+    match within(chat.config.handshake_timeout, exchange).await {
+        Some(upgraded) => upgraded.map(|(halves, group, slot)| (halves, progress, group, slot)),
+        None => {
+            chat.metrics.refuse(Refusal::Timeout);
+            logger::refusal(peer, "dropped: request not done within --handshake-timeout");
+            None
+        }
+    }
+}
+
+/// The TLS handshake with `acceptor` (feature `tls`), as [`admit`]'s `wrap`: the encrypted
+/// stream, or `None` (counted and logged) if the handshake failed.
+#[cfg(feature = "tls")]
+pub(crate) async fn tls<S>(
+    chat: &Chat,
+    stream: S,
+    peer: &str,
+    acceptor: futures_rustls::TlsAcceptor,
+) -> Option<futures_rustls::server::TlsStream<S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    // rustls buffers up to 64 KiB of outgoing plaintext by default: 16 KiB holds more than
+    // the largest default event, and bounds what a client that stops reading costs.
+    let limit = |conn: &mut futures_rustls::rustls::ServerConnection| {
+        conn.set_buffer_limit(Some(crate::tls::BUFFER_LIMIT));
+    };
+    match acceptor.accept_with(stream, limit).await {
+        Ok(tls) => Some(tls),
+        Err(e) => {
+            let failure = crate::tls::Failure::of(&e);
+            chat.metrics.tls_failed(failure);
+            logger::refusal(peer, &format!("TLS handshake failed ({failure:?}): {e}"));
+            None
+        }
+    }
+}
+
+/// One of the address's `--max-pending-per-address` share of the `--max-pending` slots,
+/// so that one address cannot hold every slot and lock everyone else out.
+fn pending_share(chat: &Chat, peer: &str) -> Option<Share> {
+    let address = Address::of(peer);
+    let share = chat.config.max_pending_per_address as u32;
+    let mut pending = chat.pending.lock().unwrap_or_else(|e| e.into_inner());
+    let count = pending.entry(address).or_default();
+    if *count >= share {
+        return None;
+    }
+    *count += 1;
+    Some(Share {
+        pending: chat.pending.clone(),
+        address,
+    })
+}
+
+/// Reads the request head and answers it. For an accepted upgrade, returns the WebSocket,
+/// its raw-mode group and the connection's slot under `--max-connections`.
+async fn handshake<'a, S>(chat: &'a Chat, mut stream: S, peer: &str) -> Option<Upgrade<'a, S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (head, leftover) = match http::read_head(&mut stream).await {
+        Ok(read) => read,
+        Err(HeadError::Io) => return None,
+        Err(HeadError::TooLarge) => {
+            let response = Response::text(431, "request head too large");
+            refuse(chat, &mut stream, peer, response, Refusal::HeadTooLarge).await;
+            return None;
+        }
+        Err(HeadError::Malformed) => {
+            let response = Response::text(400, "malformed HTTP request");
+            refuse(chat, &mut stream, peer, response, Refusal::BadRequest).await;
+            return None;
+        }
+    };
+    let response = match http::route(&head, &chat.config) {
+        Route::Upgrade { accept_key, group } => {
+            return upgrade(chat, stream, leftover, &accept_key, group, peer).await;
+        }
+        Route::Page => http::page(chat.config.protocol),
+        Route::Health => health(chat),
+        Route::Metrics => {
+            let mut r = Response::text(200, "");
+            r.content_type = "text/plain; version=0.0.4; charset=utf-8";
+            r.body = chat.metrics.render().into();
+            r
+        }
+        Route::Refuse(response, None) => response,
+        Route::Refuse(response, Some(why)) => {
+            refuse(chat, &mut stream, peer, response, why).await;
+            return None;
+        }
+    };
+    respond(&mut stream, &response).await;
+    None
+}
+
+/// `/healthz`: 200, or 503 while a scale-out node cannot reach Redis.
+#[cfg_attr(not(feature = "redis"), allow(unused_variables))]
+fn health(chat: &Chat) -> Response {
+    #[cfg(feature = "redis")]
+    if chat.metrics.redis_down() {
+        return Response::text(503, "redis unavailable");
+    }
+    Response::text(200, "ok")
+}
+
+/// Takes a connection slot, answers `101`, and wraps the stream as a WebSocket.
+async fn upgrade<'a, S>(
+    chat: &'a Chat,
+    mut stream: S,
+    leftover: Vec<u8>,
+    accept_key: &str,
+    group: Option<String>,
+    peer: &str,
+) -> Option<Upgrade<'a, S>>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    #[cfg(feature = "redis")]
+    if chat.metrics.redis_down() {
+        let down = Response::text(503, "chat backend unavailable; try again later")
+            .with("Retry-After", "5");
+        refuse(chat, &mut stream, peer, down, Refusal::Capacity).await;
+        return None;
+    }
+    let max = chat.config.max_connections as u64;
+    let Some(slot) = Slot::take(&chat.metrics.connections, max) else {
+        let busy = Response::text(503, "server full; try again later").with("Retry-After", "5");
+        refuse(chat, &mut stream, peer, busy, Refusal::Capacity).await;
+        return None;
+    };
+    Metrics::add(&chat.metrics.connections_total, 1);
+    let written = async {
+        stream
+            .write_all(http::switching_protocols(accept_key).as_bytes())
+            .await?;
+        stream.flush().await
+    };
+    written.await.ok()?;
+    let ws_config = Some(ws_config(chat));
+    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
+    // Split here: the halves are two pointers to the shared WebSocket, while the stream
+    // itself would take its whole size in every connection's future.
+    Some((ws.split(), group, slot))
+}
+
+/// Counts and logs a refusal, then answers it like any plain response.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    chat: &Chat,
+    stream: &mut S,
+    peer: &str,
+    response: Response,
+    why: Refusal,
+) {
+    chat.metrics.refuse(why);
+    logger::refusal(
+        peer,
+        &format!("refused: {} {}", response.status, response.body.trim_end()),
+    );
+    respond(stream, &response).await;
+}
+
+/// Writes a plain response, then reads and drops what the client is still sending (at most
+/// 64 KiB, until it pauses for 100 ms or closes, within the exchange's one deadline)
+/// before the socket is dropped. Dropping a socket with unread input makes the kernel
+/// answer with a reset, which can destroy the response before the client reads it: a
+/// refused oversized head would never see its 431. (A generic stream cannot half-close, so
+/// the pause is how we know it is done.)
+async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &Response) {
+    if response.write(stream).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match within(Duration::from_millis(100), stream.read(&mut scratch)).await {
+            Some(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
+/// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,
+/// 128 KiB write threshold, 64 MiB messages) would cost more per connection than
+/// everything else together. The read buffer is allocated eagerly for every connection, so
+/// it is small; a larger message just takes more reads. Frames are written to the socket
+/// whenever 4 KiB are buffered, which bounds what an active connection holds.
+///
+/// tungstenite refuses a frame that would take its buffer past `max_write_buffer_size`
+/// (`WriteBufferFull`), and a writer that took that for a dead client would drop a healthy
+/// one. The buffer therefore holds what may be pending (4 KiB) plus the largest event the
+/// hub can build with this configuration, plus the largest frame header.
+fn ws_config(chat: &Chat) -> WebSocketConfig {
+    let max = chat.config.max_message_bytes;
+    WebSocketConfig::default()
+        .read_buffer_size(512)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(WRITE_BUFFER + chat.config.max_event_bytes() + 14)
+        .max_message_size(Some(max))
+        .max_frame_size(Some(max))
+}
+
+/// A connection's place in its address's share of `--max-pending`.
+struct Share {
+    pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
+    address: Address,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = pending.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                pending.remove(&self.address);
+            }
+        }
+    }
+}
+
+/// One unit of a gauge with a limit (`connections` under `--max-connections`, `pending` under
+/// `--max-pending`), held for as long as the connection is in that state.
+pub(crate) struct Slot<'a>(&'a AtomicU64);
+
+impl<'a> Slot<'a> {
+    fn take(gauge: &'a AtomicU64, max: u64) -> Option<Self> {
+        let now = gauge.fetch_add(1, Relaxed);
+        if now >= max {
+            gauge.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(Slot(gauge))
+    }
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
+}

@@ -14,8 +14,6 @@ use std::time::Duration;
 /// The timer: `async-io`'s. Every wait on the clock in the crate goes through this module.
 pub use async_io::Timer;
 
-use crate::meter::Progress;
-
 /// Runs `fut` to completion, or gives up with `None` once it has been pending for `limit`.
 pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     let mut fut = pin!(fut);
@@ -33,19 +31,19 @@ pub async fn within<F: Future>(limit: Duration, fut: F) -> Option<F::Output> {
     .await
 }
 
-/// Runs `fut` (a write) to completion, or gives up with `None` once no write on the stream
-/// behind `progress` has moved a byte for `limit` (checked every quarter of it, so the end
+/// Runs `fut` (a write) to completion, or gives up with `None` once `writes` (a count of the
+/// stream's writes that moved bytes, `meter::Progress::writes`) has not changed for `limit` (checked every quarter of it, so the end
 /// comes between `limit` and 1.25 × `limit` after the last progress). A large batch over a
 /// slow link that keeps moving is not a stalled client; a client that stopped reading is.
 pub async fn without_progress<F: Future>(
     limit: Duration,
-    progress: &Progress,
+    writes: impl Fn() -> u64,
     fut: F,
 ) -> Option<F::Output> {
     let mut fut = pin!(fut);
     // Armed when the write first has to wait; then one tick per quarter of the limit.
     let mut timer: Option<Timer> = None;
-    let (mut seen, mut quiet) = (progress.writes(), 0);
+    let (mut seen, mut quiet) = (writes(), 0);
     std::future::poll_fn(|cx| {
         if let Poll::Ready(out) = fut.as_mut().poll(cx) {
             return Poll::Ready(Some(out));
@@ -53,7 +51,7 @@ pub async fn without_progress<F: Future>(
         let tick = limit / 4;
         let timer = timer.get_or_insert_with(|| Timer::after(tick));
         while std::pin::Pin::new(&mut *timer).poll(cx).is_ready() {
-            let now = progress.writes();
+            let now = writes();
             if now == seen {
                 quiet += 1;
                 if quiet >= 4 {

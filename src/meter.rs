@@ -14,7 +14,7 @@
 //!   cost bytes, so they are bounded too;
 //! - **records write progress** in a shared [`Progress`], so that `--write-timeout` can mean "no
 //!   byte accepted by the socket for that long" rather than "a whole batch not written in that
-//!   long" (see [`crate::deadline::without_progress`]).
+//!   long" (see `deadline::without_progress`).
 
 use std::pin::Pin;
 use std::sync::Arc;

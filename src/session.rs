@@ -189,7 +189,7 @@ async fn finish<S>(
             crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
             let flushed = without_progress(
                 chat.config.write_timeout,
-                progress,
+                || progress.writes(),
                 flush_then_close(chat, sink, queue, code, reason),
             );
             if let Some(Ok(sent)) = flushed.await {
@@ -409,7 +409,7 @@ where
                 }
                 if now >= next_ping {
                     let ping = sink.send(Message::Ping(Default::default()));
-                    match without_progress(config.write_timeout, progress, ping).await {
+                    match without_progress(config.write_timeout, || progress.writes(), ping).await {
                         Some(Ok(())) => {}
                         Some(Err(_)) => return End::Gone,
                         None => return End::Stalled,
@@ -450,7 +450,7 @@ where
         if !config.coalesce.is_zero() {
             last_write = Instant::now();
         }
-        match without_progress(config.write_timeout, progress, write).await {
+        match without_progress(config.write_timeout, || progress.writes(), write).await {
             Some(Ok(None)) => {}
             Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },
             Some(Err(_)) => return End::Gone,

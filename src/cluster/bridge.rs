@@ -374,7 +374,10 @@ impl Bridge {
         };
         let mut lost = Vec::new();
         for batch in members.chunks(BATCH) {
-            lost.extend(self.restore(s, batch, fresh).await?);
+            let Some(batch_lost) = self.restore(s, batch, fresh).await else {
+                return Some(Ended::Lost);
+            };
+            lost.extend(batch_lost);
         }
         if !lost.is_empty() {
             log::warn!(
@@ -399,7 +402,9 @@ impl Bridge {
             s.subscribed.extend(chunk.iter().cloned());
         }
         for room in wanted {
-            let notice = self.state(s, room).await?;
+            let Some(notice) = self.state(s, room).await else {
+                return Some(Ended::Lost);
+            };
             if self.notices.send(notice).await.is_err() {
                 return Some(Ended::Shutdown);
             }

@@ -345,10 +345,12 @@ impl Bridge {
 
     /// Gives the hub a consistent view again (see the module documentation). `None` when done.
     async fn resync(&mut self, s: &mut Session, fresh: bool) -> Option<Ended> {
-        self.resyncings += 1;
         if self.notices.send(Notice::Resyncing).await.is_err() {
             return Some(Ended::Shutdown); // the hub is gone
         }
+        // Counted once sent (the send may be dropped with the session): the hub restores once
+        // per Resyncing it handles.
+        self.resyncings += 1;
         // The hub answers each Resyncing with its members; the latest answer is current once
         // it has answered them all.
         let members = loop {
@@ -541,8 +543,9 @@ impl Bridge {
                 {
                     // Subscribed before the join script runs: no event of the room is missed.
                     if !self.subscribe(s, vec![room_channel(room)]).await {
-                        self.answer(client, Answer::Unavailable).await;
-                        self.requeue(ops.collect());
+                        // Answered by `drain`, outside this session's future (which the
+                        // connection's end may drop at any await).
+                        self.requeue(std::iter::once((client, ask)).chain(ops).collect());
                         return Ended::Lost;
                     }
                     s.subscribed.insert(room.clone());

@@ -15,15 +15,15 @@
 //! and answered later with [`Notice::Answer`], or refused at once with
 //! [`Answer::Unavailable`] when the queue is full or Redis is known to be down. Departures
 //! ([`Authority::bye`]), rooms no longer used here, the hub's members after a reconnect and
-//! the shutdown are kept in the same shared [`Control`] state, bounded by the number of
+//! the shutdown are kept in the same shared `Control` state, bounded by the number of
 //! clients and rooms rather than by a channel's capacity, so none of them can be lost to a
 //! full queue.
 //!
-//! The bridge ([`bridge`]) is the future [`start`] returns, which the embedder runs beside the
+//! The bridge (`bridge.rs`) is the future [`start`] returns, which the embedder runs beside the
 //! hub's: it takes the queued work, runs the scripts concurrently on one multiplexed
 //! connection, and sends answers and room events back through the notice channel. The
 //! semantics of every answer and event are those of [`crate::authority::local::Local`], with
-//! the same error texts; [`wire`] reads what the scripts write.
+//! the same error texts; `wire.rs` reads what the scripts write.
 
 mod bridge;
 mod scripts;

@@ -977,17 +977,13 @@ impl Job {
                 }
             }
             Ask::Who { room, offset } => {
-                let page = config.presence_limit as u64;
-                if page == 0 {
-                    return Ok(Answer::Members {
-                        count: 0,
-                        nicks: Vec::new(),
-                    });
-                }
-                let (first, last) = ranks(offset, page);
+                let (first, last) = ranks(offset, config.presence_limit as u64);
                 let mut call = scripts.who.prepare_invoke();
-                call.arg(&room).arg(first).arg(last);
+                call.arg(mid).arg(&room).arg(first).arg(last);
                 let v = items(call.invoke_async(conn).await?);
+                if text(v.first()) == "gone" {
+                    return Ok(Answer::Gone);
+                }
                 Answer::Members {
                     count: int(v.first()) as usize,
                     nicks: texts(v.get(1)),
@@ -996,8 +992,11 @@ impl Job {
             Ask::Rooms { offset } => {
                 let (first, last) = ranks(offset, ROOMS_PAGE as u64);
                 let mut call = scripts.rooms.prepare_invoke();
-                call.arg(first).arg(last);
+                call.arg(mid).arg(first).arg(last);
                 let v = items(call.invoke_async(conn).await?);
+                if text(v.first()) == "gone" {
+                    return Ok(Answer::Gone);
+                }
                 let names = texts(v.get(1));
                 let counts = v.get(2).cloned().map(items).unwrap_or_default();
                 Answer::Rooms {
@@ -1013,10 +1012,14 @@ impl Job {
 }
 
 /// The first and last rank of a page of `size` from `offset`, as integers Redis takes (never
-/// past `i64::MAX`, never a float in Lua: the scripts pass them on as they are).
+/// past `i64::MAX`, never a float in Lua: the scripts pass them on as they are). A page of 0
+/// is a range Redis finds empty.
 fn ranks(offset: usize, size: u64) -> (u64, u64) {
     let first = (offset as u64).min(u32::MAX as u64);
-    (first, first + size - 1)
+    match size {
+        0 => (1, 0),
+        _ => (first, first + size - 1),
+    }
 }
 
 /// Connects to Redis over RESP3 and returns the connection and its driver, which the caller
@@ -1296,6 +1299,7 @@ mod tests {
     #[test]
     fn pages_never_reach_a_float() {
         assert_eq!(ranks(0, 50), (0, 49));
+        assert_eq!(ranks(0, 0), (1, 0), "empty, not ZRANGE 0 -1 (everything)");
         assert_eq!(
             ranks(usize::MAX, 100),
             (u32::MAX as u64, u32::MAX as u64 + 99)

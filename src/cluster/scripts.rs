@@ -282,19 +282,23 @@ end
 return {'ok', to}
 "#;
 
-/// ARGV: room, first and last rank of the page. Returns `{count, nicks}`.
+/// ARGV: member id, room, first and last rank of the page. Returns `{count, nicks}`, or
+/// `{'gone'}` if the asking member is gone.
 pub const WHO: &str = r#"
-local mk = P..'room:'..ARGV[1]..':members'
+if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
+local mk = P..'room:'..ARGV[2]..':members'
 local nicks = {}
-for i, m in ipairs(redis.call('ZRANGE', mk, ARGV[2], ARGV[3])) do
+for i, m in ipairs(redis.call('ZRANGE', mk, ARGV[3], ARGV[4])) do
   nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or ''
 end
 return {redis.call('ZCARD', mk), nicks}
 "#;
 
-/// ARGV: first and last rank of the page. Returns `{count, names, member counts}`.
+/// ARGV: member id, first and last rank of the page. Returns `{count, names, member counts}`,
+/// or `{'gone'}` if the asking member is gone.
 pub const ROOMS: &str = r#"
-local names = redis.call('ZRANGE', P..'rooms', ARGV[1], ARGV[2])
+if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
+local names = redis.call('ZRANGE', P..'rooms', ARGV[2], ARGV[3])
 local counts = {}
 for i, room in ipairs(names) do
   counts[i] = redis.call('ZCARD', P..'room:'..room..':members')

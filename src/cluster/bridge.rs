@@ -498,7 +498,7 @@ impl Bridge {
                 }
             }
             let listener = self.shared.wake.listen();
-            let work = self.take(s);
+            let work = self.take(&s.subscribed);
             if work.shutdown {
                 return self.goodbye(s).await;
             }
@@ -563,7 +563,7 @@ impl Bridge {
     /// Takes the work waiting in the control state: questions (while fewer than
     /// [`MAX_IN_FLIGHT`] calls run), departures of clients with nothing running, rooms to
     /// unsubscribe.
-    fn take(&self, s: &Session) -> Work {
+    fn take(&self, subscribed: &HashSet<String>) -> Work {
         let mut c = self.shared.lock();
         let room = MAX_IN_FLIGHT.saturating_sub(self.calls.len());
         let n = room.min(c.ops.len());
@@ -582,7 +582,7 @@ impl Bridge {
         let dropped = std::mem::take(&mut c.dropped);
         let unsubscribe = dropped
             .into_iter()
-            .filter(|r| !c.wanted.contains(r) && s.subscribed.contains(r))
+            .filter(|r| !c.wanted.contains(r) && subscribed.contains(r))
             .collect();
         // A restore for an earlier Resyncing that arrived after this session's resync.
         c.members = None;
@@ -1294,6 +1294,42 @@ mod tests {
         })
         .unwrap();
         assert!(p.link.lost());
+    }
+
+    fn client(key: usize) -> ClientId {
+        ClientId { key, serial: 1 }
+    }
+
+    #[test]
+    fn a_departure_waits_for_its_clients_call_and_unused_rooms_are_left() {
+        let shared = Arc::new(Shared::default());
+        let (notices, _rx) = async_channel::bounded(8);
+        let config = Arc::new(Config::default());
+        let bridge = Bridge::new(config, Arc::default(), shared.clone(), notices);
+        {
+            let mut c = shared.lock();
+            c.busy.insert(client(1), 1);
+            c.byes.push((client(1), LeaveReason::Disconnected));
+            c.byes.push((client(2), LeaveReason::Left));
+            c.wanted.insert("dev".into());
+            c.dropped
+                .extend(["dev".to_string(), "old".into(), "never".into()]);
+        }
+        let subscribed: HashSet<String> = ["dev", "old"].map(String::from).into();
+        let work = bridge.take(&subscribed);
+        assert_eq!(work.byes.len(), 1, "client 1's call is still running");
+        assert_eq!(work.byes[0].0, client(2));
+        assert_eq!(
+            work.unsubscribe,
+            ["old"],
+            "dev is wanted again; never was subscribed"
+        );
+        shared.done(client(1));
+        let work = bridge.take(&subscribed);
+        assert_eq!(work.byes.len(), 1);
+        assert_eq!(work.byes[0].0, client(1));
+        assert!(work.unsubscribe.is_empty());
+        assert!(!work.shutdown);
     }
 
     #[test]

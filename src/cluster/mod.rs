@@ -191,3 +191,77 @@ impl Drop for Redis {
         self.shutdown();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::authority::Address;
+
+    fn client(key: usize) -> ClientId {
+        ClientId { key, serial: 1 }
+    }
+
+    fn join(room: &str) -> Ask {
+        Ask::Join {
+            room: room.into(),
+            since: None,
+            epoch: None,
+        }
+    }
+
+    #[test]
+    fn questions_wait_for_the_bridge_and_departures_are_never_refused() {
+        let shared = Arc::new(Shared::default());
+        let mut redis = Redis {
+            shared: shared.clone(),
+        };
+        let mut events = Vec::new();
+        // Redis not (yet) known to be up: refused at once, nothing kept.
+        let refused = redis.ask(client(1), join("dev"), &mut events);
+        assert!(matches!(refused, Some(Answer::Unavailable)));
+        assert!(shared.lock().wanted.is_empty() && shared.lock().busy.is_empty());
+
+        shared.lock().up = true;
+        assert!(redis.ask(client(1), join("dev"), &mut events).is_none());
+        {
+            let c = shared.lock();
+            assert_eq!(c.ops.len(), 1);
+            assert_eq!(c.busy[&client(1)], 1);
+            assert!(
+                c.wanted.contains("dev"),
+                "wanted before the bridge sees the join"
+            );
+        }
+        // A full queue refuses; departures, unused rooms and restores are kept regardless.
+        for i in 0..OPS_CAPACITY {
+            let ask = Ask::Rooms { offset: 0 };
+            let _ = redis.ask(client(100 + i), ask, &mut events);
+        }
+        let full = redis.ask(client(2), Ask::Rooms { offset: 0 }, &mut events);
+        assert!(matches!(full, Some(Answer::Unavailable)));
+        redis.bye(client(1), LeaveReason::Disconnected, &mut events);
+        redis.unused("dev");
+        let member = Member {
+            client: client(1),
+            address: Address::of("127.0.0.1:1"),
+            nick: "ada".into(),
+            rooms: Vec::new(),
+        };
+        redis.restore(vec![member]);
+        {
+            let c = shared.lock();
+            assert_eq!(c.byes, [(client(1), LeaveReason::Disconnected)]);
+            assert!(!c.wanted.contains("dev") && c.dropped.contains("dev"));
+            assert_eq!((c.restores, c.members.as_ref().map(Vec::len)), (1, Some(1)));
+        }
+        assert!(
+            events.is_empty(),
+            "the Redis authority never answers with local events"
+        );
+        drop(redis);
+        assert!(
+            shared.lock().shutdown,
+            "a dropped authority lets the bridge say goodbye"
+        );
+    }
+}

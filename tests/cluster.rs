@@ -801,3 +801,36 @@ fn defect_7_a_restore_never_gives_back_a_nick_someone_else_holds() {
         drop(eve);
     });
 }
+
+#[test]
+fn the_redis_bridge_runs_on_the_embedders_executor() {
+    // The library spawns nothing: `Chat::new` returns the hub and the bridge as one future,
+    // and here tokio's single-threaded runtime is the only executor that polls it. The node
+    // comes up (connected, resynced), and after `shutdown` its goodbye runs on it too.
+    let redis = RedisServer::start();
+    let mut config = test_config();
+    config.redis = Some(redis.url());
+    config.redis_heartbeat = Duration::from_secs(1);
+    let (chat, hub) = smolchat::Chat::new(config);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let hub = tokio::spawn(hub);
+        let deadline = Instant::now() + DEADLINE;
+        while chat.metrics().redis_down() {
+            assert!(Instant::now() < deadline, "the bridge never came up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(redis.command("KEYS smolchat:node:*").contains("alive"));
+        chat.shutdown().await;
+        chat.bridge_stopped().await;
+        drop(chat);
+        hub.await.unwrap();
+    });
+    assert!(
+        redis.command("KEYS smolchat:node:*").starts_with("*0"),
+        "the goodbye removed the node's heartbeat"
+    );
+}

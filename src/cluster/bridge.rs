@@ -62,7 +62,8 @@ pub const MAX_IN_FLIGHT: usize = 256;
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// The most connecting (TCP and the RESP3 handshake) may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
-/// Wait before reconnecting after a failure, doubling up to [`BACKOFF_MAX`].
+/// Wait before reconnecting after a failure, doubling up to [`BACKOFF_MAX`]; a connection that
+/// stayed up for [`BACKOFF_MAX`] resets it, and is replaced at once when lost.
 pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A node whose heartbeat is this many intervals old is lost; so is a connection on which the
@@ -220,9 +221,9 @@ impl Bridge {
                         subscribed: HashSet::new(),
                         since: Instant::now(),
                     };
-                    let mut reached_up = false;
+                    let mut up_since = None;
                     let ended = self
-                        .session(session, &mut reached_up)
+                        .session(session, &mut up_since)
                         .or(async {
                             driver.await;
                             Ended::Lost
@@ -233,12 +234,14 @@ impl Bridge {
                     if let Ended::Shutdown = ended {
                         return;
                     }
-                    if reached_up {
+                    // After a connection that served a while, at once; after one that failed
+                    // early (or flaps), the backoff keeps growing.
+                    if up_since.is_some_and(|t: Instant| t.elapsed() >= BACKOFF_MAX) {
                         log::warn!("redis: connection lost; reconnecting");
                         backoff = BACKOFF_MIN;
                         continue;
                     }
-                    log::warn!("redis: could not resync; reconnecting in {backoff:?}");
+                    log::warn!("redis: connection lost early; reconnecting in {backoff:?}");
                 }
                 Some(Err(e)) => {
                     log::warn!("redis: cannot connect to {url}: {e}; retrying in {backoff:?}")
@@ -321,7 +324,7 @@ impl Bridge {
     }
 
     /// One connection, from the first subscription to its loss or the goodbye.
-    async fn session(&mut self, mut s: Session, reached_up: &mut bool) -> Ended {
+    async fn session(&mut self, mut s: Session, up_since: &mut Option<Instant>) -> Ended {
         if !self.subscribe(&mut s, vec![node_channel(&self.node)]).await {
             return Ended::Lost;
         }
@@ -339,7 +342,7 @@ impl Bridge {
             return ended;
         }
         self.set_up(true);
-        *reached_up = true;
+        *up_since = Some(Instant::now());
         self.serve(&mut s).await
     }
 

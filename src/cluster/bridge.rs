@@ -337,8 +337,7 @@ impl Bridge {
         if fresh {
             log::warn!("redis: Redis lost its data; registering this node's members again");
         }
-        self.life = Some(beat.life);
-        if let Some(ended) = self.resync(&mut s, fresh).await {
+        if let Some(ended) = self.resync(&mut s, beat.life).await {
             return ended;
         }
         self.set_up(true);
@@ -346,8 +345,10 @@ impl Bridge {
         self.serve(&mut s).await
     }
 
-    /// Gives the hub a consistent view again (see the module documentation). `None` when done.
-    async fn resync(&mut self, s: &mut Session, fresh: bool) -> Option<Ended> {
+    /// Gives the hub a consistent view again (see the module documentation). `life` is the id
+    /// of Redis's data set now. `None` when done.
+    async fn resync(&mut self, s: &mut Session, life: String) -> Option<Ended> {
+        let fresh = self.life.as_ref().is_some_and(|known| *known != life);
         if self.notices.send(Notice::Resyncing).await.is_err() {
             return Some(Ended::Shutdown); // the hub is gone
         }
@@ -384,6 +385,9 @@ impl Bridge {
             };
             lost.extend(batch_lost);
         }
+        // Only now: if a batch failed, the next connection must still know that Redis lost
+        // its data, or it would take the members not yet registered again for reaped ones.
+        self.life = Some(life);
         if !lost.is_empty() {
             log::warn!(
                 "redis: {} of this node's clients were taken for lost while it was cut off \
@@ -568,6 +572,15 @@ impl Bridge {
     /// unsubscribe.
     fn take(&self, subscribed: &HashSet<String>) -> Work {
         let mut c = self.shared.lock();
+        if c.shutdown {
+            // The goodbye answers the questions still queued and covers the departures.
+            return Work {
+                shutdown: true,
+                ops: Vec::new(),
+                byes: Vec::new(),
+                unsubscribe: Vec::new(),
+            };
+        }
         let room = MAX_IN_FLIGHT.saturating_sub(self.calls.len());
         let n = room.min(c.ops.len());
         let ops = c.ops.drain(..n).collect();
@@ -590,7 +603,7 @@ impl Bridge {
         // A restore for an earlier Resyncing that arrived after this session's resync.
         c.members = None;
         Work {
-            shutdown: c.shutdown,
+            shutdown: false,
             ops,
             byes,
             unsubscribe,

@@ -467,6 +467,7 @@ pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receive
         Notice(Notice),
         Stop,
     }
+    let mut budget = BUDGET;
     loop {
         let next = match &notices {
             None => inbox.recv().await.map_or(Next::Stop, Next::Command),
@@ -479,7 +480,9 @@ pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receive
                         Err(_) => std::future::pending().await,
                     }
                 };
-                command.or(notice).await
+                // Either may be ready all the time under load: neither may starve the other
+                // (answers and room events unblock clients; commands are what they send).
+                command.race(notice).await
             }
         };
         match next {
@@ -487,11 +490,24 @@ pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receive
             Next::Notice(notice) => hub.notice(notice),
             Next::Stop => return,
         }
-        if std::mem::take(&mut hub.slow.congested) {
+        let congested = std::mem::take(&mut hub.slow.congested);
+        // With an authority that answers later, its bridge runs in the same task as this loop
+        // (zipped by `Chat::new`); a loop that never waits, its inbox never empty, would
+        // starve the bridge and the Redis connection it drives.
+        let spent = notices.is_some() && {
+            budget -= 1;
+            budget == 0
+        };
+        if congested || spent {
+            budget = BUDGET;
             futures_lite::future::yield_now().await;
         }
     }
 }
+
+/// Commands and notices the hub handles in a row, with an authority that answers later, before
+/// it lets the other futures of its task run.
+const BUDGET: u32 = 64;
 
 #[cfg(test)]
 mod late_answers;

@@ -51,7 +51,7 @@ impl Refusal {
 }
 
 /// The close codes the server sends, each counted separately.
-pub const CLOSE_CODES: [u16; 9] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1013];
+pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013];
 
 /// All of the server's counters.
 #[derive(Debug, Default)]

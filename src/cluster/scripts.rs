@@ -1,93 +1,174 @@
-//! The Lua scripts that change shared state in Redis. Each runs atomically, so two nodes can
-//! never interleave inside one: ids, history, membership and the events that announce them
-//! change together. Names (nicks, rooms) are checked by the server before they get here and
-//! contain only `[A-Za-z0-9_.-]`, so the scripts can put them into JSON without escaping.
+//! The Lua scripts that read and change the shared state in Redis. Each runs atomically, so two
+//! nodes never interleave inside one: ids, history, membership, holds and the events that
+//! announce them change together.
 //!
-//! Keys (all under `smolchat:`; see docs/scale-out.md):
-//! - `room:R` hash: `epoch`, `seq` (last message id), `ev` (last room event), `joins`
-//! - `room:R:history` list of encoded `message` events, capped at `--history`
-//! - `room:R:members` sorted set of member ids, scored by join order
-//! - `rooms` set of room names
-//! - `member:M` hash: `nick`; `member:M:rooms` set of the member's rooms
-//! - `nick:LOWERCASED` → member id (who holds a nick)
-//! - `node:N:alive` (expires), `node:N:members` set, `nodes` set
-//! - `gone:M` (expires): tombstone of a departed member, so a late script cannot revive it
-//! - `guests`, `nickops`: counters
+//! Data enters a script as arguments the bridge passes as strings (ids, offsets and limits
+//! included: nothing the bridge sends becomes a Lua float), and leaves as a reply of strings,
+//! integers and arrays, or as a channel payload. Scripts write payloads and history records as
+//! plain space-separated fields with free text last ([`super::wire`] has the layouts and reads
+//! them); they never build JSON.
 //!
-//! Channels: `smolchat:room:R` carries every room event as `EV KIND N SUBJECT FRAME` (KIND `m`
-//! message with id N, `j` join with N members after, `l` leave with N members before, `n`
-//! rename in a room of N members); `smolchat:node:N` carries direct messages as
-//! `KEY.SERIAL FRAME`.
+//! Every script costs O(log N) in the number of rooms or members, plus what it touches by
+//! nature (a member's rooms, one page, one room's history), except the two that walk a node's
+//! members, REAP and GOODBYE, which take at most a batch per call.
+//!
+//! Keys, all under `smolchat:` (R a room, M a member id `NODE.KEY.SERIAL`, N a node, A an
+//! address as a decimal number):
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `room:R` | hash | `epoch`, `seq` (last message id), `ev` (last room event), `joins` (join counter), `bytes` (history bytes), `holder` (address holding it, while it has members) |
+//! | `room:R:history` | list | records `ID TS SIZE NICK TEXT`, oldest first, within `--history` and `--history-bytes` |
+//! | `room:R:members` | sorted set | member ids by join order |
+//! | `room:R:addrs` | hash | address → members from it (rooms other than the default) |
+//! | `rooms` | sorted set | every room, score 0 (so sorted by name) |
+//! | `rooms:empty` | sorted set | empty rooms but the default, by when they became empty |
+//! | `address:A` | string | rooms address A holds |
+//! | `member:M` | hash | `nick`, `addr` |
+//! | `member:M:rooms` | set | the member's rooms |
+//! | `nick:NICK` | string | member holding NICK (lowercased) |
+//! | `node:N:alive` | string, expires | N's heartbeat |
+//! | `node:N:members` | set | N's members |
+//! | `nodes` | set | nodes with members or a heartbeat |
+//! | `counters` | hash | `guest`, `rename`, `emptied` |
+//! | `life` | string | an id of this Redis data set, set by the first node to see it empty |
+//!
+//! Channels: `smolchat:room:R` (room events), `smolchat:node:N` (direct messages for N's
+//! clients, and N's heartbeat echo).
 
 /// Helpers every script starts with.
 const PRELUDE: &str = r#"
 local P = 'smolchat:'
-local function publish_room(room, kind, n, subject, frame)
+-- A number as digits: Lua's own conversion switches to exponents above 1e14.
+local function int(n) return string.format('%d', n) end
+
+-- Announces `fields` in `room` under the room's next event number.
+local function publish(room, fields)
   local ev = redis.call('HINCRBY', P..'room:'..room, 'ev', 1)
-  redis.call('PUBLISH', P..'room:'..room, ev..' '..kind..' '..n..' '..subject..' '..frame)
+  redis.call('PUBLISH', P..'room:'..room, int(ev)..' '..fields)
   return ev
 end
-local function part(room, mid, nick, reason)
-  local mk = P..'room:'..room..':members'
-  if redis.call('ZREM', mk, mid) == 1 then
-    redis.call('SREM', P..'member:'..mid..':rooms', room)
-    local before = redis.call('ZCARD', mk) + 1
-    publish_room(room, 'l', before, mid,
-      '{"type":"leave","room":"'..room..'","nick":"'..nick..'","reason":"'..reason..'"}')
-    return 1
-  end
-  return 0
+
+-- Adds `n` to the rooms address `addr` holds.
+local function hold(addr, n)
+  local k = P..'address:'..addr
+  if redis.call('INCRBY', k, n) <= 0 then redis.call('DEL', k) end
 end
-local function bye(mid, reason)
-  redis.call('SET', P..'gone:'..mid, '1', 'EX', 3600)
-  local nick = redis.call('HGET', P..'member:'..mid, 'nick') or ''
-  for _, room in ipairs(redis.call('SMEMBERS', P..'member:'..mid..':rooms')) do
-    part(room, mid, nick, reason)
-  end
-  if nick ~= '' then
-    local k = P..'nick:'..string.lower(nick)
-    if redis.call('GET', k) == mid then redis.call('DEL', k) end
-  end
-  redis.call('DEL', P..'member:'..mid, P..'member:'..mid..':rooms')
-  local node = string.match(mid, '^([^.]+)')
-  redis.call('SREM', P..'node:'..node..':members', mid)
+
+local function exists(room)
+  return redis.call('ZSCORE', P..'rooms', room) ~= false
 end
-local function reap(node, reason)
-  local n = 0
-  for _, mid in ipairs(redis.call('SMEMBERS', P..'node:'..node..':members')) do
-    bye(mid, reason)
-    n = n + 1
-  end
-  redis.call('DEL', P..'node:'..node..':members')
-  redis.call('SREM', P..'nodes', node)
-  return n
+
+local function create(room, epoch)
+  redis.call('HSET', P..'room:'..room, 'epoch', epoch)
+  redis.call('ZADD', P..'rooms', 0, room)
 end
-local function gone(mid)
-  return redis.call('EXISTS', P..'gone:'..mid) == 1
+
+-- Makes room for one more room besides the default one: below `max` others, nothing to do;
+-- else the least recently emptied room goes, keys and all. False if every room has members.
+local function make_room(default, max)
+  local others = redis.call('ZCARD', P..'rooms')
+  if exists(default) then others = others - 1 end
+  if others < max then return true end
+  local victim = redis.call('ZRANGE', P..'rooms:empty', 0, 0)[1]
+  if not victim then return false end
+  local rk = P..'room:'..victim
+  redis.call('DEL', rk, rk..':history', rk..':members', rk..':addrs')
+  redis.call('ZREM', P..'rooms', victim)
+  redis.call('ZREM', P..'rooms:empty', victim)
+  return true
+end
+
+-- Makes member `mid` of address `addr` a member of `room` (which exists), silently. The
+-- address that makes a room other than the default non-empty holds it. Returns the count.
+local function add(room, mid, addr, default)
+  local rk = P..'room:'..room
+  local mk = rk..':members'
+  local before = redis.call('ZCARD', mk)
+  redis.call('ZADD', mk, redis.call('HINCRBY', rk, 'joins', 1), mid)
+  redis.call('SADD', P..'member:'..mid..':rooms', room)
+  if room ~= default then
+    redis.call('HINCRBY', rk..':addrs', addr, 1)
+    if before == 0 then
+      redis.call('ZREM', P..'rooms:empty', room)
+      redis.call('HSET', rk, 'holder', addr)
+      hold(addr, 1)
+    end
+  end
+  return before + 1
+end
+
+-- Takes `mid` out of `room` and announces why. The hold stays with an address while a member
+-- from it is in the room, then passes to the first remaining member's address. A room left
+-- empty may be evicted. Returns false if `mid` was not in.
+local function part(room, mid, reason, default)
+  local rk = P..'room:'..room
+  local mk = rk..':members'
+  if redis.call('ZREM', mk, mid) == 0 then return false end
+  local member = P..'member:'..mid
+  redis.call('SREM', member..':rooms', room)
+  local nick = redis.call('HGET', member, 'nick') or ''
+  local left = redis.call('ZCARD', mk)
+  if room ~= default then
+    local addr = redis.call('HGET', member, 'addr') or ''
+    local ak = rk..':addrs'
+    if redis.call('HINCRBY', ak, addr, -1) <= 0 then redis.call('HDEL', ak, addr) end
+    if redis.call('HGET', rk, 'holder') == addr and redis.call('HEXISTS', ak, addr) == 0 then
+      hold(addr, -1)
+      local heir = redis.call('ZRANGE', mk, 0, 0)[1]
+      if heir then
+        local heir_addr = redis.call('HGET', P..'member:'..heir, 'addr') or ''
+        redis.call('HSET', rk, 'holder', heir_addr)
+        hold(heir_addr, 1)
+      else
+        redis.call('HDEL', rk, 'holder')
+      end
+    end
+    if left == 0 then
+      local tick = redis.call('HINCRBY', P..'counters', 'emptied', 1)
+      redis.call('ZADD', P..'rooms:empty', tick, room)
+    end
+  end
+  publish(room, 'l '..int(left + 1)..' '..mid..' '..nick..' '..reason)
+  return true
+end
+
+-- Member `mid` is gone: it leaves every room with `reason`, its nick is free, its keys go.
+local function bye(mid, reason, default)
+  local member = P..'member:'..mid
+  for _, room in ipairs(redis.call('SMEMBERS', member..':rooms')) do
+    part(room, mid, reason, default)
+  end
+  local nick = redis.call('HGET', member, 'nick')
+  if nick then
+    local nk = P..'nick:'..string.lower(nick)
+    if redis.call('GET', nk) == mid then redis.call('DEL', nk) end
+  end
+  redis.call('DEL', member, member..':rooms')
+  redis.call('SREM', P..'node:'..string.match(mid, '^([^.]+)')..':members', mid)
 end
 "#;
 
-/// ARGV: member id, node. Registers a new member under the next free `guest-N`; returns it,
-/// or nil if the member is already gone.
-pub const GUEST: &str = r#"
+/// ARGV: member id, node, address. Registers a new member under the next free `guest-N`;
+/// returns the nick.
+pub const REGISTER: &str = r#"
 local mid = ARGV[1]
-if gone(mid) then return false end
 local nick
 repeat
-  nick = 'guest-'..redis.call('INCR', P..'guests')
+  nick = 'guest-'..int(redis.call('HINCRBY', P..'counters', 'guest', 1))
 until redis.call('SET', P..'nick:'..nick, mid, 'NX')
-redis.call('HSET', P..'member:'..mid, 'nick', nick)
+redis.call('HSET', P..'member:'..mid, 'nick', nick, 'addr', ARGV[3])
 redis.call('SADD', P..'node:'..ARGV[2]..':members', mid)
+redis.call('SADD', P..'nodes', ARGV[2])
 return nick
 "#;
 
 /// ARGV: member id, new nick. Returns `{'ok', old}`, `{'taken'}` or `{'gone'}`; announces the
-/// rename in every room of the member.
+/// rename in each of the member's rooms, with one tag.
 pub const NICK: &str = r#"
 local mid, new = ARGV[1], ARGV[2]
-local mkey = P..'member:'..mid
-if gone(mid) then return {'gone'} end
-local old = redis.call('HGET', mkey, 'nick')
+local member = P..'member:'..mid
+local old = redis.call('HGET', member, 'nick')
 if not old then return {'gone'} end
 local nl, ol = string.lower(new), string.lower(old)
 if nl ~= ol then
@@ -96,171 +177,257 @@ if nl ~= ol then
   redis.call('SET', P..'nick:'..nl, mid)
   if redis.call('GET', P..'nick:'..ol) == mid then redis.call('DEL', P..'nick:'..ol) end
 end
-redis.call('HSET', mkey, 'nick', new)
-local tag = redis.call('INCR', P..'nickops')
-local frame = '{"type":"nick","old":"'..old..'","nick":"'..new..'"}'
-for _, room in ipairs(redis.call('SMEMBERS', mkey..':rooms')) do
-  publish_room(room, 'n', redis.call('ZCARD', P..'room:'..room..':members'), mid..'#'..tag, frame)
+redis.call('HSET', member, 'nick', new)
+local tag = redis.call('HINCRBY', P..'counters', 'rename', 1)
+for _, room in ipairs(redis.call('SMEMBERS', member..':rooms')) do
+  local count = redis.call('ZCARD', P..'room:'..room..':members')
+  publish(room, 'n '..int(count)..' '..mid..' '..int(tag)..' '..old..' '..new)
 end
 return {'ok', old}
 "#;
 
-/// ARGV: member id, room, epoch for a new room, presence limit. Adds the member (announcing
-/// it) unless it is in already (a resync). Returns `{'ok', epoch, last id, event number,
-/// count, first nicks, history}` or `{'gone'}`.
+/// ARGV: member id, room, epoch for a new room, presence limit, default room, `--max-rooms`,
+/// `--max-rooms-per-address`. Adds the member and announces it, unless it is in already (a
+/// resync). Returns `{'ok', epoch, last id, event, count, first nicks, history records}`,
+/// `{'refused', 'rooms' | 'address'}` or `{'gone'}`.
 pub const JOIN: &str = r#"
-local mid, room = ARGV[1], ARGV[2]
-if gone(mid) or redis.call('EXISTS', P..'member:'..mid) == 0 then return {'gone'} end
+local mid, room, default = ARGV[1], ARGV[2], ARGV[5]
+local member = P..'member:'..mid
+local addr = redis.call('HGET', member, 'addr')
+if not addr then return {'gone'} end
 local rk = P..'room:'..room
 local mk = rk..':members'
-redis.call('HSETNX', rk, 'epoch', ARGV[3])
-redis.call('SADD', P..'rooms', room)
 local ev
 if redis.call('ZSCORE', mk, mid) then
   ev = tonumber(redis.call('HGET', rk, 'ev') or '0')
 else
-  redis.call('ZADD', mk, redis.call('HINCRBY', rk, 'joins', 1), mid)
-  redis.call('SADD', P..'member:'..mid..':rooms', room)
-  local nick = redis.call('HGET', P..'member:'..mid, 'nick')
-  ev = publish_room(room, 'j', redis.call('ZCARD', mk), mid,
-    '{"type":"join","room":"'..room..'","nick":"'..nick..'"}')
+  local known = exists(room)
+  local empty = room ~= default and (not known or redis.call('ZCARD', mk) == 0)
+  if empty and tonumber(redis.call('GET', P..'address:'..addr) or '0') >= tonumber(ARGV[7]) then
+    return {'refused', 'address'}
+  end
+  if not known then
+    if room ~= default and not make_room(default, tonumber(ARGV[6])) then
+      return {'refused', 'rooms'}
+    end
+    create(room, ARGV[3])
+  end
+  local count = add(room, mid, addr, default)
+  ev = publish(room, 'j '..int(count)..' '..mid..' '..redis.call('HGET', member, 'nick'))
 end
 local nicks = {}
-for i, m in ipairs(redis.call('ZRANGE', mk, 0, tonumber(ARGV[4]) - 1)) do
-  nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or '?'
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  for i, m in ipairs(redis.call('ZRANGE', mk, 0, limit - 1)) do
+    nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or ''
+  end
 end
-return {'ok', redis.call('HGET', rk, 'epoch'), tonumber(redis.call('HGET', rk, 'seq') or '0'),
-  ev, redis.call('ZCARD', mk), nicks, redis.call('LRANGE', rk..':history', 0, -1)}
+local state = redis.call('HMGET', rk, 'epoch', 'seq')
+return {'ok', state[1], tonumber(state[2] or '0'), ev, redis.call('ZCARD', mk), nicks,
+  redis.call('LRANGE', rk..':history', 0, -1)}
 "#;
 
-/// ARGV: member id, room. Returns 1 if the member left (announced), 0 if it was not in.
+/// ARGV: member id, room, default room. Returns `'left'` (announced), `'not_member'` or
+/// `'gone'`.
 pub const LEAVE: &str = r#"
-local nick = redis.call('HGET', P..'member:'..ARGV[1], 'nick') or ''
-return part(ARGV[2], ARGV[1], nick, 'left')
+if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return 'gone' end
+if part(ARGV[2], ARGV[1], 'left', ARGV[3]) then return 'left' end
+return 'not_member'
 "#;
 
-/// ARGV: member id, room, event text before the id, event text after it, history size.
-/// Assigns the next id, appends to the capped history and publishes, in one step. Returns the
-/// id, or -1 if the member is not in the room.
+/// ARGV: member id, room, timestamp, text, size of the message event with an empty nick and
+/// id 0, `--history`, `--history-bytes`. Gives the message the room's next id, keeps it in the
+/// history (forgetting the oldest while over either bound, as a single node does) and
+/// publishes it, in one step. Returns the id, -1 if the member is not in the room, -2 if it
+/// is gone.
 pub const SAY: &str = r#"
-local rk = P..'room:'..ARGV[2]
-if not redis.call('ZSCORE', rk..':members', ARGV[1]) then return -1 end
+local mid, room = ARGV[1], ARGV[2]
+local nick = redis.call('HGET', P..'member:'..mid, 'nick')
+if not nick then return -2 end
+local rk = P..'room:'..room
+if not redis.call('ZSCORE', rk..':members', mid) then return -1 end
 local id = redis.call('HINCRBY', rk, 'seq', 1)
-local frame = ARGV[3]..id..ARGV[4]
-local cap = tonumber(ARGV[5])
-if cap > 0 then
-  redis.call('RPUSH', rk..':history', frame)
-  redis.call('LTRIM', rk..':history', -cap, -1)
+local size = tonumber(ARGV[5]) + #nick + #int(id) - 1
+local cap, max = tonumber(ARGV[6]), tonumber(ARGV[7])
+local hk = rk..':history'
+if cap > 0 and size <= max then
+  redis.call('RPUSH', hk, int(id)..' '..ARGV[3]..' '..int(size)..' '..nick..' '..ARGV[4])
+  local bytes = redis.call('HINCRBY', rk, 'bytes', size)
+  while redis.call('LLEN', hk) > cap or bytes > max do
+    local oldest = redis.call('LPOP', hk)
+    bytes = redis.call('HINCRBY', rk, 'bytes', -tonumber(string.match(oldest, '^%d+ %d+ (%d+) ')))
+  end
+else
+  -- Not kept: the history must stay a run of ids that ends with the newest.
+  redis.call('DEL', hk)
+  redis.call('HSET', rk, 'bytes', 0)
 end
-publish_room(ARGV[2], 'm', id, ARGV[1], frame)
+publish(room, 'm '..int(id)..' '..ARGV[3]..' '..mid..' '..nick..' '..ARGV[4])
 return id
 "#;
 
-/// ARGV: lowercased recipient nick, event text before the recipient's nick, text after it,
-/// sender's member id. Publishes to the recipient's node (unless it is the sender) and returns
-/// `{recipient id, event}`, or nil for nobody.
+/// ARGV: sender's member id, recipient's nick lowercased, timestamp, text. Publishes on the
+/// recipient's node channel (unless the recipient is the sender). Returns `{'ok', recipient's
+/// nick}`, `{'unknown'}` or `{'gone'}`.
 pub const DIRECT: &str = r#"
-local mid = redis.call('GET', P..'nick:'..ARGV[1])
-if not mid then return false end
-local nick = redis.call('HGET', P..'member:'..mid, 'nick')
-if not nick then return false end
-local frame = ARGV[2]..nick..ARGV[3]
-if mid ~= ARGV[4] then
-  local node, target = string.match(mid, '^([^.]+)%.(.+)$')
-  redis.call('PUBLISH', P..'node:'..node, target..' '..frame)
+local from = redis.call('HGET', P..'member:'..ARGV[1], 'nick')
+if not from then return {'gone'} end
+local mid = redis.call('GET', P..'nick:'..ARGV[2])
+local to = mid and redis.call('HGET', P..'member:'..mid, 'nick')
+if not to then return {'unknown'} end
+if mid ~= ARGV[1] then
+  local node, client = string.match(mid, '^([^.]+)%.(.+)$')
+  redis.call('PUBLISH', P..'node:'..node, client..' '..ARGV[3]..' '..from..' '..to..' '..ARGV[4])
 end
-return {mid, frame}
+return {'ok', to}
 "#;
 
-/// ARGV: room, offset, page size. Returns `{count, nicks}`.
+/// ARGV: member id, room, first and last rank of the page. Returns `{count, nicks}`, or
+/// `{'gone'}` if the asking member is gone.
 pub const WHO: &str = r#"
-local mk = P..'room:'..ARGV[1]..':members'
-local offset = tonumber(ARGV[2])
+if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
+local mk = P..'room:'..ARGV[2]..':members'
 local nicks = {}
-for i, m in ipairs(redis.call('ZRANGE', mk, offset, offset + tonumber(ARGV[3]) - 1)) do
-  nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or '?'
+for i, m in ipairs(redis.call('ZRANGE', mk, ARGV[3], ARGV[4])) do
+  nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or ''
 end
 return {redis.call('ZCARD', mk), nicks}
 "#;
 
-/// Returns `{name, count, name, count, ...}` for every room.
+/// ARGV: member id, first and last rank of the page. Returns `{count, names, member counts}`,
+/// or `{'gone'}` if the asking member is gone.
 pub const ROOMS: &str = r#"
-local out = {}
-for _, room in ipairs(redis.call('SMEMBERS', P..'rooms')) do
-  out[#out + 1] = room
-  out[#out + 1] = redis.call('ZCARD', P..'room:'..room..':members')
+if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
+local names = redis.call('ZRANGE', P..'rooms', ARGV[2], ARGV[3])
+local counts = {}
+for i, room in ipairs(names) do
+  counts[i] = redis.call('ZCARD', P..'room:'..room..':members')
 end
-return out
+return {redis.call('ZCARD', P..'rooms'), names, counts}
 "#;
 
-/// ARGV: room, epoch for a new room. Returns `{epoch, last id, event number, history}`.
+/// ARGV: room. Returns `{epoch, last id, event, history records}`; epoch `''` if there is no
+/// such room.
 pub const STATE: &str = r#"
+if not exists(ARGV[1]) then return {'', 0, 0, {}} end
 local rk = P..'room:'..ARGV[1]
-redis.call('HSETNX', rk, 'epoch', ARGV[2])
-return {redis.call('HGET', rk, 'epoch'), tonumber(redis.call('HGET', rk, 'seq') or '0'),
-  tonumber(redis.call('HGET', rk, 'ev') or '0'), redis.call('LRANGE', rk..':history', 0, -1)}
+local s = redis.call('HMGET', rk, 'epoch', 'seq', 'ev')
+return {s[1] or '', tonumber(s[2] or '0'), tonumber(s[3] or '0'),
+  redis.call('LRANGE', rk..':history', 0, -1)}
 "#;
 
-/// ARGV: member id, leave reason. The member is gone: leaves every room, frees its nick.
+/// ARGV: default room, then pairs of member id and leave reason. The members are gone: each
+/// leaves its rooms, its nick is free. Returns how many there were.
 pub const BYE: &str = r#"
-bye(ARGV[1], ARGV[2])
-return 1
+local n = 0
+for i = 2, #ARGV, 2 do
+  bye(ARGV[i], ARGV[i + 1], ARGV[1])
+  n = n + 1
+end
+return n
 "#;
 
-/// ARGV: node, member id, nick, epoch prefix for new rooms, rooms... Registers a live member
-/// again after Redis lost it (a restart without persistence) or a reaper took it, without
-/// announcing anything. A nick someone else took meanwhile stays theirs.
+/// ARGV: node, `'1'` if Redis lost its data since the node last saw it, default room, epoch
+/// prefix for rooms to create, then for each member: id, nick, address, number of rooms, the
+/// rooms. Makes Redis agree with the node about its live members, silently: nick, rooms (a room
+/// Redis has the member in and the node does not is left, announced). A member Redis no longer
+/// knows while it kept its data was reaped, and one whose nick someone else holds now cannot
+/// have it back: both are returned, as lost. Limits are not checked: these members were let in.
 pub const RESTORE: &str = r#"
-local mid, nick = ARGV[2], ARGV[3]
-if gone(mid) then return 0 end
-local nk = P..'nick:'..string.lower(nick)
-if not redis.call('GET', nk) then redis.call('SET', nk, mid) end
-redis.call('HSET', P..'member:'..mid, 'nick', nick)
-redis.call('SADD', P..'node:'..ARGV[1]..':members', mid)
-for i = 5, #ARGV do
-  local room = ARGV[i]
-  local rk = P..'room:'..room
-  redis.call('HSETNX', rk, 'epoch', ARGV[4]..'-'..i)
-  redis.call('SADD', P..'rooms', room)
-  if not redis.call('ZSCORE', rk..':members', mid) then
-    redis.call('ZADD', rk..':members', redis.call('HINCRBY', rk, 'joins', 1), mid)
-    redis.call('SADD', P..'member:'..mid..':rooms', room)
+local node, fresh, default, prefix = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
+local lost = {}
+local made = 0
+local i = 5
+while i <= #ARGV do
+  local mid, nick, addr, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local rooms = {}
+  for j = 1, n do rooms[ARGV[i + 3 + j]] = true end
+  i = i + 4 + n
+  local member = P..'member:'..mid
+  local known = redis.call('EXISTS', member) == 1
+  local nk = P..'nick:'..string.lower(nick)
+  local holder = redis.call('GET', nk)
+  if (not known and not fresh) or (holder and holder ~= mid) then
+    lost[#lost + 1] = mid
+  else
+    local old = redis.call('HGET', member, 'nick')
+    if old and redis.call('GET', P..'nick:'..string.lower(old)) == mid then
+      redis.call('DEL', P..'nick:'..string.lower(old))
+    end
+    redis.call('SET', nk, mid)
+    redis.call('HSET', member, 'nick', nick, 'addr', addr)
+    redis.call('SADD', P..'node:'..node..':members', mid)
+    for _, room in ipairs(redis.call('SMEMBERS', member..':rooms')) do
+      if not rooms[room] then part(room, mid, 'left', default) end
+    end
+    for room in pairs(rooms) do
+      if not redis.call('ZSCORE', P..'room:'..room..':members', mid) then
+        if not exists(room) then
+          made = made + 1
+          create(room, prefix..'-'..made)
+        end
+        add(room, mid, addr, default)
+      end
+    end
   end
 end
-return 1
+redis.call('SADD', P..'nodes', node)
+return lost
 "#;
 
-/// ARGV: node, time to live in ms. Renews the node's heartbeat; returns 1 if it was still
-/// alive, 0 if it had expired (or this is the first beat).
+/// ARGV: node, time to live in ms, a life id to use if Redis has none. Renews the node's
+/// heartbeat and echoes `beat` on its channel. Returns `{1 if the heartbeat was still alive
+/// else 0, the life id, rooms}`.
 pub const HEARTBEAT: &str = r#"
 local alive = P..'node:'..ARGV[1]..':alive'
 local was = redis.call('EXISTS', alive)
 redis.call('SET', alive, '1', 'PX', ARGV[2])
 redis.call('SADD', P..'nodes', ARGV[1])
-return was
+redis.call('SET', P..'life', ARGV[3], 'NX')
+redis.call('PUBLISH', P..'node:'..ARGV[1], 'beat')
+return {was, redis.call('GET', P..'life'), redis.call('ZCARD', P..'rooms')}
 "#;
 
-/// ARGV: this node. Removes the members of every other node whose heartbeat expired, with
-/// leave reason `node_lost`. Returns how many members were removed.
+/// ARGV: this node, default room, batch size. Removes up to a batch of the members of other
+/// nodes whose heartbeat expired, with leave reason `node_lost`. Returns how many it removed
+/// (a full batch: call again).
 pub const REAP: &str = r#"
+local budget = tonumber(ARGV[3])
 local n = 0
 for _, node in ipairs(redis.call('SMEMBERS', P..'nodes')) do
   if node ~= ARGV[1] and redis.call('EXISTS', P..'node:'..node..':alive') == 0 then
-    n = n + reap(node, 'node_lost')
+    local nk = P..'node:'..node..':members'
+    for _, mid in ipairs(redis.call('SPOP', nk, budget - n)) do
+      bye(mid, 'node_lost', ARGV[2])
+      n = n + 1
+    end
+    if redis.call('EXISTS', nk) == 0 then redis.call('SREM', P..'nodes', node) end
+    if n >= budget then return n end
   end
 end
 return n
 "#;
 
-/// ARGV: this node. A clean exit: every member leaves with reason `shutdown`.
+/// ARGV: this node, default room, batch size. A clean exit: up to a batch of the node's members
+/// leave with reason `shutdown`; with the last one the node's heartbeat goes. Returns how many
+/// members remain (call again until 0).
 pub const GOODBYE: &str = r#"
-redis.call('DEL', P..'node:'..ARGV[1]..':alive')
-return reap(ARGV[1], 'shutdown')
+local nk = P..'node:'..ARGV[1]..':members'
+for _, mid in ipairs(redis.call('SPOP', nk, tonumber(ARGV[3]))) do
+  bye(mid, 'shutdown', ARGV[2])
+end
+local left = redis.call('SCARD', nk)
+if left == 0 then
+  redis.call('DEL', P..'node:'..ARGV[1]..':alive')
+  redis.call('SREM', P..'nodes', ARGV[1])
+end
+return left
 "#;
 
-/// Every script with the prelude, compiled once.
+/// Every script with the prelude, hashed once (redis-rs sends `EVALSHA`, and the script
+/// itself when Redis does not know it yet).
 pub struct Scripts {
-    pub guest: redis::Script,
+    pub register: redis::Script,
     pub nick: redis::Script,
     pub join: redis::Script,
     pub leave: redis::Script,
@@ -280,7 +447,7 @@ impl Scripts {
     pub fn new() -> Self {
         let s = |body: &str| redis::Script::new(&format!("{PRELUDE}{body}"));
         Scripts {
-            guest: s(GUEST),
+            register: s(REGISTER),
             nick: s(NICK),
             join: s(JOIN),
             leave: s(LEAVE),

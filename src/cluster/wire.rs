@@ -1,0 +1,387 @@
+//! What travels through Redis as text: the payloads of the room and node channels, the
+//! records of a room's history, and member ids. The Lua scripts write these as plain
+//! space-separated fields with the free text last (they never build JSON); this module reads
+//! them back into values ([`RoomEvent`], [`Direct`], frames) and is the only place that knows
+//! their layout besides the scripts themselves.
+//!
+//! Data enters as a channel payload or a history record, exactly as a script wrote it, and
+//! leaves as an authority value for the hub or, for history, as the `message` event encoded by
+//! [`protocol::Event::encode`](crate::protocol::Event::encode): events are encoded in one
+//! place, and ids travel as numbers, never spliced into text.
+//!
+//! Layouts (names and nicks never contain a space; `TEXT` may contain anything, spaces and
+//! newlines included, and runs to the end):
+//!
+//! | where | layout |
+//! |---|---|
+//! | room channel, message | `EV m ID TS MID NICK TEXT` |
+//! | room channel, join | `EV j COUNT MID NICK` (members after) |
+//! | room channel, leave | `EV l COUNT MID NICK REASON` (members before) |
+//! | room channel, rename | `EV n COUNT MID TAG OLD NEW` |
+//! | node channel, direct | `KEY.SERIAL TS FROM TO TEXT` |
+//! | node channel, heartbeat echo | `beat` |
+//! | history record | `ID TS SIZE NICK TEXT` (`SIZE`: bytes of the encoded event) |
+//!
+//! A member id (`MID`) is `NODE.KEY.SERIAL`: the node's id (random for every start) and the
+//! hub's [`ClientId`].
+
+use crate::authority::{ClientId, RoomEvent, What};
+use crate::protocol::{Event, Frame, LeaveReason};
+
+/// The member id of this node's client `client`.
+pub fn member_id(node: &str, client: ClientId) -> String {
+    format!("{node}.{}.{}", client.key, client.serial)
+}
+
+/// The client of node `node` that member id `mid` names, if `mid` is one of that node's.
+pub fn local_client(node: &str, mid: &str) -> Option<ClientId> {
+    let rest = mid.strip_prefix(node)?.strip_prefix('.')?;
+    client_id(rest)
+}
+
+/// `KEY.SERIAL` → the client id.
+fn client_id(text: &str) -> Option<ClientId> {
+    let (key, serial) = text.split_once('.')?;
+    Some(ClientId {
+        key: key.parse().ok()?,
+        serial: serial.parse().ok()?,
+    })
+}
+
+/// The wire name of a leave reason, as in `leave` events.
+pub fn reason_name(reason: LeaveReason) -> &'static str {
+    match reason {
+        LeaveReason::Left => "left",
+        LeaveReason::Disconnected => "disconnected",
+        LeaveReason::Timeout => "timeout",
+        LeaveReason::SlowConsumer => "slow_consumer",
+        LeaveReason::Shutdown => "shutdown",
+        LeaveReason::NodeLost => "node_lost",
+    }
+}
+
+fn reason(name: &str) -> Option<LeaveReason> {
+    [
+        LeaveReason::Left,
+        LeaveReason::Disconnected,
+        LeaveReason::Timeout,
+        LeaveReason::SlowConsumer,
+        LeaveReason::Shutdown,
+        LeaveReason::NodeLost,
+    ]
+    .into_iter()
+    .find(|&r| reason_name(r) == name)
+}
+
+/// A payload of `room`'s channel as a room event; `node` is this node's id, so that events
+/// about its own clients name them as `subject`. `None` for a payload no script writes.
+pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
+    let (ev, rest) = payload.split_once(' ')?;
+    let ev = ev.parse().ok()?;
+    let (kind, rest) = rest.split_once(' ')?;
+    let (mid, what) = match kind {
+        "m" => {
+            let [id, ts, mid, nick, text] = fields(rest)?;
+            let what = What::Message {
+                id: id.parse().ok()?,
+                nick: nick.to_string(),
+                text: text.to_string(),
+                ts: ts.parse().ok()?,
+            };
+            (mid, what)
+        }
+        "j" => {
+            let [count, mid, nick] = fields(rest)?;
+            let what = What::Join {
+                nick: nick.to_string(),
+                count: count.parse().ok()?,
+            };
+            (mid, what)
+        }
+        "l" => {
+            let [count, mid, nick, why] = fields(rest)?;
+            let what = What::Leave {
+                nick: nick.to_string(),
+                reason: reason(why)?,
+                count: count.parse().ok()?,
+            };
+            (mid, what)
+        }
+        "n" => {
+            let [count, mid, tag, old, nick] = fields(rest)?;
+            let what = What::Nick {
+                old: old.to_string(),
+                nick: nick.to_string(),
+                count: count.parse().ok()?,
+                tag: tag.parse().ok()?,
+            };
+            (mid, what)
+        }
+        _ => return None,
+    };
+    Some(RoomEvent {
+        room: room.to_string(),
+        ev,
+        subject: local_client(node, mid),
+        what,
+    })
+}
+
+/// Splits `text` into `N` space-separated fields, the last one being the rest (which may
+/// contain spaces).
+fn fields<const N: usize>(text: &str) -> Option<[&str; N]> {
+    let mut parts = text.splitn(N, ' ');
+    let mut out = [""; N];
+    for slot in &mut out {
+        *slot = parts.next()?;
+    }
+    Some(out)
+}
+
+/// What arrives on this node's own channel.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NodeMessage {
+    /// The echo of this node's heartbeat: the subscription works.
+    Beat,
+    Direct(Direct),
+}
+
+/// A direct message for one of this node's clients.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Direct {
+    pub target: ClientId,
+    pub from: String,
+    pub to: String,
+    pub text: String,
+    pub ts: u64,
+}
+
+/// A payload of the node channel.
+pub fn node_message(payload: &str) -> Option<NodeMessage> {
+    if payload == "beat" {
+        return Some(NodeMessage::Beat);
+    }
+    let [target, ts, from, to, text] = fields(payload)?;
+    Some(NodeMessage::Direct(Direct {
+        target: client_id(target)?,
+        from: from.to_string(),
+        to: to.to_string(),
+        text: text.to_string(),
+        ts: ts.parse().ok()?,
+    }))
+}
+
+/// The `message` events of `room`'s history records (oldest first), encoded as the members got
+/// them. Only the run of records that ends with message `last_id` and has no gap is kept: the
+/// hub numbers retained messages back from `last_id`, so a record out of that run (which no
+/// script writes) is dropped rather than given another message's id.
+pub fn history(room: &str, last_id: u64, records: &[String]) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(records.len());
+    let mut want = last_id;
+    for record in records.iter().rev() {
+        let Some([id, ts, _size, nick, text]) = fields(record) else {
+            break;
+        };
+        let (Ok(id), Ok(ts)) = (id.parse::<u64>(), ts.parse()) else {
+            break;
+        };
+        if id != want || id == 0 {
+            break;
+        }
+        let event = Event::Message {
+            room,
+            id,
+            from: nick,
+            text,
+            ts,
+        };
+        frames.push(event.encode());
+        want -= 1;
+    }
+    frames.reverse();
+    frames
+}
+
+/// The size of `text`'s `message` event in `room` with an empty nick and id 0. The SAY script
+/// adds the nick's length and the id's digits less one to get the event's exact size (nicks
+/// need no escaping), which is what `--history-bytes` counts, as on a single node.
+pub fn message_base_size(room: &str, text: &str, ts: u64) -> usize {
+    let event = Event::Message {
+        room,
+        id: 0,
+        from: "",
+        text,
+        ts,
+    };
+    event.encode().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NODE: &str = "n1x0";
+
+    fn client(key: usize, serial: u64) -> ClientId {
+        ClientId { key, serial }
+    }
+
+    #[test]
+    fn member_ids_name_this_nodes_clients_only() {
+        let mid = member_id(NODE, client(3, 17));
+        assert_eq!(mid, "n1x0.3.17");
+        assert_eq!(local_client(NODE, &mid), Some(client(3, 17)));
+        assert_eq!(
+            local_client("n1x", &mid),
+            None,
+            "a prefix of another node's id"
+        );
+        assert_eq!(local_client("other", &mid), None);
+        assert_eq!(local_client(NODE, "n1x0.3"), None);
+        assert_eq!(local_client(NODE, "n1x0.a.b"), None);
+    }
+
+    #[test]
+    fn messages_keep_their_text_and_room() {
+        let text = "a \"quoted\"  text\nwith two lines, a tab\tand \\ backslash ";
+        let room = "18446744073709551615";
+        let payload = format!("7 m 18446744073709551615 1700000000000 n1x0.2.5 ada {text}");
+        let e = room_event(room, &payload, NODE).unwrap();
+        assert_eq!((e.room.as_str(), e.ev), (room, 7));
+        assert_eq!(e.subject, Some(client(2, 5)));
+        match e.what {
+            What::Message {
+                id,
+                nick,
+                text: got,
+                ts,
+            } => {
+                assert_eq!(id, u64::MAX);
+                assert_eq!(nick, "ada");
+                assert_eq!(got, text);
+                assert_eq!(ts, 1_700_000_000_000);
+            }
+            other => panic!("{other:?}"),
+        }
+        // An empty text survives too, and another node's member is nobody here.
+        let e = room_event("r", "8 m 2 5 other.1.1 bob ", NODE).unwrap();
+        assert!(matches!(e.what, What::Message { ref text, .. } if text.is_empty()));
+        assert_eq!(e.subject, None);
+    }
+
+    #[test]
+    fn presence_events_parse() {
+        let e = room_event("dev", "3 j 2 n1x0.0.1 ada", NODE).unwrap();
+        assert!(matches!(e.what, What::Join { ref nick, count: 2 } if nick == "ada"));
+        let e = room_event("dev", "4 l 2 x.0.1 bob node_lost", NODE).unwrap();
+        assert!(matches!(
+            e.what,
+            What::Leave { ref nick, reason: LeaveReason::NodeLost, count: 2 } if nick == "bob"
+        ));
+        let e = room_event("dev", "5 n 1 n1x0.0.1 9 ada Ada.2", NODE).unwrap();
+        assert!(matches!(
+            e.what,
+            What::Nick { ref old, ref nick, count: 1, tag: 9 } if old == "ada" && nick == "Ada.2"
+        ));
+        for bad in [
+            "",
+            "x m 1 1 a b c",
+            "1 q 1 a b",
+            "1 m one 1 a b c",
+            "1 j 2 a",
+            "1 l 2 a b why",
+            "1 n 1 a b c",
+        ] {
+            assert!(room_event("dev", bad, NODE).is_none(), "{bad:?}");
+        }
+        for r in [
+            LeaveReason::Left,
+            LeaveReason::Disconnected,
+            LeaveReason::Timeout,
+            LeaveReason::SlowConsumer,
+            LeaveReason::Shutdown,
+            LeaveReason::NodeLost,
+        ] {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json.trim_matches('"'), reason_name(r), "as clients see it");
+            assert_eq!(reason(reason_name(r)), Some(r));
+        }
+    }
+
+    #[test]
+    fn node_channel_payloads_parse() {
+        assert_eq!(node_message("beat"), Some(NodeMessage::Beat));
+        let got = node_message("4.9 1700000000001 ada bob hi there\n\"you\"").unwrap();
+        assert_eq!(
+            got,
+            NodeMessage::Direct(Direct {
+                target: client(4, 9),
+                from: "ada".into(),
+                to: "bob".into(),
+                text: "hi there\n\"you\"".into(),
+                ts: 1_700_000_000_001,
+            })
+        );
+        assert!(node_message("4 1 a b c").is_none());
+        assert!(node_message("4.9 x a b c").is_none());
+    }
+
+    #[test]
+    fn history_records_become_the_events_members_got() {
+        let room = "18446744073709551615";
+        let records: Vec<String> = [
+            "3 100 0 ada one",
+            "4 101 0 bob two words",
+            "5 102 0 ada \"three\"\nlines",
+        ]
+        .map(String::from)
+        .into();
+        let frames = history(room, 5, &records);
+        assert_eq!(frames.len(), 3);
+        let live = Event::Message {
+            room,
+            id: 5,
+            from: "ada",
+            text: "\"three\"\nlines",
+            ts: 102,
+        }
+        .encode();
+        assert_eq!(frames[2], live, "the bytes a live member got");
+        let first: serde_json::Value = serde_json::from_str(frames[0].as_str()).unwrap();
+        assert_eq!(first["room"], room);
+        assert_eq!(first["id"], 3);
+        assert_eq!(first["text"], "one");
+        // Only the run that ends at the last id counts.
+        assert_eq!(history(room, 6, &records).len(), 0);
+        let gap: Vec<String> = ["1 1 0 a x", "3 1 0 a y"].map(String::from).into();
+        assert_eq!(history(room, 3, &gap).len(), 1);
+        assert!(history(room, 0, &[]).is_empty());
+    }
+
+    #[test]
+    fn the_scripts_size_arithmetic_gives_the_encoded_size() {
+        for (room, nick, id, text) in [
+            ("lobby", "guest-1", 1u64, "hi"),
+            (
+                "18446744073709551615",
+                "Ada.x_y",
+                12_345,
+                "\"q\" \\ \n\t\r é",
+            ),
+            ("r", "n", u64::MAX, ""),
+        ] {
+            let ts = 1_700_000_000_000;
+            let exact = Event::Message {
+                room,
+                id,
+                from: nick,
+                text,
+                ts,
+            }
+            .encode()
+            .len();
+            let lua = message_base_size(room, text, ts) + nick.len() + id.to_string().len() - 1;
+            assert_eq!(lua, exact, "{room} {nick} {id} {text:?}");
+        }
+    }
+}

@@ -330,6 +330,35 @@ pub enum LeaveReason {
     NodeLost,
 }
 
+impl LeaveReason {
+    /// Every reason.
+    pub const ALL: [LeaveReason; 6] = [
+        LeaveReason::Left,
+        LeaveReason::Disconnected,
+        LeaveReason::Timeout,
+        LeaveReason::SlowConsumer,
+        LeaveReason::Shutdown,
+        LeaveReason::NodeLost,
+    ];
+
+    /// The reason's name on the wire, as `leave` events carry it.
+    pub fn name(self) -> &'static str {
+        match self {
+            LeaveReason::Left => "left",
+            LeaveReason::Disconnected => "disconnected",
+            LeaveReason::Timeout => "timeout",
+            LeaveReason::SlowConsumer => "slow_consumer",
+            LeaveReason::Shutdown => "shutdown",
+            LeaveReason::NodeLost => "node_lost",
+        }
+    }
+
+    /// The reason with this wire name.
+    pub fn from_name(name: &str) -> Option<LeaveReason> {
+        LeaveReason::ALL.into_iter().find(|r| r.name() == name)
+    }
+}
+
 /// The limits a client is told about in `welcome`, so it can stay within them.
 #[derive(Debug, Clone, Copy, Serialize)]
 pub struct Limits {
@@ -565,5 +594,15 @@ mod tests {
             e.as_str(),
             r#"{"type":"error","code":"unknown_recipient","message":"no such nick"}"#
         );
+    }
+
+    #[test]
+    fn leave_reasons_are_named_as_clients_see_them() {
+        for r in LeaveReason::ALL {
+            let json = serde_json::to_string(&r).unwrap();
+            assert_eq!(json.trim_matches('"'), r.name());
+            assert_eq!(LeaveReason::from_name(r.name()), Some(r));
+        }
+        assert_eq!(LeaveReason::from_name("gone"), None);
     }
 }

@@ -23,6 +23,7 @@ use crate::room::Room;
 
 /// One registered client.
 struct Entry {
+    serial: u64,
     nick: String,
     address: Address,
     /// The rooms it is in.
@@ -39,7 +40,7 @@ struct Place {
 pub struct Local {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
-    clients: HashMap<ClientId, Entry>,
+    clients: Registry,
     /// Lowercased nick → holder; nicks are unique ignoring case.
     nicks: HashMap<String, ClientId>,
     /// Every room, empty ones with history included, sorted by name for `rooms` pages.
@@ -74,7 +75,7 @@ impl Local {
         Local {
             config,
             metrics,
-            clients: HashMap::new(),
+            clients: Registry::default(),
             nicks: HashMap::new(),
             rooms: BTreeMap::new(),
             held: HashMap::new(),
@@ -108,6 +109,7 @@ impl Local {
             String::new()
         };
         let entry = Entry {
+            serial: client.serial,
             nick: nick.clone(),
             address,
             rooms: Vec::new(),
@@ -240,6 +242,8 @@ impl Local {
         }
         room.add(client);
         let entry = self.clients.get_mut(&client).expect("registered");
+        // Most clients are in one room or two: no spare capacity for four.
+        entry.rooms.reserve_exact(1);
         entry.rooms.push(name.to_string());
         Ok(())
     }
@@ -378,7 +382,7 @@ impl Local {
 impl Authority for Local {
     fn ask(&mut self, client: ClientId, ask: Ask, events: &mut Vec<RoomEvent>) -> Option<Answer> {
         self.tick += 1;
-        if !matches!(ask, Ask::Register { .. }) && !self.clients.contains_key(&client) {
+        if !matches!(ask, Ask::Register { .. }) && self.clients.get(&client).is_none() {
             return Some(Answer::Gone);
         }
         Some(match ask {
@@ -480,6 +484,43 @@ impl Authority for Local {
         self.metrics
             .history_bytes
             .store(self.history_bytes as u64, Relaxed);
+    }
+}
+
+/// The registered clients, by their slot in the hub: the hub's slab keys are dense and reused,
+/// so a vector indexed by key holds them without a hash table's spare buckets.
+#[derive(Default)]
+struct Registry(Vec<Option<Entry>>);
+
+impl Registry {
+    fn get(&self, id: &ClientId) -> Option<&Entry> {
+        let entry = self.0.get(id.key)?.as_ref()?;
+        (entry.serial == id.serial).then_some(entry)
+    }
+
+    fn get_mut(&mut self, id: &ClientId) -> Option<&mut Entry> {
+        let entry = self.0.get_mut(id.key)?.as_mut()?;
+        (entry.serial == id.serial).then_some(entry)
+    }
+
+    fn insert(&mut self, id: ClientId, entry: Entry) {
+        if self.0.len() <= id.key {
+            self.0.resize_with(id.key + 1, || None);
+        }
+        self.0[id.key] = Some(entry);
+    }
+
+    fn remove(&mut self, id: &ClientId) -> Option<Entry> {
+        self.get(id)?;
+        self.0[id.key].take()
+    }
+}
+
+impl std::ops::Index<&ClientId> for Registry {
+    type Output = Entry;
+
+    fn index(&self, id: &ClientId) -> &Entry {
+        self.get(id).expect("a registered client")
     }
 }
 

@@ -660,7 +660,7 @@ impl Bridge {
         let mut args = vec![self.config.default_room.clone()];
         for &(client, reason) in &byes {
             args.push(wire::member_id(&self.node, client));
-            args.push(wire::reason_name(reason).to_string());
+            args.push(reason.name().to_string());
         }
         Box::pin(async move {
             let mut call = scripts.bye.prepare_invoke();
@@ -804,31 +804,13 @@ impl Bridge {
     }
 
     async fn subscribe(&mut self, s: &mut Session, channels: Vec<String>) -> bool {
-        match within(CALL_TIMEOUT, s.conn.subscribe(channels)).await {
-            Some(Ok(())) => true,
-            Some(Err(e)) => {
-                log::warn!("redis: subscribing failed: {e}");
-                false
-            }
-            None => {
-                log::warn!("redis: no subscription within {CALL_TIMEOUT:?}");
-                false
-            }
-        }
+        let done = within(CALL_TIMEOUT, s.conn.subscribe(channels)).await;
+        settled(done, "subscribing")
     }
 
     async fn unsubscribe(&mut self, s: &mut Session, channels: Vec<String>) -> bool {
-        match within(CALL_TIMEOUT, s.conn.unsubscribe(channels)).await {
-            Some(Ok(())) => true,
-            Some(Err(e)) => {
-                log::warn!("redis: unsubscribing failed: {e}");
-                false
-            }
-            None => {
-                log::warn!("redis: no unsubscription within {CALL_TIMEOUT:?}");
-                false
-            }
-        }
+        let done = within(CALL_TIMEOUT, s.conn.unsubscribe(channels)).await;
+        settled(done, "unsubscribing")
     }
 
     /// A fresh epoch for a room this node creates: unique to this node and call.
@@ -1227,6 +1209,20 @@ fn texts(v: Option<&Value>) -> Vec<String> {
     }
 }
 
+/// Whether a (un)subscription, bounded by [`CALL_TIMEOUT`], went through; says why not.
+fn settled(done: Option<redis::RedisResult<()>>, what: &str) -> bool {
+    match done {
+        Some(Ok(())) => true,
+        Some(Err(e)) => {
+            log::warn!("redis: {what} failed: {e}");
+            false
+        }
+        None => {
+            log::warn!("redis: {what} took more than {CALL_TIMEOUT:?}");
+            false
+        }
+    }
+}
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -341,6 +341,8 @@ impl Hub {
     pub(super) fn joined(&mut self, key: usize, room: String, joined: Joined) {
         let client = &mut self.clients[key];
         client.rooms.retain(|r| *r != room);
+        // Most clients are in one room or two: no spare capacity for four.
+        client.rooms.reserve_exact(1);
         client.rooms.push(room.clone());
         let frame = Event::Room {
             room: &room,

@@ -458,9 +458,20 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Runs the hub until every sender of `inbox` is gone. `notices` carries what an authority
-/// that answers later sends back (`None` for one that always answers at once).
-pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receiver<Notice>>) {
+/// Runs the hub until every sender of `inbox` is gone, with an authority that answers at once.
+pub async fn run(mut hub: Hub, inbox: Receiver<Command>) {
+    while let Ok(command) = inbox.recv().await {
+        hub.handle(command);
+        if std::mem::take(&mut hub.slow.congested) {
+            futures_lite::future::yield_now().await;
+        }
+    }
+}
+
+/// Runs the hub until every sender of `inbox` is gone, with an authority that answers later:
+/// its answers and room events arrive on `notices`. (A separate function from [`run`], so
+/// that a build without such an authority carries none of this.)
+pub async fn run_with_notices(mut hub: Hub, inbox: Receiver<Command>, notices: Receiver<Notice>) {
     use futures_lite::FutureExt;
     enum Next {
         Command(Command),
@@ -469,36 +480,26 @@ pub async fn run(mut hub: Hub, inbox: Receiver<Command>, notices: Option<Receive
     }
     let mut budget = BUDGET;
     loop {
-        let next = match &notices {
-            None => inbox.recv().await.map_or(Next::Stop, Next::Command),
-            Some(notices) => {
-                let command = async { inbox.recv().await.map_or(Next::Stop, Next::Command) };
-                // A closed notice channel (the bridge stopped) leaves only the inbox.
-                let notice = async {
-                    match notices.recv().await {
-                        Ok(notice) => Next::Notice(notice),
-                        Err(_) => std::future::pending().await,
-                    }
-                };
-                // Either may be ready all the time under load: neither may starve the other
-                // (answers and room events unblock clients; commands are what they send).
-                command.race(notice).await
+        let command = async { inbox.recv().await.map_or(Next::Stop, Next::Command) };
+        // A closed notice channel (the bridge stopped) leaves only the inbox.
+        let notice = async {
+            match notices.recv().await {
+                Ok(notice) => Next::Notice(notice),
+                Err(_) => std::future::pending().await,
             }
         };
-        match next {
+        // Either may be ready all the time under load: neither may starve the other (answers
+        // and room events unblock clients; commands are what they send).
+        match command.race(notice).await {
             Next::Command(command) => hub.handle(command),
             Next::Notice(notice) => hub.notice(notice),
             Next::Stop => return,
         }
-        let congested = std::mem::take(&mut hub.slow.congested);
-        // With an authority that answers later, its bridge runs in the same task as this loop
-        // (zipped by `Chat::new`); a loop that never waits, its inbox never empty, would
-        // starve the bridge and the Redis connection it drives.
-        let spent = notices.is_some() && {
-            budget -= 1;
-            budget == 0
-        };
-        if congested || spent {
+        // The authority's bridge runs in the same task as this loop (zipped by `Chat::new`); a
+        // loop that never waits, its inbox never empty, would starve the bridge and the
+        // connection it drives.
+        budget -= 1;
+        if std::mem::take(&mut hub.slow.congested) || budget == 0 {
             budget = BUDGET;
             futures_lite::future::yield_now().await;
         }

@@ -154,7 +154,8 @@ impl Chat {
             };
             // The bridge is part of the hub's future: the embedder's executor runs both, and
             // the library spawns nothing of its own.
-            let run = futures_lite::future::zip(hub::run(hub, commands, Some(notices)), bridge);
+            let run =
+                futures_lite::future::zip(hub::run_with_notices(hub, commands, notices), bridge);
             return (
                 chat,
                 Either::Left(async move {
@@ -171,7 +172,7 @@ impl Chat {
             #[cfg(feature = "redis")]
             bridge_stopped: None,
         };
-        let run = hub::run(hub, commands, None);
+        let run = hub::run(hub, commands);
         #[cfg(feature = "redis")]
         let run = Either::Right(run);
         (chat, run)

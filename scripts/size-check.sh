@@ -6,14 +6,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # The budgets, in bytes.
-STATIC_BUDGET=1600000        # static x86_64 binary, size-first profile: at most 1.6 MB
+# Raised again on 2026-12-02 (issue 12, one hub): the authority interface, the in-memory
+# authority and the hub's handling of answers that come later are in every build: +23 KB
+# static and `min`, +42 KB `release`, measured. See README "On a gateway".
+STATIC_BUDGET=1610000        # static x86_64 binary, size-first profile (1,604,632 measured)
 # Raised from 720,000 and 880,000 on 2026-12-02 by the hostile-client protections (metered
 # streams, byte-bounded queues and history, Host check, limits per address; +18 KB of code)
 # and the paced web client (+3 KB): +28 KB in all, measured. See README "On a gateway".
-DYNAMIC_MIN_BUDGET=760000    # dynamic binary, size-first profile (see README "Binary size")
-DYNAMIC_RELEASE_BUDGET=920000 # dynamic binary, speed-first release profile
-STATIC_TLS_BUDGET=2450000     # static, size-first, with the tls feature (2,420,504 measured)
-DYNAMIC_TLS_BUDGET=1640000    # dynamic, size-first, with the tls feature (1,610,592 measured)
+DYNAMIC_MIN_BUDGET=780000    # dynamic binary, size-first profile (774,992 measured)
+DYNAMIC_RELEASE_BUDGET=960000 # dynamic binary, speed-first release profile (953,808 measured)
+STATIC_TLS_BUDGET=2450000     # static, size-first, with the tls feature (2,443,800 measured)
+DYNAMIC_TLS_BUDGET=1650000    # dynamic, size-first, with the tls feature (1,638,240 measured)
 
 static=$(scripts/build-static.sh)
 static_tls=$(FEATURES=tls scripts/build-static.sh)

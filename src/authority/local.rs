@@ -43,8 +43,8 @@ pub struct Local {
     clients: Registry,
     /// Lowercased nick → holder; nicks are unique ignoring case.
     nicks: HashMap<String, ClientId>,
-    /// Every room, empty ones with history included, sorted by name for `rooms` pages.
-    rooms: BTreeMap<String, Place>,
+    /// Every room, empty ones with history included.
+    rooms: HashMap<String, Place>,
     /// Non-empty rooms held by each address: a room is held by the address of the client that
     /// made it non-empty (created it, or joined it empty) until it is empty again.
     held: HashMap<Address, usize>,
@@ -77,7 +77,7 @@ impl Local {
             metrics,
             clients: Registry::default(),
             nicks: HashMap::new(),
-            rooms: BTreeMap::new(),
+            rooms: HashMap::new(),
             held: HashMap::new(),
             history_bytes: 0,
             oldest: BTreeMap::new(),
@@ -418,16 +418,21 @@ impl Authority for Local {
                     nicks: Vec::new(),
                 },
             },
-            Ask::Rooms { offset } => Answer::Rooms {
-                count: self.rooms.len(),
-                page: self
-                    .rooms
-                    .iter()
-                    .skip(offset)
-                    .take(ROOMS_PAGE)
-                    .map(|(name, p)| (name.clone(), p.room.members().len()))
-                    .collect(),
-            },
+            Ask::Rooms { offset } => {
+                // Sorted here rather than kept sorted: a `rooms` request is rare and rate
+                // limited, and a hash map is the cheaper index for every other question.
+                let mut names: Vec<&String> = self.rooms.keys().collect();
+                names.sort_unstable();
+                Answer::Rooms {
+                    count: names.len(),
+                    page: names
+                        .into_iter()
+                        .skip(offset)
+                        .take(ROOMS_PAGE)
+                        .map(|name| (name.clone(), self.rooms[name].room.members().len()))
+                        .collect(),
+                }
+            }
         })
     }
 

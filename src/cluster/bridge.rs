@@ -43,17 +43,15 @@ use redis::{
     PushInfo, PushKind, RedisError, RedisResult, Value,
 };
 
+use super::call::{Job, int, items, text, texts};
 use super::scripts::Scripts;
 use super::{Shared, wire};
 use crate::authority::local::radix36;
-use crate::authority::{
-    Answer, Ask, ClientId, Joined, Member, Notice, address_holds_too_many, too_many_rooms,
-};
+use crate::authority::{Answer, Ask, ClientId, Member, Notice};
 use crate::config::Config;
 use crate::deadline::{Timer, within};
 use crate::metrics::Metrics;
-use crate::protocol::{LeaveReason, ROOMS_PAGE};
-use crate::room::Room;
+use crate::protocol::LeaveReason;
 
 /// Calls (questions and batches of departures) running in Redis at once.
 pub const MAX_IN_FLIGHT: usize = 256;
@@ -853,173 +851,6 @@ fn connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// What one question's call needs, owned, so that it runs beside the others.
-struct Job {
-    scripts: Arc<Scripts>,
-    conn: MultiplexedConnection,
-    config: Arc<Config>,
-    node: Arc<str>,
-    /// The asking client's member id.
-    mid: String,
-    /// For a join: the epoch of the room if the join creates it.
-    epoch: String,
-}
-
-impl Job {
-    /// Runs the script for `ask` and reads its reply as the answer, with the semantics of the
-    /// local authority (see [`crate::authority::local`]).
-    async fn run(self, ask: Ask) -> RedisResult<Answer> {
-        let Job {
-            scripts,
-            mut conn,
-            config,
-            node,
-            mid,
-            epoch: new_epoch,
-        } = self;
-        let conn = &mut conn;
-        let mid = mid.as_str();
-        let default = config.default_room.as_str();
-        Ok(match ask {
-            Ask::Register { address, .. } => {
-                let mut call = scripts.register.prepare_invoke();
-                call.arg(mid).arg(&*node).arg(address.value().to_string());
-                Answer::Registered(call.invoke_async(conn).await?)
-            }
-            Ask::Nick(nick) => {
-                let v = items(scripts.nick.arg(mid).arg(&nick).invoke_async(conn).await?);
-                match text(v.first()).as_str() {
-                    "ok" => Answer::Renamed {
-                        old: text(v.get(1)),
-                    },
-                    "taken" => Answer::NickTaken,
-                    _ => Answer::Gone,
-                }
-            }
-            Ask::Join { room, since, epoch } => {
-                let mut call = scripts.join.prepare_invoke();
-                call.arg(mid)
-                    .arg(&room)
-                    .arg(&new_epoch)
-                    .arg(config.presence_limit)
-                    .arg(default)
-                    .arg(config.max_rooms)
-                    .arg(config.max_rooms_per_address);
-                let v = items(call.invoke_async(conn).await?);
-                match text(v.first()).as_str() {
-                    "ok" => {
-                        let room_epoch = text(v.get(1));
-                        let last_id = int(v.get(2));
-                        let history = wire::history(&room, last_id, &texts(v.get(6)));
-                        let restored = Room::restored(room_epoch.clone(), last_id, history);
-                        let replay = restored.replay(since, epoch.as_deref());
-                        Answer::Joined(Joined {
-                            epoch: room_epoch,
-                            last_id,
-                            ev: int(v.get(3)),
-                            count: int(v.get(4)) as usize,
-                            nicks: texts(v.get(5)),
-                            replay: replay.messages.into_iter().cloned().collect(),
-                            complete: replay.complete,
-                        })
-                    }
-                    "refused" if text(v.get(1)) == "address" => {
-                        Answer::Refused(address_holds_too_many(config.max_rooms_per_address))
-                    }
-                    "refused" => Answer::Refused(too_many_rooms(config.max_rooms)),
-                    _ => Answer::Gone,
-                }
-            }
-            Ask::Leave(room) => {
-                let mut call = scripts.leave.prepare_invoke();
-                call.arg(mid).arg(&room).arg(default);
-                let reply: String = call.invoke_async(conn).await?;
-                match reply.as_str() {
-                    "left" => Answer::Left,
-                    "not_member" => Answer::NotMember,
-                    _ => Answer::Gone,
-                }
-            }
-            Ask::Say { room, text, ts } => {
-                let base = wire::message_base_size(&room, &text, ts);
-                let mut call = scripts.say.prepare_invoke();
-                call.arg(mid)
-                    .arg(&room)
-                    .arg(ts)
-                    .arg(&text)
-                    .arg(base)
-                    .arg(config.history)
-                    .arg(config.history_bytes);
-                match call.invoke_async::<i64>(conn).await? {
-                    -1 => Answer::NotMember,
-                    id => match u64::try_from(id) {
-                        Ok(id) => Answer::Said { id },
-                        Err(_) => Answer::Gone,
-                    },
-                }
-            }
-            Ask::Direct { to, text, ts } => {
-                let mut call = scripts.direct.prepare_invoke();
-                call.arg(mid)
-                    .arg(to.to_ascii_lowercase())
-                    .arg(ts)
-                    .arg(&text);
-                let v = items(call.invoke_async(conn).await?);
-                match self::text(v.first()).as_str() {
-                    "ok" => Answer::Direct {
-                        to: self::text(v.get(1)),
-                        target: None,
-                    },
-                    "unknown" => Answer::UnknownRecipient,
-                    _ => Answer::Gone,
-                }
-            }
-            Ask::Who { room, offset } => {
-                let (first, last) = ranks(offset, config.presence_limit as u64);
-                let mut call = scripts.who.prepare_invoke();
-                call.arg(mid).arg(&room).arg(first).arg(last);
-                let v = items(call.invoke_async(conn).await?);
-                if text(v.first()) == "gone" {
-                    return Ok(Answer::Gone);
-                }
-                Answer::Members {
-                    count: int(v.first()) as usize,
-                    nicks: texts(v.get(1)),
-                }
-            }
-            Ask::Rooms { offset } => {
-                let (first, last) = ranks(offset, ROOMS_PAGE as u64);
-                let mut call = scripts.rooms.prepare_invoke();
-                call.arg(mid).arg(first).arg(last);
-                let v = items(call.invoke_async(conn).await?);
-                if text(v.first()) == "gone" {
-                    return Ok(Answer::Gone);
-                }
-                let names = texts(v.get(1));
-                let counts = v.get(2).cloned().map(items).unwrap_or_default();
-                Answer::Rooms {
-                    count: int(v.first()) as usize,
-                    page: names
-                        .into_iter()
-                        .zip(counts.iter().map(|c| int(Some(c)) as usize))
-                        .collect(),
-                }
-            }
-        })
-    }
-}
-
-/// The first and last rank of a page of `size` from `offset`, as integers Redis takes (never
-/// past `i64::MAX`, never a float in Lua: the scripts pass them on as they are). A page of 0
-/// is a range Redis finds empty.
-fn ranks(offset: usize, size: u64) -> (u64, u64) {
-    let first = (offset as u64).min(u32::MAX as u64);
-    match size {
-        0 => (1, 0),
-        _ => (first, first + size - 1),
-    }
-}
-
 /// Connects to Redis over RESP3 and returns the connection and its driver, which the caller
 /// polls (redis-rs would otherwise spawn it on a global executor). `pushes` gets the pub/sub
 /// messages.
@@ -1172,43 +1003,6 @@ fn node_id() -> String {
     format!("{}{}x{n}", radix36(micros), std::process::id())
 }
 
-fn items(v: Value) -> Vec<Value> {
-    match v {
-        Value::Array(items) | Value::Set(items) => items,
-        _ => Vec::new(),
-    }
-}
-
-fn text(v: Option<&Value>) -> String {
-    match v {
-        Some(Value::BulkString(b)) => String::from_utf8_lossy(b).into_owned(),
-        Some(Value::SimpleString(s)) => s.clone(),
-        Some(Value::Int(n)) => n.to_string(),
-        _ => String::new(),
-    }
-}
-
-fn int(v: Option<&Value>) -> u64 {
-    match v {
-        Some(Value::Int(n)) => u64::try_from(*n).unwrap_or(0),
-        Some(Value::BulkString(b)) => std::str::from_utf8(b)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0),
-        _ => 0,
-    }
-}
-
-/// A reply's list of strings.
-fn texts(v: Option<&Value>) -> Vec<String> {
-    match v {
-        Some(Value::Array(items) | Value::Set(items)) => {
-            items.iter().map(|item| text(Some(item))).collect()
-        }
-        _ => Vec::new(),
-    }
-}
-
 /// Whether a (un)subscription, bounded by [`CALL_TIMEOUT`], went through; says why not.
 fn settled(done: Option<redis::RedisResult<()>>, what: &str) -> bool {
     match done {
@@ -1345,13 +1139,7 @@ mod tests {
     }
 
     #[test]
-    fn pages_never_reach_a_float() {
-        assert_eq!(ranks(0, 50), (0, 49));
-        assert_eq!(ranks(0, 0), (1, 0), "empty, not ZRANGE 0 -1 (everything)");
-        assert_eq!(
-            ranks(usize::MAX, 100),
-            (u32::MAX as u64, u32::MAX as u64 + 99)
-        );
+    fn node_ids_hold_no_separator() {
         assert!(!node_id().contains(['.', ' ', '-']));
     }
 }

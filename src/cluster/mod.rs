@@ -21,11 +21,13 @@
 //!
 //! The bridge (`bridge.rs`) is the future [`start`] returns, which the embedder runs beside the
 //! hub's: it takes the queued work, runs the scripts concurrently on one multiplexed
-//! connection, and sends answers and room events back through the notice channel. The
+//! connection (`call.rs`: one question as a script call), and sends answers and room events
+//! back through the notice channel. The
 //! semantics of every answer and event are those of [`crate::authority::local::Local`], with
 //! the same error texts; `wire.rs` reads what the scripts write.
 
 mod bridge;
+mod call;
 mod scripts;
 mod wire;
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs the benchmark matrix of BENCHMARKS.md against smolchat and the classic Go hub chat, and
-# writes the results table into BENCHMARKS.md between the results markers.
+# Runs the benchmark matrix of BENCHMARKS.md against smolchat, the smallest tokio-tungstenite
+# broadcast server (examples/tt_peer.rs) and the classic Go hub chat, and writes the results
+# tables into BENCHMARKS.md between the results markers.
 #
 #   scripts/bench.sh            full matrix (about 10 minutes), results written to BENCHMARKS.md
 #   scripts/bench.sh --quick    smoke test: short runs, small N; BENCHMARKS.md left alone
@@ -9,8 +10,10 @@
 #   --quick          short durations and smaller N (checks that everything runs end to end)
 #   --write          write BENCHMARKS.md even with --quick
 #   --no-write       do not touch BENCHMARKS.md (results stay in target/bench-results/)
-#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,go-hub [default: all]
-#                    (smolchat-raw is `smolchat --protocol raw`, the Go hub's own protocol)
+#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub
+#                    [default: all] (smolchat-raw is `smolchat --protocol raw`, the Go hub's
+#                    own protocol; tt-peer is `cargo build --release --example tt_peer`, the
+#                    tokio-tungstenite peer: plain-text broadcast like the Go hub)
 #   --modes LIST     comma-separated subset of: fanout,idle,saturate [default: all]
 #   --attempts N     measure a fan-out or saturation row up to N times while the server's or
 #                    the generator's busiest thread waits for its core more than
@@ -34,7 +37,7 @@ args=("$@")
 
 quick=0
 write=
-servers=smolchat,smolchat-raw,go-hub
+servers=smolchat,smolchat-raw,tt-peer,go-hub
 nice_level=-10
 attempts=
 noise_limit=25
@@ -104,10 +107,13 @@ else
   pin_gen=()
 fi
 
-log "building smolchat and the load generator (release)"
+# --examples builds the load generator and the tokio-tungstenite peer (examples/tt_peer.rs;
+# tokio and tokio-tungstenite are dev-dependencies, not in smolchat's binary).
+log "building smolchat, the tokio-tungstenite peer and the load generator (release)"
 cargo build --release --bins --examples >&2
 smolchat=$repo/target/release/smolchat
 bench=$repo/target/release/examples/bench
+tt_peer=$repo/target/release/examples/tt_peer
 
 go_dir=${GO_SEED_DIR:-$repo/../shared/anchors/go-seed}
 go_hub=$repo/target/go-seed
@@ -162,8 +168,15 @@ start_server() {
         --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 \
         --log-level warn --protocol "$protocol" >"$2" 2>&1 &
       ;;
+    tt-peer)
+      "${prio[@]}" "${pin_server[@]}" "$tt_peer" --port "$port" >"$2" 2>&1 &
+      ;;
     go-hub)
       "${prio[@]}" "${pin_server[@]}" "$go_hub" -port "$port" >"$2" 2>&1 &
+      ;;
+    *)
+      echo "bench.sh: unknown server $1 (see --help)" >&2
+      exit 2
       ;;
   esac
   server_pid=$!
@@ -188,7 +201,7 @@ run() {
   row=$((row + 1))
   local name protocol=json best= attempt noise rc
   name=$(printf '%02d-%s-%s' "$row" "$mode" "$server")
-  [ "$server" = go-hub ] || [ "$server" = smolchat-raw ] && protocol=raw
+  case $server in go-hub | smolchat-raw | tt-peer) protocol=raw ;; esac
   for attempt in $(seq "$attempts"); do
     local try=$out/$name.try$attempt
     start_server "$server" "$try.server.log"
@@ -268,7 +281,7 @@ fi
   echo "- Machine: $(nproc) cores, $cpu, $mem; $(uname -sr)"
   echo "- Server on core 0 (\`taskset -c 0\`); load generator \`examples/bench.rs\` (one thread) on core 1 (\`taskset -c 1\`): its CPU use is the \"generator CPU\" column, 100% = core 1 saturated"
   echo "- Priority: $([ -n "$nice_level" ] && echo "the benchmark in its own session, autogroup \`$autogroup\`, server and generator at \`nice -n $nice_level\`" || echo "default (nice 0)"); the \"waited\" columns show how long each one's busiest thread waited for its core anyway"
-  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); Go hub: \`go-seed -port P\`"
+  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); tt-peer: \`examples/tt_peer.rs --port P\` (tokio-tungstenite, default multi-threaded runtime, 4 KiB read buffer, \`TCP_NODELAY\`; raw protocol); Go hub: \`go-seed -port P\`"
   echo "- Load average (1, 5, 15 min) before: $load_before; after: $load_after"
   if [ "$attempts" -gt 1 ]; then
     echo "- A row in which the server's or the generator's busiest thread waited for its core more than $noise_limit% of the time was measured up to $attempts times and the least disturbed attempt is shown; $noisy_rows of $row rows needed that"

@@ -288,8 +288,9 @@ impl Bridge {
         self.metrics.redis_up.store(u64::from(up), Relaxed);
     }
 
-    /// After a connection ends: lets the calls still running fail (their requests died with
-    /// the connection), and answers the questions still queued with `unavailable`.
+    /// After a connection ends, or before the goodbye: lets the calls still running finish
+    /// (or fail, if their requests died with the connection), and answers the questions still
+    /// queued with `unavailable`.
     async fn drain(&mut self) {
         while let Some(outcome) = self.calls.next().await {
             self.count(outcome);
@@ -764,14 +765,7 @@ impl Bridge {
     /// The node is shutting down: after the calls running now, its members leave with reason
     /// `shutdown`, in batches, and its heartbeat goes. Departures still queued are covered.
     async fn goodbye(&mut self, s: &mut Session) -> Ended {
-        while let Some(outcome) = self.calls.next().await {
-            self.count(outcome);
-        }
-        self.log_failures();
-        let ops: Vec<_> = self.shared.lock().ops.drain(..).collect();
-        for (client, _) in ops {
-            self.answer(client, Answer::Unavailable).await;
-        }
+        self.drain().await;
         loop {
             let mut goodbye = self.scripts.goodbye.prepare_invoke();
             goodbye

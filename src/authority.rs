@@ -33,8 +33,14 @@ use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason};
 #[derive(Debug, Clone)]
 pub enum Ask {
     /// Register a new client from `address`. `named`: give it a free `guest-N` nick (v1);
-    /// raw mode has no nicks.
-    Register { address: Address, named: bool },
+    /// raw mode has no nicks. `user`: the client proved with a token that it is this user
+    /// (see [`crate::token`]): its nick is the user's name, which it shares with the user's
+    /// other connections, on this node or another.
+    Register {
+        address: Address,
+        named: bool,
+        user: Option<String>,
+    },
     /// Change the client's nick.
     Nick(String),
     /// Make the client a member of `room` (or, if it is one, give it the room's state again
@@ -54,6 +60,18 @@ pub enum Ask {
     Who { room: String, offset: usize },
     /// A page of the rooms from `offset`, sorted by name.
     Rooms { offset: usize },
+    /// The HTTP API (not a chat client): a message in `room` from `from`, like a `say`, but
+    /// by nobody in the room. The room is created if it does not exist (within
+    /// `--max-rooms`). Answered with [`Answer::Said`] or [`Answer::Refused`].
+    Publish {
+        room: String,
+        from: String,
+        text: String,
+        ts: u64,
+    },
+    /// The HTTP API: the messages `room` remembers after `since` (all of them for 0).
+    /// Answered with [`Answer::History`].
+    History { room: String, since: u64 },
 }
 
 /// The authority's answer to an [`Ask`].
@@ -75,11 +93,12 @@ pub enum Answer {
     Said {
         id: u64,
     },
-    /// Delivered to nick `to` (as its holder spells it). `target`: the recipient, when it is a
-    /// client of this node; a recipient elsewhere gets it through [`Notice::Direct`].
+    /// Delivered to nick `to` (as its holder spells it). `targets`: the recipient's
+    /// connections on this node (a user may have several); those elsewhere get it through
+    /// [`Notice::Direct`].
     Direct {
         to: String,
-        target: Option<ClientId>,
+        targets: Vec<ClientId>,
     },
     UnknownRecipient,
     Members {
@@ -90,6 +109,8 @@ pub enum Answer {
         count: usize,
         page: Vec<(String, usize)>,
     },
+    /// A room's history for the API; `None`: no such room.
+    History(Option<History>),
     /// The authority does not know this client any more (its node was taken for lost, or the
     /// store lost its data): the client must reconnect.
     Gone,
@@ -114,6 +135,17 @@ pub struct Joined {
     pub complete: Option<bool>,
 }
 
+/// What a room remembers, for [`Ask::History`].
+#[derive(Debug, Clone)]
+pub struct History {
+    pub epoch: String,
+    pub last_id: u64,
+    /// Whether every message after the cursor is among `messages`.
+    pub complete: bool,
+    /// The messages after the cursor, oldest first, encoded as members got them.
+    pub messages: Vec<Frame>,
+}
+
 /// Something that happened in a room, for the room's members on every node.
 #[derive(Debug, Clone)]
 pub struct RoomEvent {
@@ -131,12 +163,19 @@ impl RoomEvent {
     pub fn encode(&self) -> Frame {
         let room = &self.room;
         match &self.what {
-            What::Message { id, nick, text, ts } => Event::Message {
+            What::Message {
+                id,
+                nick,
+                text,
+                ts,
+                api,
+            } => Event::Message {
                 room,
                 id: *id,
                 from: nick,
                 text,
                 ts: *ts,
+                api: *api,
             }
             .encode(),
             What::Join { nick, .. } => Event::Join { room, nick }.encode(),
@@ -165,11 +204,13 @@ impl RoomEvent {
 /// What a [`RoomEvent`] is.
 #[derive(Debug, Clone)]
 pub enum What {
+    /// `api`: published through the HTTP API rather than said by a client.
     Message {
         id: u64,
         nick: String,
         text: String,
         ts: u64,
+        api: bool,
     },
     /// `count`: members after the join.
     Join { nick: String, count: usize },
@@ -248,6 +289,8 @@ pub struct Member {
     pub client: ClientId,
     pub address: Address,
     pub nick: String,
+    /// The client proved with a token that it is user `nick`.
+    pub user: bool,
     pub rooms: Vec<String>,
 }
 

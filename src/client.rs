@@ -1,8 +1,10 @@
-//! Who a client is, to the hub and to the authority: its [`ClientId`] (a slot and a serial)
-//! and the [`Address`] it connects from, for the limits per address.
+//! Who a client is, to the hub and to the authority: its [`ClientId`] (a slot and a serial),
+//! the [`Address`] it connects from, for the limits per address, and the [`User`] its token
+//! proved it is, if it gave one.
 //!
 //! Ids enter when the hub registers a client and leave with every command, answer and event
-//! about it; addresses enter from the peer `Chat::serve` is given.
+//! about it; addresses enter from the peer `Chat::serve` is given; users from the token the
+//! handshake verified.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -45,4 +47,12 @@ impl Address {
     pub fn value(self) -> u128 {
         self.0
     }
+}
+
+/// A client that proved with a token who it is (see `crate::token`): the user's name, which
+/// is its nick, and the rooms its token allows it to join (`None`: any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub rooms: Option<Vec<String>>,
 }

@@ -10,6 +10,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::token::Secret;
+
 /// What `/ws` speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Protocol {
@@ -92,6 +94,14 @@ pub struct Config {
     pub presence_limit: usize,
     /// Time writers get to flush their last frames on shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
+    /// Tokens: with a secret (`--auth-secret-file`), every `/ws` upgrade needs a token signed
+    /// with it, unless guests are admitted too (`--auth optional`). See [`crate::token`].
+    pub auth: Option<Auth>,
+    /// The HTTP API's key (`--api-key-file`): with it, `/api/` is served to requests that
+    /// carry it; without it every `/api/` path is 404.
+    pub api_key: Option<Secret>,
+    /// API calls per second (`--api-rate-limit`), bursts of as many; 0: no limit.
+    pub api_rate_limit: u32,
     /// Scale-out: the Redis URL that nodes share rooms through (`--redis`); `None` runs a
     /// single node with everything in memory.
     #[cfg(feature = "redis")]
@@ -140,6 +150,9 @@ impl Default for Config {
             max_rooms_per_address: 100,
             presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
+            auth: None,
+            api_key: None,
+            api_rate_limit: 20,
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
@@ -150,6 +163,15 @@ impl Default for Config {
             tls_key: None,
         }
     }
+}
+
+/// How clients authenticate, when they must (`--auth-secret-file`).
+#[derive(Clone, Debug)]
+pub struct Auth {
+    /// The HS256 secret tokens are signed with.
+    pub secret: Secret,
+    /// Clients without a token are admitted as guests (`--auth optional`).
+    pub guests: bool,
 }
 
 /// What the command line asked for: run with a configuration, or print something and exit.
@@ -222,6 +244,11 @@ Options:
   --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
+  --auth-secret-file PATH     HS256 secret (at least 32 bytes) in a file: /ws then needs a
+                              signed token (query ?token= or Authorization: Bearer)
+  --auth required|optional    optional also admits guests without a token [default: required]
+  --api-key-file PATH         API key in a file: enables the HTTP API at /api/
+  --api-rate-limit N          API calls per second, 0 = off [default: 20]
   -h, --help                  print this help
   -V, --version               print the version and enabled features
 ";
@@ -281,6 +308,10 @@ const OPTIONS: &[(&str, &str)] = &[
     ("max-rooms-per-address", "SMOLCHAT_MAX_ROOMS_PER_ADDRESS"),
     ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
+    ("auth-secret-file", "SMOLCHAT_AUTH_SECRET_FILE"),
+    ("auth", "SMOLCHAT_AUTH"),
+    ("api-key-file", "SMOLCHAT_API_KEY_FILE"),
+    ("api-rate-limit", "SMOLCHAT_API_RATE_LIMIT"),
     #[cfg(feature = "redis")]
     ("redis", "SMOLCHAT_REDIS"),
     #[cfg(feature = "redis")]
@@ -547,6 +578,51 @@ impl Config {
                 }
                 self.allow_origins.push(origin.to_ascii_lowercase());
             }
+            "auth-secret-file" => {
+                let secret = read_secret(value).map_err(|m| bad(&m))?;
+                if secret.bytes().len() < crate::token::MIN_SECRET_BYTES {
+                    return Err(err(
+                        "--auth-secret-file",
+                        &format!(
+                            "the secret in {value:?} is {} bytes; HS256 needs at least {} \
+                             (for example: head -c 48 /dev/urandom | base64 > {value})",
+                            secret.bytes().len(),
+                            crate::token::MIN_SECRET_BYTES
+                        ),
+                    ));
+                }
+                self.auth = Some(Auth {
+                    secret,
+                    guests: false,
+                });
+            }
+            "auth" => {
+                let guests = match value {
+                    "required" => false,
+                    "optional" => true,
+                    _ => return Err(bad("expected required or optional")),
+                };
+                // Options are set in the order of `OPTIONS`: the secret is read by now.
+                match &mut self.auth {
+                    Some(auth) => auth.guests = guests,
+                    None => {
+                        return Err(err(
+                            "--auth",
+                            "needs --auth-secret-file: without a secret nobody authenticates",
+                        ));
+                    }
+                }
+            }
+            "api-key-file" => {
+                let key = read_secret(value).map_err(|m| bad(&m))?;
+                if key.bytes().len() < 16 {
+                    return Err(bad("the API key must be at least 16 bytes"));
+                }
+                self.api_key = Some(key);
+            }
+            "api-rate-limit" => {
+                self.api_rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?
+            }
             "rate-limit" => self.rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
             "rate-burst" => self.rate_burst = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
             "ping-interval" => self.ping_interval = duration(value).map_err(|m| bad(&m))?,
@@ -587,6 +663,19 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Reads a secret from a file (never from the command line, where `ps` would show it),
+/// without one trailing newline.
+fn read_secret(path: &str) -> Result<Secret, String> {
+    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.last() == Some(&b'\n') {
+        bytes.pop();
+        if bytes.last() == Some(&b'\r') {
+            bytes.pop();
+        }
+    }
+    Ok(Secret::new(bytes))
 }
 
 fn err(flag: &str, message: &str) -> ConfigError {

@@ -34,25 +34,31 @@ use crate::hub::Address;
 use crate::logger;
 use crate::meter::{Metered, Progress};
 use crate::metrics::{Metrics, Refusal};
+use crate::token::{self, Verified};
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, its raw-mode group and its
-/// `--max-connections` slot.
+/// An accepted upgrade: the WebSocket's two halves, its raw-mode group, the user its token
+/// proved, and its `--max-connections` slot.
 type Upgrade<'a, S> = (
     (WebSocketSender<S>, WebSocketReceiver<S>),
     Option<String>,
+    Option<Verified>,
     Slot<'a>,
 );
 
-/// An admitted connection: the upgrade, with the write progress of its socket.
-pub(crate) type Upgraded<'a, S> = (
-    (WebSocketSender<S>, WebSocketReceiver<S>),
-    Arc<Progress>,
-    Option<String>,
-    Slot<'a>,
-);
+/// An admitted connection, as [`Chat::serve`] hands it to the session.
+pub(crate) struct Upgraded<'a, S> {
+    pub(crate) halves: (WebSocketSender<S>, WebSocketReceiver<S>),
+    /// The write progress of its socket.
+    pub(crate) progress: Arc<Progress>,
+    /// Raw mode: its group (`/ws/NAME`).
+    pub(crate) group: Option<String>,
+    /// The user its token proved it is; `None`: a guest.
+    pub(crate) user: Option<Verified>,
+    pub(crate) slot: Slot<'a>,
+}
 
 /// Everything before the session: a `--max-pending` slot, then `wrap` (the socket itself, or
 /// its TLS handshake) and the HTTP exchange, together within `--handshake-timeout`. `plain`:
@@ -99,7 +105,13 @@ where
         handshake(chat, stream, peer).await
     };
     match within(chat.config.handshake_timeout, exchange).await {
-        Some(upgraded) => upgraded.map(|(halves, group, slot)| (halves, progress, group, slot)),
+        Some(upgraded) => upgraded.map(|(halves, group, user, slot)| Upgraded {
+            halves,
+            progress,
+            group,
+            user,
+            slot,
+        }),
         None => {
             chat.metrics.refuse(Refusal::Timeout);
             logger::refusal(peer, "dropped: request not done within --handshake-timeout");
@@ -175,7 +187,29 @@ where
     };
     let response = match http::route(&head, &chat.config) {
         Route::Upgrade { accept_key, group } => {
-            return upgrade(chat, stream, leftover, &accept_key, group, peer).await;
+            let user = match authenticate(chat, &head) {
+                Ok(user) => user,
+                Err(why) => {
+                    chat.metrics.auth_refused(why);
+                    let response = Response::text(401, why.reason()).with(
+                        "WWW-Authenticate",
+                        format!(
+                            "Bearer realm=\"smolchat\", error=\"invalid_token\", \
+                             error_description=\"{}\"",
+                            why.reason()
+                        ),
+                    );
+                    // The line names the cause, never the token.
+                    logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
+                    respond(&mut stream, &response).await;
+                    return None;
+                }
+            };
+            return upgrade(chat, stream, leftover, &accept_key, group, user, peer).await;
+        }
+        Route::Api => {
+            crate::api::serve(chat, &mut stream, &head, leftover, peer).await;
+            return None;
         }
         Route::Page => http::page(chat.config.protocol),
         Route::Health => health(chat),
@@ -195,6 +229,28 @@ where
     None
 }
 
+/// The user an upgrade's token proves, if the server checks tokens (`--auth-secret-file`).
+/// The token comes as the query parameter `token` (browsers cannot set headers on a
+/// WebSocket) or as `Authorization: Bearer`. Without a token: a guest, if `--auth optional`.
+fn authenticate(chat: &Chat, head: &http::Head) -> Result<Option<Verified>, token::Refusal> {
+    let Some(auth) = &chat.config.auth else {
+        return Ok(None);
+    };
+    let token = http::query_param(head, "token").or(head.bearer.as_deref());
+    match token {
+        Some(token) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let verified = token::verify(token, &auth.secret, now)?;
+            Metrics::add(&chat.metrics.authenticated, 1);
+            Ok(Some(verified))
+        }
+        None if auth.guests => Ok(None),
+        None => Err(token::Refusal::Missing),
+    }
+}
+
 /// `/healthz`: 200, or 503 while a scale-out node cannot reach Redis.
 #[cfg_attr(not(feature = "redis"), allow(unused_variables))]
 fn health(chat: &Chat) -> Response {
@@ -212,6 +268,7 @@ async fn upgrade<'a, S>(
     leftover: Vec<u8>,
     accept_key: &str,
     group: Option<String>,
+    user: Option<Verified>,
     peer: &str,
 ) -> Option<Upgrade<'a, S>>
 where
@@ -242,11 +299,11 @@ where
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
     // Split here: the halves are two pointers to the shared WebSocket, while the stream
     // itself would take its whole size in every connection's future.
-    Some((ws.split(), group, slot))
+    Some((ws.split(), group, user, slot))
 }
 
 /// Counts and logs a refusal, then answers it like any plain response.
-async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     chat: &Chat,
     stream: &mut S,
     peer: &str,
@@ -267,7 +324,7 @@ async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 /// answer with a reset, which can destroy the response before the client reads it: a
 /// refused oversized head would never see its 431. (A generic stream cannot half-close, so
 /// the pause is how we know it is done.)
-async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &Response) {
+pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &Response) {
     if response.write(stream).await.is_err() {
         return;
     }

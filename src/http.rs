@@ -26,6 +26,16 @@ pub struct Head {
     pub method: String,
     /// The path, without the query string.
     pub path: String,
+    /// The query string, without the `?`.
+    pub query: String,
+    /// The token of an `Authorization: Bearer` header (a token or the API key: never logged).
+    pub bearer: Option<String>,
+    /// `Content-Length`, as sent.
+    pub content_length: Option<String>,
+    /// `Content-Type`.
+    pub content_type: Option<String>,
+    /// A `Transfer-Encoding` header was present (bodies are taken only with a length).
+    pub transfer_encoding: bool,
     /// The `Host` header.
     pub host: Option<String>,
     /// The `Origin` header, sent by browsers.
@@ -94,9 +104,11 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
         Err(_) => return Err(HeadError::Malformed),
     };
     let target = req.path.unwrap_or("/");
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let mut head = Head {
         method: req.method.unwrap_or("").to_string(),
-        path: target.split('?').next().unwrap_or("/").to_string(),
+        path: path.to_string(),
+        query: query.to_string(),
         ..Head::default()
     };
     for h in req.headers.iter() {
@@ -120,6 +132,21 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             head.ws_key = Some(value);
         } else if name.eq_ignore_ascii_case("sec-websocket-version") {
             head.ws_version = Some(value);
+        } else if name.eq_ignore_ascii_case("authorization") {
+            let bearer = value
+                .split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"));
+            head.bearer = bearer.map(|(_, token)| token.trim().to_string());
+        } else if name.eq_ignore_ascii_case("content-length") {
+            // Two lengths: which one frames the body is ambiguous (request smuggling).
+            if head.content_length.is_some() {
+                return Err(HeadError::Malformed);
+            }
+            head.content_length = Some(value);
+        } else if name.eq_ignore_ascii_case("content-type") {
+            head.content_type = Some(value);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            head.transfer_encoding = true;
         }
     }
     Ok(Some((head, used)))
@@ -178,11 +205,18 @@ fn reason_phrase(status: u16) -> &'static str {
     match status {
         101 => "Switching Protocols",
         200 => "OK",
+        201 => "Created",
         400 => "Bad Request",
+        401 => "Unauthorized",
         403 => "Forbidden",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        409 => "Conflict",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
         426 => "Upgrade Required",
+        429 => "Too Many Requests",
         431 => "Request Header Fields Too Large",
         503 => "Service Unavailable",
         _ => "Unknown",
@@ -198,6 +232,8 @@ pub enum Route {
         accept_key: String,
         group: Option<String>,
     },
+    /// A call of the HTTP API (`crate::api`), which reads the body if there is one.
+    Api,
     /// Serve the built-in web client.
     Page,
     /// Answer `/healthz`.
@@ -208,8 +244,24 @@ pub enum Route {
     Refuse(Response, Option<Refusal>),
 }
 
+/// The value of query parameter `name`, as sent (tokens and numbers need no decoding).
+pub fn query_param<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
+    head.query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
 /// Decides what a request gets. Capacity is checked by the caller, which owns the counter.
 pub fn route(head: &Head, config: &Config) -> Route {
+    if head.path == "/api" || head.path.starts_with("/api/") {
+        // Without a key the API does not exist, whatever the method.
+        return match config.api_key {
+            Some(_) => Route::Api,
+            None => Route::Refuse(Response::text(404, "not found; the chat is at /ws"), None),
+        };
+    }
     if head.method != "GET" {
         return Route::Refuse(
             Response::text(405, "only GET is supported").with("Allow", "GET"),

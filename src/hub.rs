@@ -35,15 +35,18 @@ use slab::Slab;
 
 use crate::authority::local::Local;
 use crate::authority::{Answer, Ask, Authority, Joined, Member, Notice, RoomEvent, What};
-pub use crate::client::{Address, ClientId};
+pub use crate::client::{Address, ClientId, User};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
 use crate::queue::{self, TrySendError, Weigh};
 
+mod api;
 mod audience;
 mod raw;
 mod requests;
+
+pub use api::{ApiCall, ApiReply};
 
 use audience::Audience;
 pub use audience::MAX_HELD_EVENTS;
@@ -82,6 +85,13 @@ pub enum Command {
         reply: Sender<ClientId>,
         address: Address,
         group: Option<String>,
+        /// Who the client proved to be with a token; `None`: a guest.
+        user: Option<User>,
+    },
+    /// A call of the HTTP API (`/api/`), answered on `reply`.
+    Api {
+        call: ApiCall,
+        reply: Sender<ApiReply>,
     },
     /// A parsed command from a client.
     Request { client: ClientId, request: Request },
@@ -117,6 +127,10 @@ struct Client {
     nick: String,
     /// Rooms in join order; the last one is the "current" room for plain-text frames.
     rooms: Vec<String>,
+    /// It proved with a token that it is user `nick`.
+    user: bool,
+    /// The rooms its token allows it to join; `None`: any.
+    allowed: Option<Box<[String]>>,
 }
 
 /// This node's clients, and the rules of the chat.
@@ -129,6 +143,8 @@ pub struct Hub {
     /// Rooms with local members, or joins or senders on the way, by name.
     audiences: HashMap<String, Audience>,
     busy: HashMap<usize, Busy>,
+    /// API calls waiting for the authority, by their slot among the clients (see `api.rs`).
+    api_calls: HashMap<usize, Sender<ApiReply>>,
     /// Room events the authority produced while answering, to deliver (reused).
     events: Vec<RoomEvent>,
     /// The last rename delivered (its tag) and the clients that got it: a rename is announced
@@ -161,6 +177,7 @@ impl Hub {
             clients: Slab::new(),
             audiences: HashMap::new(),
             busy: HashMap::new(),
+            api_calls: HashMap::new(),
             events: Vec::new(),
             last_rename: (0, Vec::new()),
             next_serial: 1,
@@ -178,10 +195,11 @@ impl Hub {
                 reply,
                 address,
                 group,
+                user,
             } => {
                 if !self.shutting_down {
                     let id = match self.config.protocol {
-                        Protocol::V1 => self.connect(queue, address),
+                        Protocol::V1 => self.connect(queue, address, user),
                         Protocol::Raw => self.connect_raw(queue, address, group),
                     };
                     // The session waits on `reply`; if it already went away, its queue is
@@ -209,6 +227,7 @@ impl Hub {
                     self.remove(key, reason);
                 }
             }
+            Command::Api { call, reply } => self.api(call, reply),
             Command::Shutdown => self.shutdown(),
         }
         self.drop_slow_consumers();
@@ -263,13 +282,25 @@ impl Hub {
         self.drop_slow_consumers();
     }
 
-    /// Registers a client and asks the authority for its nick; its `welcome` and the join of
-    /// the default room follow the answer.
-    pub fn connect(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
+    /// Registers a client and asks the authority for its nick (the user's name, for a user);
+    /// its `welcome` and the join of the default room follow the answer.
+    pub fn connect(
+        &mut self,
+        queue: queue::Sender<Outgoing>,
+        address: Address,
+        user: Option<User>,
+    ) -> ClientId {
         let id = self.register(queue, address);
+        let client = &mut self.clients[id.key];
+        client.user = user.is_some();
+        client.allowed = user
+            .as_ref()
+            .and_then(|u| u.rooms.clone())
+            .map(Vec::into_boxed_slice);
         let ask = Ask::Register {
             address,
             named: true,
+            user: user.map(|u| u.name),
         };
         self.ask(id.key, Waiting::Register, ask);
         id
@@ -285,6 +316,8 @@ impl Hub {
             address,
             nick: String::new(),
             rooms: Vec::new(),
+            user: false,
+            allowed: None,
         });
         ClientId { key, serial }
     }
@@ -321,6 +354,9 @@ impl Hub {
     /// Forgets a client: it leaves its rooms (announced with `reason`) and its nick is freed,
     /// and its queue sender is dropped, which ends its writer once the queue is drained.
     fn remove(&mut self, key: usize, reason: LeaveReason) {
+        if self.api_calls.contains_key(&key) {
+            return self.api_gone(key);
+        }
         let id = self.id(key);
         let busy = self.busy.remove(&key);
         self.authority.bye(id, reason, &mut self.events);

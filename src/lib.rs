@@ -71,7 +71,9 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+mod api;
 pub mod authority;
+mod bucket;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
@@ -92,6 +94,7 @@ pub mod server;
 mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+pub mod token;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -126,6 +129,8 @@ pub struct Chat {
     metrics: Arc<Metrics>,
     /// Pending connections per address, for each address's share of `--max-pending`.
     pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
+    /// The HTTP API key's rate limit (`--api-rate-limit`).
+    api_calls: Arc<std::sync::Mutex<bucket::TokenBucket>>,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
     bridge_stopped: Option<async_channel::Receiver<()>>,
@@ -147,6 +152,7 @@ impl Chat {
             let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
             let chat = Chat {
                 inbox,
+                api_calls: api::bucket(&config),
                 config,
                 metrics,
                 pending: Arc::default(),
@@ -166,6 +172,7 @@ impl Chat {
         let hub = Hub::new(config.clone(), metrics.clone());
         let chat = Chat {
             inbox,
+            api_calls: api::bucket(&config),
             config,
             metrics,
             pending: Arc::default(),
@@ -245,8 +252,15 @@ impl Chat {
         // session starts instead of sitting inside every connection's future for its whole
         // life (rustc does not reuse their space for the session's state).
         let admitted = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await;
-        if let Some((halves, progress, group, slot)) = admitted {
-            session::run(self, halves, &progress, group, peer).await;
+        if let Some(upgraded) = admitted {
+            let handshake::Upgraded {
+                halves,
+                progress,
+                group,
+                user,
+                slot,
+            } = upgraded;
+            session::run(self, halves, &progress, group, user, peer).await;
             drop(slot);
         }
     }

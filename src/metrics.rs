@@ -51,7 +51,12 @@ impl Refusal {
 }
 
 /// The close codes the server sends, each counted separately.
-pub const CLOSE_CODES: [u16; 10] = [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013];
+pub const CLOSE_CODES: [u16; 11] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4001,
+];
+
+/// The HTTP API's endpoints, as `/metrics` labels them.
+pub const API_ENDPOINTS: [&str; 4] = ["publish", "history", "rooms", "other"];
 
 /// All of the server's counters.
 #[derive(Debug, Default)]
@@ -96,6 +101,12 @@ pub struct Metrics {
     #[cfg(feature = "tls")]
     tls_failures: [AtomicU64; 3],
     closes: [AtomicU64; CLOSE_CODES.len()],
+    /// Upgrades refused for their token, by cause (`crate::token::Refusal`).
+    auth_refused: [AtomicU64; crate::token::Refusal::ALL.len()],
+    /// Sessions of clients that proved who they are with a token.
+    pub authenticated: AtomicU64,
+    /// API calls answered, by endpoint and status (a handful of each: a small map).
+    api_calls: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
 }
 
 impl Metrics {
@@ -108,6 +119,26 @@ impl Metrics {
     #[cfg(feature = "tls")]
     pub fn tls_failed(&self, why: crate::tls::Failure) {
         self.tls_failures[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Counts an upgrade refused for its token.
+    pub fn auth_refused(&self, why: crate::token::Refusal) {
+        self.auth_refused[why as usize].fetch_add(1, Relaxed);
+    }
+
+    /// Upgrades refused for their token with this cause so far.
+    pub fn auth_refusals(&self, why: crate::token::Refusal) -> u64 {
+        self.auth_refused[why as usize].load(Relaxed)
+    }
+
+    /// Counts an API call to `endpoint` (one of [`API_ENDPOINTS`]) answered with `status`.
+    pub fn api_call(&self, endpoint: &str, status: u16) {
+        let i = API_ENDPOINTS
+            .iter()
+            .position(|&e| e == endpoint)
+            .unwrap_or(API_ENDPOINTS.len() - 1);
+        let mut calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
+        *calls.entry((i, status)).or_default() += 1;
     }
 
     /// Refusals of one kind so far.
@@ -217,6 +248,12 @@ impl Metrics {
             "Messages refused by the rate limit.",
             &self.rate_limited,
         );
+        one(
+            "authenticated_total",
+            "counter",
+            "Sessions of clients that proved who they are with a token.",
+            &self.authenticated,
+        );
 
         #[cfg(feature = "redis")]
         if self.redis_enabled.load(Relaxed) {
@@ -266,6 +303,29 @@ impl Metrics {
                 );
             }
         }
+        out.push_str(
+            "# HELP smolchat_auth_refused_total WebSocket upgrades refused for their token, by cause.\n",
+        );
+        out.push_str("# TYPE smolchat_auth_refused_total counter\n");
+        for why in crate::token::Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "smolchat_auth_refused_total{{cause=\"{}\"}} {}",
+                why.name(),
+                self.auth_refusals(why)
+            );
+        }
+        out.push_str("# HELP smolchat_api_requests_total HTTP API calls, by endpoint and status.\n");
+        out.push_str("# TYPE smolchat_api_requests_total counter\n");
+        let calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(endpoint, status), n) in calls.iter() {
+            let _ = writeln!(
+                out,
+                "smolchat_api_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                API_ENDPOINTS[endpoint]
+            );
+        }
+        drop(calls);
         out.push_str("# HELP smolchat_close_codes_total WebSocket close frames sent, by code.\n");
         out.push_str("# TYPE smolchat_close_codes_total counter\n");
         for code in CLOSE_CODES {

@@ -90,6 +90,9 @@ pub enum ErrorCode {
     RoomLimit,
     /// Scale-out only: the shared store (Redis) cannot be reached; nothing was done.
     Unavailable,
+    /// Not allowed for this client: a rename when clients authenticate (`--auth-secret-file`),
+    /// a room its token does not list.
+    Forbidden,
 }
 
 /// A refusal to show the client: a code to branch on and a sentence for people.
@@ -253,7 +256,7 @@ fn room_name(room: Option<String>) -> Result<String, Error> {
 /// bytes (`\u0001`), so 1,600 of them would otherwise make a 9.6 KB event out of a 1.6 KB
 /// frame. Control characters are refused rather than counted because they are never chat:
 /// they garble terminals (escape sequences) and logs.
-fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
+pub fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
     let text = required("text", text)?;
     if let Some(c) = text
         .chars()
@@ -422,6 +425,9 @@ pub enum Event<'a> {
         from: &'a str,
         text: &'a str,
         ts: u64,
+        /// Published through the HTTP API (`/api/`), not said by a client.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        api: bool,
     },
     /// A rename, to the renamed client and everyone who shares a room with it.
     Nick { old: &'a str, nick: &'a str },

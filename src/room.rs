@@ -126,6 +126,17 @@ impl Room {
         true
     }
 
+    /// Puts `new` in `old`'s place among the members (another connection of the same user).
+    pub fn replace(&mut self, old: ClientId, new: ClientId) -> bool {
+        match self.members.iter_mut().find(|k| **k == old) {
+            Some(k) => {
+                *k = new;
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Removes a member; returns false if it was not in.
     pub fn remove(&mut self, key: ClientId) -> bool {
         match self.members.iter().position(|&k| k == key) {

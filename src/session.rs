@@ -19,7 +19,7 @@
 //! lingers briefly so that frame reaches the client before the socket closes.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::VecDeque;
 
@@ -33,13 +33,15 @@ use futures_util::SinkExt;
 use crate::Chat;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
-use crate::hub::{Address, ClientId, Command, Outgoing};
+use crate::hub::{Address, ClientId, Command, Outgoing, User};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::Weigh;
 use crate::queue::{self, Receiver};
+use crate::bucket::TokenBucket;
 use crate::race::race;
+use crate::token::Verified;
 
 /// Refusals within [`FLOOD_WINDOW`], after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
@@ -48,6 +50,9 @@ pub const FLOOD_REFUSALS: u32 = 50;
 pub const FLOOD_WINDOW: Duration = Duration::from_secs(10);
 /// Frames the reader handles before it lets the executor run other tasks.
 pub const YIELD_FRAMES: u32 = 32;
+/// Close code and reason for a session whose token expired: the client must get a new token
+/// and connect again (4000-4999 are the application's own codes).
+pub const TOKEN_EXPIRED_CLOSE: (u16, &str) = (4001, "token expired");
 /// How long a session waits for the client to acknowledge a close frame.
 const LINGER: Duration = Duration::from_secs(2);
 
@@ -85,21 +90,36 @@ pub(crate) async fn run<S>(
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
     progress: &Progress,
     group: Option<String>,
+    user: Option<Verified>,
     peer: &str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
+    let started = Instant::now();
+    // The moment the token expires, on the session's clock.
+    let expires = user.as_ref().map(|v| {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        started + Duration::from_secs(v.expires.saturating_sub(now))
+    });
+    let user = user.map(|v| v.user);
     // Registration and teardown run once; boxed, their futures take no space in the
     // long-lived part of the session.
-    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, peer)).await else {
+    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await
+    else {
         return;
     };
     crate::logger::connection(peer, "connected");
 
     let last_seen = AtomicU64::new(0);
-    let started = Instant::now();
     let reader = read_loop(chat, client, &mut stream, &last_seen, started);
-    let writer = write_loop(chat, &mut sink, &queue, progress, &last_seen, started);
+    let times = Times {
+        started,
+        last_seen: &last_seen,
+        expires,
+    };
+    let writer = write_loop(chat, &mut sink, &queue, progress, times);
     let end = race(reader, writer).await;
 
     Box::pin(finish(
@@ -120,6 +140,7 @@ async fn register<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
     group: Option<String>,
+    user: Option<User>,
     peer: &str,
 ) -> Option<(ClientId, Receiver<Outgoing>)>
 where
@@ -132,6 +153,7 @@ where
         reply,
         address: Address::of(peer),
         group,
+        user,
     };
     if chat.inbox.send(command).await.is_ok()
         && let Ok(client) = id.recv().await
@@ -341,22 +363,37 @@ where
     End::Gone
 }
 
+/// The instants the writer keeps an eye on.
+struct Times<'a> {
+    started: Instant,
+    /// When the last frame arrived, in milliseconds after `started` (the reader stores it).
+    last_seen: &'a AtomicU64,
+    /// When the client's token expires, if it gave one.
+    expires: Option<Instant>,
+}
+
 async fn write_loop<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
     queue: &Receiver<Outgoing>,
     progress: &Progress,
-    last_seen: &AtomicU64,
-    started: Instant,
+    times: Times<'_>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &chat.config;
+    let Times {
+        started,
+        last_seen,
+        expires,
+    } = times;
     let mut next_ping = started + config.ping_interval;
-    // One timer per session, re-armed only when it fires: for the next ping or for the moment
-    // the client would have been silent too long, whichever comes first.
-    let mut timer = Timer::at(next_ping.min(started + config.idle_timeout));
+    // One timer per session, re-armed only when it fires: for the next ping, the moment the
+    // client would have been silent too long, or the moment its token expires, whichever
+    // comes first.
+    let first = next_ping.min(started + config.idle_timeout);
+    let mut timer = Timer::at(expires.map_or(first, |e| e.min(first)));
     // Swapped with the queue's buffer on every batch; both keep their capacity.
     let mut batch = VecDeque::new();
     // Holds back the frames of a client that is receiving a burst (see below).
@@ -407,6 +444,16 @@ where
                         leave: LeaveReason::Timeout,
                     };
                 }
+                if let Some(expires) = expires
+                    && now >= expires
+                {
+                    let (code, reason) = TOKEN_EXPIRED_CLOSE;
+                    return End::Close {
+                        code,
+                        reason,
+                        leave: LeaveReason::Disconnected,
+                    };
+                }
                 if now >= next_ping {
                     let ping = sink.send(Message::Ping(Default::default()));
                     match without_progress(config.write_timeout, || progress.writes(), ping).await {
@@ -416,7 +463,8 @@ where
                     }
                     next_ping = now + config.ping_interval;
                 }
-                timer.set_at(next_ping.min(silent_until));
+                let next = next_ping.min(silent_until);
+                timer.set_at(expires.map_or(next, |e| e.min(next)));
                 continue;
             }
         }
@@ -484,58 +532,5 @@ impl RateLimit {
             return Err(End::violation(1008, "rate limit exceeded"));
         }
         Ok(false)
-    }
-}
-
-/// The classic token bucket: `rate` tokens a second, holding at most `burst`.
-struct TokenBucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
-}
-
-impl TokenBucket {
-    fn new(rate: u32, burst: u32) -> Self {
-        TokenBucket {
-            rate: f64::from(rate),
-            burst: f64::from(burst),
-            tokens: f64::from(burst),
-            last: Instant::now(),
-        }
-    }
-
-    /// Takes a token if there is one. A rate of 0 means no limit.
-    fn take(&mut self, now: Instant) -> bool {
-        if self.rate == 0.0 {
-            return true;
-        }
-        let earned = now.duration_since(self.last).as_secs_f64() * self.rate;
-        self.tokens = (self.tokens + earned).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn token_bucket_allows_bursts_then_the_rate() {
-        let start = Instant::now();
-        let mut b = TokenBucket::new(10, 3);
-        b.last = start;
-        assert!((0..3).all(|_| b.take(start)));
-        assert!(!b.take(start));
-        assert!(b.take(start + Duration::from_millis(100)));
-        assert!(!b.take(start + Duration::from_millis(150)));
-        let mut off = TokenBucket::new(0, 1);
-        assert!((0..1000).all(|_| off.take(start)));
     }
 }

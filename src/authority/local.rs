@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::{Address, Answer, Ask, Authority, ClientId, Joined, RoomEvent, What};
+use super::{Address, Answer, Ask, Authority, ClientId, History, Joined, RoomEvent, What};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
 use crate::protocol::{Error, Frame, LeaveReason, ROOMS_PAGE};
@@ -28,12 +28,18 @@ struct Entry {
     address: Address,
     /// The rooms it is in.
     rooms: Vec<String>,
+    /// It proved with a token that it is user `nick`, whose other connections share the nick.
+    user: bool,
 }
 
 /// A room and the number of its last event.
 struct Place {
     room: Room,
     ev: u64,
+    /// Connections in the room of a user who is in it already through another connection:
+    /// the room's members list each user once (one `join`, one line in `who`), and these
+    /// stand in when that connection leaves.
+    extra: Vec<ClientId>,
 }
 
 /// The in-memory authority. See the module documentation.
@@ -43,6 +49,9 @@ pub struct Local {
     clients: Registry,
     /// Lowercased nick → holder; nicks are unique ignoring case.
     nicks: HashMap<String, ClientId>,
+    /// Lowercased user name → the user's connections besides its holder in `nicks`: a user
+    /// may be connected several times (guests, and clients without tokens, never are).
+    more: HashMap<String, Vec<ClientId>>,
     /// Every room, empty ones with history included.
     rooms: HashMap<String, Place>,
     /// Non-empty rooms held by each address: a room is held by the address of the client that
@@ -77,6 +86,7 @@ impl Local {
             metrics,
             clients: Registry::default(),
             nicks: HashMap::new(),
+            more: HashMap::new(),
             rooms: HashMap::new(),
             held: HashMap::new(),
             history_bytes: 0,
@@ -94,8 +104,26 @@ impl Local {
         self.config.protocol == Protocol::Raw
     }
 
-    fn register(&mut self, client: ClientId, address: Address, named: bool) -> Answer {
-        let nick = if named {
+    fn register(
+        &mut self,
+        client: ClientId,
+        address: Address,
+        named: bool,
+        user: Option<String>,
+    ) -> Answer {
+        let is_user = user.is_some();
+        let nick = if let Some(name) = user {
+            // Guests cannot rename when tokens are in use and a user's name cannot look like
+            // a guest's (see `crate::token`), so the name is free or the user's own.
+            let lower = name.to_ascii_lowercase();
+            match self.nicks.get(&lower) {
+                Some(_) => self.more.entry(lower).or_default().push(client),
+                None => {
+                    self.nicks.insert(lower, client);
+                }
+            }
+            name
+        } else if named {
             let nick = loop {
                 let candidate = format!("guest-{}", self.next_guest);
                 self.next_guest += 1;
@@ -113,6 +141,7 @@ impl Local {
             nick: nick.clone(),
             address,
             rooms: Vec::new(),
+            user: is_user,
         };
         self.clients.insert(client, entry);
         Answer::Registered(nick)
@@ -161,6 +190,14 @@ impl Local {
         let entry = &self.clients[&client];
         let ev = if entry.rooms.contains(&name) {
             self.rooms[&name].ev // a resync: nothing to announce
+        } else if let Some(place) = self.user_is_in(client, &name) {
+            // Another connection of the same user is in the room: nothing to announce.
+            place.extra.push(client);
+            let ev = place.ev;
+            let entry = self.clients.get_mut(&client).expect("registered");
+            entry.rooms.reserve_exact(1);
+            entry.rooms.push(name.clone());
+            ev
         } else {
             if let Err(error) = self.enter(client, &name) {
                 return Answer::Refused(error);
@@ -205,6 +242,21 @@ impl Local {
         })
     }
 
+    /// Room `name`, if another connection of `client`'s user is in it.
+    fn user_is_in(&mut self, client: ClientId, name: &str) -> Option<&mut Place> {
+        let entry = &self.clients[&client];
+        if !entry.user {
+            return None;
+        }
+        let lower = entry.nick.to_ascii_lowercase();
+        let first = self.nicks.get(&lower).into_iter();
+        let others = self.more.get(&lower).into_iter().flatten();
+        let mut connections = first.chain(others);
+        let clients = &self.clients;
+        let there = connections.any(|c| *c != client && clients[c].rooms.iter().any(|r| r == name));
+        if there { self.rooms.get_mut(name) } else { None }
+    }
+
     /// Makes `client` a member of room `name`, creating the room if needed, within the limits
     /// on rooms per address and in all (the hub checks the limit per client).
     fn enter(&mut self, client: ClientId, name: &str) -> Result<(), Error> {
@@ -229,11 +281,7 @@ impl Local {
             if !default {
                 self.make_room_for_one_more()?;
             }
-            self.rooms_created += 1;
-            let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
-            let room = Room::new(epoch, self.config.history, self.config.history_bytes);
-            self.rooms.insert(name.to_string(), Place { room, ev: 0 });
-            Metrics::add(&self.metrics.rooms, 1);
+            self.add_room(name);
         }
         let room = &mut self.rooms.get_mut(name).expect("room exists").room;
         if empty {
@@ -246,6 +294,19 @@ impl Local {
         entry.rooms.reserve_exact(1);
         entry.rooms.push(name.to_string());
         Ok(())
+    }
+
+    fn add_room(&mut self, name: &str) {
+        self.rooms_created += 1;
+        let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
+        let room = Room::new(epoch, self.config.history, self.config.history_bytes);
+        let place = Place {
+            room,
+            ev: 0,
+            extra: Vec::new(),
+        };
+        self.rooms.insert(name.to_string(), place);
+        Metrics::add(&self.metrics.rooms, 1);
     }
 
     /// Evicts the least recently used empty room if the server holds `--max-rooms` rooms
@@ -292,14 +353,31 @@ impl Local {
         let Some(place) = self.rooms.get_mut(name) else {
             return;
         };
+        if let Some(i) = place.extra.iter().position(|&c| c == client) {
+            place.extra.swap_remove(i);
+            return; // the user is still in the room through its other connection
+        }
+        let clients = &self.clients;
+        let nick = &clients[&client].nick;
+        // The user's other connection in the room, if any, takes this one's place.
+        let heir = place
+            .extra
+            .iter()
+            .position(|c| clients[c].user && clients[c].nick == *nick);
         let room = &mut place.room;
         let before = room.members().len();
-        room.remove(client);
+        match heir {
+            Some(i) => {
+                room.replace(client, place.extra.swap_remove(i));
+            }
+            None => {
+                room.remove(client);
+            }
+        }
         // The room stays held by an address while a client from it is in the room; when the
         // last one leaves, the hold passes to a remaining member's address (or ends with the
         // last member). Otherwise another address could pin this one's quota by staying in
         // rooms it created.
-        let clients = &self.clients;
         let leaver = clients[&client].address;
         let still_there = |k: &ClientId| clients[k].address == leaver;
         if room.holder == Some(leaver) && !room.members().iter().any(still_there) {
@@ -325,6 +403,9 @@ impl Local {
                 self.drop_room(name);
             }
             return;
+        }
+        if heir.is_some() {
+            return; // the user is still there
         }
         place.ev += 1;
         events.push(RoomEvent {
@@ -363,9 +444,56 @@ impl Local {
                 nick: entry.nick.clone(),
                 text,
                 ts,
+                api: false,
             },
         });
         Answer::Said { id }
+    }
+
+    /// A message from the HTTP API: like a `say`, by nobody in the room, which is created if
+    /// need be (within `--max-rooms`, held by nobody).
+    fn publish(&mut self, name: String, from: String, text: String, ts: u64, events: &mut Vec<RoomEvent>) -> Answer {
+        if !self.rooms.contains_key(&name) {
+            if name != self.config.default_room
+                && let Err(error) = self.make_room_for_one_more()
+            {
+                return Answer::Refused(error);
+            }
+            self.add_room(&name);
+            let room = &mut self.rooms.get_mut(&name).expect("just added").room;
+            room.idle_since = self.tick;
+        }
+        let place = self.rooms.get_mut(&name).expect("the room exists");
+        let id = place.room.next_id();
+        place.ev += 1;
+        events.push(RoomEvent {
+            room: name,
+            ev: place.ev,
+            subject: None,
+            what: What::Message {
+                id,
+                nick: from,
+                text,
+                ts,
+                api: true,
+            },
+        });
+        Answer::Said { id }
+    }
+
+    /// The API's view of a room's history.
+    fn history(&self, name: &str, since: u64) -> Answer {
+        let Some(place) = self.rooms.get(name) else {
+            return Answer::History(None);
+        };
+        let room = &place.room;
+        let replay = room.replay(Some(since), Some(room.epoch()));
+        Answer::History(Some(History {
+            epoch: room.epoch().to_string(),
+            last_id: room.last_id(),
+            complete: replay.complete.unwrap_or(true),
+            messages: replay.messages.into_iter().cloned().collect(),
+        }))
     }
 
     /// One page of a room's member nicks: at most `--presence-limit`, from `offset`.
@@ -382,11 +510,27 @@ impl Local {
 impl Authority for Local {
     fn ask(&mut self, client: ClientId, ask: Ask, events: &mut Vec<RoomEvent>) -> Option<Answer> {
         self.tick += 1;
-        if !matches!(ask, Ask::Register { .. }) && self.clients.get(&client).is_none() {
+        // Registration, and the HTTP API (whose calls are nobody's), need no registered client.
+        let anyone = matches!(
+            ask,
+            Ask::Register { .. } | Ask::Publish { .. } | Ask::History { .. } | Ask::Rooms { .. }
+        );
+        if !anyone && self.clients.get(&client).is_none() {
             return Some(Answer::Gone);
         }
         Some(match ask {
-            Ask::Register { address, named } => self.register(client, address, named),
+            Ask::Register {
+                address,
+                named,
+                user,
+            } => self.register(client, address, named, user),
+            Ask::Publish {
+                room,
+                from,
+                text,
+                ts,
+            } => self.publish(room, from, text, ts, events),
+            Ask::History { room, since } => self.history(&room, since),
             Ask::Nick(nick) => self.rename(client, nick, events),
             Ask::Join { room, since, epoch } => self.join(client, room, since, epoch, events),
             Ask::Leave(room) => {
@@ -401,13 +545,20 @@ impl Authority for Local {
                 }
             }
             Ask::Say { room, text, ts } => self.say(client, room, text, ts, events),
-            Ask::Direct { to, .. } => match self.nicks.get(&to.to_ascii_lowercase()) {
-                Some(&target) => Answer::Direct {
-                    to: self.clients[&target].nick.clone(),
-                    target: Some(target),
-                },
-                None => Answer::UnknownRecipient,
-            },
+            Ask::Direct { to, .. } => {
+                let lower = to.to_ascii_lowercase();
+                match self.nicks.get(&lower) {
+                    Some(&target) => {
+                        let mut targets = vec![target];
+                        targets.extend(self.more.get(&lower).into_iter().flatten());
+                        Answer::Direct {
+                            to: self.clients[&target].nick.clone(),
+                            targets,
+                        }
+                    }
+                    None => Answer::UnknownRecipient,
+                }
+            }
             Ask::Who { room, offset } => match self.rooms.get(&room) {
                 Some(p) => Answer::Members {
                     count: p.room.members().len(),
@@ -447,7 +598,17 @@ impl Authority for Local {
         }
         let entry = self.clients.remove(&client).expect("registered");
         let lower = entry.nick.to_ascii_lowercase();
-        if self.nicks.get(&lower) == Some(&client) {
+        if let Some(others) = self.more.get_mut(&lower) {
+            // A user with other connections: one of them holds the name now, if this did.
+            others.retain(|&c| c != client);
+            if self.nicks.get(&lower) == Some(&client) {
+                let next = others.pop().expect("more holds no empty lists");
+                self.nicks.insert(lower.clone(), next);
+            }
+            if others.is_empty() {
+                self.more.remove(&lower);
+            }
+        } else if self.nicks.get(&lower) == Some(&client) {
             self.nicks.remove(&lower);
         }
     }

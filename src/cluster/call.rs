@@ -132,7 +132,7 @@ impl Job {
                 match self::text(v.first()).as_str() {
                     "ok" => Answer::Direct {
                         to: self::text(v.get(1)),
-                        target: None,
+                        targets: Vec::new(),
                     },
                     "unknown" => Answer::UnknownRecipient,
                     _ => Answer::Gone,
@@ -151,6 +151,8 @@ impl Job {
                     nicks: texts(v.get(1)),
                 }
             }
+            // Not yet in scale-out: `--api-key-file` is refused with `--redis` for now.
+            Ask::Publish { .. } | Ask::History { .. } => Answer::Unavailable,
             Ask::Rooms { offset } => {
                 let (first, last) = ranks(offset, ROOMS_PAGE as u64);
                 let mut call = scripts.rooms.prepare_invoke();

@@ -244,6 +244,7 @@ mod tests {
         redis.bye(client(1), LeaveReason::Disconnected, &mut events);
         redis.unused("dev");
         let member = Member {
+            user: false,
             client: client(1),
             address: Address::of("127.0.0.1:1"),
             nick: "ada".into(),

@@ -62,6 +62,7 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
                 nick: nick.to_string(),
                 text: text.to_string(),
                 ts: ts.parse().ok()?,
+                api: false,
             };
             (mid, what)
         }
@@ -169,6 +170,7 @@ pub fn history(room: &str, last_id: u64, records: &[String]) -> Vec<Frame> {
             from: nick,
             text,
             ts,
+            api: false,
         };
         frames.push(event.encode());
         want -= 1;
@@ -187,6 +189,7 @@ pub fn message_base_size(room: &str, text: &str, ts: u64) -> usize {
         from: "",
         text,
         ts,
+        api: false,
     };
     event.encode().len()
 }
@@ -230,6 +233,7 @@ mod tests {
                 nick,
                 text: got,
                 ts,
+                ..
             } => {
                 assert_eq!(id, u64::MAX);
                 assert_eq!(nick, "ada");
@@ -307,6 +311,7 @@ mod tests {
             from: "ada",
             text: "\"three\"\nlines",
             ts: 102,
+            api: false,
         }
         .encode();
         assert_eq!(frames[2], live, "the bytes a live member got");
@@ -340,6 +345,7 @@ mod tests {
                 from: nick,
                 text,
                 ts,
+                api: false,
             }
             .encode()
             .len();

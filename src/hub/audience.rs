@@ -65,7 +65,12 @@ impl Hub {
             return; // raw clients hear nothing but their group's frames
         }
         let Some(audience) = self.audiences.get_mut(&event.room) else {
-            return; // nobody here listens (any more)
+            // Nobody here listens (any more); a message the API published to a room without
+            // members is still remembered, for those who join later.
+            if let What::Message { id, api: true, .. } = &event.what {
+                self.authority.remember(&event.room, *id, &event.encode());
+            }
+            return;
         };
         if let Some(held) = &mut audience.held {
             keep(held, event);
@@ -194,6 +199,7 @@ impl Hub {
                 },
                 address: c.address,
                 nick: c.nick.clone(),
+                user: c.user,
                 rooms: c.rooms.clone(),
             })
             .collect();

@@ -102,7 +102,7 @@ fn late_hub(config: Config) -> (Hub, Wire) {
 /// A client whose welcome and first join have been answered.
 fn connect(hub: &mut Hub, wire: &Wire) -> TestClient {
     let (tx, rx) = queue::bounded(1000, usize::MAX);
-    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     wire.deliver_all(hub);
     let c = TestClient { id, queue: rx };
     c.drain();
@@ -123,7 +123,7 @@ fn types(events: &[serde_json::Value]) -> Vec<String> {
 fn a_busy_clients_frames_wait_and_are_answered_in_order() {
     let (mut hub, wire) = late_hub(Config::default());
     let (tx, rx) = queue::bounded(100, usize::MAX);
-    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     let a = TestClient { id, queue: rx };
     // While its registration is on the way, the client sends three commands.
     a.send(&mut hub, join("dev"));
@@ -225,7 +225,7 @@ fn failures_undo_what_was_prepared_and_say_unavailable() {
     assert_eq!(hub.metrics.backend_unavailable.load(Relaxed), 1, "counted");
     // A registration that fails closes the connection: there is nothing to chat with.
     let (tx, rx) = queue::bounded(10, usize::MAX);
-    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     wire.take(answer).unwrap();
     hub.notice(Notice::Answer {
         client: id,
@@ -320,7 +320,7 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
     let ev = 8; // four joins, four messages
     // c joins while the room is held: its join replays 1..=4 from history.
     let (tx, rx) = queue::bounded(100, usize::MAX);
-    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     wire.deliver_all(&mut hub);
     let c = TestClient { id, queue: rx };
     assert_eq!(messages(&c.events()), [1, 2, 3, 4]);
@@ -332,6 +332,7 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
                 from: "someone",
                 text: &id.to_string(),
                 ts: 0,
+                api: false,
             }
             .encode()
         })
@@ -382,6 +383,7 @@ fn held_events_are_bounded() {
                 nick: "elsewhere".into(),
                 text: "x".into(),
                 ts: 0,
+                api: false,
             },
         }));
     }

@@ -35,6 +35,7 @@ impl Hub {
         let register = Ask::Register {
             address,
             named: false,
+            user: None,
         };
         let registered = self.authority.ask(id, register, &mut self.events);
         let join = Ask::Join {

@@ -46,6 +46,8 @@ pub(super) enum Waiting {
     },
     Who(String, usize),
     Rooms(usize),
+    /// An API call (see `api.rs`).
+    Api(super::api::Calling),
     /// The answer arrived and is being handled.
     Done,
 }
@@ -113,6 +115,13 @@ impl Hub {
 
     pub(super) fn start_request(&mut self, key: usize, request: Request) -> Result<(), Error> {
         match request {
+            Request::Nick { .. } if self.config.auth.is_some() => {
+                // A user's name is its token's; a guest may not take a name a user could have.
+                return Err(Error::new(
+                    ErrorCode::Forbidden,
+                    "names come from tokens on this server; renaming is not allowed",
+                ));
+            }
             Request::Nick { nick } => self.ask(key, Waiting::Nick(nick.clone()), Ask::Nick(nick)),
             Request::Join { room, since, epoch } => self.start_join(key, room, since, epoch)?,
             Request::Leave { room } => {
@@ -161,6 +170,14 @@ impl Hub {
         since: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Error> {
+        if let Some(allowed) = &self.clients[key].allowed
+            && !allowed.contains(&room)
+        {
+            return Err(Error::new(
+                ErrorCode::Forbidden,
+                format!("your token does not allow room {room:?}"),
+            ));
+        }
         let resync = self.clients[key].rooms.contains(&room);
         let max = self.config.max_rooms_per_client;
         if !resync && self.clients[key].rooms.len() >= max {
@@ -198,8 +215,14 @@ impl Hub {
                 }
                 .encode();
                 self.send(key, &welcome);
-                let room = self.config.default_room.clone();
-                if let Err(error) = self.start_join(key, room, None, None) {
+                let room = &self.config.default_room;
+                // A user whose token does not list the default room starts in no room.
+                if self.clients[key]
+                    .allowed
+                    .as_ref()
+                    .is_none_or(|allowed| allowed.contains(room))
+                    && let Err(error) = self.start_join(key, room.clone(), None, None)
+                {
                     self.send_error(key, error);
                 }
             }
@@ -251,7 +274,7 @@ impl Hub {
                     busy.waiting = Waiting::Echo(room);
                 }
             }
-            (Waiting::Direct { text, ts, .. }, Answer::Direct { to, target }) => {
+            (Waiting::Direct { text, ts, .. }, Answer::Direct { to, targets }) => {
                 let frame = Event::Direct {
                     from: &self.clients[key].nick,
                     to: &to,
@@ -259,10 +282,13 @@ impl Hub {
                     ts,
                 }
                 .encode();
-                if let Some(target) = target.and_then(|t| self.key(t))
-                    && target != key
-                {
-                    self.send(target, &frame);
+                // Every connection of the recipient on this node (a user may have several).
+                for target in targets {
+                    if let Some(target) = self.key(target)
+                        && target != key
+                    {
+                        self.send(target, &frame);
+                    }
                 }
                 self.send(key, &frame);
             }
@@ -294,6 +320,7 @@ impl Hub {
                     .collect();
                 self.send(key, &Event::rooms_page(rooms, count, offset));
             }
+            (Waiting::Api(calling), answer) => return self.api_answered(key, calling, answer),
             (waiting, _) => {
                 // An authority's mistake, never the client's: it is told `unavailable`. (The
                 // answer is not formatted into the log: its Debug code would cost every build.)
@@ -314,6 +341,10 @@ impl Hub {
     /// The authority could not do what `key` waits for: undo what was prepared, say so.
     pub(super) fn fail(&mut self, key: usize, waiting: Waiting) {
         match waiting {
+            Waiting::Api(_) => {
+                Metrics::add(&self.metrics.backend_unavailable, 1);
+                return self.api_reply(key, super::api::unavailable());
+            }
             Waiting::Register => {
                 Metrics::add(&self.metrics.backend_unavailable, 1);
                 return self.close(key, UNAVAILABLE_CLOSE, LeaveReason::Disconnected);

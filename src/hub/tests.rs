@@ -19,7 +19,7 @@ fn hub() -> Hub {
 
 fn connect(hub: &mut Hub, queue: usize) -> TestClient {
     let (tx, rx) = queue::bounded(queue, usize::MAX);
-    let id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     let c = TestClient { id, queue: rx };
     c.drain();
     c
@@ -71,7 +71,7 @@ pub(super) fn join(room: &str) -> Request {
 fn connect_sends_welcome_then_room() {
     let mut hub = hub();
     let (tx, rx) = queue::bounded(8, usize::MAX);
-    hub.connect(tx, Address::of("127.0.0.1:1"));
+    hub.connect(tx, Address::of("127.0.0.1:1"), None);
     let c = TestClient {
         id: ClientId { key: 0, serial: 1 },
         queue: rx,
@@ -274,7 +274,7 @@ fn room_limits_evict_the_least_recently_used_empty_room() {
 /// A client with a queue of `items` and `bytes`, from `peer`.
 fn connect_from(hub: &mut Hub, items: usize, bytes: usize, peer: &str) -> TestClient {
     let (tx, rx) = queue::bounded(items, bytes);
-    let id = hub.connect(tx, Address::of(peer));
+    let id = hub.connect(tx, Address::of(peer), None);
     let c = TestClient { id, queue: rx };
     c.drain();
     c
@@ -341,7 +341,7 @@ fn the_largest_events_fit_the_bound_the_writers_are_sized_by() {
     });
     // Its `room` event lists 40 of 41 members.
     let (tx, late) = queue::bounded(10, usize::MAX);
-    hub.connect(tx, Address::of("127.0.0.1:1"));
+    hub.connect(tx, Address::of("127.0.0.1:1"), None);
     let late = TestClient {
         id: a.id,
         queue: late,
@@ -446,7 +446,7 @@ fn presence_stops_above_the_limit_and_who_pages() {
     let b = connect(&mut hub, 64);
     assert_eq!(a.events()[0]["type"], "join", "2 members: still announced");
     let (tx, rx) = queue::bounded(64, usize::MAX);
-    let c_id = hub.connect(tx, Address::of("127.0.0.1:1"));
+    let c_id = hub.connect(tx, Address::of("127.0.0.1:1"), None);
     let c = TestClient {
         id: c_id,
         queue: rx,
@@ -537,6 +537,7 @@ fn shutdown_closes_everyone_with_1001() {
         reply,
         address: Address::of("127.0.0.1:1"),
         group: None,
+        user: None,
     });
     assert!(replies.try_recv().is_err(), "no new clients after shutdown");
 }

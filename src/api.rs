@@ -1,0 +1,233 @@
+//! The HTTP API (`/api/`): applications and scripts publish into rooms and read their history
+//! over plain HTTP, with one `curl`.
+//!
+//! A request enters from `crate::handshake` once its head is read, within the connection's
+//! one `--handshake-timeout`. Everything that needs no hub is checked here, cheapest first:
+//! the key (`Authorization: Bearer`, compared in constant time; without `--api-key-file`
+//! the router never gets here and `/api/` is 404), the rate limit of the key
+//! (`--api-rate-limit`), the path and method, then for `POST` the body: a `Content-Length`
+//! (411 without), at most `--max-message-bytes` (413), `application/json` (415), and fields
+//! that pass the chat's own rules (400). The call then goes to the hub as
+//! [`Command::Api`], whose reply (status and JSON body, see `hub::api`) leaves as the
+//! response. Every call is counted in `/metrics` by endpoint and status.
+//!
+//! | call | answer |
+//! |---|---|
+//! | `POST /api/rooms/{room}/messages` `{"text", "from"?}` | 201 `{"room", "id"}` |
+//! | `GET /api/rooms/{room}/messages?since=ID` | 200 `{"room", "epoch", "last_id", "complete", "messages"}` |
+//! | `GET /api/rooms?offset=N` | 200 `{"rooms": [{"name", "members"}], "count", "next"?}` |
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
+use serde::Deserialize;
+
+use crate::Chat;
+use crate::bucket::TokenBucket;
+use crate::config::Config;
+use crate::handshake::respond;
+use crate::http::{Head, Response, query_param};
+use crate::hub::{ApiCall, ApiReply, Command};
+use crate::logger;
+use crate::protocol::{check_text, valid_nick, valid_room};
+
+/// The name an API message is from when the call names nobody.
+pub const DEFAULT_FROM: &str = "api";
+
+/// The key's rate limit: `--api-rate-limit` calls a second, bursts of as many.
+pub(crate) fn bucket(config: &Config) -> Arc<Mutex<TokenBucket>> {
+    let rate = config.api_rate_limit;
+    Arc::new(Mutex::new(TokenBucket::new(rate, rate.max(1))))
+}
+
+/// A publish call's body.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Publish {
+    text: Option<String>,
+    from: Option<String>,
+}
+
+/// Answers one API request on `stream`; `leftover` holds the bytes read after its head.
+pub(crate) async fn serve<S>(chat: &Chat, stream: &mut S, head: &Head, leftover: Vec<u8>, peer: &str)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (endpoint, reply) = answer(chat, stream, head, leftover, peer).await;
+    chat.metrics.api_call(endpoint, reply.status);
+    let mut response = Response::text(reply.status, "");
+    response.content_type = "application/json";
+    response.body = (reply.body + "\n").into();
+    match reply.status {
+        401 => response = response.with("WWW-Authenticate", "Bearer realm=\"smolchat-api\""),
+        405 if endpoint == "rooms" => response = response.with("Allow", "GET"),
+        405 => response = response.with("Allow", "GET, POST"),
+        429 => response = response.with("Retry-After", "1"),
+        _ => {}
+    }
+    respond(stream, &response).await;
+}
+
+/// The endpoint a request is for (its `/metrics` label) and its reply.
+async fn answer<S>(
+    chat: &Chat,
+    stream: &mut S,
+    head: &Head,
+    leftover: Vec<u8>,
+    peer: &str,
+) -> (&'static str, ApiReply)
+where
+    S: AsyncRead + Unpin,
+{
+    let config = &chat.config;
+    let key = config.api_key.as_ref().expect("routed here only with a key");
+    if !head.bearer.as_ref().is_some_and(|b| key.matches(b.as_bytes())) {
+        logger::refusal(peer, "refused: API call without a valid key (401)");
+        let reply = ApiReply::error(401, "unauthorized", "an API key is required: Authorization: Bearer KEY");
+        return ("other", reply);
+    }
+    let allowed = chat
+        .api_calls
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take(Instant::now());
+    if !allowed {
+        let reply = ApiReply::error(
+            429,
+            "rate_limited",
+            &format!("at most {} API calls a second", config.api_rate_limit),
+        );
+        return ("other", reply);
+    }
+    let segments: Vec<&str> = head.path.split('/').collect();
+    let (endpoint, call) = match (head.method.as_str(), segments.as_slice()) {
+        ("GET", ["", "api", "rooms"]) => {
+            let offset = match number(head, "offset") {
+                Ok(n) => n.unwrap_or(0),
+                Err(reply) => return ("rooms", reply),
+            };
+            ("rooms", ApiCall::Rooms { offset: offset as usize })
+        }
+        (_, ["", "api", "rooms"]) => return ("rooms", method_not_allowed()),
+        (method, ["", "api", "rooms", room, "messages"]) => {
+            let endpoint = if method == "POST" { "publish" } else { "history" };
+            if !valid_room(room) {
+                let reply = ApiReply::error(
+                    400,
+                    "invalid_room",
+                    "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
+                );
+                return (endpoint, reply);
+            }
+            let room = room.to_string();
+            let call = match method {
+                "GET" => match number(head, "since") {
+                    Ok(since) => ApiCall::History {
+                        room,
+                        since: since.unwrap_or(0),
+                    },
+                    Err(reply) => return (endpoint, reply),
+                },
+                "POST" => match publish(config, stream, head, leftover, room).await {
+                    Ok(call) => call,
+                    Err(reply) => return (endpoint, reply),
+                },
+                _ => return ("history", method_not_allowed()),
+            };
+            (endpoint, call)
+        }
+        _ => {
+            let reply = ApiReply::error(
+                404,
+                "not_found",
+                "no such API path; see /api/rooms and /api/rooms/{room}/messages",
+            );
+            return ("other", reply);
+        }
+    };
+    (endpoint, call_hub(chat, call).await)
+}
+
+/// Checks a publish call's head and reads its body.
+async fn publish<S: AsyncRead + Unpin>(
+    config: &Config,
+    stream: &mut S,
+    head: &Head,
+    mut body: Vec<u8>,
+    room: String,
+) -> Result<ApiCall, ApiReply> {
+    let max = config.max_message_bytes;
+    let Some(length) = head.content_length.as_deref().filter(|_| !head.transfer_encoding) else {
+        return Err(ApiReply::error(
+            411,
+            "length_required",
+            "send the body with a Content-Length (no chunked encoding)",
+        ));
+    };
+    let Ok(length) = length.parse::<usize>() else {
+        return Err(ApiReply::error(400, "bad_request", "Content-Length is not a number"));
+    };
+    if length > max || body.len() > length {
+        return Err(ApiReply::error(
+            413,
+            "too_large",
+            &format!("the body may be at most {max} bytes (--max-message-bytes)"),
+        ));
+    }
+    let json = head.content_type.as_deref().is_some_and(|t| {
+        let media = t.split(';').next().unwrap_or("").trim();
+        media.eq_ignore_ascii_case("application/json")
+    });
+    if !json {
+        return Err(ApiReply::error(
+            415,
+            "unsupported_media_type",
+            "send the body as Content-Type: application/json",
+        ));
+    }
+    let start = body.len();
+    body.resize(length, 0);
+    if stream.read_exact(&mut body[start..]).await.is_err() {
+        return Err(ApiReply::error(400, "bad_request", "the body ended early"));
+    }
+    let publish: Publish = serde_json::from_slice(&body).map_err(|e| {
+        ApiReply::error(400, "bad_request", &format!("the body is not a valid message: {e}"))
+    })?;
+    let text = check_text(publish.text, max)
+        .map_err(|e| ApiReply::error(400, "bad_request", &e.message))?;
+    let from = publish.from.unwrap_or_else(|| DEFAULT_FROM.to_string());
+    if !valid_nick(&from) {
+        return Err(ApiReply::error(
+            400,
+            "invalid_nick",
+            "from is 1-32 characters: letters, digits, '_', '-' or '.'",
+        ));
+    }
+    Ok(ApiCall::Publish { room, from, text })
+}
+
+/// Hands `call` to the hub and waits for its reply.
+async fn call_hub(chat: &Chat, call: ApiCall) -> ApiReply {
+    let (reply, answer) = async_channel::bounded(1);
+    if chat.inbox.send(Command::Api { call, reply }).await.is_ok()
+        && let Ok(reply) = answer.recv().await
+    {
+        return reply;
+    }
+    ApiReply::error(503, "unavailable", "the server is shutting down")
+}
+
+/// Query parameter `name` as a whole number, if present.
+fn number(head: &Head, name: &str) -> Result<Option<u64>, ApiReply> {
+    match query_param(head, name) {
+        None => Ok(None),
+        Some(text) => text.parse().map(Some).map_err(|_| {
+            ApiReply::error(400, "bad_request", &format!("{name} must be a whole number"))
+        }),
+    }
+}
+
+fn method_not_allowed() -> ApiReply {
+    ApiReply::error(405, "method_not_allowed", "this path does not take that method")
+}

@@ -1,0 +1,169 @@
+//! The HTTP API's calls (`/api/`, see `crate::api`) inside the hub.
+//!
+//! A call enters as [`Command::Api`](super::Command::Api) and is answered on its own channel
+//! with an [`ApiReply`]: a status and a JSON body. To ask the authority, a call takes a slot
+//! among the hub's clients for as long as it waits: answers come back by client id, at once
+//! from the in-memory authority or later from Redis, through the same paths as a client's
+//! ([`Hub::answered`]). A call has no nick, joins nothing, is sent no event, and leaves no
+//! trace with the authority when it is answered. A published message is a room event like
+//! any other: its members get it (with `"api": true`) and the room's history keeps it.
+
+use super::requests::Waiting;
+use super::*;
+
+/// A call of the HTTP API.
+#[derive(Debug, Clone)]
+pub enum ApiCall {
+    /// `POST /api/rooms/{room}/messages`: a message from `from`, like a `say`.
+    Publish {
+        room: String,
+        from: String,
+        text: String,
+    },
+    /// `GET /api/rooms/{room}/messages?since=ID`: what the room remembers after `since`.
+    History { room: String, since: u64 },
+    /// `GET /api/rooms?offset=N`: a page of rooms, sorted by name, with member counts.
+    Rooms { offset: usize },
+}
+
+/// The answer to an API call: an HTTP status and a JSON body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiReply {
+    pub status: u16,
+    pub body: String,
+}
+
+impl ApiReply {
+    /// A refusal: `{"error": code, "message": message}`.
+    pub fn error(status: u16, code: &str, message: &str) -> ApiReply {
+        let body = serde_json::json!({ "error": code, "message": message }).to_string();
+        ApiReply { status, body }
+    }
+
+    fn json(status: u16, value: serde_json::Value) -> ApiReply {
+        ApiReply {
+            status,
+            body: value.to_string(),
+        }
+    }
+}
+
+/// The reply when the authority cannot be asked (Redis down) or the server is stopping.
+pub(super) fn unavailable() -> ApiReply {
+    ApiReply::error(
+        503,
+        "unavailable",
+        "the chat backend is unavailable; nothing was done, try again shortly",
+    )
+}
+
+/// What a call waits for.
+#[derive(Debug)]
+pub(super) enum Calling {
+    Publish(String),
+    History(String),
+    Rooms(usize),
+}
+
+impl Hub {
+    /// Starts an API call: a slot, then the question to the authority.
+    pub(super) fn api(&mut self, call: ApiCall, reply: Sender<ApiReply>) {
+        if self.shutting_down {
+            let _ = reply.try_send(unavailable());
+            return;
+        }
+        // Nothing is ever delivered to a call: its queue's receiver is dropped at once.
+        let (queue, _) = queue::bounded(1, 1);
+        let id = self.register(queue, Address::of("api"));
+        self.api_calls.insert(id.key, reply);
+        let (calling, ask) = match call {
+            ApiCall::Publish { room, from, text } => {
+                Metrics::add(&self.metrics.messages_received, 1);
+                let ts = now_ms();
+                let calling = Calling::Publish(room.clone());
+                let ask = Ask::Publish {
+                    room,
+                    from,
+                    text,
+                    ts,
+                };
+                (calling, ask)
+            }
+            ApiCall::History { room, since } => {
+                (Calling::History(room.clone()), Ask::History { room, since })
+            }
+            ApiCall::Rooms { offset } => {
+                let offset = offset.min(u32::MAX as usize);
+                (Calling::Rooms(offset), Ask::Rooms { offset })
+            }
+        };
+        self.ask(id.key, Waiting::Api(calling), ask);
+    }
+
+    /// The authority answered call `key`.
+    pub(super) fn api_answered(&mut self, key: usize, calling: Calling, answer: Answer) {
+        use serde_json::json;
+        let reply = match (calling, answer) {
+            (Calling::Publish(room), Answer::Said { id }) => {
+                ApiReply::json(201, json!({ "room": room, "id": id }))
+            }
+            (Calling::Publish(_), Answer::Refused(error)) => {
+                ApiReply::json(409, json!({ "error": error.code, "message": error.message }))
+            }
+            (Calling::History(room), Answer::History(Some(history))) => {
+                // The messages are the frames members got, put in the body as they are.
+                let mut body = json!({
+                    "room": room,
+                    "epoch": history.epoch,
+                    "last_id": history.last_id,
+                    "complete": history.complete,
+                })
+                .to_string();
+                body.pop(); // the closing brace
+                body.push_str(",\"messages\":[");
+                for (i, message) in history.messages.iter().enumerate() {
+                    if i > 0 {
+                        body.push(',');
+                    }
+                    body.push_str(message);
+                }
+                body.push_str("]}");
+                ApiReply { status: 200, body }
+            }
+            (Calling::History(room), Answer::History(None)) => {
+                ApiReply::error(404, "not_found", &format!("there is no room {room:?}"))
+            }
+            (Calling::Rooms(offset), Answer::Rooms { count, page }) => {
+                let end = offset.saturating_add(page.len());
+                let rooms: Vec<_> = page
+                    .iter()
+                    .map(|(name, members)| json!({ "name": name, "members": members }))
+                    .collect();
+                let mut value = json!({ "rooms": rooms, "count": count });
+                if end < count {
+                    value["next"] = json!(end);
+                }
+                ApiReply::json(200, value)
+            }
+            _ => {
+                log::warn!("hub: an answer that does not fit the API call");
+                unavailable()
+            }
+        };
+        self.api_reply(key, reply);
+    }
+
+    /// Answers call `key` and gives its slot back.
+    pub(super) fn api_reply(&mut self, key: usize, reply: ApiReply) {
+        self.busy.remove(&key);
+        if let Some(sender) = self.api_calls.remove(&key) {
+            let _ = sender.try_send(reply);
+        }
+        self.clients.remove(key);
+    }
+
+    /// Call `key` is dropped unanswered (the server is shutting down).
+    pub(super) fn api_gone(&mut self, key: usize) {
+        self.api_reply(key, unavailable());
+    }
+}

@@ -183,7 +183,32 @@ pub enum Action {
     Help,
     /// Print the version (`--version`).
     Version,
+    /// Print a signed token (`smolchat token`).
+    Token(TokenRequest),
+    /// Print `smolchat token --help`.
+    TokenHelp,
 }
+
+/// What `smolchat token --sub NAME [--ttl DUR] [--rooms a,b]` asks for.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    pub secret: Secret,
+    pub sub: String,
+    pub ttl: Duration,
+    pub rooms: Option<Vec<String>>,
+}
+
+/// The help text of `smolchat token`.
+pub const TOKEN_HELP: &str = "\
+smolchat token: print a token signed with the server's secret
+
+Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file PATH]
+
+  --sub NAME                  the user: 1-32 letters, digits, '_', '-', '.'; not guest-...
+  --ttl DUR                   how long the token is valid [default: 1h]
+  --rooms a,b                 the only rooms the user may join [default: any]
+  --auth-secret-file PATH     the server's HS256 secret (env SMOLCHAT_AUTH_SECRET_FILE)
+";
 
 /// A flag or environment variable had a value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,6 +276,9 @@ Options:
   --api-rate-limit N          API calls per second, 0 = off [default: 20]
   -h, --help                  print this help
   -V, --version               print the version and enabled features
+
+Commands:
+  smolchat token --sub NAME   print a signed token for user NAME (see smolchat token --help)
 ";
 
 /// The scale-out options, printed after [`HELP`] in builds with the `redis` feature.
@@ -337,6 +365,11 @@ impl Config {
     {
         use lexopt::Arg;
 
+        let mut args = args.into_iter().peekable();
+        if args.peek().is_some_and(|a| a == "token") {
+            args.next();
+            return token_request(args, env);
+        }
         let mut given: Vec<(&'static str, String)> = Vec::new();
         let mut parser = lexopt::Parser::from_args(args);
         while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
@@ -663,6 +696,63 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Reads `smolchat token`'s options.
+fn token_request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
+where
+    I: IntoIterator<Item = OsString>,
+    E: Fn(&str) -> Option<String>,
+{
+    use lexopt::Arg;
+
+    let mut parser = lexopt::Parser::from_args(args);
+    let (mut sub, mut ttl, mut rooms) = (None, Duration::from_secs(3600), None);
+    let mut secret_file = env("SMOLCHAT_AUTH_SECRET_FILE");
+    while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
+        let flag = match arg {
+            Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
+            Arg::Long(name) => format!("--{name}"),
+            _ => return Err(err("token", "unexpected argument; see smolchat token --help")),
+        };
+        let value = parser.value().map_err(|e| lex_error(&e))?;
+        let value = value.to_string_lossy().into_owned();
+        let bad = |what: &str| err(&flag, &format!("{what}, got {value:?}"));
+        match flag.as_str() {
+            "--sub" if crate::token::valid_user_name(&value) => sub = Some(value),
+            "--sub" => {
+                return Err(bad(
+                    "expected 1-32 letters, digits, '_', '-' or '.', not starting with guest-",
+                ));
+            }
+            "--ttl" => ttl = duration(&value).map_err(|m| bad(&m))?,
+            "--rooms" => {
+                let list: Vec<String> = value.split(',').map(|r| r.trim().to_string()).collect();
+                if !list.iter().all(|r| crate::protocol::valid_room(r)) {
+                    return Err(bad("expected room names (a-z, 0-9, _ or -) separated by commas"));
+                }
+                rooms = Some(list);
+            }
+            "--auth-secret-file" => secret_file = Some(value),
+            _ => return Err(err(&flag, "unknown option; see smolchat token --help")),
+        }
+    }
+    let sub = sub.ok_or_else(|| err("--sub", "is required: the user the token is for"))?;
+    let path = secret_file.ok_or_else(|| {
+        err(
+            "--auth-secret-file",
+            "is required (or SMOLCHAT_AUTH_SECRET_FILE): the secret to sign with",
+        )
+    })?;
+    let mut config = Config::default();
+    config.set("auth-secret-file", &path)?;
+    let secret = config.auth.expect("set above").secret;
+    Ok(Action::Token(TokenRequest {
+        secret,
+        sub,
+        ttl,
+        rooms,
+    }))
 }
 
 /// Reads a secret from a file (never from the command line, where `ps` would show it),

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
-use smolchat::config::{Action, Config, HELP, HELP_REDIS, HELP_TLS};
+use smolchat::config::{Action, Config, HELP, HELP_REDIS, HELP_TLS, TOKEN_HELP};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -22,6 +22,22 @@ fn main() -> ExitCode {
                 "smolchat {} (features: {})",
                 env!("CARGO_PKG_VERSION"),
                 smolchat::FEATURES.join(", ")
+            );
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::TokenHelp) => {
+            print!("{TOKEN_HELP}");
+            return ExitCode::SUCCESS;
+        }
+        Ok(Action::Token(request)) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let exp = now + request.ttl.as_secs();
+            let rooms = request.rooms.as_deref();
+            println!(
+                "{}",
+                smolchat::token::sign(&request.secret, &request.sub, exp, rooms)
             );
             return ExitCode::SUCCESS;
         }

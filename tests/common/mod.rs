@@ -114,6 +114,20 @@ impl Client {
         }
     }
 
+    /// Connects to `path` (with its query, `/ws?token=...`) and returns without reading.
+    pub async fn connect_path(addr: SocketAddr, path: &str) -> Client {
+        let stream = Async::<TcpStream>::connect(addr)
+            .await
+            .expect("tcp connect");
+        let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}{path}"), stream)
+            .await
+            .expect("websocket handshake");
+        Client {
+            ws,
+            nick: String::new(),
+        }
+    }
+
     /// Connects, reads `welcome` and the `lobby` room event (with any replayed history), and
     /// remembers the nick.
     pub async fn connect(addr: SocketAddr) -> Client {

@@ -185,26 +185,35 @@ where
             return None;
         }
     };
+    // The token is checked before anything else about a request for the chat, upgrade or not,
+    // so that a page whose WebSocket failed to open can learn why with a plain GET (browsers
+    // do not show a failed upgrade's status to scripts).
+    let chat_path = head.path == "/ws" || head.path.starts_with("/ws/");
+    let checked = if chat_path {
+        authenticate(chat, &head)
+    } else {
+        Ok(None)
+    };
+    let user = match checked {
+        Ok(user) => user,
+        Err(why) => {
+            chat.metrics.auth_refused(why);
+            let response = Response::text(401, why.reason()).with(
+                "WWW-Authenticate",
+                format!(
+                    "Bearer realm=\"smolchat\", error=\"invalid_token\", \
+                     error_description=\"{}\"",
+                    why.reason()
+                ),
+            );
+            // The line names the cause, never the token.
+            logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
+            respond(&mut stream, &response).await;
+            return None;
+        }
+    };
     let response = match http::route(&head, &chat.config) {
         Route::Upgrade { accept_key, group } => {
-            let user = match authenticate(chat, &head) {
-                Ok(user) => user,
-                Err(why) => {
-                    chat.metrics.auth_refused(why);
-                    let response = Response::text(401, why.reason()).with(
-                        "WWW-Authenticate",
-                        format!(
-                            "Bearer realm=\"smolchat\", error=\"invalid_token\", \
-                             error_description=\"{}\"",
-                            why.reason()
-                        ),
-                    );
-                    // The line names the cause, never the token.
-                    logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
-                    respond(&mut stream, &response).await;
-                    return None;
-                }
-            };
             return upgrade(chat, stream, leftover, &accept_key, group, user, peer).await;
         }
         Route::Api => {
@@ -242,9 +251,7 @@ fn authenticate(chat: &Chat, head: &http::Head) -> Result<Option<Verified>, toke
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            let verified = token::verify(token, &auth.secret, now)?;
-            Metrics::add(&chat.metrics.authenticated, 1);
-            Ok(Some(verified))
+            token::verify(token, &auth.secret, now).map(Some)
         }
         None if auth.guests => Ok(None),
         None => Err(token::Refusal::Missing),
@@ -288,6 +295,9 @@ where
         return None;
     };
     Metrics::add(&chat.metrics.connections_total, 1);
+    if user.is_some() {
+        Metrics::add(&chat.metrics.authenticated, 1);
+    }
     let written = async {
         stream
             .write_all(http::switching_protocols(accept_key).as_bytes())

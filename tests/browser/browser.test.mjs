@@ -6,7 +6,7 @@
 // plain HTTP request to the TLS port a deadline: it must fail or get no page, not hang.)
 
 import { execFileSync, spawn } from 'node:child_process';
-import { createHash } from 'node:crypto';
+import { createHash, createHmac } from 'node:crypto';
 import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
@@ -79,6 +79,16 @@ function makeCert() {
 }
 
 const serverLog = [];
+
+// Tokens for the auth checks, signed here with node's own HMAC (not smolchat's signer).
+const AUTH_SECRET = 'the browser test secret, at least 32 bytes long';
+const API_KEY = 'browser-test-api-key-0123456789';
+const now = () => Math.floor(Date.now() / 1000);
+function jwt(claims, secret = AUTH_SECRET) {
+  const part = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+  const signed = `${part({ alg: 'HS256', typ: 'JWT' })}.${part(claims)}`;
+  return `${signed}.${createHmac('sha256', secret).update(signed).digest('base64url')}`;
+}
 
 class Server {
   /** `args` are more flags (e.g. `--protocol raw`); `log` is its log's file in target/browser/;
@@ -457,7 +467,7 @@ async function bareClient(blank, url, frames) {
 
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
-  for (const f of ['server.log', 'server-raw.log', 'server-tls.log']) fs.writeFileSync(path.join(OUT, f), '');
+  for (const f of ['server.log', 'server-raw.log', 'server-tls.log', 'server-auth.log']) fs.writeFileSync(path.join(OUT, f), '');
   for (const f of fs.readdirSync(OUT)) if (f.startsWith('failure-')) fs.rmSync(path.join(OUT, f));
   check(fs.existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` first, or set SMOLCHAT_BIN`);
   check(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
@@ -476,6 +486,17 @@ async function main() {
   const tls = makeCert();
   const tlsPort = await freePort();
   const tlsServer = new Server(tlsPort, { args: ['--tls-cert', tls.cert, '--tls-key', tls.key], log: 'server-tls.log', ca: tls.pem });
+  // Tokens (--auth-secret-file --auth optional) and the HTTP API (--api-key-file): a fourth
+  // server, started for its own checks after TLS's.
+  const secretFile = path.join(OUT, 'auth-secret');
+  const keyFile = path.join(OUT, 'api-key');
+  fs.writeFileSync(secretFile, AUTH_SECRET + '\n');
+  fs.writeFileSync(keyFile, API_KEY + '\n');
+  const authPort = await freePort();
+  const authServer = new Server(authPort, {
+    args: ['--auth-secret-file', secretFile, '--auth', 'optional', '--api-key-file', keyFile],
+    log: 'server-auth.log',
+  });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
   const pages = {};
   try {
@@ -1079,6 +1100,64 @@ async function main() {
     await step('tls: screenshot saved under target/browser/', async () => {
       await t1.screenshot({ path: path.join(OUT, 'tls.png') });
     });
+
+    await authServer.start();
+    const authUrl = `http://127.0.0.1:${authPort}/`;
+    const u1 = await (await browser.newContext({ viewport: { width: 1000, height: 700 } })).newPage();
+    const u2 = await (await browser.newContext({ viewport: { width: 1000, height: 700 } })).newPage();
+    Object.assign(pages, { u1, u2 });
+    watch(u1, 'U1');
+    watch(u2, 'U2');
+
+    await step('auth: a link with #token= signs in as the token\'s user; the token leaves the address bar', async () => {
+      await u1.goto(`${authUrl}#token=${jwt({ sub: 'ada', exp: now() + 3600 })}`);
+      await waitStatus(u1, 'online', 'Connected as ada');
+      check(await u1.evaluate(() => location.hash === ''), 'the token is still in the address bar');
+      check(await u1.evaluate(() => document.getElementById('nick').readOnly), 'the nick box can still be edited with a token');
+      const page = fs.readFileSync(path.join(OUT, 'server-auth.log'), 'utf8');
+      check(!/token=/.test(page), 'the server log mentions a token');
+    });
+
+    await step('auth: the tab keeps its token: a reload signs in again as the same user', async () => {
+      await u1.reload();
+      await waitStatus(u1, 'online', 'Connected as ada');
+      await log(u1, 'r:lobby').waitFor();
+    });
+
+    await step('auth: an expired token gets a clear message, not endless retries; a new link signs in', async () => {
+      await u2.goto(`${authUrl}#token=${jwt({ sub: 'bob', exp: now() - 60 })}`);
+      await waitStatus(u2, 'refused');
+      const text = await u2.locator('#status-text').textContent();
+      check(/expired/.test(text), `the refusal does not say why: ${JSON.stringify(text)}`);
+      check(!(await u2.locator('#error').isHidden()), 'no error banner for a refused token');
+      await u2.evaluate((t) => { location.hash = '#token=' + t; }, jwt({ sub: 'bob', exp: now() + 3600 }));
+      await waitStatus(u2, 'online', 'Connected as bob');
+      await say(u2, 'r:lobby', 'bob signed in');
+      await seeMessage(u1, 'r:lobby', 'bob signed in', 'bob');
+    });
+
+    await step('auth: a forged token is refused with its reason', async () => {
+      const forged = jwt({ sub: 'ada', exp: now() + 3600 }, 'not the server secret, but long enough');
+      const u3 = await (await browser.newContext()).newPage();
+      pages.u3 = u3;
+      watch(u3, 'U3');
+      await u3.goto(`${authUrl}#token=${forged}`);
+      await waitStatus(u3, 'refused');
+      const text = await u3.locator('#status-text').textContent();
+      check(/signature/.test(text), `the refusal does not say why: ${JSON.stringify(text)}`);
+    });
+
+    await step('api: a message published with curl-like POST shows in the page, marked as an app', async () => {
+      const r = await fetch(`${authUrl}api/rooms/lobby/messages`, {
+        method: 'POST',
+        headers: { Authorization: `Bearer ${API_KEY}`, 'Content-Type': 'application/json' },
+        body: JSON.stringify({ text: 'the door is open', from: 'doorbell' }),
+      });
+      check(r.status === 201, `POST answered ${r.status}`);
+      const msg = await seeMessage(u1, 'r:lobby', 'the door is open', 'doorbell');
+      check(await msg.first().locator('.tag').count() === 1, 'the API message is not marked');
+      await u1.screenshot({ path: path.join(OUT, 'auth.png') });
+    });
   } catch (e) {
     for (const [name, page] of Object.entries(pages)) {
       await page.screenshot({ path: path.join(OUT, `failure-${name}.png`) }).catch(() => {});
@@ -1090,6 +1169,7 @@ async function main() {
     await server.stop().catch(() => {});
     await rawServer.stop().catch(() => {});
     await tlsServer.stop().catch(() => {});
+    await authServer.stop().catch(() => {});
   }
 }
 

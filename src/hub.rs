@@ -19,7 +19,13 @@
 //!
 //! The hub is three files: this one (clients, commands in, closes, shutdown, the future),
 //! `requests.rs` (a client's commands, from request to the authority's answer) and
-//! `audience.rs` (room events: which local clients hear what, and when); raw mode is `raw.rs`.
+//! `audience.rs` (room events: which local clients hear what, and when); raw mode is `raw.rs`,
+//! and the HTTP API's calls are `api.rs`.
+//!
+//! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
+//! may not rename, and only joins the rooms its token allows. That it shares its name with its
+//! other connections, and is one member of a room however many of its connections are in it,
+//! is the authority's business: membership is what nodes agree on.
 //!
 //! [`Hub`] is a plain state machine (commands in, events out, no I/O, no executor, no timer),
 //! which is why its tests below need no sockets: the clustered paths are tested against a fake

@@ -5,7 +5,8 @@
 //!    1. handshake.rs, all within one --handshake-timeout:
 //!         --max-pending slot → [TLS, tls.rs] → read head, route (http.rs)
 //!           ├─ GET /, /healthz, /metrics; 400, 403, 404, 405, 431, 503 → answered, dropped
-//!           └─ GET /ws → host, origin, --max-connections → 101 → WebSocket
+//!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
+//!           └─ /ws → token (token.rs; 401) → host, origin, --max-connections → 101 → WebSocket
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
 //!         reader:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
@@ -26,6 +27,9 @@
 //!   `--max-pending` slots, the one `--handshake-timeout` deadline, HTTP routing, the `101`,
 //!   and tungstenite's buffers.
 //! * `http`: HTTP/1.1 request heads, the routing decision, plain responses, the built-in page.
+//! * `token`: signed tokens (HS256 JWTs): who a client is, checked at the upgrade.
+//! * `api`: the HTTP API's requests (`/api/`), from head and body to a call for the hub.
+//! * `bucket`: the token bucket behind the clients' and the API's rate limits.
 //! * `tls`: certificates and their reload on SIGHUP (feature `tls`).
 //! * `meter`: the byte stream under tungstenite: the byte budget, the yield after a long read,
 //!   and the count of writes that made progress.
@@ -38,11 +42,11 @@
 //! * `queue`: a client's outgoing queue, bounded in items and bytes, filled only by the hub.
 //! * `hub`: the chat's rules and this node's clients, as one future: commands in, events out
 //!   into the clients' queues. Its files: `requests.rs` (a client's commands, from request to
-//!   the authority's answer), `audience.rs` (room events on this node: who hears what) and
-//!   `raw.rs` (the Go hub's protocol, `--protocol raw`).
+//!   the authority's answer), `audience.rs` (room events on this node: who hears what),
+//!   `api.rs` (the HTTP API's calls) and `raw.rs` (the Go hub's protocol, `--protocol raw`).
 //! * `authority`: the interface between the hub's rules and who decides ids, history, nicks
 //!   and membership; `authority::local` decides in memory, for a single node.
-//! * `client`: a client's id and the address it connects from.
+//! * `client`: a client's id, the address it connects from, and the user its token proved.
 //! * `room`: one room: its members, its history ring and the rules for replaying it.
 //! * `cluster`: the Redis authority and its bridge future, for nodes that share rooms
 //!   (feature `redis`).

@@ -50,8 +50,13 @@ struct Publish {
 }
 
 /// Answers one API request on `stream`; `leftover` holds the bytes read after its head.
-pub(crate) async fn serve<S>(chat: &Chat, stream: &mut S, head: &Head, leftover: Vec<u8>, peer: &str)
-where
+pub(crate) async fn serve<S>(
+    chat: &Chat,
+    stream: &mut S,
+    head: &Head,
+    leftover: Vec<u8>,
+    peer: &str,
+) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (endpoint, reply) = answer(chat, stream, head, leftover, peer).await;
@@ -81,10 +86,21 @@ where
     S: AsyncRead + Unpin,
 {
     let config = &chat.config;
-    let key = config.api_key.as_ref().expect("routed here only with a key");
-    if !head.bearer.as_ref().is_some_and(|b| key.matches(b.as_bytes())) {
+    let key = config
+        .api_key
+        .as_ref()
+        .expect("routed here only with a key");
+    if !head
+        .bearer
+        .as_ref()
+        .is_some_and(|b| key.matches(b.as_bytes()))
+    {
         logger::refusal(peer, "refused: API call without a valid key (401)");
-        let reply = ApiReply::error(401, "unauthorized", "an API key is required: Authorization: Bearer KEY");
+        let reply = ApiReply::error(
+            401,
+            "unauthorized",
+            "an API key is required: Authorization: Bearer KEY",
+        );
         return ("other", reply);
     }
     let allowed = chat
@@ -107,11 +123,20 @@ where
                 Ok(n) => n.unwrap_or(0),
                 Err(reply) => return ("rooms", reply),
             };
-            ("rooms", ApiCall::Rooms { offset: offset as usize })
+            (
+                "rooms",
+                ApiCall::Rooms {
+                    offset: offset as usize,
+                },
+            )
         }
         (_, ["", "api", "rooms"]) => return ("rooms", method_not_allowed()),
         (method, ["", "api", "rooms", room, "messages"]) => {
-            let endpoint = if method == "POST" { "publish" } else { "history" };
+            let endpoint = if method == "POST" {
+                "publish"
+            } else {
+                "history"
+            };
             if !valid_room(room) {
                 let reply = ApiReply::error(
                     400,
@@ -158,7 +183,11 @@ async fn publish<S: AsyncRead + Unpin>(
     room: String,
 ) -> Result<ApiCall, ApiReply> {
     let max = config.max_message_bytes;
-    let Some(length) = head.content_length.as_deref().filter(|_| !head.transfer_encoding) else {
+    let Some(length) = head
+        .content_length
+        .as_deref()
+        .filter(|_| !head.transfer_encoding)
+    else {
         return Err(ApiReply::error(
             411,
             "length_required",
@@ -166,7 +195,11 @@ async fn publish<S: AsyncRead + Unpin>(
         ));
     };
     let Ok(length) = length.parse::<usize>() else {
-        return Err(ApiReply::error(400, "bad_request", "Content-Length is not a number"));
+        return Err(ApiReply::error(
+            400,
+            "bad_request",
+            "Content-Length is not a number",
+        ));
     };
     if length > max || body.len() > length {
         return Err(ApiReply::error(
@@ -192,7 +225,11 @@ async fn publish<S: AsyncRead + Unpin>(
         return Err(ApiReply::error(400, "bad_request", "the body ended early"));
     }
     let publish: Publish = serde_json::from_slice(&body).map_err(|e| {
-        ApiReply::error(400, "bad_request", &format!("the body is not a valid message: {e}"))
+        ApiReply::error(
+            400,
+            "bad_request",
+            &format!("the body is not a valid message: {e}"),
+        )
     })?;
     let text = check_text(publish.text, max)
         .map_err(|e| ApiReply::error(400, "bad_request", &e.message))?;
@@ -223,11 +260,19 @@ fn number(head: &Head, name: &str) -> Result<Option<u64>, ApiReply> {
     match query_param(head, name) {
         None => Ok(None),
         Some(text) => text.parse().map(Some).map_err(|_| {
-            ApiReply::error(400, "bad_request", &format!("{name} must be a whole number"))
+            ApiReply::error(
+                400,
+                "bad_request",
+                &format!("{name} must be a whole number"),
+            )
         }),
     }
 }
 
 fn method_not_allowed() -> ApiReply {
-    ApiReply::error(405, "method_not_allowed", "this path does not take that method")
+    ApiReply::error(
+        405,
+        "method_not_allowed",
+        "this path does not take that method",
+    )
 }

@@ -713,7 +713,12 @@ where
         let flag = match arg {
             Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
             Arg::Long(name) => format!("--{name}"),
-            _ => return Err(err("token", "unexpected argument; see smolchat token --help")),
+            _ => {
+                return Err(err(
+                    "token",
+                    "unexpected argument; see smolchat token --help",
+                ));
+            }
         };
         let value = parser.value().map_err(|e| lex_error(&e))?;
         let value = value.to_string_lossy().into_owned();
@@ -729,7 +734,9 @@ where
             "--rooms" => {
                 let list: Vec<String> = value.split(',').map(|r| r.trim().to_string()).collect();
                 if !list.iter().all(|r| crate::protocol::valid_room(r)) {
-                    return Err(bad("expected room names (a-z, 0-9, _ or -) separated by commas"));
+                    return Err(bad(
+                        "expected room names (a-z, 0-9, _ or -) separated by commas",
+                    ));
                 }
                 rooms = Some(list);
             }

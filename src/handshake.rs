@@ -334,7 +334,10 @@ pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
 /// answer with a reset, which can destroy the response before the client reads it: a
 /// refused oversized head would never see its 431. (A generic stream cannot half-close, so
 /// the pause is how we know it is done.)
-pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &Response) {
+pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) {
     if response.write(stream).await.is_err() {
         return;
     }

@@ -315,7 +315,9 @@ impl Metrics {
                 self.auth_refusals(why)
             );
         }
-        out.push_str("# HELP smolchat_api_requests_total HTTP API calls, by endpoint and status.\n");
+        out.push_str(
+            "# HELP smolchat_api_requests_total HTTP API calls, by endpoint and status.\n",
+        );
         out.push_str("# TYPE smolchat_api_requests_total counter\n");
         let calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
         for (&(endpoint, status), n) in calls.iter() {

@@ -31,6 +31,7 @@ use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
 use futures_util::SinkExt;
 
 use crate::Chat;
+use crate::bucket::TokenBucket;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
 use crate::hub::{Address, ClientId, Command, Outgoing, User};
@@ -39,7 +40,6 @@ use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::Weigh;
 use crate::queue::{self, Receiver};
-use crate::bucket::TokenBucket;
 use crate::race::race;
 use crate::token::Verified;
 
@@ -106,8 +106,7 @@ pub(crate) async fn run<S>(
     let user = user.map(|v| v.user);
     // Registration and teardown run once; boxed, their futures take no space in the
     // long-lived part of the session.
-    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await
-    else {
+    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await else {
         return;
     };
     crate::logger::connection(peer, "connected");

@@ -53,8 +53,8 @@ impl Secret {
             mac.update(bytes);
             mac.finalize().into_bytes()
         };
-        let mut mac = Hmac::<Sha256>::new_from_slice(b"smolchat key comparison")
-            .expect("HMAC takes any key");
+        let mut mac =
+            Hmac::<Sha256>::new_from_slice(b"smolchat key comparison").expect("HMAC takes any key");
         mac.update(&self.0);
         mac.verify_slice(&tag(other)).is_ok()
     }

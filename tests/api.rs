@@ -21,7 +21,13 @@ fn api_server(change: impl FnOnce(&mut smolchat::Config)) -> TestServer {
 
 /// A request with `Authorization: Bearer key` (if any) and a JSON body (if any); returns the
 /// whole response.
-async fn call(addr: SocketAddr, method: &str, path: &str, key: Option<&str>, body: Option<&str>) -> String {
+async fn call(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: Option<&str>,
+) -> String {
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
     if let Some(key) = key {
         request.push_str(&format!("Authorization: Bearer {key}\r\n"));
@@ -63,7 +69,14 @@ fn a_published_message_reaches_members_flagged_and_stays_in_history() {
     let server = api_server(|_| {});
     run(async {
         let mut member = Client::connect(server.addr).await;
-        let r = call(server.addr, "POST", "/api/rooms/lobby/messages", Some(KEY), Some(&publish("door open"))).await;
+        let r = call(
+            server.addr,
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(&publish("door open")),
+        )
+        .await;
         assert_eq!(status(&r), 201, "{r}");
         assert_eq!(header(&r, "Content-Type"), Some("application/json"));
         assert_eq!(body(&r), json!({"room": "lobby", "id": 1}));
@@ -74,13 +87,30 @@ fn a_published_message_reaches_members_flagged_and_stays_in_history() {
             json!({"type": "message", "room": "lobby", "id": 1, "from": "sensor", "text": "door open", "api": true})
         );
         member.say("lobby", "thanks").await;
-        assert!(member.expect("message").await.get("api").is_none(), "a user's message is not flagged");
+        assert!(
+            member.expect("message").await.get("api").is_none(),
+            "a user's message is not flagged"
+        );
 
         // `from` is optional; the room is created if it does not exist.
-        let r = call(server.addr, "POST", "/api/rooms/alerts/messages", Some(KEY), Some(r#"{"text":"disk full"}"#)).await;
+        let r = call(
+            server.addr,
+            "POST",
+            "/api/rooms/alerts/messages",
+            Some(KEY),
+            Some(r#"{"text":"disk full"}"#),
+        )
+        .await;
         assert_eq!(body(&r), json!({"room": "alerts", "id": 1}), "{r}");
 
-        let r = call(server.addr, "GET", "/api/rooms/lobby/messages?since=0", Some(KEY), None).await;
+        let r = call(
+            server.addr,
+            "GET",
+            "/api/rooms/lobby/messages?since=0",
+            Some(KEY),
+            None,
+        )
+        .await;
         assert_eq!(status(&r), 200, "{r}");
         let history = body(&r);
         assert_eq!(history["room"], "lobby");
@@ -94,14 +124,24 @@ fn a_published_message_reaches_members_flagged_and_stays_in_history() {
             .map(|m| (m["text"].as_str().unwrap(), m.get("api").is_some()))
             .collect();
         assert_eq!(texts, [("door open", true), ("thanks", false)]);
-        let r = call(server.addr, "GET", "/api/rooms/lobby/messages?since=1", Some(KEY), None).await;
+        let r = call(
+            server.addr,
+            "GET",
+            "/api/rooms/lobby/messages?since=1",
+            Some(KEY),
+            None,
+        )
+        .await;
         assert_eq!(body(&r)["messages"].as_array().unwrap().len(), 1);
 
         // The message published to a room nobody was in is replayed to whoever joins.
         let room = member.join("alerts").await;
         assert_eq!(room["last_id"], 1);
         let replayed = member.expect("message").await;
-        assert_eq!((replayed["from"].as_str(), replayed["api"].as_bool()), (Some("api"), Some(true)));
+        assert_eq!(
+            (replayed["from"].as_str(), replayed["api"].as_bool()),
+            (Some("api"), Some(true))
+        );
 
         let r = call(server.addr, "GET", "/api/rooms", Some(KEY), None).await;
         assert_eq!(status(&r), 200, "{r}");
@@ -109,7 +149,14 @@ fn a_published_message_reaches_members_flagged_and_stays_in_history() {
             body(&r),
             json!({"rooms": [{"name": "alerts", "members": 1}, {"name": "lobby", "members": 1}], "count": 2})
         );
-        let r = call(server.addr, "GET", "/api/rooms/nowhere/messages", Some(KEY), None).await;
+        let r = call(
+            server.addr,
+            "GET",
+            "/api/rooms/nowhere/messages",
+            Some(KEY),
+            None,
+        )
+        .await;
         assert_eq!(status(&r), 404, "{r}");
         assert_eq!(body(&r)["error"], "not_found");
     });
@@ -127,16 +174,43 @@ fn bad_calls_get_clear_statuses() {
         assert_eq!(status(&r), 401, "{r}");
         assert!(header(&r, "WWW-Authenticate").is_some_and(|h| h.starts_with("Bearer")));
         let wrong = format!("{KEY}x");
-        assert_eq!(status(&call(addr, "POST", path, Some(&wrong), Some(&ok)).await), 401);
-        assert_eq!(status(&call(addr, "POST", path, Some(&KEY[1..]), Some(&ok)).await), 401);
+        assert_eq!(
+            status(&call(addr, "POST", path, Some(&wrong), Some(&ok)).await),
+            401
+        );
+        assert_eq!(
+            status(&call(addr, "POST", path, Some(&KEY[1..]), Some(&ok)).await),
+            401
+        );
         // Methods and paths.
         let r = call(addr, "DELETE", path, Some(KEY), None).await;
         assert_eq!(status(&r), 405, "{r}");
         assert_eq!(header(&r, "Allow"), Some("GET, POST"));
-        assert_eq!(status(&call(addr, "POST", "/api/rooms", Some(KEY), Some(&ok)).await), 405);
-        assert_eq!(status(&call(addr, "GET", "/api/nothing", Some(KEY), None).await), 404);
-        assert_eq!(status(&call(addr, "POST", "/api/rooms/Bad_Room/messages", Some(KEY), Some(&ok)).await), 400);
-        assert_eq!(status(&call(addr, "GET", &format!("{path}?since=x"), Some(KEY), None).await), 400);
+        assert_eq!(
+            status(&call(addr, "POST", "/api/rooms", Some(KEY), Some(&ok)).await),
+            405
+        );
+        assert_eq!(
+            status(&call(addr, "GET", "/api/nothing", Some(KEY), None).await),
+            404
+        );
+        assert_eq!(
+            status(
+                &call(
+                    addr,
+                    "POST",
+                    "/api/rooms/Bad_Room/messages",
+                    Some(KEY),
+                    Some(&ok)
+                )
+                .await
+            ),
+            400
+        );
+        assert_eq!(
+            status(&call(addr, "GET", &format!("{path}?since=x"), Some(KEY), None).await),
+            400
+        );
         // Bodies.
         let no_length = format!(
             "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {KEY}\r\n\
@@ -209,11 +283,25 @@ fn a_room_beyond_max_rooms_is_refused_with_409() {
     run(async {
         let mut member = Client::connect(server.addr).await;
         member.join("kept").await;
-        let r = call(server.addr, "POST", "/api/rooms/other/messages", Some(KEY), Some(&publish("x"))).await;
+        let r = call(
+            server.addr,
+            "POST",
+            "/api/rooms/other/messages",
+            Some(KEY),
+            Some(&publish("x")),
+        )
+        .await;
         assert_eq!(status(&r), 409, "{r}");
         assert_eq!(body(&r)["error"], "room_limit");
         // The default room always takes messages.
-        let r = call(server.addr, "POST", "/api/rooms/lobby/messages", Some(KEY), Some(&publish("x"))).await;
+        let r = call(
+            server.addr,
+            "POST",
+            "/api/rooms/lobby/messages",
+            Some(KEY),
+            Some(&publish("x")),
+        )
+        .await;
         assert_eq!(status(&r), 201, "{r}");
     });
 }

@@ -26,7 +26,12 @@ fn now() -> u64 {
 
 /// A token for `claims`, signed by jsonwebtoken with `alg` and `secret`.
 fn signed(alg: Algorithm, secret: &[u8], claims: Value) -> String {
-    encode(&Header::new(alg), &claims, &EncodingKey::from_secret(secret).unwrap()).unwrap()
+    encode(
+        &Header::new(alg),
+        &claims,
+        &EncodingKey::from_secret(secret).unwrap(),
+    )
+    .unwrap()
 }
 
 /// A valid token for `sub` for the next hour.
@@ -110,7 +115,9 @@ fn missing_malformed_forged_expired_and_foreign_tokens_get_401_by_cause() {
     let t = now();
     let hs256 = |claims: Value| signed(Algorithm::HS256, SECRET, claims);
     let header_none = b64(br#"{"alg":"none","typ":"JWT"}"#);
-    let payload = b64(json!({"sub": "ada", "exp": t + 3600}).to_string().as_bytes());
+    let payload = b64(json!({"sub": "ada", "exp": t + 3600})
+        .to_string()
+        .as_bytes());
     // A valid HS256 signature under a header that names another algorithm: the classic
     // algorithm-confusion forgery; the header decides nothing but must say HS256.
     let genuine = token("ada");
@@ -126,7 +133,11 @@ fn missing_malformed_forged_expired_and_foreign_tokens_get_401_by_cause() {
         (format!("{header_none}.{payload}."), "algorithm"),
         (format!("{header_none}.{payload}"), "malformed"),
         (
-            signed(Algorithm::HS512, SECRET, json!({"sub": "ada", "exp": t + 60})),
+            signed(
+                Algorithm::HS512,
+                SECRET,
+                json!({"sub": "ada", "exp": t + 60}),
+            ),
             "algorithm",
         ),
         (lying, "algorithm"),
@@ -221,13 +232,20 @@ fn a_user_connected_twice_is_one_member_and_a_direct_reaches_both() {
 
         bob.send(json!({"type": "who", "room": "lobby"})).await;
         let who = bob.expect("members").await;
-        assert_eq!(who["members"], json!(["bob", "ada"]), "no second join: {who}");
+        assert_eq!(
+            who["members"],
+            json!(["bob", "ada"]),
+            "no second join: {who}"
+        );
 
         bob.send(json!({"type": "direct", "to": "ADA", "text": "hi both"}))
             .await;
         for c in [&mut tab1, &mut tab2, &mut bob] {
             let d = c.expect("direct").await;
-            assert_eq!((d["from"].as_str(), d["text"].as_str()), (Some("bob"), Some("hi both")));
+            assert_eq!(
+                (d["from"].as_str(), d["text"].as_str()),
+                (Some("bob"), Some("hi both"))
+            );
         }
 
         // One tab closes: ada is still there, so nobody hears of a leave; the next thing
@@ -238,7 +256,10 @@ fn a_user_connected_twice_is_one_member_and_a_direct_reaches_both() {
         assert_eq!(m["text"], "still there?");
         assert_eq!(tab2.expect("message").await["text"], "still there?");
         bob.send(json!({"type": "who", "room": "lobby"})).await;
-        assert_eq!(bob.expect("members").await["members"], json!(["bob", "ada"]));
+        assert_eq!(
+            bob.expect("members").await["members"],
+            json!(["bob", "ada"])
+        );
 
         // The last one goes: now ada leaves.
         tab2.close().await;
@@ -312,7 +333,9 @@ fn the_token_command_signs_what_jsonwebtoken_verifies() {
     let file = dir.join("secret");
     std::fs::write(&file, [SECRET, b"\n"].concat()).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
-        .args(["token", "--sub", "ada", "--ttl", "10m", "--rooms", "dev,ops"])
+        .args([
+            "token", "--sub", "ada", "--ttl", "10m", "--rooms", "dev,ops",
+        ])
         .env("SMOLCHAT_AUTH_SECRET_FILE", &file)
         .output()
         .unwrap();
@@ -337,6 +360,9 @@ fn the_token_command_signs_what_jsonwebtoken_verifies() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("--auth-secret-file") && stderr.contains("32"), "{stderr}");
+    assert!(
+        stderr.contains("--auth-secret-file") && stderr.contains("32"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

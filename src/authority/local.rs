@@ -254,7 +254,11 @@ impl Local {
         let mut connections = first.chain(others);
         let clients = &self.clients;
         let there = connections.any(|c| *c != client && clients[c].rooms.iter().any(|r| r == name));
-        if there { self.rooms.get_mut(name) } else { None }
+        if there {
+            self.rooms.get_mut(name)
+        } else {
+            None
+        }
     }
 
     /// Makes `client` a member of room `name`, creating the room if needed, within the limits
@@ -452,7 +456,14 @@ impl Local {
 
     /// A message from the HTTP API: like a `say`, by nobody in the room, which is created if
     /// need be (within `--max-rooms`, held by nobody).
-    fn publish(&mut self, name: String, from: String, text: String, ts: u64, events: &mut Vec<RoomEvent>) -> Answer {
+    fn publish(
+        &mut self,
+        name: String,
+        from: String,
+        text: String,
+        ts: u64,
+        events: &mut Vec<RoomEvent>,
+    ) -> Answer {
         if !self.rooms.contains_key(&name) {
             if name != self.config.default_room
                 && let Err(error) = self.make_room_for_one_more()

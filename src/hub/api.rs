@@ -107,9 +107,10 @@ impl Hub {
             (Calling::Publish(room), Answer::Said { id }) => {
                 ApiReply::json(201, json!({ "room": room, "id": id }))
             }
-            (Calling::Publish(_), Answer::Refused(error)) => {
-                ApiReply::json(409, json!({ "error": error.code, "message": error.message }))
-            }
+            (Calling::Publish(_), Answer::Refused(error)) => ApiReply::json(
+                409,
+                json!({ "error": error.code, "message": error.message }),
+            ),
             (Calling::History(room), Answer::History(Some(history))) => {
                 // The messages are the frames members got, put in the body as they are.
                 let mut body = json!({

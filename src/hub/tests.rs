@@ -541,3 +541,149 @@ fn shutdown_closes_everyone_with_1001() {
     });
     assert!(replies.try_recv().is_err(), "no new clients after shutdown");
 }
+
+fn connect_user(hub: &mut Hub, name: &str, rooms: Option<&[&str]>) -> TestClient {
+    let (tx, rx) = queue::bounded(64, usize::MAX);
+    let user = User {
+        name: name.into(),
+        rooms: rooms.map(|r| r.iter().map(|s| s.to_string()).collect()),
+    };
+    let id = hub.connect(tx, Address::of("127.0.0.1:1"), Some(user));
+    TestClient { id, queue: rx }
+}
+
+fn with_tokens() -> Config {
+    Config {
+        auth: Some(crate::config::Auth {
+            secret: crate::token::Secret::new(vec![7; 32]),
+            guests: true,
+        }),
+        ..Config::default()
+    }
+}
+
+#[test]
+fn with_tokens_nobody_renames_and_a_token_limits_the_rooms() {
+    let mut hub = hub_with(with_tokens());
+    let guest = connect(&mut hub, 64);
+    guest.send(&mut hub, Request::Nick { nick: "ada".into() });
+    assert_eq!(guest.events()[0]["code"], "forbidden");
+
+    let ada = connect_user(&mut hub, "ada", Some(&["dev"]));
+    let events = ada.events();
+    assert_eq!(events[0]["nick"], "ada");
+    assert_eq!(events.len(), 1, "not in the default room: {events:?}");
+    ada.send(&mut hub, join("lobby"));
+    assert_eq!(ada.events()[0]["code"], "forbidden");
+    ada.send(&mut hub, join("dev"));
+    assert_eq!(ada.events()[0]["type"], "room");
+    assert!(guest.events().is_empty(), "nothing reached the lobby");
+}
+
+#[test]
+fn a_users_connections_are_one_member_until_the_last_leaves() {
+    let mut hub = hub_with(with_tokens());
+    let bob = connect_user(&mut hub, "bob", None);
+    let one = connect_user(&mut hub, "ada", None);
+    bob.drain();
+    one.drain();
+    let two = connect_user(&mut hub, "ada", None);
+    let room = two
+        .events()
+        .into_iter()
+        .find(|e| e["type"] == "room")
+        .unwrap();
+    assert_eq!(room["members"], serde_json::json!(["bob", "ada"]));
+    assert!(
+        bob.events().is_empty(),
+        "a second connection is not a second join"
+    );
+
+    bob.send(
+        &mut hub,
+        Request::Direct {
+            to: "ada".into(),
+            text: "hi".into(),
+        },
+    );
+    assert_eq!(one.events()[0]["text"], "hi");
+    assert_eq!(two.events()[0]["text"], "hi");
+    bob.drain();
+
+    // The first connection goes; the second takes its place, unannounced.
+    hub.handle(Command::Disconnect {
+        client: one.id,
+        reason: LeaveReason::Disconnected,
+    });
+    assert!(bob.events().is_empty());
+    bob.send(
+        &mut hub,
+        Request::Who {
+            room: "lobby".into(),
+            offset: 0,
+        },
+    );
+    assert_eq!(
+        bob.events()[0]["members"],
+        serde_json::json!(["bob", "ada"])
+    );
+    // The name stays the user's while a connection holds it.
+    bob.send(
+        &mut hub,
+        Request::Direct {
+            to: "ADA".into(),
+            text: "still?".into(),
+        },
+    );
+    assert_eq!(two.events()[0]["text"], "still?");
+    bob.drain();
+
+    hub.handle(Command::Disconnect {
+        client: two.id,
+        reason: LeaveReason::Disconnected,
+    });
+    let left = bob.events();
+    assert_eq!(
+        (left[0]["type"].as_str(), left[0]["nick"].as_str()),
+        (Some("leave"), Some("ada"))
+    );
+    bob.send(
+        &mut hub,
+        Request::Direct {
+            to: "ada".into(),
+            text: "gone".into(),
+        },
+    );
+    assert_eq!(bob.events()[0]["code"], "unknown_recipient");
+}
+
+#[test]
+fn an_api_call_publishes_into_history_and_frees_its_slot() {
+    let mut hub = hub();
+    let member = connect(&mut hub, 64);
+    let (reply, answer) = async_channel::bounded(1);
+    let call = ApiCall::Publish {
+        room: "news".into(),
+        from: "bot".into(),
+        text: "first".into(),
+    };
+    hub.handle(Command::Api { call, reply });
+    assert_eq!(answer.try_recv().unwrap().status, 201);
+    assert_eq!(hub.client_count(), 1, "the call's slot is free again");
+    assert!(member.events().is_empty(), "not a member of news");
+    member.send(&mut hub, join("news"));
+    let events = member.events();
+    assert_eq!(events[1]["text"], "first");
+    assert_eq!(events[1]["api"], true);
+    let (reply, answer) = async_channel::bounded(1);
+    hub.handle(Command::Api {
+        call: ApiCall::History {
+            room: "news".into(),
+            since: 0,
+        },
+        reply,
+    });
+    let body: Value = serde_json::from_str(&answer.try_recv().unwrap().body).unwrap();
+    assert_eq!(body["messages"][0]["text"], "first");
+    assert_eq!(body["complete"], true);
+}

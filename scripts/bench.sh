@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix of BENCHMARKS.md against smolchat, the smallest tokio-tungstenite
 # broadcast server (examples/tt_peer.rs) and the classic Go hub chat, and writes the results
-# tables into BENCHMARKS.md between the results markers.
+# tables into BENCHMARKS.md between the results markers, with SVG charts of the servers side by
+# side (scripts/charts.py, drawn from the run's JSON rows) in docs/bench/.
 #
 #   scripts/bench.sh            full matrix (about 10 minutes), results written to BENCHMARKS.md
 #   scripts/bench.sh --quick    smoke test: short runs, small N; BENCHMARKS.md left alone
@@ -9,7 +10,8 @@
 # Options:
 #   --quick          short durations and smaller N (checks that everything runs end to end)
 #   --write          write BENCHMARKS.md even with --quick
-#   --no-write       do not touch BENCHMARKS.md (results stay in target/bench-results/)
+#   --no-write       do not touch BENCHMARKS.md or docs/bench/ (results and charts stay in
+#                    target/bench-results/)
 #   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub
 #                    [default: all] (smolchat-raw is `smolchat --protocol raw`, the Go hub's
 #                    own protocol; tt-peer is `cargo build --release --example tt_peer`, the
@@ -263,6 +265,19 @@ if has "$modes" saturate; then
 fi
 load_after=$(cut -d' ' -f1-3 /proc/loadavg)
 
+# Charts of this run (scripts/charts.py: latency.svg, saturation.svg, memory.svg, each only if
+# its mode has data) beside the JSON rows; with --write also into docs/bench/ (below). A chart
+# that fails to draw costs the charts, not the run's results.
+charts=()
+if ! command -v python3 >/dev/null; then
+  log "no python3: no charts"
+elif chart_list=$(python3 "$repo/scripts/charts.py" "$out" "$out"); then
+  [ -z "$chart_list" ] || mapfile -t charts <<<"$chart_list"
+  log "${#charts[@]} charts in $out"
+else
+  log "scripts/charts.py failed: no charts"
+fi
+
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 dirty=
 git diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || dirty=" (plus uncommitted changes under src/ or Cargo.*)"
@@ -290,6 +305,26 @@ fi
   fi
   [ -z "$load_note" ] || { echo; echo "$load_note"; }
   echo
+  if [ "${#charts[@]}" -gt 0 ]; then
+    echo "#### Charts (drawn by \`scripts/charts.py\` from this run's JSON rows)"
+    echo
+    for chart in "${charts[@]}"; do
+      name=$(basename "$chart")
+      case $name in
+        latency.svg) alt="Fan-out latency, p50 and p99 per server" ;;
+        saturation.svg) alt="Deliveries per second at saturation per server" ;;
+        memory.svg) alt="Memory per idle connection per server" ;;
+        *) alt=${name%.svg} ;;
+      esac
+      if [ "$write" = 1 ]; then
+        echo "![$alt](docs/bench/$name)"
+        echo
+      else
+        echo "- $alt: \`target/bench-results/$(basename "$out")/$name\`"
+      fi
+    done
+    [ "$write" = 1 ] || echo
+  fi
   "$bench" report "$out"/*.json
   echo
   echo "Raw results: \`target/bench-results/$(basename "$out")/\` (one JSON object per row, not committed)."
@@ -307,4 +342,10 @@ if [ "$write" = 1 ]; then
     local $/; my $r = <$f>;
     s/(<!-- results:start -->\n).*?(<!-- results:end -->)/$1$r$2/s' "$md"
   log "results written to $md"
+  # The charts BENCHMARKS.md now shows; a chart of an earlier run whose mode this run skipped
+  # is removed, so docs/bench/ never mixes runs.
+  mkdir -p "$repo/docs/bench"
+  rm -f "$repo/docs/bench/latency.svg" "$repo/docs/bench/saturation.svg" "$repo/docs/bench/memory.svg"
+  [ "${#charts[@]}" = 0 ] || cp "${charts[@]}" "$repo/docs/bench/"
+  log "${#charts[@]} charts written to $repo/docs/bench/"
 fi

@@ -366,3 +366,66 @@ fn the_token_command_signs_what_jsonwebtoken_verifies() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Tokens and keys never reach the log, at the most talkative level: not on acceptance, not on
+/// refusal, not for the API. (The binary, so that the real logger writes the real stderr.)
+#[test]
+fn tokens_and_keys_never_reach_the_log() {
+    use std::io::{BufRead, BufReader};
+    let dir = std::env::temp_dir().join(format!("smolchat-log-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (secret, key) = (dir.join("secret"), dir.join("key"));
+    std::fs::write(&secret, SECRET).unwrap();
+    let api_key = "an api key that must stay secret";
+    std::fs::write(&key, api_key).unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
+        .args(["--listen", "127.0.0.1:0", "--log-level", "trace"])
+        .arg("--auth-secret-file")
+        .arg(&secret)
+        .arg("--api-key-file")
+        .arg(&key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let addr: std::net::SocketAddr = loop {
+        let mut line = String::new();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "no listening line: {log}"
+        );
+        log.push_str(&line);
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    let good = token("ada");
+    let forged = tampered(&good);
+    run(async {
+        let (mut ada, _) = user(addr, &good).await;
+        ada.expect("room").await;
+        let head = refused_with(addr, &format!("/ws?token={forged}"), &[]).await;
+        assert_eq!(status(&head), 401);
+        let bearer = format!("Bearer {forged}");
+        let head = refused_with(addr, "/ws", &[("Authorization", &bearer)]).await;
+        assert_eq!(status(&head), 401);
+        let call = format!(
+            "GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {api_key}x\r\n\r\n"
+        );
+        assert!(http(addr, &call).await.starts_with("HTTP/1.1 401"));
+        ada.close().await;
+    });
+    // SIGTERM-free stop: the log so far is what matters, and the pipe ends when the child does.
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    log.push_str(&rest);
+    assert!(log.contains("401"), "the refusals are logged: {log}");
+    let signature = good.rsplit('.').next().unwrap();
+    for secret in [good.as_str(), forged.as_str(), signature, api_key] {
+        assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

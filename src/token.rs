@@ -206,11 +206,16 @@ pub fn valid_user_name(name: &str) -> bool {
 /// `rooms` if given. For `smolchat token`; the server never signs.
 pub fn sign(secret: &Secret, sub: &str, exp: u64, rooms: Option<&[String]>) -> String {
     let header = base64url_encode(br#"{"alg":"HS256","typ":"JWT"}"#);
-    let mut claims = serde_json::json!({ "sub": sub, "exp": exp });
-    if let Some(rooms) = rooms {
-        claims["rooms"] = serde_json::json!(rooms);
+    #[derive(serde::Serialize)]
+    struct Claims<'a> {
+        sub: &'a str,
+        exp: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        rooms: Option<&'a [String]>,
     }
-    let payload = base64url_encode(claims.to_string().as_bytes());
+    let claims = Claims { sub, exp, rooms };
+    let claims = serde_json::to_string(&claims).expect("always serializes");
+    let payload = base64url_encode(claims.as_bytes());
     let signed = format!("{header}.{payload}");
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key");
     mac.update(signed.as_bytes());

@@ -8,8 +8,41 @@
 //! trace with the authority when it is answered. A published message is a room event like
 //! any other: its members get it (with `"api": true`) and the room's history keeps it.
 
+use serde::Serialize;
+
 use super::requests::Waiting;
 use super::*;
+
+// The bodies, as typed structs: `serde_json::Value` (the `json!` macro) would bring a map
+// type and its serializer into the binary for a handful of fields.
+
+#[derive(Serialize)]
+struct Refusal<'a, C: Serialize> {
+    error: C,
+    message: &'a str,
+}
+
+#[derive(Serialize)]
+struct Published<'a> {
+    room: &'a str,
+    id: u64,
+}
+
+#[derive(Serialize)]
+struct HistoryHead<'a> {
+    room: &'a str,
+    epoch: &'a str,
+    last_id: u64,
+    complete: bool,
+}
+
+#[derive(Serialize)]
+struct RoomsPage<'a> {
+    rooms: Vec<RoomSummary<'a>>,
+    count: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next: Option<usize>,
+}
 
 /// A call of the HTTP API.
 #[derive(Debug, Clone)]
@@ -36,15 +69,17 @@ pub struct ApiReply {
 impl ApiReply {
     /// A refusal: `{"error": code, "message": message}`.
     pub fn error(status: u16, code: &str, message: &str) -> ApiReply {
-        let body = serde_json::json!({ "error": code, "message": message }).to_string();
-        ApiReply { status, body }
+        let refusal = Refusal {
+            error: code,
+            message,
+        };
+        ApiReply::json(status, &refusal)
     }
 
-    fn json(status: u16, value: serde_json::Value) -> ApiReply {
-        ApiReply {
-            status,
-            body: value.to_string(),
-        }
+    fn json(status: u16, body: &impl Serialize) -> ApiReply {
+        // Serializing these types cannot fail: string keys, no floats.
+        let body = serde_json::to_string(body).expect("API bodies always serialize");
+        ApiReply { status, body }
     }
 }
 
@@ -102,24 +137,26 @@ impl Hub {
 
     /// The authority answered call `key`.
     pub(super) fn api_answered(&mut self, key: usize, calling: Calling, answer: Answer) {
-        use serde_json::json;
         let reply = match (calling, answer) {
             (Calling::Publish(room), Answer::Said { id }) => {
-                ApiReply::json(201, json!({ "room": room, "id": id }))
+                ApiReply::json(201, &Published { room: &room, id })
             }
-            (Calling::Publish(_), Answer::Refused(error)) => ApiReply::json(
-                409,
-                json!({ "error": error.code, "message": error.message }),
-            ),
+            (Calling::Publish(_), Answer::Refused(error)) => {
+                let refusal = Refusal {
+                    error: error.code,
+                    message: &error.message,
+                };
+                ApiReply::json(409, &refusal)
+            }
             (Calling::History(room), Answer::History(Some(history))) => {
+                let head = HistoryHead {
+                    room: &room,
+                    epoch: &history.epoch,
+                    last_id: history.last_id,
+                    complete: history.complete,
+                };
                 // The messages are the frames members got, put in the body as they are.
-                let mut body = json!({
-                    "room": room,
-                    "epoch": history.epoch,
-                    "last_id": history.last_id,
-                    "complete": history.complete,
-                })
-                .to_string();
+                let mut body = serde_json::to_string(&head).expect("always serializes");
                 body.pop(); // the closing brace
                 body.push_str(",\"messages\":[");
                 for (i, message) in history.messages.iter().enumerate() {
@@ -136,15 +173,15 @@ impl Hub {
             }
             (Calling::Rooms(offset), Answer::Rooms { count, page }) => {
                 let end = offset.saturating_add(page.len());
-                let rooms: Vec<_> = page
+                let rooms = page
                     .iter()
-                    .map(|(name, members)| json!({ "name": name, "members": members }))
+                    .map(|(name, members)| RoomSummary {
+                        name,
+                        members: *members,
+                    })
                     .collect();
-                let mut value = json!({ "rooms": rooms, "count": count });
-                if end < count {
-                    value["next"] = json!(end);
-                }
-                ApiReply::json(200, value)
+                let next = (end < count).then_some(end);
+                ApiReply::json(200, &RoomsPage { rooms, count, next })
             }
             _ => {
                 log::warn!("hub: an answer that does not fit the API call");

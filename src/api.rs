@@ -194,18 +194,26 @@ async fn publish<S: AsyncRead + Unpin>(
             "send the body with a Content-Length (no chunked encoding)",
         ));
     };
-    let Ok(length) = length.parse::<usize>() else {
+    let digits = !length.is_empty() && length.bytes().all(|b| b.is_ascii_digit());
+    let Some(length) = length.parse::<usize>().ok().filter(|_| digits) else {
         return Err(ApiReply::error(
             400,
             "bad_request",
             "Content-Length is not a number",
         ));
     };
-    if length > max || body.len() > length {
+    if length > max {
         return Err(ApiReply::error(
             413,
             "too_large",
             &format!("the body may be at most {max} bytes (--max-message-bytes)"),
+        ));
+    }
+    if body.len() > length {
+        return Err(ApiReply::error(
+            400,
+            "bad_request",
+            "more bytes arrived than Content-Length says; one call per connection",
         ));
     }
     let json = head.content_type.as_deref().is_some_and(|t| {

@@ -49,6 +49,14 @@ impl Address {
     }
 }
 
+/// A verified token (feature `auth`): the user, and when the token expires (seconds since the
+/// Unix epoch).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    pub user: User,
+    pub expires: u64,
+}
+
 /// A client that proved with a token who it is (see `crate::token`): the user's name, which
 /// is its nick, and the rooms its token allows it to join (`None`: any).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -10,7 +10,8 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::token::Secret;
+#[cfg(any(feature = "auth", feature = "api"))]
+use crate::secret::Secret;
 
 /// What `/ws` speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -94,13 +95,17 @@ pub struct Config {
     pub presence_limit: usize,
     /// Time writers get to flush their last frames on shutdown (`--shutdown-timeout`).
     pub shutdown_timeout: Duration,
-    /// Tokens: with a secret (`--auth-secret-file`), every `/ws` upgrade needs a token signed
-    /// with it, unless guests are admitted too (`--auth optional`). See [`crate::token`].
+    /// Tokens (feature `auth`): with a secret (`--auth-secret-file`), every `/ws` upgrade
+    /// needs a token signed with it, unless guests are admitted too (`--auth optional`). See
+    /// [`crate::token`].
+    #[cfg(feature = "auth")]
     pub auth: Option<Auth>,
-    /// The HTTP API's key (`--api-key-file`): with it, `/api/` is served to requests that
-    /// carry it; without it every `/api/` path is 404.
+    /// The HTTP API's key (feature `api`, `--api-key-file`): with it, `/api/` is served to
+    /// requests that carry it; without it every `/api/` path is 404.
+    #[cfg(feature = "api")]
     pub api_key: Option<Secret>,
     /// API calls per second (`--api-rate-limit`), bursts of as many; 0: no limit.
+    #[cfg(feature = "api")]
     pub api_rate_limit: u32,
     /// Scale-out: the Redis URL that nodes share rooms through (`--redis`); `None` runs a
     /// single node with everything in memory.
@@ -150,8 +155,11 @@ impl Default for Config {
             max_rooms_per_address: 100,
             presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
+            #[cfg(feature = "auth")]
             auth: None,
+            #[cfg(feature = "api")]
             api_key: None,
+            #[cfg(feature = "api")]
             api_rate_limit: 20,
             #[cfg(feature = "redis")]
             redis: None,
@@ -166,6 +174,7 @@ impl Default for Config {
 }
 
 /// How clients authenticate, when they must (`--auth-secret-file`).
+#[cfg(feature = "auth")]
 #[derive(Clone, Debug)]
 pub struct Auth {
     /// The HS256 secret tokens are signed with.
@@ -183,13 +192,16 @@ pub enum Action {
     Help,
     /// Print the version (`--version`).
     Version,
-    /// Print a signed token (`smolchat token`).
+    /// Print a signed token (`smolchat token`, feature `auth`).
+    #[cfg(feature = "auth")]
     Token(TokenRequest),
     /// Print `smolchat token --help`.
+    #[cfg(feature = "auth")]
     TokenHelp,
 }
 
 /// What `smolchat token --sub NAME [--ttl DUR] [--rooms a,b]` asks for.
+#[cfg(feature = "auth")]
 #[derive(Debug, Clone)]
 pub struct TokenRequest {
     pub secret: Secret,
@@ -199,6 +211,7 @@ pub struct TokenRequest {
 }
 
 /// The help text of `smolchat token`.
+#[cfg(feature = "auth")]
 pub const TOKEN_HELP: &str = "\
 smolchat token: print a token signed with the server's secret
 
@@ -269,17 +282,33 @@ Options:
   --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
+  -h, --help                  print this help
+  -V, --version               print the version and enabled features
+";
+
+/// The token options, printed after [`HELP`] in builds with the `auth` feature.
+pub const HELP_AUTH: &str = if cfg!(feature = "auth") {
+    "
+Tokens (the auth feature; see docs/protocol.md#authentication):
   --auth-secret-file PATH     HS256 secret (at least 32 bytes) in a file: /ws then needs a
                               signed token (query ?token= or Authorization: Bearer)
   --auth required|optional    optional also admits guests without a token [default: required]
+  smolchat token --sub NAME   print a signed token for user NAME (see smolchat token --help)
+"
+} else {
+    ""
+};
+
+/// The HTTP API's options, printed after [`HELP`] in builds with the `api` feature.
+pub const HELP_API: &str = if cfg!(feature = "api") {
+    "
+HTTP API (the api feature; see docs/protocol.md#the-http-api):
   --api-key-file PATH         API key in a file: enables the HTTP API at /api/
   --api-rate-limit N          API calls per second, 0 = off [default: 20]
-  -h, --help                  print this help
-  -V, --version               print the version and enabled features
-
-Commands:
-  smolchat token --sub NAME   print a signed token for user NAME (see smolchat token --help)
-";
+"
+} else {
+    ""
+};
 
 /// The scale-out options, printed after [`HELP`] in builds with the `redis` feature.
 pub const HELP_REDIS: &str = if cfg!(feature = "redis") {
@@ -336,9 +365,13 @@ const OPTIONS: &[(&str, &str)] = &[
     ("max-rooms-per-address", "SMOLCHAT_MAX_ROOMS_PER_ADDRESS"),
     ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
+    #[cfg(feature = "auth")]
     ("auth-secret-file", "SMOLCHAT_AUTH_SECRET_FILE"),
+    #[cfg(feature = "auth")]
     ("auth", "SMOLCHAT_AUTH"),
+    #[cfg(feature = "api")]
     ("api-key-file", "SMOLCHAT_API_KEY_FILE"),
+    #[cfg(feature = "api")]
     ("api-rate-limit", "SMOLCHAT_API_RATE_LIMIT"),
     #[cfg(feature = "redis")]
     ("redis", "SMOLCHAT_REDIS"),
@@ -365,7 +398,9 @@ impl Config {
     {
         use lexopt::Arg;
 
+        #[cfg(feature = "auth")]
         let mut args = args.into_iter().peekable();
+        #[cfg(feature = "auth")]
         if args.peek().is_some_and(|a| a == "token") {
             args.next();
             return token_request(args, env);
@@ -464,6 +499,14 @@ impl Config {
         crate::protocol::max_event_bytes(self.max_message_bytes, 0)
     }
 
+    /// True when names come from tokens (`--auth-secret-file`): nobody renames.
+    pub fn names_from_tokens(&self) -> bool {
+        #[cfg(feature = "auth")]
+        return self.auth.is_some();
+        #[cfg(not(feature = "auth"))]
+        false
+    }
+
     /// Checks the settings against each other.
     pub fn validate(&self) -> Result<(), ConfigError> {
         #[cfg(feature = "tls")]
@@ -487,6 +530,14 @@ impl Config {
             return Err(err(
                 "--protocol",
                 "raw mode runs on one node; it cannot be combined with --redis",
+            ));
+        }
+        // The API publishes messages and reads history: raw groups have neither.
+        #[cfg(feature = "api")]
+        if self.api_key.is_some() && self.protocol == Protocol::Raw {
+            return Err(err(
+                "--api-key-file",
+                "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
             ));
         }
         if self.protocol == Protocol::V1
@@ -611,8 +662,9 @@ impl Config {
                 }
                 self.allow_origins.push(origin.to_ascii_lowercase());
             }
+            #[cfg(feature = "auth")]
             "auth-secret-file" => {
-                let secret = read_secret(value).map_err(|m| bad(&m))?;
+                let secret = Secret::read(value).map_err(|m| bad(&m))?;
                 if secret.bytes().len() < crate::token::MIN_SECRET_BYTES {
                     return Err(err(
                         "--auth-secret-file",
@@ -629,6 +681,7 @@ impl Config {
                     guests: false,
                 });
             }
+            #[cfg(feature = "auth")]
             "auth" => {
                 let guests = match value {
                     "required" => false,
@@ -646,13 +699,15 @@ impl Config {
                     }
                 }
             }
+            #[cfg(feature = "api")]
             "api-key-file" => {
-                let key = read_secret(value).map_err(|m| bad(&m))?;
+                let key = Secret::read(value).map_err(|m| bad(&m))?;
                 if key.bytes().len() < 16 {
                     return Err(bad("the API key must be at least 16 bytes"));
                 }
                 self.api_key = Some(key);
             }
+            #[cfg(feature = "api")]
             "api-rate-limit" => {
                 self.api_rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?
             }
@@ -699,6 +754,7 @@ impl Config {
 }
 
 /// Reads `smolchat token`'s options.
+#[cfg(feature = "auth")]
 fn token_request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
 where
     I: IntoIterator<Item = OsString>,
@@ -730,7 +786,12 @@ where
                     "expected 1-32 letters, digits, '_', '-' or '.', not starting with guest-",
                 ));
             }
-            "--ttl" => ttl = duration(&value).map_err(|m| bad(&m))?,
+            "--ttl" => {
+                ttl = duration(&value).map_err(|m| bad(&m))?;
+                if ttl.as_secs() == 0 {
+                    return Err(bad("expected at least 1s (tokens count whole seconds)"));
+                }
+            }
             "--rooms" => {
                 let list: Vec<String> = value.split(',').map(|r| r.trim().to_string()).collect();
                 if !list.iter().all(|r| crate::protocol::valid_room(r)) {
@@ -760,19 +821,6 @@ where
         ttl,
         rooms,
     }))
-}
-
-/// Reads a secret from a file (never from the command line, where `ps` would show it),
-/// without one trailing newline.
-fn read_secret(path: &str) -> Result<Secret, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read the file: {e}"))?;
-    if bytes.last() == Some(&b'\n') {
-        bytes.pop();
-        if bytes.last() == Some(&b'\r') {
-            bytes.pop();
-        }
-    }
-    Ok(Secret::new(bytes))
 }
 
 fn err(flag: &str, message: &str) -> ConfigError {

@@ -28,13 +28,13 @@ use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Chat;
+use crate::client::Verified;
 use crate::deadline::within;
 use crate::http::{self, HeadError, Response, Route};
 use crate::hub::Address;
 use crate::logger;
 use crate::meter::{Metered, Progress};
 use crate::metrics::{Metrics, Refusal};
-use crate::token::{self, Verified};
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
@@ -185,30 +185,10 @@ where
             return None;
         }
     };
-    // The token is checked before anything else about a request for the chat, upgrade or not,
-    // so that a page whose WebSocket failed to open can learn why with a plain GET (browsers
-    // do not show a failed upgrade's status to scripts).
-    let chat_path = head.path == "/ws" || head.path.starts_with("/ws/");
-    let checked = if chat_path {
-        authenticate(chat, &head)
-    } else {
-        Ok(None)
-    };
-    let user = match checked {
+    let user = match authenticate(chat, &head, peer) {
         Ok(user) => user,
-        Err(why) => {
-            chat.metrics.auth_refused(why);
-            let response = Response::text(401, why.reason()).with(
-                "WWW-Authenticate",
-                format!(
-                    "Bearer realm=\"smolchat\", error=\"invalid_token\", \
-                     error_description=\"{}\"",
-                    why.reason()
-                ),
-            );
-            // The line names the cause, never the token.
-            logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
-            respond(&mut stream, &response).await;
+        Err(unauthorized) => {
+            respond(&mut stream, &unauthorized).await;
             return None;
         }
     };
@@ -216,6 +196,7 @@ where
         Route::Upgrade { accept_key, group } => {
             return upgrade(chat, stream, leftover, &accept_key, group, user, peer).await;
         }
+        #[cfg(feature = "api")]
         Route::Api => {
             crate::api::serve(chat, &mut stream, &head, leftover, peer).await;
             return None;
@@ -238,24 +219,48 @@ where
     None
 }
 
-/// The user an upgrade's token proves, if the server checks tokens (`--auth-secret-file`).
-/// The token comes as the query parameter `token` (browsers cannot set headers on a
-/// WebSocket) or as `Authorization: Bearer`. Without a token: a guest, if `--auth optional`.
-fn authenticate(chat: &Chat, head: &http::Head) -> Result<Option<Verified>, token::Refusal> {
-    let Some(auth) = &chat.config.auth else {
+/// The user a request for the chat (`/ws`, `/ws/NAME`) proves with its token, if the server
+/// checks tokens (`--auth-secret-file`), or the 401 to answer. The token comes as the query
+/// parameter `token` (browsers cannot set headers on a WebSocket) or as `Authorization:
+/// Bearer`; without one, a guest if `--auth optional`. It is checked before anything else
+/// about the request, upgrade or not, so that a page whose WebSocket failed to open can learn
+/// why with a plain GET (browsers do not show a failed upgrade's status to scripts).
+#[cfg(feature = "auth")]
+fn authenticate(chat: &Chat, head: &http::Head, peer: &str) -> Result<Option<Verified>, Response> {
+    let chat_path = head.path == "/ws" || head.path.starts_with("/ws/");
+    let Some(auth) = chat.config.auth.as_ref().filter(|_| chat_path) else {
         return Ok(None);
     };
-    let token = http::query_param(head, "token").or(head.bearer.as_deref());
-    match token {
+    let checked = match http::query_param(head, "token").or(head.bearer.as_deref()) {
         Some(token) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            token::verify(token, &auth.secret, now).map(Some)
+            crate::token::verify(token, &auth.secret, now).map(Some)
         }
         None if auth.guests => Ok(None),
-        None => Err(token::Refusal::Missing),
-    }
+        None => Err(crate::token::Refusal::Missing),
+    };
+    checked.map_err(|why| {
+        chat.metrics.auth_refused(why);
+        // The line names the cause, never the token.
+        logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
+        // No error code when no token was sent (RFC 6750, section 3.1).
+        let challenge = match why {
+            crate::token::Refusal::Missing => "Bearer realm=\"smolchat\"".to_string(),
+            _ => format!(
+                "Bearer realm=\"smolchat\", error=\"invalid_token\", error_description=\"{}\"",
+                why.reason()
+            ),
+        };
+        Response::text(401, why.reason()).with("WWW-Authenticate", challenge)
+    })
+}
+
+/// Without the `auth` feature every client is a guest.
+#[cfg(not(feature = "auth"))]
+fn authenticate(_: &Chat, _: &http::Head, _: &str) -> Result<Option<Verified>, Response> {
+    Ok(None)
 }
 
 /// `/healthz`: 200, or 503 while a scale-out node cannot reach Redis.

@@ -232,7 +232,9 @@ pub enum Route {
         accept_key: String,
         group: Option<String>,
     },
-    /// A call of the HTTP API (`crate::api`), which reads the body if there is one.
+    /// A call of the HTTP API (`crate::api`, feature `api`), which reads the body if there
+    /// is one.
+    #[cfg(feature = "api")]
     Api,
     /// Serve the built-in web client.
     Page,
@@ -255,6 +257,7 @@ pub fn query_param<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
 
 /// Decides what a request gets. Capacity is checked by the caller, which owns the counter.
 pub fn route(head: &Head, config: &Config) -> Route {
+    #[cfg(feature = "api")]
     if head.path == "/api" || head.path.starts_with("/api/") {
         // Without a key the API does not exist, whatever the method.
         return match config.api_key {

@@ -47,11 +47,13 @@ use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
 use crate::queue::{self, TrySendError, Weigh};
 
+#[cfg(feature = "api")]
 mod api;
 mod audience;
 mod raw;
 mod requests;
 
+#[cfg(feature = "api")]
 pub use api::{ApiCall, ApiReply};
 
 use audience::Audience;
@@ -94,7 +96,8 @@ pub enum Command {
         /// Who the client proved to be with a token; `None`: a guest.
         user: Option<User>,
     },
-    /// A call of the HTTP API (`/api/`), answered on `reply`.
+    /// A call of the HTTP API (`/api/`, feature `api`), answered on `reply`.
+    #[cfg(feature = "api")]
     Api {
         call: ApiCall,
         reply: Sender<ApiReply>,
@@ -150,6 +153,7 @@ pub struct Hub {
     audiences: HashMap<String, Audience>,
     busy: HashMap<usize, Busy>,
     /// API calls waiting for the authority, by their slot among the clients (see `api.rs`).
+    #[cfg(feature = "api")]
     api_calls: HashMap<usize, Sender<ApiReply>>,
     /// Room events the authority produced while answering, to deliver (reused).
     events: Vec<RoomEvent>,
@@ -183,6 +187,7 @@ impl Hub {
             clients: Slab::new(),
             audiences: HashMap::new(),
             busy: HashMap::new(),
+            #[cfg(feature = "api")]
             api_calls: HashMap::new(),
             events: Vec::new(),
             last_rename: (0, Vec::new()),
@@ -233,6 +238,7 @@ impl Hub {
                     self.remove(key, reason);
                 }
             }
+            #[cfg(feature = "api")]
             Command::Api { call, reply } => self.api(call, reply),
             Command::Shutdown => self.shutdown(),
         }
@@ -360,6 +366,7 @@ impl Hub {
     /// Forgets a client: it leaves its rooms (announced with `reason`) and its nick is freed,
     /// and its queue sender is dropped, which ends its writer once the queue is drained.
     fn remove(&mut self, key: usize, reason: LeaveReason) {
+        #[cfg(feature = "api")]
         if self.api_calls.contains_key(&key) {
             return self.api_gone(key);
         }

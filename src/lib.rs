@@ -75,6 +75,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+#[cfg(feature = "api")]
 mod api;
 pub mod authority;
 mod bucket;
@@ -93,11 +94,14 @@ pub mod protocol;
 pub mod queue;
 mod race;
 pub mod room;
+#[cfg(any(feature = "auth", feature = "api"))]
+pub mod secret;
 #[cfg(feature = "smol")]
 pub mod server;
 mod session;
 #[cfg(feature = "tls")]
 pub mod tls;
+#[cfg(feature = "auth")]
 pub mod token;
 
 use std::collections::HashMap;
@@ -120,6 +124,10 @@ pub const FEATURES: &[&str] = &[
     "redis",
     #[cfg(feature = "tls")]
     "tls",
+    #[cfg(feature = "auth")]
+    "auth",
+    #[cfg(feature = "api")]
+    "api",
 ];
 
 /// Commands that may wait in the hub's inbox before readers have to wait their turn.
@@ -134,6 +142,7 @@ pub struct Chat {
     /// Pending connections per address, for each address's share of `--max-pending`.
     pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
     /// The HTTP API key's rate limit (`--api-rate-limit`).
+    #[cfg(feature = "api")]
     api_calls: Arc<std::sync::Mutex<bucket::TokenBucket>>,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
@@ -156,6 +165,7 @@ impl Chat {
             let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
             let chat = Chat {
                 inbox,
+                #[cfg(feature = "api")]
                 api_calls: api::bucket(&config),
                 config,
                 metrics,
@@ -176,6 +186,7 @@ impl Chat {
         let hub = Hub::new(config.clone(), metrics.clone());
         let chat = Chat {
             inbox,
+            #[cfg(feature = "api")]
             api_calls: api::bucket(&config),
             config,
             metrics,

@@ -8,13 +8,15 @@ use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
-use smolchat::config::{Action, Config, HELP, HELP_REDIS, HELP_TLS, TOKEN_HELP};
+#[cfg(feature = "auth")]
+use smolchat::config::TOKEN_HELP;
+use smolchat::config::{Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_TLS};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{HELP}{HELP_REDIS}{HELP_TLS}");
+            print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_REDIS}{HELP_TLS}");
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {
@@ -25,10 +27,12 @@ fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        #[cfg(feature = "auth")]
         Ok(Action::TokenHelp) => {
             print!("{TOKEN_HELP}");
             return ExitCode::SUCCESS;
         }
+        #[cfg(feature = "auth")]
         Ok(Action::Token(request)) => {
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)

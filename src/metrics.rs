@@ -56,6 +56,7 @@ pub const CLOSE_CODES: [u16; 11] = [
 ];
 
 /// The HTTP API's endpoints, as `/metrics` labels them.
+#[cfg(feature = "api")]
 pub const API_ENDPOINTS: [&str; 4] = ["publish", "history", "rooms", "other"];
 
 /// All of the server's counters.
@@ -102,10 +103,12 @@ pub struct Metrics {
     tls_failures: [AtomicU64; 3],
     closes: [AtomicU64; CLOSE_CODES.len()],
     /// Upgrades refused for their token, by cause (`crate::token::Refusal`).
+    #[cfg(feature = "auth")]
     auth_refused: [AtomicU64; crate::token::Refusal::ALL.len()],
-    /// Sessions of clients that proved who they are with a token.
+    /// Sessions of clients that proved who they are with a token (rendered with `auth`).
     pub authenticated: AtomicU64,
     /// API calls answered, by endpoint and status (a handful of each: a small map).
+    #[cfg(feature = "api")]
     api_calls: std::sync::Mutex<std::collections::BTreeMap<(usize, u16), u64>>,
 }
 
@@ -122,16 +125,19 @@ impl Metrics {
     }
 
     /// Counts an upgrade refused for its token.
+    #[cfg(feature = "auth")]
     pub fn auth_refused(&self, why: crate::token::Refusal) {
         self.auth_refused[why as usize].fetch_add(1, Relaxed);
     }
 
     /// Upgrades refused for their token with this cause so far.
+    #[cfg(feature = "auth")]
     pub fn auth_refusals(&self, why: crate::token::Refusal) -> u64 {
         self.auth_refused[why as usize].load(Relaxed)
     }
 
     /// Counts an API call to `endpoint` (one of [`API_ENDPOINTS`]) answered with `status`.
+    #[cfg(feature = "api")]
     pub fn api_call(&self, endpoint: &str, status: u16) {
         let i = API_ENDPOINTS
             .iter()
@@ -144,6 +150,49 @@ impl Metrics {
     /// Refusals of one kind so far.
     pub fn refused(&self, why: Refusal) -> u64 {
         self.refused[why as usize].load(Relaxed)
+    }
+
+    /// The token counters (feature `auth`).
+    #[cfg(feature = "auth")]
+    fn render_auth(&self, out: &mut String) {
+        out.push_str(
+            "# HELP smolchat_authenticated_total Sessions of clients that proved who they are with a token.\n",
+        );
+        out.push_str("# TYPE smolchat_authenticated_total counter\n");
+        let _ = writeln!(
+            out,
+            "smolchat_authenticated_total {}",
+            self.authenticated.load(Relaxed)
+        );
+        out.push_str(
+            "# HELP smolchat_auth_refused_total WebSocket upgrades refused for their token, by cause.\n",
+        );
+        out.push_str("# TYPE smolchat_auth_refused_total counter\n");
+        for why in crate::token::Refusal::ALL {
+            let _ = writeln!(
+                out,
+                "smolchat_auth_refused_total{{cause=\"{}\"}} {}",
+                why.name(),
+                self.auth_refusals(why)
+            );
+        }
+    }
+
+    /// The API's counters (feature `api`).
+    #[cfg(feature = "api")]
+    fn render_api(&self, out: &mut String) {
+        out.push_str(
+            "# HELP smolchat_api_requests_total HTTP API calls, by endpoint and status.\n",
+        );
+        out.push_str("# TYPE smolchat_api_requests_total counter\n");
+        let calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
+        for (&(endpoint, status), n) in calls.iter() {
+            let _ = writeln!(
+                out,
+                "smolchat_api_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
+                API_ENDPOINTS[endpoint]
+            );
+        }
     }
 
     /// Counts one close frame sent with `code`.
@@ -248,12 +297,6 @@ impl Metrics {
             "Messages refused by the rate limit.",
             &self.rate_limited,
         );
-        one(
-            "authenticated_total",
-            "counter",
-            "Sessions of clients that proved who they are with a token.",
-            &self.authenticated,
-        );
 
         #[cfg(feature = "redis")]
         if self.redis_enabled.load(Relaxed) {
@@ -303,31 +346,10 @@ impl Metrics {
                 );
             }
         }
-        out.push_str(
-            "# HELP smolchat_auth_refused_total WebSocket upgrades refused for their token, by cause.\n",
-        );
-        out.push_str("# TYPE smolchat_auth_refused_total counter\n");
-        for why in crate::token::Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "smolchat_auth_refused_total{{cause=\"{}\"}} {}",
-                why.name(),
-                self.auth_refusals(why)
-            );
-        }
-        out.push_str(
-            "# HELP smolchat_api_requests_total HTTP API calls, by endpoint and status.\n",
-        );
-        out.push_str("# TYPE smolchat_api_requests_total counter\n");
-        let calls = self.api_calls.lock().unwrap_or_else(|e| e.into_inner());
-        for (&(endpoint, status), n) in calls.iter() {
-            let _ = writeln!(
-                out,
-                "smolchat_api_requests_total{{endpoint=\"{}\",status=\"{status}\"}} {n}",
-                API_ENDPOINTS[endpoint]
-            );
-        }
-        drop(calls);
+        #[cfg(feature = "auth")]
+        self.render_auth(&mut out);
+        #[cfg(feature = "api")]
+        self.render_api(&mut out);
         out.push_str("# HELP smolchat_close_codes_total WebSocket close frames sent, by code.\n");
         out.push_str("# TYPE smolchat_close_codes_total counter\n");
         for code in CLOSE_CODES {

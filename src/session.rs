@@ -32,6 +32,7 @@ use futures_util::SinkExt;
 
 use crate::Chat;
 use crate::bucket::TokenBucket;
+use crate::client::Verified;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
 use crate::hub::{Address, ClientId, Command, Outgoing, User};
@@ -41,7 +42,6 @@ use crate::protocol::{self, Error, ErrorCode, LeaveReason};
 use crate::queue::Weigh;
 use crate::queue::{self, Receiver};
 use crate::race::race;
-use crate::token::Verified;
 
 /// Refusals within [`FLOOD_WINDOW`], after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
@@ -96,12 +96,13 @@ pub(crate) async fn run<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let started = Instant::now();
-    // The moment the token expires, on the session's clock.
-    let expires = user.as_ref().map(|v| {
+    // The moment the token expires, on the session's clock; `None` also for an expiry too far
+    // away for the clock (`exp` near u64::MAX: "never"), which must not overflow `Instant`.
+    let expires = user.as_ref().and_then(|v| {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        started + Duration::from_secs(v.expires.saturating_sub(now))
+        started.checked_add(Duration::from_secs(v.expires.saturating_sub(now)))
     });
     let user = user.map(|v| v.user);
     // Registration and teardown run once; boxed, their futures take no space in the

@@ -13,58 +13,21 @@
 //! way round. There is no clock leeway: hosts are expected to keep time.
 //!
 //! Nothing here logs, and a [`Secret`] never prints itself: tokens and secrets stay out of logs.
-
-use std::fmt;
+//! Feature `auth`.
 
 use hmac::{Hmac, KeyInit, Mac};
 use serde::Deserialize;
 use sha2::Sha256;
 
-use crate::client::User;
+use crate::client::{User, Verified};
 use crate::protocol::{valid_nick, valid_room};
+pub use crate::secret::Secret;
 
 /// The least secret length accepted, in bytes: HS256's key should be as long as its output.
 pub const MIN_SECRET_BYTES: usize = 32;
 
 /// The largest token accepted, in bytes (a request head is at most 8 KiB anyway).
 pub const MAX_TOKEN_BYTES: usize = 4096;
-
-/// A shared secret (the HS256 key, or the API key). Its `Debug` does not show it.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(Box<[u8]>);
-
-impl Secret {
-    /// Wraps `bytes`.
-    pub fn new(bytes: impl Into<Box<[u8]>>) -> Secret {
-        Secret(bytes.into())
-    }
-
-    /// The secret's bytes.
-    pub fn bytes(&self) -> &[u8] {
-        &self.0
-    }
-
-    /// True when `other` is the same secret, compared in constant time (for the API key:
-    /// the HMAC of both under a fixed key, so neither length nor content leaks through time).
-    pub fn matches(&self, other: &[u8]) -> bool {
-        let tag = |bytes: &[u8]| {
-            let mut mac = Hmac::<Sha256>::new_from_slice(b"smolchat key comparison")
-                .expect("HMAC takes any key");
-            mac.update(bytes);
-            mac.finalize().into_bytes()
-        };
-        let mut mac =
-            Hmac::<Sha256>::new_from_slice(b"smolchat key comparison").expect("HMAC takes any key");
-        mac.update(&self.0);
-        mac.verify_slice(&tag(other)).is_ok()
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Secret({} bytes)", self.0.len())
-    }
-}
 
 /// Why a token was refused. The cause is counted in `/metrics` (`name`) and told to the client
 /// in a few words (`reason`); the token itself never is.
@@ -121,16 +84,9 @@ impl Refusal {
             Refusal::Signature => "the token's signature is invalid",
             Refusal::Expired => "the token has expired",
             Refusal::NotYetValid => "the token is not valid yet",
-            Refusal::Subject => "the token's sub is not a valid user name",
+            Refusal::Subject => "the token's sub or rooms claim is not valid",
         }
     }
-}
-
-/// A verified token: the user, and when the token expires (seconds since the Unix epoch).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Verified {
-    pub user: User,
-    pub expires: u64,
 }
 
 #[derive(Deserialize)]
@@ -141,8 +97,9 @@ struct Header {
 #[derive(Deserialize)]
 struct Claims {
     sub: Option<String>,
-    exp: Option<u64>,
-    nbf: Option<u64>,
+    // NumericDate (RFC 7519): seconds, possibly fractional.
+    exp: Option<f64>,
+    nbf: Option<f64>,
     rooms: Option<Vec<String>>,
 }
 
@@ -163,17 +120,19 @@ pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Verified, Refusa
     }
     let signature = base64url_decode(signature).ok_or(Refusal::Malformed)?;
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key");
-    mac.update(token[..token.len() - signature_len(token)].as_bytes());
+    mac.update(&token.as_bytes()[..token.len() - signature_len(token)]);
     // `verify_slice` compares in constant time.
     mac.verify_slice(&signature)
         .map_err(|_| Refusal::Signature)?;
     // Only a token we signed gets its claims read.
     let claims: Claims = decode_json(payload)?;
-    match claims.exp {
-        Some(exp) if exp > now => {}
+    let now_f = now as f64;
+    let expires = match claims.exp {
+        // `as` saturates: an `exp` beyond u64 is "never", not an overflow.
+        Some(exp) if exp > now_f => exp as u64,
         _ => return Err(Refusal::Expired),
-    }
-    if claims.nbf.is_some_and(|nbf| nbf > now) {
+    };
+    if claims.nbf.is_some_and(|nbf| nbf > now_f) {
         return Err(Refusal::NotYetValid);
     }
     let sub = claims.sub.ok_or(Refusal::Subject)?;
@@ -190,7 +149,7 @@ pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Verified, Refusa
             name: sub,
             rooms: claims.rooms,
         },
-        expires: claims.exp.expect("checked above"),
+        expires,
     })
 }
 
@@ -321,14 +280,5 @@ mod tests {
         assert!(!valid_user_name("a b"));
         let token = sign(&secret(), "Guest-1", 1000, None);
         assert_eq!(verify(&token, &secret(), 1), Err(Refusal::Subject));
-    }
-
-    #[test]
-    fn secrets_compare_and_do_not_print() {
-        let s = secret();
-        assert!(s.matches(b"0123456789abcdef0123456789abcdef"));
-        assert!(!s.matches(b"0123456789abcdef0123456789abcdeX"));
-        assert!(!s.matches(b""));
-        assert_eq!(format!("{s:?}"), "Secret(32 bytes)");
     }
 }

@@ -1,6 +1,8 @@
 //! The HTTP API (`--api-key-file`): publishing into rooms and reading their history over
 //! plain HTTP, tested as `curl` would use it, against a real server on a loopback port.
 
+#![cfg(feature = "api")]
+
 mod common;
 
 use std::net::SocketAddr;
@@ -304,4 +306,15 @@ fn a_room_beyond_max_rooms_is_refused_with_409() {
         .await;
         assert_eq!(status(&r), 201, "{r}");
     });
+}
+
+/// Raw groups have no messages or history: the API is refused at start-up rather than
+/// acknowledging publishes nobody gets (found by review).
+#[test]
+fn the_api_needs_protocol_v1() {
+    let mut config = test_config();
+    config.protocol = smolchat::config::Protocol::Raw;
+    config.api_key = Some(Secret::new(KEY.as_bytes().to_vec()));
+    let e = config.validate().unwrap_err();
+    assert_eq!(e.flag, "--api-key-file", "{e}");
 }

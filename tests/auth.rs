@@ -4,6 +4,8 @@
 //! written by hand where no library would sign it (`alg: none`, a header that lies), so these
 //! tests check smolchat's verifier against the standard rather than against itself.
 
+#![cfg(feature = "auth")]
+
 mod common;
 
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -428,4 +430,30 @@ fn tokens_and_keys_never_reach_the_log() {
         assert!(!log.contains(secret), "{secret:?} is in the log:\n{log}");
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `exp` is a NumericDate: a far future ("never", `u64::MAX`) and a fractional one are valid,
+/// and neither may overflow the session's clock. (Review found `u64::MAX` panicking the
+/// session, which in a release build, `panic = "abort"`, took the server down.)
+#[test]
+fn far_and_fractional_expiry_times_are_accepted() {
+    let server = auth_server(false);
+    run(async {
+        let forever = signed(
+            Algorithm::HS256,
+            SECRET,
+            json!({"sub": "ada", "exp": u64::MAX}),
+        );
+        let fractional = signed(
+            Algorithm::HS256,
+            SECRET,
+            json!({"sub": "bob", "exp": now() as f64 + 600.5}),
+        );
+        let (mut ada, welcome) = user(server.addr, &forever).await;
+        assert_eq!(welcome["nick"], "ada");
+        ada.expect("room").await;
+        let (_bob, welcome) = user(server.addr, &fractional).await;
+        assert_eq!(welcome["nick"], "bob");
+        assert_eq!(ada.expect("join").await["nick"], "bob");
+    });
 }

@@ -117,12 +117,19 @@ impl Local {
             // a guest's (see `crate::token`), so the name is free or the user's own.
             let lower = name.to_ascii_lowercase();
             match self.nicks.get(&lower) {
-                Some(_) => self.more.entry(lower).or_default().push(client),
+                // Another connection of the same user (names are one ignoring case): it takes
+                // the spelling the user already has, so that all its connections share one
+                // nick, as `part` (heirs) and the members lists expect.
+                Some(holder) => {
+                    let nick = self.clients[holder].nick.clone();
+                    self.more.entry(lower).or_default().push(client);
+                    nick
+                }
                 None => {
                     self.nicks.insert(lower, client);
+                    name
                 }
             }
-            name
         } else if named {
             let nick = loop {
                 let candidate = format!("guest-{}", self.next_guest);
@@ -367,7 +374,7 @@ impl Local {
         let heir = place
             .extra
             .iter()
-            .position(|c| clients[c].user && clients[c].nick == *nick);
+            .position(|c| clients[c].user && clients[c].nick.eq_ignore_ascii_case(nick));
         let room = &mut place.room;
         let before = room.members().len();
         match heir {
@@ -471,10 +478,12 @@ impl Local {
                 return Answer::Refused(error);
             }
             self.add_room(&name);
-            let room = &mut self.rooms.get_mut(&name).expect("just added").room;
-            room.idle_since = self.tick;
         }
         let place = self.rooms.get_mut(&name).expect("the room exists");
+        if place.room.members().is_empty() {
+            // A room only the API uses is in use: the least recently used goes first.
+            place.room.idle_since = self.tick;
+        }
         let id = place.room.next_id();
         place.ev += 1;
         events.push(RoomEvent {

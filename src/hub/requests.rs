@@ -47,6 +47,7 @@ pub(super) enum Waiting {
     Who(String, usize),
     Rooms(usize),
     /// An API call (see `api.rs`).
+    #[cfg(feature = "api")]
     Api(super::api::Calling),
     /// The answer arrived and is being handled.
     Done,
@@ -115,7 +116,7 @@ impl Hub {
 
     pub(super) fn start_request(&mut self, key: usize, request: Request) -> Result<(), Error> {
         match request {
-            Request::Nick { .. } if self.config.auth.is_some() => {
+            Request::Nick { .. } if self.config.names_from_tokens() => {
                 // A user's name is its token's; a guest may not take a name a user could have.
                 return Err(Error::new(
                     ErrorCode::Forbidden,
@@ -320,6 +321,7 @@ impl Hub {
                     .collect();
                 self.send(key, &Event::rooms_page(rooms, count, offset));
             }
+            #[cfg(feature = "api")]
             (Waiting::Api(calling), answer) => return self.api_answered(key, calling, answer),
             (waiting, _) => {
                 // An authority's mistake, never the client's: it is told `unavailable`. (The
@@ -341,6 +343,7 @@ impl Hub {
     /// The authority could not do what `key` waits for: undo what was prepared, say so.
     pub(super) fn fail(&mut self, key: usize, waiting: Waiting) {
         match waiting {
+            #[cfg(feature = "api")]
             Waiting::Api(_) => {
                 Metrics::add(&self.metrics.backend_unavailable, 1);
                 return self.api_reply(key, super::api::unavailable());

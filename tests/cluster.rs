@@ -834,3 +834,30 @@ fn the_redis_bridge_runs_on_the_embedders_executor() {
         "the goodbye removed the node's heartbeat"
     );
 }
+
+#[test]
+fn a_node_that_finds_redis_empty_again_registers_its_members_again() {
+    // Regression: the id of Redis's data set (`life`) was the id of the node that found it
+    // empty. The same node finding Redis empty again (here the only node) set the same id,
+    // took the new data set for the old one, and its members, missing from it, for reaped
+    // ones: every client was closed with 1012 instead of being registered again.
+    let mut redis = RedisServer::start();
+    let node = node(&redis);
+    run(async {
+        let mut a = join_as(node.addr, "ada", &mut []).await;
+        redis.restart_empty();
+        wait_until("the node to be back", || {
+            let metrics = node.running().chat().metrics();
+            metrics
+                .redis_reconnects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+                && !metrics.redis_down()
+        });
+        a.send(json!({"type": "who", "room": "lobby"})).await;
+        a.expect_exact(members_event("lobby", &["ada"])).await;
+        a.say("lobby", "still here").await;
+        a.expect_exact(message("lobby", 1, "ada", "still here"))
+            .await;
+    });
+}

@@ -736,10 +736,14 @@ impl Bridge {
     async fn heartbeat(&mut self, s: &mut Session) -> Option<Beat> {
         let every = self.config.redis_heartbeat;
         let ttl = every * HEARTBEATS_TO_LIVE;
+        // The life id to use if Redis has none: unique to this call, not only to this node,
+        // or a node that found Redis empty first, both before and after Redis lost its data,
+        // would take the new data set for the one it knew (and its members for reaped ones).
+        let life = self.next_epoch();
         let mut beat = self.scripts.heartbeat.prepare_invoke();
         beat.arg(&*self.node)
             .arg(ttl.as_millis() as u64)
-            .arg(&*self.node);
+            .arg(life);
         let call = beat.invoke_async::<Value>(&mut s.conn);
         let reply = match within(CALL_TIMEOUT.min(ttl), call).await {
             Some(Ok(v)) => items(v),
@@ -805,7 +809,8 @@ impl Bridge {
         settled(done, "unsubscribing")
     }
 
-    /// A fresh epoch for a room this node creates: unique to this node and call.
+    /// A fresh epoch for a room this node creates (or a life id for Redis's data set): unique
+    /// to this node and call.
     fn next_epoch(&mut self) -> String {
         self.epochs += 1;
         format!("{}-{}", self.node, radix36(self.epochs.into()))

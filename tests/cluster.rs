@@ -835,6 +835,229 @@ fn the_redis_bridge_runs_on_the_embedders_executor() {
     );
 }
 
+// Users (signed tokens, issue 14) across nodes.
+
+/// The HS256 secret the nodes check tokens with in the user tests.
+const SECRET: &[u8] = b"a test secret of at least 32 bytes, for HS256";
+
+/// A node that admits users only: every client shows a token signed with [`SECRET`].
+fn user_node(redis: &RedisServer) -> TestServer {
+    node_with(redis, |c| {
+        c.auth = Some(smolchat::config::Auth {
+            secret: smolchat::token::Secret::new(SECRET.to_vec()),
+            guests: false,
+        });
+    })
+}
+
+/// A token for user `name`, valid for an hour, signed by an independent JWT library (not
+/// smolchat's own signer).
+fn token(name: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": name, "exp": now + 3600});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Connects to `addr` as user `name` (`/ws?token=`) and reads its `welcome`; the `room` event
+/// of the default room is left for the caller.
+async fn connect_user(addr: SocketAddr, name: &str) -> Client {
+    let stream = smol::Async::<std::net::TcpStream>::connect(addr)
+        .await
+        .expect("tcp connect");
+    let url = format!("ws://{addr}/ws?token={}", token(name));
+    let (ws, _) = async_tungstenite::client_async(url, stream)
+        .await
+        .expect("websocket handshake with a token");
+    let mut c = Client {
+        ws,
+        nick: String::new(),
+    };
+    c.nick = c.expect("welcome").await["nick"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c
+}
+
+/// Polls Redis until user `name` has `n` connections registered (their departures are told
+/// to Redis after the sockets close, with nothing for a client to wait on).
+fn wait_for_connections(redis: &RedisServer, name: &str, n: usize) {
+    wait_until("the user's departure to reach Redis", || {
+        redis.command(&format!("SCARD smolchat:user:{name}")) == format!(":{n}\r\n")
+    });
+}
+
+#[test]
+fn a_user_connected_to_two_nodes_is_one_member() {
+    let redis = RedisServer::start();
+    let (one, two) = (user_node(&redis), user_node(&redis));
+    run(async {
+        let mut bob = connect_user(one.addr, "bob").await;
+        bob.expect_room(room_event("lobby", &["bob"], 0)).await;
+        let mut ada1 = connect_user(one.addr, "ada").await;
+        ada1.expect_room(room_event("lobby", &["bob", "ada"], 0))
+            .await;
+        bob.expect_exact(json!({"type": "join", "room": "lobby", "nick": "ada"}))
+            .await;
+        // The same user on the other node: its own name, no `nick_taken`, no guest number; the
+        // room already lists it, and nobody is told of a second arrival.
+        let mut ada2 = connect_user(two.addr, "ada").await;
+        assert_eq!(ada2.nick, "ada");
+        ada2.expect_room(room_event("lobby", &["bob", "ada"], 0))
+            .await;
+        bob.join("dev").await;
+        let dev = ada2.join("dev").await;
+        assert_eq!(
+            (&dev["members"], &dev["count"]),
+            (&json!(["bob", "ada"]), &json!(2))
+        );
+        bob.expect_exact(json!({"type": "join", "room": "dev", "nick": "ada"}))
+            .await;
+        let dev = ada1.join("dev").await;
+        assert_eq!(
+            (&dev["members"], &dev["count"]),
+            (&json!(["bob", "ada"]), &json!(2))
+        );
+
+        // `who` and `rooms` count the user once. Bob's next events are these answers: no
+        // second `join` came before them (it would have, on the same connection to Redis).
+        for room in ["lobby", "dev"] {
+            bob.send(json!({"type": "who", "room": room})).await;
+            bob.expect_exact(members_event(room, &["bob", "ada"])).await;
+        }
+        bob.send(json!({"type": "rooms"})).await;
+        bob.expect_exact(json!({"type": "rooms", "rooms": [
+            {"name": "dev", "members": 2},
+            {"name": "lobby", "members": 2},
+        ], "count": 2}))
+            .await;
+
+        // A direct message reaches both connections: the one on the sender's node and the one
+        // on the other node.
+        bob.send(json!({"type": "direct", "to": "ADA", "text": "psst"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "psst"});
+        for c in [&mut bob, &mut ada1, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        // Messages reach each connection once.
+        ada1.say("dev", "from one").await;
+        for c in [&mut ada1, &mut bob, &mut ada2] {
+            c.expect_exact(message("dev", 1, "ada", "from one")).await;
+        }
+
+        // The user leaves dev with its last connection there. ada1 came second: silently.
+        ada1.send(json!({"type": "leave", "room": "dev"})).await;
+        ada1.send(json!({"type": "who", "room": "dev"})).await;
+        ada1.expect_exact(members_event("dev", &["bob", "ada"]))
+            .await;
+        bob.send(json!({"type": "who", "room": "dev"})).await;
+        bob.expect_exact(members_event("dev", &["bob", "ada"]))
+            .await;
+        ada2.send(json!({"type": "leave", "room": "dev"})).await;
+        bob.expect_exact(json!({"type": "leave", "room": "dev", "nick": "ada", "reason": "left"}))
+            .await;
+
+        // In the lobby ada1 came first: when it goes, ada2 takes its place, silently.
+        ada1.close().await;
+        wait_for_connections(&redis, "ada", 1);
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        bob.expect_exact(members_event("lobby", &["bob", "ada"]))
+            .await;
+        bob.send(json!({"type": "direct", "to": "ada", "text": "still there?"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "still there?"});
+        for c in [&mut bob, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        // The last connection: the user leaves, and its name is free.
+        ada2.close().await;
+        bob.expect_exact(
+            json!({"type": "leave", "room": "lobby", "nick": "ada", "reason": "disconnected"}),
+        )
+        .await;
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        bob.expect_exact(members_event("lobby", &["bob"])).await;
+        bob.send(json!({"type": "direct", "to": "ada", "text": "x"}))
+            .await;
+        bob.expect_error("unknown_recipient").await;
+        assert_eq!(
+            redis.command("EXISTS smolchat:user:ada smolchat:nick:ada"),
+            ":0\r\n"
+        );
+        assert!(
+            redis
+                .command("KEYS smolchat:room:*:extra")
+                .starts_with("*0")
+        );
+    });
+}
+
+#[test]
+fn a_users_connections_are_restored_together_after_redis_lost_its_data() {
+    // After Redis lost everything, each node registers its members again. The second node to
+    // restore finds the user's name held by the first node's connection of the same user:
+    // that is the user's own, not a nick taken meanwhile (no 1012), and the room lists the
+    // user once again.
+    let mut redis = RedisServer::start();
+    let (one, two) = (user_node(&redis), user_node(&redis));
+    run(async {
+        let mut bob = connect_user(one.addr, "bob").await;
+        bob.expect("room").await;
+        let mut ada1 = connect_user(one.addr, "ada").await;
+        ada1.expect("room").await;
+        bob.expect("join").await;
+        let mut ada2 = connect_user(two.addr, "ada").await;
+        ada2.expect("room").await;
+
+        redis.restart_empty();
+        wait_until("both nodes to be back", || {
+            [&one, &two].iter().all(|node| {
+                let metrics = node.running().chat().metrics();
+                metrics
+                    .redis_reconnects
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+                    && !metrics.redis_down()
+            })
+        });
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        let who = bob.expect("members").await;
+        let mut members: Vec<&str> = who["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        members.sort_unstable();
+        assert_eq!((members, &who["count"]), (vec!["ada", "bob"], &json!(2)));
+        bob.send(json!({"type": "direct", "to": "ada", "text": "restored"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "restored"});
+        for c in [&mut bob, &mut ada1, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        ada1.close().await;
+        wait_for_connections(&redis, "ada", 1);
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        assert_eq!(bob.expect("members").await["count"], 2, "no leave yet");
+        ada2.close().await;
+        bob.expect_exact(
+            json!({"type": "leave", "room": "lobby", "nick": "ada", "reason": "disconnected"}),
+        )
+        .await;
+    });
+}
+
 #[test]
 fn a_node_that_finds_redis_empty_again_registers_its_members_again() {
     // Regression: the id of Redis's data set (`life`) was the id of the node that found it

@@ -441,6 +441,7 @@ impl Bridge {
             call.arg(wire::member_id(&self.node, m.client))
                 .arg(&m.nick)
                 .arg(m.address.value().to_string())
+                .arg(if m.user { "1" } else { "0" })
                 .arg(m.rooms.len());
             for room in &m.rooms {
                 call.arg(room);
@@ -741,9 +742,7 @@ impl Bridge {
         // would take the new data set for the one it knew (and its members for reaped ones).
         let life = self.next_epoch();
         let mut beat = self.scripts.heartbeat.prepare_invoke();
-        beat.arg(&*self.node)
-            .arg(ttl.as_millis() as u64)
-            .arg(life);
+        beat.arg(&*self.node).arg(ttl.as_millis() as u64).arg(life);
         let call = beat.invoke_async::<Value>(&mut s.conn);
         let reply = match within(CALL_TIMEOUT.min(ttl), call).await {
             Some(Ok(v)) => items(v),

@@ -45,9 +45,12 @@ impl Job {
         let mid = mid.as_str();
         let default = config.default_room.as_str();
         Ok(match ask {
-            Ask::Register { address, .. } => {
+            Ask::Register { address, user, .. } => {
                 let mut call = scripts.register.prepare_invoke();
-                call.arg(mid).arg(&*node).arg(address.value().to_string());
+                call.arg(mid)
+                    .arg(&*node)
+                    .arg(address.value().to_string())
+                    .arg(user.as_deref().unwrap_or(""));
                 Answer::Registered(call.invoke_async(conn).await?)
             }
             Ask::Nick(nick) => {
@@ -132,7 +135,13 @@ impl Job {
                 match self::text(v.first()).as_str() {
                     "ok" => Answer::Direct {
                         to: self::text(v.get(1)),
-                        targets: Vec::new(),
+                        // The recipient's connections on this node; the others got it through
+                        // their node's channel.
+                        targets: v
+                            .iter()
+                            .skip(2)
+                            .filter_map(|mid| wire::local_client(&node, &self::text(Some(mid))))
+                            .collect(),
                     },
                     "unknown" => Answer::UnknownRecipient,
                     _ => Answer::Gone,

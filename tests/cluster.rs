@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_server::{Cut, Proxy, RedisServer};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn node(redis: &RedisServer) -> TestServer {
     node_with(redis, |_| {})
@@ -835,10 +835,12 @@ fn the_redis_bridge_runs_on_the_embedders_executor() {
     );
 }
 
-// Users (signed tokens, issue 14) across nodes.
+// Users (signed tokens) and the HTTP API (issue 14), across nodes.
 
 /// The HS256 secret the nodes check tokens with in the user tests.
 const SECRET: &[u8] = b"a test secret of at least 32 bytes, for HS256";
+/// The HTTP API's key in the API test.
+const API_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
 
 /// A node that admits users only: every client shows a token signed with [`SECRET`].
 fn user_node(redis: &RedisServer) -> TestServer {
@@ -1055,6 +1057,129 @@ fn a_users_connections_are_restored_together_after_redis_lost_its_data() {
             json!({"type": "leave", "room": "lobby", "nick": "ada", "reason": "disconnected"}),
         )
         .await;
+    });
+}
+
+/// Calls the HTTP API of the node at `addr` (the key in `Authorization`, a JSON body if any)
+/// and returns the status and the JSON body. The server closes the connection after its
+/// response.
+async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let key = std::str::from_utf8(API_KEY).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n");
+    if let Some(body) = body {
+        request += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        request += "\r\n";
+    }
+    let response = http(addr, &request).await;
+    let status = response[9..12].parse().unwrap();
+    let (_, json) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (status, serde_json::from_str(json).expect("a JSON body"))
+}
+
+#[test]
+fn the_http_api_publishes_and_reads_history_across_nodes() {
+    let redis = RedisServer::start();
+    let api_node = || {
+        node_with(&redis, |c| {
+            c.api_key = Some(smolchat::token::Secret::new(API_KEY.to_vec()));
+            c.max_rooms = 1;
+        })
+    };
+    let (one, two) = (api_node(), api_node());
+    run(async {
+        let mut c = Client::connect(two.addr).await;
+        let body = r#"{"text":"disk \"full\"\non /var","from":"alert"}"#;
+        let published = api(one.addr, "POST", "/api/rooms/lobby/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "lobby", "id": 1})));
+        // A member on the other node gets it, marked as the API's.
+        let live = c
+            .expect_exact(
+                json!({"type": "message", "room": "lobby", "id": 1, "from": "alert",
+                "text": "disk \"full\"\non /var", "api": true}),
+            )
+            .await;
+        c.say("lobby", "ack").await;
+        let nick = c.nick.clone();
+        let said = c.expect_exact(message("lobby", 2, &nick, "ack")).await;
+
+        // The history, read on the other node, holds the events as members got them, the
+        // flag included: it survived the record in Redis.
+        let (status, history) =
+            api(two.addr, "GET", "/api/rooms/lobby/messages?since=0", None).await;
+        assert_eq!(status, 200, "{history}");
+        assert_eq!(history["messages"], json!([live, said]));
+        assert_eq!(
+            (&history["last_id"], &history["complete"]),
+            (&json!(2), &json!(true))
+        );
+        let (_, after) = api(one.addr, "GET", "/api/rooms/lobby/messages?since=1", None).await;
+        assert_eq!(after["messages"], json!([said]));
+        assert_eq!(after["epoch"], history["epoch"], "one epoch for all nodes");
+
+        // A room that does not exist has no history; publishing creates it, held by nobody.
+        let (status, missing) = api(two.addr, "GET", "/api/rooms/alerts/messages", None).await;
+        assert_eq!(status, 404, "{missing}");
+        let body = r#"{"text":"up"}"#;
+        let published = api(two.addr, "POST", "/api/rooms/alerts/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "alerts", "id": 1})));
+        let (status, rooms) = api(one.addr, "GET", "/api/rooms", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            rooms,
+            json!({"rooms": [
+            {"name": "alerts", "members": 0},
+            {"name": "lobby", "members": 1},
+        ], "count": 2})
+        );
+        // Who joins it later, on the other node, gets the message replayed with its flag.
+        let mut d = Client::connect(one.addr).await;
+        // (Its join of the lobby replays the lobby's history, the API's message as it was.)
+        assert_eq!([d.next().await, d.next().await], [live, said]);
+        c.expect("join").await;
+        let room = d.join("alerts").await;
+        assert_eq!(room["last_id"], 1);
+        let replayed = d
+            .expect_exact(
+                json!({"type": "message", "room": "alerts", "id": 1, "from": "api",
+                "text": "up", "api": true}),
+            )
+            .await;
+        let (_, history) = api(two.addr, "GET", "/api/rooms/alerts/messages", None).await;
+        assert_eq!(history["messages"], json!([replayed]));
+
+        // --max-rooms (1 here) holds for the API too: with every room in use, no new one...
+        let body = r#"{"text":"x"}"#;
+        let (status, refused) = api(one.addr, "POST", "/api/rooms/more/messages", Some(body)).await;
+        assert_eq!(
+            (status, &refused["error"]),
+            (409, &json!("room_limit")),
+            "{refused}"
+        );
+        // ...and an empty room makes way: alerts, emptied now, then more, which the API created
+        // with nobody in it.
+        d.send(json!({"type": "leave", "room": "alerts"})).await;
+        d.send(json!({"type": "who", "room": "alerts"})).await;
+        d.expect("members").await;
+        let published = api(one.addr, "POST", "/api/rooms/more/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "more", "id": 1})));
+        let published = api(two.addr, "POST", "/api/rooms/third/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "third", "id": 1})));
+        for gone in ["alerts", "more"] {
+            let (status, _) = api(
+                one.addr,
+                "GET",
+                &format!("/api/rooms/{gone}/messages"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 404, "{gone} was evicted");
+        }
+        assert!(redis.command("KEYS smolchat:room:more*").starts_with("*0"));
     });
 }
 

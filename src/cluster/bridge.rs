@@ -621,7 +621,7 @@ impl Bridge {
     /// One question, as a call: runs its script and sends the answer.
     fn ask(&mut self, s: &Session, client: ClientId, ask: Ask) -> Call {
         let epoch = match ask {
-            Ask::Join { .. } => self.next_epoch(),
+            Ask::Join { .. } | Ask::Publish { .. } => self.next_epoch(),
             _ => String::new(),
         };
         let job = Job {

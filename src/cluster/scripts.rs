@@ -136,6 +136,33 @@ local function accompany(room, mid)
   return true
 end
 
+-- Gives a message from `nick` in `room` the room's next id and keeps it in the history,
+-- forgetting the oldest while over `cap` messages or `max` bytes, as a single node does.
+-- `base`: the size of the message's event with an empty nick and id 0; `api`: published
+-- through the HTTP API, which the record marks on the nick (`wire::API_MARK`). Returns the id.
+local function post(room, ts, nick, text, base, cap, max, api)
+  local rk = P..'room:'..room
+  local id = redis.call('HINCRBY', rk, 'seq', 1)
+  local size = tonumber(base) + #nick + #int(id) - 1
+  cap, max = tonumber(cap), tonumber(max)
+  local hk = rk..':history'
+  if cap > 0 and size <= max then
+    local from = nick
+    if api then from = 'api:'..nick end
+    redis.call('RPUSH', hk, int(id)..' '..ts..' '..int(size)..' '..from..' '..text)
+    local bytes = redis.call('HINCRBY', rk, 'bytes', size)
+    while redis.call('LLEN', hk) > cap or bytes > max do
+      local oldest = redis.call('LPOP', hk)
+      bytes = redis.call('HINCRBY', rk, 'bytes', -tonumber(string.match(oldest, '^%d+ %d+ (%d+) ')))
+    end
+  else
+    -- Not kept: the history must stay a run of ids that ends with the newest.
+    redis.call('DEL', hk)
+    redis.call('HSET', rk, 'bytes', 0)
+  end
+  return id
+end
+
 -- Takes `mid` out of `room` and announces why, unless its user is still in the room through
 -- another connection, which then takes its place in the list, silently. The hold stays with an
 -- address while a member from it is in the room, then passes to the first remaining member's
@@ -317,25 +344,30 @@ local mid, room = ARGV[1], ARGV[2]
 local member = P..'member:'..mid
 local nick = redis.call('HGET', member, 'nick')
 if not nick then return -2 end
-local rk = P..'room:'..room
 if redis.call('SISMEMBER', member..':rooms', room) == 0 then return -1 end
-local id = redis.call('HINCRBY', rk, 'seq', 1)
-local size = tonumber(ARGV[5]) + #nick + #int(id) - 1
-local cap, max = tonumber(ARGV[6]), tonumber(ARGV[7])
-local hk = rk..':history'
-if cap > 0 and size <= max then
-  redis.call('RPUSH', hk, int(id)..' '..ARGV[3]..' '..int(size)..' '..nick..' '..ARGV[4])
-  local bytes = redis.call('HINCRBY', rk, 'bytes', size)
-  while redis.call('LLEN', hk) > cap or bytes > max do
-    local oldest = redis.call('LPOP', hk)
-    bytes = redis.call('HINCRBY', rk, 'bytes', -tonumber(string.match(oldest, '^%d+ %d+ (%d+) ')))
-  end
-else
-  -- Not kept: the history must stay a run of ids that ends with the newest.
-  redis.call('DEL', hk)
-  redis.call('HSET', rk, 'bytes', 0)
-end
+local id = post(room, ARGV[3], nick, ARGV[4], ARGV[5], ARGV[6], ARGV[7], false)
 publish(room, 'm '..int(id)..' '..ARGV[3]..' '..mid..' '..nick..' '..ARGV[4])
+return id
+"#;
+
+/// ARGV: room, timestamp, from (a valid nick), text, size of the message event with an empty
+/// nick and id 0 (and `"api":true`), `--history`, `--history-bytes`, default room,
+/// `--max-rooms`, epoch for a new room. A message from the HTTP API: like SAY, but by no
+/// member, in a room created if need be (within `--max-rooms`, evicting the least recently
+/// emptied room; empty, so held by nobody, and evicted in turn like a room its last member
+/// left). Returns the id, or -1 if the room cannot be created.
+pub const PUBLISH: &str = r#"
+local room, default = ARGV[1], ARGV[8]
+if not exists(room) then
+  if room ~= default then
+    if not make_room(default, tonumber(ARGV[9])) then return -1 end
+    local tick = redis.call('HINCRBY', P..'counters', 'emptied', 1)
+    redis.call('ZADD', P..'rooms:empty', tick, room)
+  end
+  create(room, ARGV[10])
+end
+local id = post(room, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], true)
+publish(room, 'a '..int(id)..' '..ARGV[2]..' '..ARGV[3]..' '..ARGV[4])
 return id
 "#;
 
@@ -379,11 +411,12 @@ end
 return {redis.call('ZCARD', mk), nicks}
 "#;
 
-/// ARGV: member id, first and last rank of the page. Returns `{count, names, member counts}`,
-/// or `{'gone'}` if the asking member is gone.
+/// ARGV: first and last rank of the page. Returns `{count, names, member counts}`. The asker
+/// need not be a member: the list is public (the HTTP API, which is no member, reads it too)
+/// and reading it changes nothing, so a member Redis no longer knows is found out by its next
+/// command that needs it.
 pub const ROOMS: &str = r#"
-if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
-local names = redis.call('ZRANGE', P..'rooms', ARGV[2], ARGV[3])
+local names = redis.call('ZRANGE', P..'rooms', ARGV[1], ARGV[2])
 local counts = {}
 for i, room in ipairs(names) do
   counts[i] = redis.call('ZCARD', P..'room:'..room..':members')
@@ -392,7 +425,7 @@ return {redis.call('ZCARD', P..'rooms'), names, counts}
 "#;
 
 /// ARGV: room. Returns `{epoch, last id, event, history records}`; epoch `''` if there is no
-/// such room.
+/// such room. For a resync, and for the HTTP API's history.
 pub const STATE: &str = r#"
 if not exists(ARGV[1]) then return {'', 0, 0, {}} end
 local rk = P..'room:'..ARGV[1]
@@ -528,6 +561,7 @@ pub struct Scripts {
     pub join: redis::Script,
     pub leave: redis::Script,
     pub say: redis::Script,
+    pub publish: redis::Script,
     pub direct: redis::Script,
     pub who: redis::Script,
     pub rooms: redis::Script,
@@ -548,6 +582,7 @@ impl Scripts {
             join: s(JOIN),
             leave: s(LEAVE),
             say: s(SAY),
+            publish: s(PUBLISH),
             direct: s(DIRECT),
             who: s(WHO),
             rooms: s(ROOMS),

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use redis_server::{Cut, Proxy, RedisServer};
-use serde_json::json;
+use serde_json::{Value, json};
 
 fn node(redis: &RedisServer) -> TestServer {
     node_with(redis, |_| {})
@@ -833,4 +833,379 @@ fn the_redis_bridge_runs_on_the_embedders_executor() {
         redis.command("KEYS smolchat:node:*").starts_with("*0"),
         "the goodbye removed the node's heartbeat"
     );
+}
+
+// Users (signed tokens) and the HTTP API (issue 14), across nodes.
+
+/// The HS256 secret the nodes check tokens with in the user tests.
+const SECRET: &[u8] = b"a test secret of at least 32 bytes, for HS256";
+/// The HTTP API's key in the API test.
+const API_KEY: &[u8] = b"0123456789abcdef0123456789abcdef";
+
+/// A node that admits users only: every client shows a token signed with [`SECRET`].
+fn user_node(redis: &RedisServer) -> TestServer {
+    node_with(redis, |c| {
+        c.auth = Some(smolchat::config::Auth {
+            secret: smolchat::token::Secret::new(SECRET.to_vec()),
+            guests: false,
+        });
+    })
+}
+
+/// A token for user `name`, valid for an hour, signed by an independent JWT library (not
+/// smolchat's own signer).
+fn token(name: &str) -> String {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({"sub": name, "exp": now + 3600});
+    jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET).unwrap(),
+    )
+    .unwrap()
+}
+
+/// Connects to `addr` as user `name` (`/ws?token=`) and reads its `welcome`; the `room` event
+/// of the default room is left for the caller.
+async fn connect_user(addr: SocketAddr, name: &str) -> Client {
+    let stream = smol::Async::<std::net::TcpStream>::connect(addr)
+        .await
+        .expect("tcp connect");
+    let url = format!("ws://{addr}/ws?token={}", token(name));
+    let (ws, _) = async_tungstenite::client_async(url, stream)
+        .await
+        .expect("websocket handshake with a token");
+    let mut c = Client {
+        ws,
+        nick: String::new(),
+    };
+    c.nick = c.expect("welcome").await["nick"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    c
+}
+
+/// Polls Redis until user `name` has `n` connections registered (their departures are told
+/// to Redis after the sockets close, with nothing for a client to wait on).
+fn wait_for_connections(redis: &RedisServer, name: &str, n: usize) {
+    wait_until("the user's departure to reach Redis", || {
+        redis.command(&format!("SCARD smolchat:user:{name}")) == format!(":{n}\r\n")
+    });
+}
+
+#[test]
+fn a_user_connected_to_two_nodes_is_one_member() {
+    let redis = RedisServer::start();
+    let (one, two) = (user_node(&redis), user_node(&redis));
+    run(async {
+        let mut bob = connect_user(one.addr, "bob").await;
+        bob.expect_room(room_event("lobby", &["bob"], 0)).await;
+        let mut ada1 = connect_user(one.addr, "ada").await;
+        ada1.expect_room(room_event("lobby", &["bob", "ada"], 0))
+            .await;
+        bob.expect_exact(json!({"type": "join", "room": "lobby", "nick": "ada"}))
+            .await;
+        // The same user on the other node: its own name, no `nick_taken`, no guest number; the
+        // room already lists it, and nobody is told of a second arrival.
+        let mut ada2 = connect_user(two.addr, "ada").await;
+        assert_eq!(ada2.nick, "ada");
+        ada2.expect_room(room_event("lobby", &["bob", "ada"], 0))
+            .await;
+        bob.join("dev").await;
+        let dev = ada2.join("dev").await;
+        assert_eq!(
+            (&dev["members"], &dev["count"]),
+            (&json!(["bob", "ada"]), &json!(2))
+        );
+        bob.expect_exact(json!({"type": "join", "room": "dev", "nick": "ada"}))
+            .await;
+        let dev = ada1.join("dev").await;
+        assert_eq!(
+            (&dev["members"], &dev["count"]),
+            (&json!(["bob", "ada"]), &json!(2))
+        );
+
+        // `who` and `rooms` count the user once. Bob's next events are these answers: no
+        // second `join` came before them (it would have, on the same connection to Redis).
+        for room in ["lobby", "dev"] {
+            bob.send(json!({"type": "who", "room": room})).await;
+            bob.expect_exact(members_event(room, &["bob", "ada"])).await;
+        }
+        bob.send(json!({"type": "rooms"})).await;
+        bob.expect_exact(json!({"type": "rooms", "rooms": [
+            {"name": "dev", "members": 2},
+            {"name": "lobby", "members": 2},
+        ], "count": 2}))
+            .await;
+
+        // A direct message reaches both connections: the one on the sender's node and the one
+        // on the other node.
+        bob.send(json!({"type": "direct", "to": "ADA", "text": "psst"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "psst"});
+        for c in [&mut bob, &mut ada1, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        // Messages reach each connection once.
+        ada1.say("dev", "from one").await;
+        for c in [&mut ada1, &mut bob, &mut ada2] {
+            c.expect_exact(message("dev", 1, "ada", "from one")).await;
+        }
+
+        // The user leaves dev with its last connection there. ada1 came second: silently.
+        ada1.send(json!({"type": "leave", "room": "dev"})).await;
+        ada1.send(json!({"type": "who", "room": "dev"})).await;
+        ada1.expect_exact(members_event("dev", &["bob", "ada"]))
+            .await;
+        bob.send(json!({"type": "who", "room": "dev"})).await;
+        bob.expect_exact(members_event("dev", &["bob", "ada"]))
+            .await;
+        ada2.send(json!({"type": "leave", "room": "dev"})).await;
+        bob.expect_exact(json!({"type": "leave", "room": "dev", "nick": "ada", "reason": "left"}))
+            .await;
+
+        // In the lobby ada1 came first: when it goes, ada2 takes its place, silently.
+        ada1.close().await;
+        wait_for_connections(&redis, "ada", 1);
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        bob.expect_exact(members_event("lobby", &["bob", "ada"]))
+            .await;
+        bob.send(json!({"type": "direct", "to": "ada", "text": "still there?"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "still there?"});
+        for c in [&mut bob, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        // The last connection: the user leaves, and its name is free.
+        ada2.close().await;
+        bob.expect_exact(
+            json!({"type": "leave", "room": "lobby", "nick": "ada", "reason": "disconnected"}),
+        )
+        .await;
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        bob.expect_exact(members_event("lobby", &["bob"])).await;
+        bob.send(json!({"type": "direct", "to": "ada", "text": "x"}))
+            .await;
+        bob.expect_error("unknown_recipient").await;
+        assert_eq!(
+            redis.command("EXISTS smolchat:user:ada smolchat:nick:ada"),
+            ":0\r\n"
+        );
+        assert!(
+            redis
+                .command("KEYS smolchat:room:*:extra")
+                .starts_with("*0")
+        );
+    });
+}
+
+#[test]
+fn a_users_connections_are_restored_together_after_redis_lost_its_data() {
+    // After Redis lost everything, each node registers its members again. The second node to
+    // restore finds the user's name held by the first node's connection of the same user:
+    // that is the user's own, not a nick taken meanwhile (no 1012), and the room lists the
+    // user once again.
+    let mut redis = RedisServer::start();
+    let (one, two) = (user_node(&redis), user_node(&redis));
+    run(async {
+        let mut bob = connect_user(one.addr, "bob").await;
+        bob.expect("room").await;
+        let mut ada1 = connect_user(one.addr, "ada").await;
+        ada1.expect("room").await;
+        bob.expect("join").await;
+        let mut ada2 = connect_user(two.addr, "ada").await;
+        ada2.expect("room").await;
+
+        redis.restart_empty();
+        wait_until("both nodes to be back", || {
+            [&one, &two].iter().all(|node| {
+                let metrics = node.running().chat().metrics();
+                metrics
+                    .redis_reconnects
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+                    && !metrics.redis_down()
+            })
+        });
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        let who = bob.expect("members").await;
+        let mut members: Vec<&str> = who["members"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m.as_str().unwrap())
+            .collect();
+        members.sort_unstable();
+        assert_eq!((members, &who["count"]), (vec!["ada", "bob"], &json!(2)));
+        bob.send(json!({"type": "direct", "to": "ada", "text": "restored"}))
+            .await;
+        let direct = json!({"type": "direct", "from": "bob", "to": "ada", "text": "restored"});
+        for c in [&mut bob, &mut ada1, &mut ada2] {
+            c.expect_exact(direct.clone()).await;
+        }
+        ada1.close().await;
+        wait_for_connections(&redis, "ada", 1);
+        bob.send(json!({"type": "who", "room": "lobby"})).await;
+        assert_eq!(bob.expect("members").await["count"], 2, "no leave yet");
+        ada2.close().await;
+        bob.expect_exact(
+            json!({"type": "leave", "room": "lobby", "nick": "ada", "reason": "disconnected"}),
+        )
+        .await;
+    });
+}
+
+/// Calls the HTTP API of the node at `addr` (the key in `Authorization`, a JSON body if any)
+/// and returns the status and the JSON body. The server closes the connection after its
+/// response.
+async fn api(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+    let key = std::str::from_utf8(API_KEY).unwrap();
+    let mut request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n");
+    if let Some(body) = body {
+        request += &format!(
+            "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+    } else {
+        request += "\r\n";
+    }
+    let response = http(addr, &request).await;
+    let status = response[9..12].parse().unwrap();
+    let (_, json) = response.split_once("\r\n\r\n").expect("a head and a body");
+    (status, serde_json::from_str(json).expect("a JSON body"))
+}
+
+#[test]
+fn the_http_api_publishes_and_reads_history_across_nodes() {
+    let redis = RedisServer::start();
+    let api_node = || {
+        node_with(&redis, |c| {
+            c.api_key = Some(smolchat::token::Secret::new(API_KEY.to_vec()));
+            c.max_rooms = 1;
+        })
+    };
+    let (one, two) = (api_node(), api_node());
+    run(async {
+        let mut c = Client::connect(two.addr).await;
+        let body = r#"{"text":"disk \"full\"\non /var","from":"alert"}"#;
+        let published = api(one.addr, "POST", "/api/rooms/lobby/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "lobby", "id": 1})));
+        // A member on the other node gets it, marked as the API's.
+        let live = c
+            .expect_exact(
+                json!({"type": "message", "room": "lobby", "id": 1, "from": "alert",
+                "text": "disk \"full\"\non /var", "api": true}),
+            )
+            .await;
+        c.say("lobby", "ack").await;
+        let nick = c.nick.clone();
+        let said = c.expect_exact(message("lobby", 2, &nick, "ack")).await;
+
+        // The history, read on the other node, holds the events as members got them, the
+        // flag included: it survived the record in Redis.
+        let (status, history) =
+            api(two.addr, "GET", "/api/rooms/lobby/messages?since=0", None).await;
+        assert_eq!(status, 200, "{history}");
+        assert_eq!(history["messages"], json!([live, said]));
+        assert_eq!(
+            (&history["last_id"], &history["complete"]),
+            (&json!(2), &json!(true))
+        );
+        let (_, after) = api(one.addr, "GET", "/api/rooms/lobby/messages?since=1", None).await;
+        assert_eq!(after["messages"], json!([said]));
+        assert_eq!(after["epoch"], history["epoch"], "one epoch for all nodes");
+
+        // A room that does not exist has no history; publishing creates it, held by nobody.
+        let (status, missing) = api(two.addr, "GET", "/api/rooms/alerts/messages", None).await;
+        assert_eq!(status, 404, "{missing}");
+        let body = r#"{"text":"up"}"#;
+        let published = api(two.addr, "POST", "/api/rooms/alerts/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "alerts", "id": 1})));
+        let (status, rooms) = api(one.addr, "GET", "/api/rooms", None).await;
+        assert_eq!(status, 200);
+        assert_eq!(
+            rooms,
+            json!({"rooms": [
+            {"name": "alerts", "members": 0},
+            {"name": "lobby", "members": 1},
+        ], "count": 2})
+        );
+        // Who joins it later, on the other node, gets the message replayed with its flag.
+        let mut d = Client::connect(one.addr).await;
+        // (Its join of the lobby replays the lobby's history, the API's message as it was.)
+        assert_eq!([d.next().await, d.next().await], [live, said]);
+        c.expect("join").await;
+        let room = d.join("alerts").await;
+        assert_eq!(room["last_id"], 1);
+        let replayed = d
+            .expect_exact(
+                json!({"type": "message", "room": "alerts", "id": 1, "from": "api",
+                "text": "up", "api": true}),
+            )
+            .await;
+        let (_, history) = api(two.addr, "GET", "/api/rooms/alerts/messages", None).await;
+        assert_eq!(history["messages"], json!([replayed]));
+
+        // --max-rooms (1 here) holds for the API too: with every room in use, no new one...
+        let body = r#"{"text":"x"}"#;
+        let (status, refused) = api(one.addr, "POST", "/api/rooms/more/messages", Some(body)).await;
+        assert_eq!(
+            (status, &refused["error"]),
+            (409, &json!("room_limit")),
+            "{refused}"
+        );
+        // ...and an empty room makes way: alerts, emptied now, then more, which the API created
+        // with nobody in it.
+        d.send(json!({"type": "leave", "room": "alerts"})).await;
+        d.send(json!({"type": "who", "room": "alerts"})).await;
+        d.expect("members").await;
+        let published = api(one.addr, "POST", "/api/rooms/more/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "more", "id": 1})));
+        let published = api(two.addr, "POST", "/api/rooms/third/messages", Some(body)).await;
+        assert_eq!(published, (201, json!({"room": "third", "id": 1})));
+        for gone in ["alerts", "more"] {
+            let (status, _) = api(
+                one.addr,
+                "GET",
+                &format!("/api/rooms/{gone}/messages"),
+                None,
+            )
+            .await;
+            assert_eq!(status, 404, "{gone} was evicted");
+        }
+        assert!(redis.command("KEYS smolchat:room:more*").starts_with("*0"));
+    });
+}
+
+#[test]
+fn a_node_that_finds_redis_empty_again_registers_its_members_again() {
+    // Regression: the id of Redis's data set (`life`) was the id of the node that found it
+    // empty. The same node finding Redis empty again (here the only node) set the same id,
+    // took the new data set for the old one, and its members, missing from it, for reaped
+    // ones: every client was closed with 1012 instead of being registered again.
+    let mut redis = RedisServer::start();
+    let node = node(&redis);
+    run(async {
+        let mut a = join_as(node.addr, "ada", &mut []).await;
+        redis.restart_empty();
+        wait_until("the node to be back", || {
+            let metrics = node.running().chat().metrics();
+            metrics
+                .redis_reconnects
+                .load(std::sync::atomic::Ordering::Relaxed)
+                > 0
+                && !metrics.redis_down()
+        });
+        a.send(json!({"type": "who", "room": "lobby"})).await;
+        a.expect_exact(members_event("lobby", &["ada"])).await;
+        a.say("lobby", "still here").await;
+        a.expect_exact(message("lobby", 1, "ada", "still here"))
+            .await;
+    });
 }

@@ -441,6 +441,7 @@ impl Bridge {
             call.arg(wire::member_id(&self.node, m.client))
                 .arg(&m.nick)
                 .arg(m.address.value().to_string())
+                .arg(if m.user { "1" } else { "0" })
                 .arg(m.rooms.len());
             for room in &m.rooms {
                 call.arg(room);
@@ -620,7 +621,7 @@ impl Bridge {
     /// One question, as a call: runs its script and sends the answer.
     fn ask(&mut self, s: &Session, client: ClientId, ask: Ask) -> Call {
         let epoch = match ask {
-            Ask::Join { .. } => self.next_epoch(),
+            Ask::Join { .. } | Ask::Publish { .. } => self.next_epoch(),
             _ => String::new(),
         };
         let job = Job {
@@ -736,10 +737,12 @@ impl Bridge {
     async fn heartbeat(&mut self, s: &mut Session) -> Option<Beat> {
         let every = self.config.redis_heartbeat;
         let ttl = every * HEARTBEATS_TO_LIVE;
+        // The life id to use if Redis has none: unique to this call, not only to this node,
+        // or a node that found Redis empty first, both before and after Redis lost its data,
+        // would take the new data set for the one it knew (and its members for reaped ones).
+        let life = self.next_epoch();
         let mut beat = self.scripts.heartbeat.prepare_invoke();
-        beat.arg(&*self.node)
-            .arg(ttl.as_millis() as u64)
-            .arg(&*self.node);
+        beat.arg(&*self.node).arg(ttl.as_millis() as u64).arg(life);
         let call = beat.invoke_async::<Value>(&mut s.conn);
         let reply = match within(CALL_TIMEOUT.min(ttl), call).await {
             Some(Ok(v)) => items(v),
@@ -805,7 +808,8 @@ impl Bridge {
         settled(done, "unsubscribing")
     }
 
-    /// A fresh epoch for a room this node creates: unique to this node and call.
+    /// A fresh epoch for a room this node creates (or a life id for Redis's data set): unique
+    /// to this node and call.
     fn next_epoch(&mut self) -> String {
         self.epochs += 1;
         format!("{}-{}", self.node, radix36(self.epochs.into()))

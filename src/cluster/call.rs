@@ -2,8 +2,12 @@
 //! [`Answer`] with the local authority's semantics.
 //!
 //! The bridge makes a [`Job`] for each question it takes (the connection, the asking client's
-//! member id, a fresh epoch in case a join creates its room) and runs it beside the others;
-//! the reply's Redis values are read with the small helpers at the end.
+//! member id, a fresh epoch in case a join or a publish creates its room) and runs it beside
+//! the others; the reply's Redis values are read with the small helpers at the end.
+//!
+//! The HTTP API's questions ([`Ask::Publish`], [`Ask::History`], and [`Ask::Rooms`], which
+//! clients ask too) come from a slot of the hub that is no member: their scripts take no
+//! member id, never find anyone "gone", and leave nothing behind for the slot.
 
 use std::sync::Arc;
 
@@ -12,7 +16,7 @@ use redis::{RedisResult, Value};
 
 use super::scripts::Scripts;
 use super::wire;
-use crate::authority::{Answer, Ask, Joined, address_holds_too_many, too_many_rooms};
+use crate::authority::{Answer, Ask, History, Joined, address_holds_too_many, too_many_rooms};
 use crate::config::Config;
 use crate::protocol::ROOMS_PAGE;
 use crate::room::Room;
@@ -25,7 +29,7 @@ pub(super) struct Job {
     pub(super) node: Arc<str>,
     /// The asking client's member id.
     pub(super) mid: String,
-    /// For a join: the epoch of the room if the join creates it.
+    /// For a join or a publish: the epoch of the room if it creates it.
     pub(super) epoch: String,
 }
 
@@ -45,9 +49,12 @@ impl Job {
         let mid = mid.as_str();
         let default = config.default_room.as_str();
         Ok(match ask {
-            Ask::Register { address, .. } => {
+            Ask::Register { address, user, .. } => {
                 let mut call = scripts.register.prepare_invoke();
-                call.arg(mid).arg(&*node).arg(address.value().to_string());
+                call.arg(mid)
+                    .arg(&*node)
+                    .arg(address.value().to_string())
+                    .arg(user.as_deref().unwrap_or(""));
                 Answer::Registered(call.invoke_async(conn).await?)
             }
             Ask::Nick(nick) => {
@@ -105,7 +112,7 @@ impl Job {
                 }
             }
             Ask::Say { room, text, ts } => {
-                let base = wire::message_base_size(&room, &text, ts);
+                let base = wire::message_base_size(&room, &text, ts, false);
                 let mut call = scripts.say.prepare_invoke();
                 call.arg(mid)
                     .arg(&room)
@@ -132,7 +139,13 @@ impl Job {
                 match self::text(v.first()).as_str() {
                     "ok" => Answer::Direct {
                         to: self::text(v.get(1)),
-                        targets: Vec::new(),
+                        // The recipient's connections on this node; the others got it through
+                        // their node's channel.
+                        targets: v
+                            .iter()
+                            .skip(2)
+                            .filter_map(|mid| wire::local_client(&node, &self::text(Some(mid))))
+                            .collect(),
                     },
                     "unknown" => Answer::UnknownRecipient,
                     _ => Answer::Gone,
@@ -151,16 +164,52 @@ impl Job {
                     nicks: texts(v.get(1)),
                 }
             }
-            // Not yet in scale-out: `--api-key-file` is refused with `--redis` for now.
-            Ask::Publish { .. } | Ask::History { .. } => Answer::Unavailable,
+            Ask::Publish {
+                room,
+                from,
+                text,
+                ts,
+            } => {
+                let base = wire::message_base_size(&room, &text, ts, true);
+                let mut call = scripts.publish.prepare_invoke();
+                call.arg(&room)
+                    .arg(ts)
+                    .arg(&from)
+                    .arg(&text)
+                    .arg(base)
+                    .arg(config.history)
+                    .arg(config.history_bytes)
+                    .arg(default)
+                    .arg(config.max_rooms)
+                    .arg(&new_epoch);
+                match u64::try_from(call.invoke_async::<i64>(conn).await?) {
+                    Ok(id) => Answer::Said { id },
+                    Err(_) => Answer::Refused(too_many_rooms(config.max_rooms)),
+                }
+            }
+            Ask::History { room, since } => {
+                let v = items(scripts.state.arg(&room).invoke_async(conn).await?);
+                let epoch = text(v.first());
+                if epoch.is_empty() {
+                    return Ok(Answer::History(None));
+                }
+                let last_id = int(v.get(1));
+                let history = wire::history(&room, last_id, &texts(v.get(3)));
+                // The room's own epoch: a cursor is never from another life here.
+                let restored = Room::restored(epoch.clone(), last_id, history);
+                let replay = restored.replay(Some(since), Some(&epoch));
+                Answer::History(Some(History {
+                    epoch,
+                    last_id,
+                    complete: replay.complete.unwrap_or(true),
+                    messages: replay.messages.into_iter().cloned().collect(),
+                }))
+            }
             Ask::Rooms { offset } => {
                 let (first, last) = ranks(offset, ROOMS_PAGE as u64);
                 let mut call = scripts.rooms.prepare_invoke();
-                call.arg(mid).arg(first).arg(last);
+                call.arg(first).arg(last);
                 let v = items(call.invoke_async(conn).await?);
-                if text(v.first()) == "gone" {
-                    return Ok(Answer::Gone);
-                }
                 let names = texts(v.get(1));
                 let counts = v.get(2).cloned().map(items).unwrap_or_default();
                 Answer::Rooms {

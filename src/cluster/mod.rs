@@ -24,7 +24,8 @@
 //! connection (`call.rs`: one question as a script call), and sends answers and room events
 //! back through the notice channel. The
 //! semantics of every answer and event are those of [`crate::authority::local::Local`], with
-//! the same error texts; `wire.rs` reads what the scripts write.
+//! the same error texts, users with several connections (on any nodes) and the HTTP API's
+//! calls included; `wire.rs` reads what the scripts write.
 
 mod bridge;
 mod call;

@@ -9,8 +9,8 @@
 //! them); they never build JSON.
 //!
 //! Every script costs O(log N) in the number of rooms or members, plus what it touches by
-//! nature (a member's rooms, one page, one room's history), except the two that walk a node's
-//! members, REAP and GOODBYE, which take at most a batch per call.
+//! nature (a member's rooms, a user's connections, one page, one room's history), except the
+//! two that walk a node's members, REAP and GOODBYE, which take at most a batch per call.
 //!
 //! Keys, all under `smolchat:` (R a room, M a member id `NODE.KEY.SERIAL`, N a node, A an
 //! address as a decimal number):
@@ -19,14 +19,16 @@
 //! |---|---|---|
 //! | `room:R` | hash | `epoch`, `seq` (last message id), `ev` (last room event), `joins` (join counter), `bytes` (history bytes), `holder` (address holding it, while it has members) |
 //! | `room:R:history` | list | records `ID TS SIZE NICK TEXT`, oldest first, within `--history` and `--history-bytes` |
-//! | `room:R:members` | sorted set | member ids by join order |
-//! | `room:R:addrs` | hash | address → members from it (rooms other than the default) |
+//! | `room:R:members` | sorted set | member ids by join order, each user once (through one of its connections) |
+//! | `room:R:extra` | set | the user's other connections in the room, besides the one in `members` |
+//! | `room:R:addrs` | hash | address → members in `members` from it (rooms other than the default) |
 //! | `rooms` | sorted set | every room, score 0 (so sorted by name) |
 //! | `rooms:empty` | sorted set | empty rooms but the default, by when they became empty |
 //! | `address:A` | string | rooms address A holds |
-//! | `member:M` | hash | `nick`, `addr` |
+//! | `member:M` | hash | `nick`, `addr`, `user` (`1` for a user's connection) |
 //! | `member:M:rooms` | set | the member's rooms |
-//! | `nick:NICK` | string | member holding NICK (lowercased) |
+//! | `nick:NICK` | string | member holding NICK (lowercased); for a user, one of its connections |
+//! | `user:NAME` | set | the connections of user NAME (lowercased), on every node |
 //! | `node:N:alive` | string, expires | N's heartbeat |
 //! | `node:N:members` | set | N's members |
 //! | `nodes` | set | nodes with members or a heartbeat |
@@ -35,6 +37,13 @@
 //!
 //! Channels: `smolchat:room:R` (room events), `smolchat:node:N` (direct messages for N's
 //! clients, and N's heartbeat echo).
+//!
+//! A user (a client that proved its name with a token) may be connected several times, on
+//! several nodes: each connection is a member of its own, and they share the nick. A room
+//! lists the user once: the connection that brought the user in is in `room:R:members` and
+//! is announced; the others join and leave silently through `room:R:extra`, and one of them
+//! takes the listed one's place when it leaves, so the user's `leave` comes with its last
+//! connection in the room. Guests are one connection each, and none of this applies to them.
 
 /// Helpers every script starts with.
 const PRELUDE: &str = r#"
@@ -64,6 +73,24 @@ local function create(room, epoch)
   redis.call('ZADD', P..'rooms', 0, room)
 end
 
+-- The key of the connections of member `mid`'s user, if `mid` is a user's connection.
+local function user_of(mid)
+  local m = redis.call('HMGET', P..'member:'..mid, 'user', 'nick')
+  if m[1] ~= '1' or not m[2] then return nil end
+  return P..'user:'..string.lower(m[2])
+end
+
+-- Another connection of member `mid`'s user for which `test` holds, if `mid` is a user's.
+-- (A walk over the user's connections: a user has few, and guests have none.)
+local function sibling(mid, test)
+  local uk = user_of(mid)
+  if not uk then return nil end
+  for _, c in ipairs(redis.call('SMEMBERS', uk)) do
+    if c ~= mid and test(c) then return c end
+  end
+  return nil
+end
+
 -- Makes room for one more room besides the default one: below `max` others, nothing to do;
 -- else the least recently emptied room goes, keys and all. False if every room has members.
 local function make_room(default, max)
@@ -73,7 +100,7 @@ local function make_room(default, max)
   local victim = redis.call('ZRANGE', P..'rooms:empty', 0, 0)[1]
   if not victim then return false end
   local rk = P..'room:'..victim
-  redis.call('DEL', rk, rk..':history', rk..':members', rk..':addrs')
+  redis.call('DEL', rk, rk..':history', rk..':members', rk..':extra', rk..':addrs')
   redis.call('ZREM', P..'rooms', victim)
   redis.call('ZREM', P..'rooms:empty', victim)
   return true
@@ -98,28 +125,82 @@ local function add(room, mid, addr, default)
   return before + 1
 end
 
--- Takes `mid` out of `room` and announces why. The hold stays with an address while a member
--- from it is in the room, then passes to the first remaining member's address. A room left
--- empty may be evicted. Returns false if `mid` was not in.
+-- Makes user connection `mid` a member of `room`, silently, if another connection of its user
+-- is listed there already: the room lists each user once. False if none is.
+local function accompany(room, mid)
+  local rk = P..'room:'..room
+  local mk = rk..':members'
+  if not sibling(mid, function(c) return redis.call('ZSCORE', mk, c) end) then return false end
+  redis.call('SADD', rk..':extra', mid)
+  redis.call('SADD', P..'member:'..mid..':rooms', room)
+  return true
+end
+
+-- Gives a message from `nick` in `room` the room's next id and keeps it in the history,
+-- forgetting the oldest while over `cap` messages or `max` bytes, as a single node does.
+-- `base`: the size of the message's event with an empty nick and id 0; `api`: published
+-- through the HTTP API, which the record marks on the nick (`wire::API_MARK`). Returns the id.
+local function post(room, ts, nick, text, base, cap, max, api)
+  local rk = P..'room:'..room
+  local id = redis.call('HINCRBY', rk, 'seq', 1)
+  local size = tonumber(base) + #nick + #int(id) - 1
+  cap, max = tonumber(cap), tonumber(max)
+  local hk = rk..':history'
+  if cap > 0 and size <= max then
+    local from = nick
+    if api then from = 'api:'..nick end
+    redis.call('RPUSH', hk, int(id)..' '..ts..' '..int(size)..' '..from..' '..text)
+    local bytes = redis.call('HINCRBY', rk, 'bytes', size)
+    while redis.call('LLEN', hk) > cap or bytes > max do
+      local oldest = redis.call('LPOP', hk)
+      bytes = redis.call('HINCRBY', rk, 'bytes', -tonumber(string.match(oldest, '^%d+ %d+ (%d+) ')))
+    end
+  else
+    -- Not kept: the history must stay a run of ids that ends with the newest.
+    redis.call('DEL', hk)
+    redis.call('HSET', rk, 'bytes', 0)
+  end
+  return id
+end
+
+-- Takes `mid` out of `room` and announces why, unless its user is still in the room through
+-- another connection, which then takes its place in the list, silently. The hold stays with an
+-- address while a member from it is in the room, then passes to the first remaining member's
+-- address. A room left empty may be evicted. Returns false if `mid` was not in.
 local function part(room, mid, reason, default)
   local rk = P..'room:'..room
   local mk = rk..':members'
-  if redis.call('ZREM', mk, mid) == 0 then return false end
+  local ek = rk..':extra'
   local member = P..'member:'..mid
+  if redis.call('SREM', ek, mid) == 1 then
+    redis.call('SREM', member..':rooms', room)
+    return true -- the user is still listed, through another connection
+  end
+  local score = redis.call('ZSCORE', mk, mid)
+  if not score then return false end
+  redis.call('ZREM', mk, mid)
   redis.call('SREM', member..':rooms', room)
+  local heir = sibling(mid, function(c) return redis.call('SISMEMBER', ek, c) == 1 end)
+  if heir then
+    redis.call('SREM', ek, heir)
+    redis.call('ZADD', mk, score, heir) -- in the user's place in the join order
+  end
   local nick = redis.call('HGET', member, 'nick') or ''
   local left = redis.call('ZCARD', mk)
   if room ~= default then
     local addr = redis.call('HGET', member, 'addr') or ''
     local ak = rk..':addrs'
     if redis.call('HINCRBY', ak, addr, -1) <= 0 then redis.call('HDEL', ak, addr) end
+    if heir then
+      redis.call('HINCRBY', ak, redis.call('HGET', P..'member:'..heir, 'addr') or '', 1)
+    end
     if redis.call('HGET', rk, 'holder') == addr and redis.call('HEXISTS', ak, addr) == 0 then
       hold(addr, -1)
-      local heir = redis.call('ZRANGE', mk, 0, 0)[1]
-      if heir then
-        local heir_addr = redis.call('HGET', P..'member:'..heir, 'addr') or ''
-        redis.call('HSET', rk, 'holder', heir_addr)
-        hold(heir_addr, 1)
+      local first = redis.call('ZRANGE', mk, 0, 0)[1]
+      if first then
+        local first_addr = redis.call('HGET', P..'member:'..first, 'addr') or ''
+        redis.call('HSET', rk, 'holder', first_addr)
+        hold(first_addr, 1)
       else
         redis.call('HDEL', rk, 'holder')
       end
@@ -129,11 +210,13 @@ local function part(room, mid, reason, default)
       redis.call('ZADD', P..'rooms:empty', tick, room)
     end
   end
+  if heir then return true end
   publish(room, 'l '..int(left + 1)..' '..mid..' '..nick..' '..reason)
   return true
 end
 
--- Member `mid` is gone: it leaves every room with `reason`, its nick is free, its keys go.
+-- Member `mid` is gone: it leaves every room with `reason`, its keys go, and its nick is free
+-- (a user's, once its last connection is gone).
 local function bye(mid, reason, default)
   local member = P..'member:'..mid
   for _, room in ipairs(redis.call('SMEMBERS', member..':rooms')) do
@@ -142,22 +225,38 @@ local function bye(mid, reason, default)
   local nick = redis.call('HGET', member, 'nick')
   if nick then
     local nk = P..'nick:'..string.lower(nick)
-    if redis.call('GET', nk) == mid then redis.call('DEL', nk) end
+    local uk = user_of(mid)
+    if uk then redis.call('SREM', uk, mid) end
+    if redis.call('GET', nk) == mid then
+      local heir = uk and redis.call('SRANDMEMBER', uk)
+      if heir then redis.call('SET', nk, heir) else redis.call('DEL', nk) end
+    end
   end
   redis.call('DEL', member, member..':rooms')
   redis.call('SREM', P..'node:'..string.match(mid, '^([^.]+)')..':members', mid)
 end
 "#;
 
-/// ARGV: member id, node, address. Registers a new member under the next free `guest-N`;
-/// returns the nick.
+/// ARGV: member id, node, address, user name (empty for a guest). Registers a new member: a
+/// guest under the next free `guest-N`; a user's connection under the user's name, which it
+/// shares with the user's other connections (guests cannot rename when tokens are in use, and
+/// a user's name cannot look like a guest's: the name is free or the user's own). Returns the
+/// nick.
 pub const REGISTER: &str = r#"
-local mid = ARGV[1]
+local mid, user = ARGV[1], ARGV[4]
+local member = P..'member:'..mid
 local nick
-repeat
-  nick = 'guest-'..int(redis.call('HINCRBY', P..'counters', 'guest', 1))
-until redis.call('SET', P..'nick:'..nick, mid, 'NX')
-redis.call('HSET', P..'member:'..mid, 'nick', nick, 'addr', ARGV[3])
+if user ~= '' then
+  nick = user
+  redis.call('SET', P..'nick:'..string.lower(user), mid, 'NX')
+  redis.call('SADD', P..'user:'..string.lower(user), mid)
+  redis.call('HSET', member, 'user', '1')
+else
+  repeat
+    nick = 'guest-'..int(redis.call('HINCRBY', P..'counters', 'guest', 1))
+  until redis.call('SET', P..'nick:'..nick, mid, 'NX')
+end
+redis.call('HSET', member, 'nick', nick, 'addr', ARGV[3])
 redis.call('SADD', P..'node:'..ARGV[2]..':members', mid)
 redis.call('SADD', P..'nodes', ARGV[2])
 return nick
@@ -188,8 +287,8 @@ return {'ok', old}
 
 /// ARGV: member id, room, epoch for a new room, presence limit, default room, `--max-rooms`,
 /// `--max-rooms-per-address`. Adds the member and announces it, unless it is in already (a
-/// resync). Returns `{'ok', epoch, last id, event, count, first nicks, history records}`,
-/// `{'refused', 'rooms' | 'address'}` or `{'gone'}`.
+/// resync) or its user is (then it is added silently). Returns `{'ok', epoch, last id, event,
+/// count, first nicks, history records}`, `{'refused', 'rooms' | 'address'}` or `{'gone'}`.
 pub const JOIN: &str = r#"
 local mid, room, default = ARGV[1], ARGV[2], ARGV[5]
 local member = P..'member:'..mid
@@ -198,7 +297,7 @@ if not addr then return {'gone'} end
 local rk = P..'room:'..room
 local mk = rk..':members'
 local ev
-if redis.call('ZSCORE', mk, mid) then
+if redis.call('SISMEMBER', member..':rooms', room) == 1 or accompany(room, mid) then
   ev = tonumber(redis.call('HGET', rk, 'ev') or '0')
 else
   local known = exists(room)
@@ -227,8 +326,8 @@ return {'ok', state[1], tonumber(state[2] or '0'), ev, redis.call('ZCARD', mk), 
   redis.call('LRANGE', rk..':history', 0, -1)}
 "#;
 
-/// ARGV: member id, room, default room. Returns `'left'` (announced), `'not_member'` or
-/// `'gone'`.
+/// ARGV: member id, room, default room. Returns `'left'` (announced, unless the member's user
+/// is still in the room through another connection), `'not_member'` or `'gone'`.
 pub const LEAVE: &str = r#"
 if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return 'gone' end
 if part(ARGV[2], ARGV[1], 'left', ARGV[3]) then return 'left' end
@@ -242,44 +341,62 @@ return 'not_member'
 /// is gone.
 pub const SAY: &str = r#"
 local mid, room = ARGV[1], ARGV[2]
-local nick = redis.call('HGET', P..'member:'..mid, 'nick')
+local member = P..'member:'..mid
+local nick = redis.call('HGET', member, 'nick')
 if not nick then return -2 end
-local rk = P..'room:'..room
-if not redis.call('ZSCORE', rk..':members', mid) then return -1 end
-local id = redis.call('HINCRBY', rk, 'seq', 1)
-local size = tonumber(ARGV[5]) + #nick + #int(id) - 1
-local cap, max = tonumber(ARGV[6]), tonumber(ARGV[7])
-local hk = rk..':history'
-if cap > 0 and size <= max then
-  redis.call('RPUSH', hk, int(id)..' '..ARGV[3]..' '..int(size)..' '..nick..' '..ARGV[4])
-  local bytes = redis.call('HINCRBY', rk, 'bytes', size)
-  while redis.call('LLEN', hk) > cap or bytes > max do
-    local oldest = redis.call('LPOP', hk)
-    bytes = redis.call('HINCRBY', rk, 'bytes', -tonumber(string.match(oldest, '^%d+ %d+ (%d+) ')))
-  end
-else
-  -- Not kept: the history must stay a run of ids that ends with the newest.
-  redis.call('DEL', hk)
-  redis.call('HSET', rk, 'bytes', 0)
-end
+if redis.call('SISMEMBER', member..':rooms', room) == 0 then return -1 end
+local id = post(room, ARGV[3], nick, ARGV[4], ARGV[5], ARGV[6], ARGV[7], false)
 publish(room, 'm '..int(id)..' '..ARGV[3]..' '..mid..' '..nick..' '..ARGV[4])
 return id
 "#;
 
-/// ARGV: sender's member id, recipient's nick lowercased, timestamp, text. Publishes on the
-/// recipient's node channel (unless the recipient is the sender). Returns `{'ok', recipient's
-/// nick}`, `{'unknown'}` or `{'gone'}`.
-pub const DIRECT: &str = r#"
-local from = redis.call('HGET', P..'member:'..ARGV[1], 'nick')
-if not from then return {'gone'} end
-local mid = redis.call('GET', P..'nick:'..ARGV[2])
-local to = mid and redis.call('HGET', P..'member:'..mid, 'nick')
-if not to then return {'unknown'} end
-if mid ~= ARGV[1] then
-  local node, client = string.match(mid, '^([^.]+)%.(.+)$')
-  redis.call('PUBLISH', P..'node:'..node, client..' '..ARGV[3]..' '..from..' '..to..' '..ARGV[4])
+/// ARGV: room, timestamp, from (a valid nick), text, size of the message event with an empty
+/// nick and id 0 (and `"api":true`), `--history`, `--history-bytes`, default room,
+/// `--max-rooms`, epoch for a new room. A message from the HTTP API: like SAY, but by no
+/// member, in a room created if need be (within `--max-rooms`, evicting the least recently
+/// emptied room; empty, so held by nobody, and evicted in turn like a room its last member
+/// left). Returns the id, or -1 if the room cannot be created.
+pub const PUBLISH: &str = r#"
+local room, default = ARGV[1], ARGV[8]
+if not exists(room) then
+  if room ~= default then
+    if not make_room(default, tonumber(ARGV[9])) then return -1 end
+    local tick = redis.call('HINCRBY', P..'counters', 'emptied', 1)
+    redis.call('ZADD', P..'rooms:empty', tick, room)
+  end
+  create(room, ARGV[10])
 end
-return {'ok', to}
+local id = post(room, ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6], ARGV[7], true)
+publish(room, 'a '..int(id)..' '..ARGV[2]..' '..ARGV[3]..' '..ARGV[4])
+return id
+"#;
+
+/// ARGV: sender's member id, recipient's nick lowercased, timestamp, text. The message goes to
+/// every connection of the recipient (a user may have several): on the recipient's node
+/// channel for those on other nodes; those on the sender's node are returned, for its hub to
+/// deliver. Returns `{'ok', recipient's nick, member ids on the sender's node...}`,
+/// `{'unknown'}` or `{'gone'}`.
+pub const DIRECT: &str = r#"
+local sender = ARGV[1]
+local from = redis.call('HGET', P..'member:'..sender, 'nick')
+if not from then return {'gone'} end
+local holder = redis.call('GET', P..'nick:'..ARGV[2])
+local to = holder and redis.call('HGET', P..'member:'..holder, 'nick')
+if not to then return {'unknown'} end
+local targets = {holder}
+local uk = user_of(holder)
+if uk then targets = redis.call('SMEMBERS', uk) end
+local here = string.match(sender, '^([^.]+)')
+local reply = {'ok', to}
+for _, mid in ipairs(targets) do
+  local node, client = string.match(mid, '^([^.]+)%.(.+)$')
+  if node == here then
+    reply[#reply + 1] = mid
+  else
+    redis.call('PUBLISH', P..'node:'..node, client..' '..ARGV[3]..' '..from..' '..to..' '..ARGV[4])
+  end
+end
+return reply
 "#;
 
 /// ARGV: member id, room, first and last rank of the page. Returns `{count, nicks}`, or
@@ -294,11 +411,12 @@ end
 return {redis.call('ZCARD', mk), nicks}
 "#;
 
-/// ARGV: member id, first and last rank of the page. Returns `{count, names, member counts}`,
-/// or `{'gone'}` if the asking member is gone.
+/// ARGV: first and last rank of the page. Returns `{count, names, member counts}`. The asker
+/// need not be a member: the list is public (the HTTP API, which is no member, reads it too)
+/// and reading it changes nothing, so a member Redis no longer knows is found out by its next
+/// command that needs it.
 pub const ROOMS: &str = r#"
-if redis.call('EXISTS', P..'member:'..ARGV[1]) == 0 then return {'gone'} end
-local names = redis.call('ZRANGE', P..'rooms', ARGV[2], ARGV[3])
+local names = redis.call('ZRANGE', P..'rooms', ARGV[1], ARGV[2])
 local counts = {}
 for i, room in ipairs(names) do
   counts[i] = redis.call('ZCARD', P..'room:'..room..':members')
@@ -307,7 +425,7 @@ return {redis.call('ZCARD', P..'rooms'), names, counts}
 "#;
 
 /// ARGV: room. Returns `{epoch, last id, event, history records}`; epoch `''` if there is no
-/// such room.
+/// such room. For a resync, and for the HTTP API's history.
 pub const STATE: &str = r#"
 if not exists(ARGV[1]) then return {'', 0, 0, {}} end
 local rk = P..'room:'..ARGV[1]
@@ -328,45 +446,56 @@ return n
 "#;
 
 /// ARGV: node, `'1'` if Redis lost its data since the node last saw it, default room, epoch
-/// prefix for rooms to create, then for each member: id, nick, address, number of rooms, the
-/// rooms. Makes Redis agree with the node about its live members, silently: nick, rooms (a room
-/// Redis has the member in and the node does not is left, announced). A member Redis no longer
-/// knows while it kept its data was reaped, and one whose nick someone else holds now cannot
-/// have it back: both are returned, as lost. Limits are not checked: these members were let in.
+/// prefix for rooms to create, then for each member: id, nick, address, `'1'` for a user's
+/// connection (else `'0'`), number of rooms, the rooms. Makes Redis agree with the node about
+/// its live members, silently: nick, rooms (a room Redis has the member in and the node does
+/// not is left, announced), a user's connections registered and listed once per room as by
+/// REGISTER and JOIN. A member Redis no longer knows while it kept its data was reaped, and
+/// one whose nick someone else holds now (anyone but another connection of the same user)
+/// cannot have it back: both are returned, as lost. Limits are not checked: these members
+/// were let in.
 pub const RESTORE: &str = r#"
 local node, fresh, default, prefix = ARGV[1], ARGV[2] == '1', ARGV[3], ARGV[4]
 local lost = {}
 local made = 0
 local i = 5
 while i <= #ARGV do
-  local mid, nick, addr, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local mid, nick, addr = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  local user, n = ARGV[i + 3] == '1', tonumber(ARGV[i + 4])
   local rooms = {}
-  for j = 1, n do rooms[ARGV[i + 3 + j]] = true end
-  i = i + 4 + n
+  for j = 1, n do rooms[ARGV[i + 4 + j]] = true end
+  i = i + 5 + n
   local member = P..'member:'..mid
   local known = redis.call('EXISTS', member) == 1
-  local nk = P..'nick:'..string.lower(nick)
+  local lower = string.lower(nick)
+  local nk = P..'nick:'..lower
+  local uk = P..'user:'..lower
   local holder = redis.call('GET', nk)
-  if (not known and not fresh) or (holder and holder ~= mid) then
+  local shared = user and holder and holder ~= mid and redis.call('SISMEMBER', uk, holder) == 1
+  if (not known and not fresh) or (holder and holder ~= mid and not shared) then
     lost[#lost + 1] = mid
   else
     local old = redis.call('HGET', member, 'nick')
     if old and redis.call('GET', P..'nick:'..string.lower(old)) == mid then
       redis.call('DEL', P..'nick:'..string.lower(old))
     end
-    redis.call('SET', nk, mid)
+    if not shared then redis.call('SET', nk, mid) end
     redis.call('HSET', member, 'nick', nick, 'addr', addr)
+    if user then
+      redis.call('HSET', member, 'user', '1')
+      redis.call('SADD', uk, mid)
+    end
     redis.call('SADD', P..'node:'..node..':members', mid)
     for _, room in ipairs(redis.call('SMEMBERS', member..':rooms')) do
       if not rooms[room] then part(room, mid, 'left', default) end
     end
     for room in pairs(rooms) do
-      if not redis.call('ZSCORE', P..'room:'..room..':members', mid) then
+      if redis.call('SISMEMBER', member..':rooms', room) == 0 then
         if not exists(room) then
           made = made + 1
           create(room, prefix..'-'..made)
         end
-        add(room, mid, addr, default)
+        if not accompany(room, mid) then add(room, mid, addr, default) end
       end
     end
   end
@@ -432,6 +561,7 @@ pub struct Scripts {
     pub join: redis::Script,
     pub leave: redis::Script,
     pub say: redis::Script,
+    pub publish: redis::Script,
     pub direct: redis::Script,
     pub who: redis::Script,
     pub rooms: redis::Script,
@@ -452,6 +582,7 @@ impl Scripts {
             join: s(JOIN),
             leave: s(LEAVE),
             say: s(SAY),
+            publish: s(PUBLISH),
             direct: s(DIRECT),
             who: s(WHO),
             rooms: s(ROOMS),

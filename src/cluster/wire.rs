@@ -15,6 +15,7 @@
 //! | where | layout |
 //! |---|---|
 //! | room channel, message | `EV m ID TS MID NICK TEXT` |
+//! | room channel, message from the HTTP API | `EV a ID TS NICK TEXT` (said by no member) |
 //! | room channel, join | `EV j COUNT MID NICK` (members after) |
 //! | room channel, leave | `EV l COUNT MID NICK REASON` (members before) |
 //! | room channel, rename | `EV n COUNT MID TAG OLD NEW` |
@@ -22,11 +23,19 @@
 //! | node channel, heartbeat echo | `beat` |
 //! | history record | `ID TS SIZE NICK TEXT` (`SIZE`: bytes of the encoded event) |
 //!
+//! In a history record, the `NICK` of a message from the HTTP API is written with the prefix
+//! [`API_MARK`] (nicks never contain `:`), so that its replay carries `"api": true` like the live
+//! event; records of messages said by members keep the layout they always had.
+//!
 //! A member id (`MID`) is `NODE.KEY.SERIAL`: the node's id (random for every start) and the
 //! hub's [`ClientId`].
 
 use crate::authority::{ClientId, RoomEvent, What};
 use crate::protocol::{Event, Frame, LeaveReason};
+
+/// The prefix of a history record's `NICK` for a message published through the HTTP API (the
+/// PUBLISH script writes it).
+pub const API_MARK: &str = "api:";
 
 /// The member id of this node's client `client`.
 pub fn member_id(node: &str, client: ClientId) -> String {
@@ -64,7 +73,18 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
                 ts: ts.parse().ok()?,
                 api: false,
             };
-            (mid, what)
+            (Some(mid), what)
+        }
+        "a" => {
+            let [id, ts, nick, text] = fields(rest)?;
+            let what = What::Message {
+                id: id.parse().ok()?,
+                nick: nick.to_string(),
+                text: text.to_string(),
+                ts: ts.parse().ok()?,
+                api: true,
+            };
+            (None, what) // said by no member
         }
         "j" => {
             let [count, mid, nick] = fields(rest)?;
@@ -72,7 +92,7 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
                 nick: nick.to_string(),
                 count: count.parse().ok()?,
             };
-            (mid, what)
+            (Some(mid), what)
         }
         "l" => {
             let [count, mid, nick, why] = fields(rest)?;
@@ -81,7 +101,7 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
                 reason: LeaveReason::from_name(why)?,
                 count: count.parse().ok()?,
             };
-            (mid, what)
+            (Some(mid), what)
         }
         "n" => {
             let [count, mid, tag, old, nick] = fields(rest)?;
@@ -91,14 +111,14 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
                 count: count.parse().ok()?,
                 tag: tag.parse().ok()?,
             };
-            (mid, what)
+            (Some(mid), what)
         }
         _ => return None,
     };
     Some(RoomEvent {
         room: room.to_string(),
         ev,
-        subject: local_client(node, mid),
+        subject: mid.and_then(|mid| local_client(node, mid)),
         what,
     })
 }
@@ -164,13 +184,17 @@ pub fn history(room: &str, last_id: u64, records: &[String]) -> Vec<Frame> {
         if id != want || id == 0 {
             break;
         }
+        let (from, api) = match nick.strip_prefix(API_MARK) {
+            Some(nick) => (nick, true),
+            None => (nick, false),
+        };
         let event = Event::Message {
             room,
             id,
-            from: nick,
+            from,
             text,
             ts,
-            api: false,
+            api,
         };
         frames.push(event.encode());
         want -= 1;
@@ -179,17 +203,18 @@ pub fn history(room: &str, last_id: u64, records: &[String]) -> Vec<Frame> {
     frames
 }
 
-/// The size of `text`'s `message` event in `room` with an empty nick and id 0. The SAY script
-/// adds the nick's length and the id's digits less one to get the event's exact size (nicks
-/// need no escaping), which is what `--history-bytes` counts, as on a single node.
-pub fn message_base_size(room: &str, text: &str, ts: u64) -> usize {
+/// The size of `text`'s `message` event in `room` with an empty nick and id 0 (`api`: published
+/// through the HTTP API, which the event says at its end). The SAY and PUBLISH scripts add the
+/// nick's length and the id's digits less one to get the event's exact size (nicks need no
+/// escaping), which is what `--history-bytes` counts, as on a single node.
+pub fn message_base_size(room: &str, text: &str, ts: u64, api: bool) -> usize {
     let event = Event::Message {
         room,
         id: 0,
         from: "",
         text,
         ts,
-        api: false,
+        api,
     };
     event.encode().len()
 }
@@ -338,19 +363,58 @@ mod tests {
             ),
             ("r", "n", u64::MAX, ""),
         ] {
-            let ts = 1_700_000_000_000;
-            let exact = Event::Message {
-                room,
-                id,
-                from: nick,
-                text,
-                ts,
-                api: false,
+            // Messages from the HTTP API end with `"api":true`: their size is counted too.
+            for api in [false, true] {
+                let ts = 1_700_000_000_000;
+                let exact = Event::Message {
+                    room,
+                    id,
+                    from: nick,
+                    text,
+                    ts,
+                    api,
+                }
+                .encode()
+                .len();
+                let base = message_base_size(room, text, ts, api);
+                let lua = base + nick.len() + id.to_string().len() - 1;
+                assert_eq!(lua, exact, "{room} {nick} {id} {text:?} api {api}");
             }
-            .encode()
-            .len();
-            let lua = message_base_size(room, text, ts) + nick.len() + id.to_string().len() - 1;
-            assert_eq!(lua, exact, "{room} {nick} {id} {text:?}");
         }
+    }
+
+    #[test]
+    fn api_messages_keep_their_flag_on_the_channel_and_in_history() {
+        let text = "disk \"full\"\non two lines";
+        // The payload PUBLISH writes: no member, so no subject on any node.
+        let payload = format!("9 a 3 1700000000002 alert {text}");
+        let e = room_event("ops", &payload, NODE).unwrap();
+        assert_eq!((e.ev, e.subject), (9, None));
+        assert!(matches!(
+            e.what,
+            What::Message { id: 3, ref nick, text: ref got, ts: 1_700_000_000_002, api: true }
+                if nick == "alert" && got == text
+        ));
+        let live = e.encode();
+        assert!(live.ends_with(r#","api":true}"#), "{live}");
+        for bad in [
+            "9 a 3 1700000000002 alert",
+            "9 a x 1 alert hi",
+            "9 a 3 y alert hi",
+        ] {
+            assert!(room_event("ops", bad, NODE).is_none(), "{bad:?}");
+        }
+        // The record PUBLISH keeps next to a member's: the replay is the live event's bytes.
+        let records: Vec<String> = vec![
+            "2 1700000000001 0 ada before".into(),
+            format!("3 1700000000002 0 {API_MARK}alert {text}"),
+        ];
+        let frames = history("ops", 3, &records);
+        assert_eq!(frames.len(), 2);
+        assert_eq!(frames[1], live, "the bytes a live member got");
+        assert!(
+            !frames[0].contains("\"api\""),
+            "a member's message says nothing"
+        );
     }
 }

@@ -782,9 +782,9 @@ fn random_connections_of_two_users_keep_presence_exact() {
         let rooms = ["lobby", "r1", "r2", "r3"];
         let watcher = connect(&mut hub, 100_000);
         let mut conns: Vec<(usize, TestClient, Vec<&str>)> = Vec::new();
-        for u in 0..2 {
+        for (u, name) in names.iter().enumerate() {
             for _ in 0..3 {
-                let c = connect_user(&mut hub, names[u], None);
+                let c = connect_user(&mut hub, name, None);
                 conns.push((u, c, vec!["lobby"]));
             }
         }

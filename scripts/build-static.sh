@@ -7,6 +7,8 @@
 # Usage: scripts/build-static.sh            -> prints the path of the binary
 #        PROFILE=release scripts/build-static.sh   (speed-first instead)
 #        FEATURES=tls scripts/build-static.sh      (with TLS; built under target/tls/)
+#        LEAN=1 scripts/build-static.sh            (without the default auth and api features:
+#                                                   the smallest gateway build; under target/lean/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-min}
@@ -16,6 +18,10 @@ dir=target
 if [ -n "${FEATURES:-}" ]; then
   features=(--features "$FEATURES")
   dir=target/${FEATURES//,/-}
+fi
+if [ -n "${LEAN:-}" ]; then
+  features=(--no-default-features --features "smol${FEATURES:+,$FEATURES}")
+  dir=target/lean
 fi
 RUSTFLAGS="${RUSTFLAGS:-} -C target-feature=+crt-static -C relocation-model=static" \
   CARGO_TARGET_DIR=$dir cargo build --locked --profile "$profile" --target "$target" \

@@ -9,19 +9,32 @@ cd "$(dirname "$0")/.."
 # Raised again on 2026-12-02 (issue 12, one hub): the authority interface, the in-memory
 # authority and the hub's handling of answers that come later are in every build: +23 KB
 # static and `min`, +42 KB `release`, measured. See README "On a gateway".
-STATIC_BUDGET=1610000        # static x86_64 binary, size-first profile (1,604,632 measured)
+# Raised again on 2026-12-02 (issue 14) for the default features `auth` and `api` (tokens
+# with hmac and sha2, the HTTP API): +84 KB static, +86 KB `min`, +110 KB `release`, measured
+# against the same build without them (the LEAN budgets below, which hold the build without
+# them to what the default build was allowed before, plus 16 KB for what every build carries
+# now: users with several connections, the authority's publish and history, the page's token
+# handling). See README "On a gateway".
+STATIC_BUDGET=1700000        # static x86_64 binary, size-first profile (1,688,000 measured)
 # Raised from 720,000 and 880,000 on 2026-12-02 by the hostile-client protections (metered
 # streams, byte-bounded queues and history, Host check, limits per address; +18 KB of code)
 # and the paced web client (+3 KB): +28 KB in all, measured. See README "On a gateway".
-DYNAMIC_MIN_BUDGET=780000    # dynamic binary, size-first profile (774,992 measured)
-DYNAMIC_RELEASE_BUDGET=960000 # dynamic binary, speed-first release profile (953,808 measured)
-STATIC_TLS_BUDGET=2450000     # static, size-first, with the tls feature (2,443,800 measured)
-DYNAMIC_TLS_BUDGET=1650000    # dynamic, size-first, with the tls feature (1,638,240 measured)
+DYNAMIC_MIN_BUDGET=870000    # dynamic binary, size-first profile (861,008 measured)
+# Without the default `auth` and `api` features (`--no-default-features --features smol`): the
+# smallest gateway build.
+STATIC_LEAN_BUDGET=1625000    # (1,620,376 measured)
+DYNAMIC_LEAN_BUDGET=795000    # (791,248 measured)
+DYNAMIC_RELEASE_BUDGET=1085000 # dynamic binary, speed-first release profile (1,074,512 measured)
+STATIC_TLS_BUDGET=2545000     # static, size-first, with the tls feature (2,534,000 measured)
+DYNAMIC_TLS_BUDGET=1740000    # dynamic, size-first, with the tls feature (1,731,000 measured)
 
 static=$(scripts/build-static.sh)
+static_lean=$(LEAN=1 scripts/build-static.sh)
 static_tls=$(FEATURES=tls scripts/build-static.sh)
 cargo build --locked --release --bin smolchat >&2
 cargo build --locked --profile min --bin smolchat >&2
+CARGO_TARGET_DIR=target/lean cargo build --locked --profile min --bin smolchat \
+  --no-default-features --features smol >&2
 CARGO_TARGET_DIR=target/tls cargo build --locked --profile min --bin smolchat --features tls >&2
 
 size_of() { stat -c %s "$1"; }
@@ -35,7 +48,9 @@ check() { # name path budget
   fi
 }
 check "static (min profile)" "$static" $STATIC_BUDGET
+check "static, no auth/api (min profile)" "$static_lean" $STATIC_LEAN_BUDGET
 check "dynamic (min profile)" target/min/smolchat $DYNAMIC_MIN_BUDGET
+check "dynamic, no auth/api (min profile)" target/lean/min/smolchat $DYNAMIC_LEAN_BUDGET
 check "dynamic (release profile)" target/release/smolchat $DYNAMIC_RELEASE_BUDGET
 check "static, tls (min profile)" "$static_tls" $STATIC_TLS_BUDGET
 check "dynamic, tls (min profile)" target/tls/min/smolchat $DYNAMIC_TLS_BUDGET

@@ -232,7 +232,10 @@ async fn publish<S: AsyncRead + Unpin>(
     if stream.read_exact(&mut body[start..]).await.is_err() {
         return Err(ApiReply::error(400, "bad_request", "the body ended early"));
     }
-    let publish: Publish = serde_json::from_slice(&body).map_err(|e| {
+    // From text, like every other JSON the server reads: one deserializer in the binary.
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| ApiReply::error(400, "bad_request", "the body is not UTF-8"))?;
+    let publish: Publish = serde_json::from_str(body).map_err(|e| {
         ApiReply::error(
             400,
             "bad_request",

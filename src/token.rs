@@ -189,7 +189,9 @@ fn signature_len(token: &str) -> usize {
 
 fn decode_json<T: for<'de> Deserialize<'de>>(part: &str) -> Result<T, Refusal> {
     let bytes = base64url_decode(part).ok_or(Refusal::Malformed)?;
-    serde_json::from_slice(&bytes).map_err(|_| Refusal::Malformed)
+    // From text, like every other JSON the server reads: one deserializer in the binary.
+    let text = std::str::from_utf8(&bytes).map_err(|_| Refusal::Malformed)?;
+    serde_json::from_str(text).map_err(|_| Refusal::Malformed)
 }
 
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";

@@ -64,7 +64,13 @@ pub fn start(mut config: Config) -> io::Result<Running> {
 
     let (chat, hub) = Chat::new(config);
     let executor = Arc::new(Executor::new());
-    executor.spawn(hub).detach();
+    // The hub runs on an executor of its own, which every thread polls before the one that
+    // runs the sessions: every message passes through the hub, and in the sessions' queue
+    // (first in, first out) it would wait behind every writer it woke for the previous
+    // messages: a whole writer phase, 4 ms at 1,000 clients, added to every message's latency
+    // (BENCHMARKS.md, "Latency against the tokio-tungstenite peer").
+    let hub_executor = Arc::new(Executor::new());
+    hub_executor.spawn(hub).detach();
 
     let (stop_accepting, accepting_stopped) = async_channel::bounded::<()>(1);
     let (session_alive, sessions) = async_channel::bounded::<()>(1);
@@ -89,11 +95,23 @@ pub fn start(mut config: Config) -> io::Result<Running> {
     let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
     let threads = (0..threads)
         .map(|i| {
-            let ex = executor.clone();
+            let (ex, hub_ex) = (executor.clone(), hub_executor.clone());
             let stop = threads_stopped.clone();
             std::thread::Builder::new()
                 .name(format!("smolchat-{i}"))
-                .spawn(move || future::block_on(ex.run(stop.recv())).unwrap_or(()))
+                // async-io's `block_on`, not futures-lite's: a thread with nothing to run then
+                // waits in the reactor itself (epoll), so a socket event wakes the task on the
+                // same thread. futures-lite's parks the thread and leaves the reactor to
+                // async-io's background thread, and every event costs a hop between two threads
+                // (on one core, a context switch each way) before any task sees it.
+                .spawn(move || {
+                    // `or` polls the hub's executor first each time; the sessions' executor
+                    // runs at most 200 tasks a turn before it yields, so a woken hub waits
+                    // for at most that many sessions.
+                    let hub = hub_ex.run(std::future::pending());
+                    let sessions = ex.run(stop.recv());
+                    smol::block_on(future::or(hub, sessions)).unwrap_or(())
+                })
                 .expect("spawn executor thread")
         })
         .collect();

@@ -44,7 +44,7 @@ const WRITE_BUFFER: usize = 4096;
 type Upgrade<'a, S> = (
     (WebSocketSender<S>, WebSocketReceiver<S>),
     Option<String>,
-    Option<Verified>,
+    Option<Box<Verified>>,
     Slot<'a>,
 );
 
@@ -55,8 +55,9 @@ pub(crate) struct Upgraded<'a, S> {
     pub(crate) progress: Arc<Progress>,
     /// Raw mode: its group (`/ws/NAME`).
     pub(crate) group: Option<String>,
-    /// The user its token proved it is; `None`: a guest.
-    pub(crate) user: Option<Verified>,
+    /// The user its token proved it is; `None`: a guest. Boxed: it lives in every
+    /// connection's future, guests' included, and a pointer is all a guest pays.
+    pub(crate) user: Option<Box<Verified>>,
     pub(crate) slot: Slot<'a>,
 }
 
@@ -226,7 +227,11 @@ where
 /// about the request, upgrade or not, so that a page whose WebSocket failed to open can learn
 /// why with a plain GET (browsers do not show a failed upgrade's status to scripts).
 #[cfg(feature = "auth")]
-fn authenticate(chat: &Chat, head: &http::Head, peer: &str) -> Result<Option<Verified>, Response> {
+fn authenticate(
+    chat: &Chat,
+    head: &http::Head,
+    peer: &str,
+) -> Result<Option<Box<Verified>>, Response> {
     let chat_path = head.path == "/ws" || head.path.starts_with("/ws/");
     let Some(auth) = chat.config.auth.as_ref().filter(|_| chat_path) else {
         return Ok(None);
@@ -236,7 +241,7 @@ fn authenticate(chat: &Chat, head: &http::Head, peer: &str) -> Result<Option<Ver
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            crate::token::verify(token, &auth.secret, now).map(Some)
+            crate::token::verify(token, &auth.secret, now).map(|v| Some(Box::new(v)))
         }
         None if auth.guests => Ok(None),
         None => Err(crate::token::Refusal::Missing),
@@ -259,7 +264,7 @@ fn authenticate(chat: &Chat, head: &http::Head, peer: &str) -> Result<Option<Ver
 
 /// Without the `auth` feature every client is a guest.
 #[cfg(not(feature = "auth"))]
-fn authenticate(_: &Chat, _: &http::Head, _: &str) -> Result<Option<Verified>, Response> {
+fn authenticate(_: &Chat, _: &http::Head, _: &str) -> Result<Option<Box<Verified>>, Response> {
     Ok(None)
 }
 
@@ -280,7 +285,7 @@ async fn upgrade<'a, S>(
     leftover: Vec<u8>,
     accept_key: &str,
     group: Option<String>,
-    user: Option<Verified>,
+    user: Option<Box<Verified>>,
     peer: &str,
 ) -> Option<Upgrade<'a, S>>
 where

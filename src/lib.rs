@@ -267,14 +267,14 @@ impl Chat {
         // session starts instead of sitting inside every connection's future for its whole
         // life (rustc does not reuse their space for the session's state).
         let admitted = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await;
-        if let Some(upgraded) = admitted {
-            let handshake::Upgraded {
-                halves,
-                progress,
-                group,
-                user,
-                slot,
-            } = upgraded;
+        if let Some(handshake::Upgraded {
+            halves,
+            progress,
+            group,
+            user,
+            slot,
+        }) = admitted
+        {
             session::run(self, halves, &progress, group, user, peer).await;
             drop(slot);
         }

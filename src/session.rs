@@ -90,7 +90,7 @@ pub(crate) async fn run<S>(
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
     progress: &Progress,
     group: Option<String>,
-    user: Option<Verified>,
+    user: Option<Box<Verified>>,
     peer: &str,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -114,12 +114,9 @@ pub(crate) async fn run<S>(
 
     let last_seen = AtomicU64::new(0);
     let reader = read_loop(chat, client, &mut stream, &last_seen, started);
-    let times = Times {
-        started,
-        last_seen: &last_seen,
-        expires,
-    };
-    let writer = write_loop(chat, &mut sink, &queue, progress, times);
+    let writer = write_loop(
+        chat, &mut sink, &queue, progress, &last_seen, started, expires,
+    );
     let end = race(reader, writer).await;
 
     Box::pin(finish(
@@ -363,31 +360,19 @@ where
     End::Gone
 }
 
-/// The instants the writer keeps an eye on.
-struct Times<'a> {
-    started: Instant,
-    /// When the last frame arrived, in milliseconds after `started` (the reader stores it).
-    last_seen: &'a AtomicU64,
-    /// When the client's token expires, if it gave one.
-    expires: Option<Instant>,
-}
-
 async fn write_loop<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
     queue: &Receiver<Outgoing>,
     progress: &Progress,
-    times: Times<'_>,
+    last_seen: &AtomicU64,
+    started: Instant,
+    expires: Option<Instant>,
 ) -> End
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let config = &chat.config;
-    let Times {
-        started,
-        last_seen,
-        expires,
-    } = times;
     let mut next_ping = started + config.ping_interval;
     // One timer per session, re-armed only when it fires: for the next ping, the moment the
     // client would have been silent too long, or the moment its token expires, whichever

@@ -1,7 +1,9 @@
 //! The smol side: the listening socket, the accept loop, executor threads and shutdown.
 //!
 //! [`start`] binds the address from the config, creates the hub ([`Chat::new`]) and runs the
-//! hub and the accept loop on a `smol::Executor` driven by `--threads` threads. Each accepted
+//! accept loop and the sessions on a `smol::Executor`, and the hub on one of its own that the
+//! same `--threads` threads poll first (every message passes through the hub, which must not
+//! wait behind the writers it woke). Each accepted
 //! socket gets `TCP_NODELAY` and its own task, which hands it to [`Chat::serve`]. Everything
 //! chat-related lives behind that call; this file only moves sockets and threads around.
 //!

@@ -388,6 +388,20 @@ pub struct RoomSummary<'a> {
     pub members: usize,
 }
 
+impl<'a> RoomSummary<'a> {
+    /// A page of rooms as the authority lists them (name, members), for the `rooms` event and
+    /// the HTTP API's room list.
+    pub fn page(rooms: &'a [(String, usize)]) -> Vec<RoomSummary<'a>> {
+        rooms
+            .iter()
+            .map(|(name, members)| RoomSummary {
+                name,
+                members: *members,
+            })
+            .collect()
+    }
+}
+
 /// An event from the server, borrowing its fields from the hub's state while it is encoded.
 #[derive(Debug, Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]

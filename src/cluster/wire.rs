@@ -63,28 +63,23 @@ pub fn room_event(room: &str, payload: &str, node: &str) -> Option<RoomEvent> {
     let (ev, rest) = payload.split_once(' ')?;
     let ev = ev.parse().ok()?;
     let (kind, rest) = rest.split_once(' ')?;
+    let message = |id: &str, ts: &str, nick: &str, text: &str, api| {
+        Some(What::Message {
+            id: id.parse().ok()?,
+            nick: nick.to_string(),
+            text: text.to_string(),
+            ts: ts.parse().ok()?,
+            api,
+        })
+    };
     let (mid, what) = match kind {
         "m" => {
             let [id, ts, mid, nick, text] = fields(rest)?;
-            let what = What::Message {
-                id: id.parse().ok()?,
-                nick: nick.to_string(),
-                text: text.to_string(),
-                ts: ts.parse().ok()?,
-                api: false,
-            };
-            (Some(mid), what)
+            (Some(mid), message(id, ts, nick, text, false)?)
         }
         "a" => {
             let [id, ts, nick, text] = fields(rest)?;
-            let what = What::Message {
-                id: id.parse().ok()?,
-                nick: nick.to_string(),
-                text: text.to_string(),
-                ts: ts.parse().ok()?,
-                api: true,
-            };
-            (None, what) // said by no member
+            (None, message(id, ts, nick, text, true)?) // said by no member
         }
         "j" => {
             let [count, mid, nick] = fields(rest)?;

@@ -173,13 +173,7 @@ impl Hub {
             }
             (Calling::Rooms(offset), Answer::Rooms { count, page }) => {
                 let end = offset.saturating_add(page.len());
-                let rooms = page
-                    .iter()
-                    .map(|(name, members)| RoomSummary {
-                        name,
-                        members: *members,
-                    })
-                    .collect();
+                let rooms = RoomSummary::page(&page);
                 let next = (end < count).then_some(end);
                 ApiReply::json(200, &RoomsPage { rooms, count, next })
             }

@@ -312,13 +312,7 @@ impl Hub {
                 self.send(key, &frame);
             }
             (Waiting::Rooms(offset), Answer::Rooms { count, page }) => {
-                let rooms = page
-                    .iter()
-                    .map(|(name, members)| RoomSummary {
-                        name,
-                        members: *members,
-                    })
-                    .collect();
+                let rooms = RoomSummary::page(&page);
                 self.send(key, &Event::rooms_page(rooms, count, offset));
             }
             #[cfg(feature = "api")]

@@ -102,16 +102,7 @@ pub struct Client {
 impl Client {
     /// Connects and returns without reading anything.
     pub async fn connect_raw(addr: SocketAddr) -> Client {
-        let stream = Async::<TcpStream>::connect(addr)
-            .await
-            .expect("tcp connect");
-        let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}/ws"), stream)
-            .await
-            .expect("websocket handshake");
-        Client {
-            ws,
-            nick: String::new(),
-        }
+        Client::connect_path(addr, "/ws").await
     }
 
     /// Connects to `path` (with its query, `/ws?token=...`) and returns without reading.

@@ -20,8 +20,11 @@ pub struct ClientId {
 /// Where a client connects from, for limits per address: an IPv4 address, an IPv6 /64 (one
 /// subscriber's network: a single host can use any of its 2^64 addresses), or for peers that
 /// are not socket addresses (embedders may pass any text) a hash of the text.
+///
+/// Kept as two halves, high first, rather than a `u128`, whose 16-byte alignment would pad
+/// every command and every connection's task that holds one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Address(u128);
+pub struct Address([u64; 2]);
 
 impl Address {
     /// The address of `peer`, as `Chat::serve` receives it (`"127.0.0.1:5000"`).
@@ -30,22 +33,23 @@ impl Address {
             .parse::<SocketAddr>()
             .map(|a| a.ip())
             .or_else(|_| peer.parse::<IpAddr>());
-        match ip.map(|ip| ip.to_canonical()) {
-            Ok(IpAddr::V4(v4)) => Address(u128::from(v4.to_ipv6_mapped())),
-            Ok(IpAddr::V6(v6)) => Address(u128::from(v6) & !u128::from(u64::MAX)),
+        let value = match ip.map(|ip| ip.to_canonical()) {
+            Ok(IpAddr::V4(v4)) => u128::from(v4.to_ipv6_mapped()),
+            Ok(IpAddr::V6(v6)) => u128::from(v6) & !u128::from(u64::MAX),
             Err(_) => {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
                 peer.hash(&mut h);
                 // Low bits set: no IPv6 /64 prefix key has any.
-                Address(u128::from(h.finish()) | 1 << 64)
+                u128::from(h.finish()) | 1 << 64
             }
-        }
+        };
+        Address([(value >> 64) as u64, value as u64])
     }
 
     /// The address as a number, for stores that key by it (Redis).
     pub fn value(self) -> u128 {
-        self.0
+        u128::from(self.0[0]) << 64 | u128::from(self.0[1])
     }
 }
 

@@ -231,12 +231,14 @@ impl Chat {
     /// whole exchange (request head, response, the drain after it, or the upgrade) must be over
     /// within `--handshake-timeout`. Beyond the slots, a connection gets a 503 if its socket
     /// takes it at once, and is closed.
-    pub async fn serve<S>(&self, stream: S, peer: &str)
+    pub fn serve<'a, S>(&'a self, stream: S, peer: &'a str) -> impl Future<Output = ()> + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
+        // Not an `async fn`: that would wrap the connection's future in one more layer, with
+        // its own copy of the arguments, for the connection's whole life.
         let plain = |stream| async { Some(stream) };
-        self.serve_over(stream, peer, plain, true).await;
+        self.serve_over(stream, peer, plain, true)
     }
 
     /// Serves one accepted connection that speaks TLS (feature `tls`): the TLS handshake with
@@ -244,37 +246,51 @@ impl Chat {
     /// TLS handshake is part of the exchange that `--handshake-timeout` and `--max-pending`
     /// bound.
     #[cfg(feature = "tls")]
-    pub async fn serve_tls<S>(&self, stream: S, peer: &str, acceptor: futures_rustls::TlsAcceptor)
+    pub fn serve_tls<'a, S>(
+        &'a self,
+        stream: S,
+        peer: &'a str,
+        acceptor: futures_rustls::TlsAcceptor,
+    ) -> impl Future<Output = ()> + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
-        let tls = |stream| handshake::tls(self, stream, peer, acceptor);
+        let tls = move |stream| handshake::tls(self, stream, peer, acceptor);
         // No plain-HTTP 503 on a TLS port: the client could not read it.
-        self.serve_over(stream, peer, tls, false).await;
+        self.serve_over(stream, peer, tls, false)
     }
 
     /// A connection's whole life: the handshake ([`handshake::admit`]) over the stream `wrap`
     /// makes of the socket (the socket itself, or its TLS stream), then the session.
     /// `plain`: a refused connection may be answered in plain HTTP.
-    async fn serve_over<S, T, F, Fut>(&self, stream: S, peer: &str, wrap: F, plain: bool)
+    #[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
+    fn serve_over<'a, S, T, F, Fut>(
+        &'a self,
+        stream: S,
+        peer: &'a str,
+        wrap: F,
+        plain: bool,
+    ) -> impl Future<Output = ()> + 'a
     where
-        S: AsyncRead + AsyncWrite + Unpin,
-        T: AsyncRead + AsyncWrite + Unpin,
-        F: FnOnce(Metered<S>) -> Fut,
-        Fut: Future<Output = Option<T>>,
+        S: AsyncRead + AsyncWrite + Unpin + 'a,
+        T: AsyncRead + AsyncWrite + Unpin + 'a,
+        F: FnOnce(Metered<S>) -> Fut + 'a,
+        Fut: Future<Output = Option<T>> + 'a,
     {
-        // The handshake's futures are large and short-lived. Boxed, they are freed before the
-        // session starts instead of sitting inside every connection's future for its whole
-        // life (rustc does not reuse their space for the session's state).
-        let admitted = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await;
-        if let Some(handshake::Upgraded {
-            halves,
-            progress,
-            group,
-            user,
-            slot,
-        }) = admitted
-        {
+        async move {
+            // The handshake's futures are large and short-lived. Boxed, they are freed before
+            // the session starts instead of sitting inside every connection's future for its
+            // whole life (rustc does not reuse their space for the session's state).
+            let Some(handshake::Upgraded {
+                halves,
+                progress,
+                group,
+                user,
+                slot,
+            }) = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await
+            else {
+                return;
+            };
             session::run(self, halves, &progress, group, user, peer).await;
             drop(slot);
         }

@@ -78,7 +78,7 @@ pub fn start(mut config: Config) -> io::Result<Running> {
     let (session_alive, sessions) = async_channel::bounded::<()>(1);
     let accept = accept_loop(
         listener,
-        chat.clone(),
+        Arc::new(chat.clone()),
         executor.clone(),
         session_alive,
         #[cfg(feature = "tls")]
@@ -190,7 +190,7 @@ fn fit_descriptor_limit(wanted: usize) -> usize {
 
 async fn accept_loop(
     listener: Async<TcpListener>,
-    chat: Chat,
+    chat: Arc<Chat>,
     executor: Arc<Executor<'static>>,
     session_alive: Sender<()>,
     #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::Tls>>,
@@ -207,14 +207,16 @@ async fn accept_loop(
             }
         };
         let _ = stream.get_ref().set_nodelay(true);
+        // What the task keeps for the connection's whole life: one pointer to the hub handle,
+        // the peer as text.
         let chat = chat.clone();
+        let peer = peer.to_string();
         let alive = session_alive.clone();
         // The certificate of the moment: a reload changes it for the connections after it.
         #[cfg(feature = "tls")]
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         executor
             .spawn(async move {
-                let peer = peer.to_string();
                 #[cfg(feature = "tls")]
                 if let Some(acceptor) = acceptor {
                     chat.serve_tls(stream, &peer, acceptor).await;

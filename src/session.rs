@@ -85,50 +85,59 @@ impl End {
 }
 
 /// Runs the session for an upgraded connection until it ends. `peer` is only for logs.
-pub(crate) async fn run<S>(
-    chat: &Chat,
+///
+/// (This function, the reader and the writer return an `async move` block rather than being
+/// `async fn`s: an `async fn` copies its arguments into locals and keeps both in its state,
+/// which lives in every connection's task for the connection's whole life.)
+#[allow(clippy::manual_async_fn)] // on purpose: see the last paragraph above
+pub(crate) fn run<'a, S>(
+    chat: &'a Chat,
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
-    progress: &Progress,
+    progress: &'a Progress,
     group: Option<String>,
     user: Option<Box<Verified>>,
-    peer: &str,
-) where
-    S: AsyncRead + AsyncWrite + Unpin,
+    peer: &'a str,
+) -> impl Future<Output = ()> + 'a
+where
+    S: AsyncRead + AsyncWrite + Unpin + 'a,
 {
-    let started = Instant::now();
-    // The moment the token expires, on the session's clock; `None` also for an expiry too far
-    // away for the clock (`exp` near u64::MAX: "never"), which must not overflow `Instant`.
-    let expires = user.as_ref().and_then(|v| {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        started.checked_add(Duration::from_secs(v.expires.saturating_sub(now)))
-    });
-    let user = user.map(|v| v.user);
-    // Registration and teardown run once; boxed, their futures take no space in the
-    // long-lived part of the session.
-    let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await else {
-        return;
-    };
-    crate::logger::connection(peer, "connected");
+    async move {
+        let started = Instant::now();
+        // The moment the token expires, on the session's clock; `None` also for an expiry too far
+        // away for the clock (`exp` near u64::MAX: "never"), which must not overflow `Instant`.
+        let expires = user.as_ref().and_then(|v| {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            started.checked_add(Duration::from_secs(v.expires.saturating_sub(now)))
+        });
+        let user = user.map(|v| v.user);
+        // Registration and teardown run once; boxed, their futures take no space in the
+        // long-lived part of the session.
+        let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await
+        else {
+            return;
+        };
+        crate::logger::connection(peer, "connected");
 
-    let last_seen = AtomicU64::new(0);
-    let reader = read_loop(chat, client, &mut stream, &last_seen, started);
-    let writer = write_loop(
-        chat, &mut sink, &queue, progress, &last_seen, started, expires,
-    );
-    let end = race(reader, writer).await;
+        let last_seen = AtomicU64::new(0);
+        let reader = read_loop(chat, client, &mut stream, &last_seen, started);
+        let writer = write_loop(
+            chat, &mut sink, &queue, progress, &last_seen, started, expires,
+        );
+        let end = race(reader, writer).await;
 
-    Box::pin(finish(
-        chat,
-        client,
-        end,
-        (&mut sink, &mut stream),
-        &queue,
-        progress,
-        peer,
-    ))
-    .await;
+        Box::pin(finish(
+            chat,
+            client,
+            end,
+            (&mut sink, &mut stream),
+            &queue,
+            progress,
+            peer,
+        ))
+        .await;
+    }
 }
 
 /// Gives the hub this client's queue and waits for its id. `None` if the hub is shutting
@@ -237,25 +246,35 @@ where
     let (mut code, mut reason) = (code, reason);
     while queue.recv_batch(&mut batch).await {
         for item in batch.drain(..) {
-            match item {
-                Outgoing::Event(frame) => {
-                    let len = frame.len();
-                    Metrics::add(&chat.metrics.bytes_out, len as u64);
-                    sink.feed(Message::Text(frame)).await?;
+            match to_message(item, &chat.metrics) {
+                Ok((message, len)) => {
+                    sink.feed(message).await?;
                     queue.release(len);
                 }
-                Outgoing::Binary(bytes) => {
-                    let len = bytes.len();
-                    Metrics::add(&chat.metrics.bytes_out, len as u64);
-                    sink.feed(Message::Binary(bytes)).await?;
-                    queue.release(len);
-                }
-                Outgoing::Close(c, r) => (code, reason) = (c, r),
+                Err(close) => (code, reason) = close,
             }
         }
     }
     sink.send(close(code, reason)).await?;
     Ok(code)
+}
+
+/// The frame for an item of the client's queue and its length (counted in `bytes_out`), or the
+/// close code and reason the hub asked for.
+fn to_message(item: Outgoing, metrics: &Metrics) -> Result<(Message, usize), (u16, &'static str)> {
+    let (message, len) = match item {
+        Outgoing::Event(frame) => {
+            let len = frame.len();
+            (Message::Text(frame), len)
+        }
+        Outgoing::Binary(bytes) => {
+            let len = bytes.len();
+            (Message::Binary(bytes), len)
+        }
+        Outgoing::Close(code, reason) => return Err((code, reason)),
+    };
+    Metrics::add(&metrics.bytes_out, len as u64);
+    Ok((message, len))
 }
 
 fn close(code: u16, reason: &'static str) -> Message {
@@ -275,92 +294,117 @@ where
     let _ = within(LINGER, async { while stream.next().await.is_some() {} }).await;
 }
 
-async fn read_loop<S>(
+/// What the reader does with one frame: the command for the hub, `None` for a frame that needs
+/// none (a ping, a pong, a refused frame in raw mode), or the end of the session. A plain
+/// function, so that its temporaries are not kept in the reader's state.
+fn command_for(
+    chat: &Chat,
+    client: ClientId,
+    limit: &mut RateLimit,
+    now: Instant,
+    frame: Result<Message, WsError>,
+) -> Result<Option<Command>, End> {
+    let config = &chat.config;
+    let raw = config.protocol == Protocol::Raw;
+    let data = match frame {
+        Ok(Message::Text(text)) => Outgoing::Event(text),
+        Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
+        Ok(Message::Binary(_)) => {
+            return Err(End::violation(
+                1003,
+                "binary frames are not supported; send text",
+            ));
+        }
+        // Pings are answered by tungstenite, so each costs a write: they count against the
+        // rate limit like messages, and a client that floods them is closed like one that
+        // floods messages (without an `error` per ping, which would cost more). Pongs prove
+        // life, and count too.
+        Ok(Message::Ping(_) | Message::Pong(_)) => {
+            limit.allow(now, &chat.metrics)?;
+            return Ok(None);
+        }
+        // The client's close (answered by tungstenite) ends the stream next.
+        Ok(_) => return Ok(None),
+        Err(WsError::Capacity(_)) => return Err(End::violation(1009, "message too big")),
+        Err(WsError::Utf8(_)) => return Err(End::violation(1007, "text is not valid UTF-8")),
+        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            return Err(End::Gone);
+        }
+        Err(WsError::Protocol(_)) => return Err(End::violation(1002, "protocol error")),
+        Err(_) => return Err(End::Gone),
+    };
+    Metrics::add(&chat.metrics.bytes_in, data.bytes() as u64);
+
+    Ok(Some(match (limit.allow(now, &chat.metrics)?, data) {
+        // Raw mode sends nothing but data: a refused frame is dropped unanswered.
+        (false, _) if raw => return Ok(None),
+        (false, _) => {
+            let error = Error::new(
+                ErrorCode::RateLimited,
+                format!(
+                    "slow down: at most {} messages per second (bursts of {}); this one was \
+                     dropped",
+                    config.rate_limit, config.rate_burst
+                ),
+            );
+            Command::Refuse { client, error }
+        }
+        (true, item) if raw => Command::Publish { client, item },
+        (true, Outgoing::Event(text)) => match protocol::parse(&text, config.max_message_bytes) {
+            Ok(request) => Command::Request { client, request },
+            Err(error) => Command::Refuse { client, error },
+        },
+        (true, _) => unreachable!("v1 data frames are text"),
+    }))
+}
+
+#[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
+fn read_loop<S>(
     chat: &Chat,
     client: ClientId,
     stream: &mut WebSocketReceiver<S>,
     last_seen: &AtomicU64,
     started: Instant,
-) -> End
+) -> impl Future<Output = End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = &chat.config;
-    let raw = config.protocol == Protocol::Raw;
-    let mut limit = RateLimit {
-        bucket: TokenBucket::new(config.rate_limit, config.rate_burst),
-        refused: 0,
-        window_start: started,
-    };
-    let mut since_yield = 0;
-    while let Some(frame) = stream.next().await {
-        since_yield += 1;
-        if since_yield >= YIELD_FRAMES {
-            since_yield = 0;
-            futures_lite::future::yield_now().await;
-        }
-        let now = Instant::now();
-        last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
-        let data = match frame {
-            Ok(Message::Text(text)) => Outgoing::Event(text),
-            Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
-            Ok(Message::Binary(_)) => {
-                return End::violation(1003, "binary frames are not supported; send text");
+    async move {
+        let config = &chat.config;
+        let mut limit = RateLimit {
+            bucket: TokenBucket::new(config.rate_limit, config.rate_burst),
+            refused: 0,
+            window_start: started,
+        };
+        let mut since_yield = 0;
+        loop {
+            // `let else` rather than `while let`: the frame's temporary then ends with this
+            // statement instead of being kept in the task through the `send` below.
+            let Some(frame) = stream.next().await else {
+                break;
+            };
+            since_yield += 1;
+            if since_yield >= YIELD_FRAMES {
+                since_yield = 0;
+                futures_lite::future::yield_now().await;
             }
-            // Pings are answered by tungstenite, so each costs a write: they count against
-            // the rate limit like messages, and a client that floods them is closed like one
-            // that floods messages (without an `error` per ping, which would cost more).
-            // Pongs prove life, and count too.
-            Ok(Message::Ping(_) | Message::Pong(_)) => {
-                if let Err(end) = limit.allow(now, &chat.metrics) {
-                    return end;
-                }
-                continue;
-            }
-            // The client's close (answered by tungstenite) ends the stream next.
-            Ok(_) => continue,
-            Err(WsError::Capacity(_)) => return End::violation(1009, "message too big"),
-            Err(WsError::Utf8(_)) => return End::violation(1007, "text is not valid UTF-8"),
-            Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            let now = Instant::now();
+            last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
+            let command = match command_for(chat, client, &mut limit, now, frame) {
+                Ok(Some(command)) => command,
+                Ok(None) => continue,
+                Err(end) => return end,
+            };
+            if chat.inbox.send(command).await.is_err() {
                 return End::Gone;
             }
-            Err(WsError::Protocol(_)) => return End::violation(1002, "protocol error"),
-            Err(_) => return End::Gone,
-        };
-        Metrics::add(&chat.metrics.bytes_in, data.bytes() as u64);
-
-        let command = match (limit.allow(now, &chat.metrics), data) {
-            (Err(end), _) => return end,
-            // Raw mode sends nothing but data: a refused frame is dropped unanswered.
-            (Ok(false), _) if raw => continue,
-            (Ok(false), _) => {
-                let error = Error::new(
-                    ErrorCode::RateLimited,
-                    format!(
-                        "slow down: at most {} messages per second (bursts of {}); this one was \
-                         dropped",
-                        config.rate_limit, config.rate_burst
-                    ),
-                );
-                Command::Refuse { client, error }
-            }
-            (Ok(true), item) if raw => Command::Publish { client, item },
-            (Ok(true), Outgoing::Event(text)) => {
-                match protocol::parse(&text, config.max_message_bytes) {
-                    Ok(request) => Command::Request { client, request },
-                    Err(error) => Command::Refuse { client, error },
-                }
-            }
-            (Ok(true), _) => unreachable!("v1 data frames are text"),
-        };
-        if chat.inbox.send(command).await.is_err() {
-            return End::Gone;
         }
+        End::Gone
     }
-    End::Gone
 }
 
-async fn write_loop<S>(
+#[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
+fn write_loop<S>(
     chat: &Chat,
     sink: &mut WebSocketSender<S>,
     queue: &Receiver<Outgoing>,
@@ -368,126 +412,145 @@ async fn write_loop<S>(
     last_seen: &AtomicU64,
     started: Instant,
     expires: Option<Instant>,
-) -> End
+) -> impl Future<Output = End>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let config = &chat.config;
-    let mut next_ping = started + config.ping_interval;
-    // One timer per session, re-armed only when it fires: for the next ping, the moment the
-    // client would have been silent too long, or the moment its token expires, whichever
-    // comes first.
-    let first = next_ping.min(started + config.idle_timeout);
-    let mut timer = Timer::at(expires.map_or(first, |e| e.min(first)));
-    // Swapped with the queue's buffer on every batch; both keep their capacity.
-    let mut batch = VecDeque::new();
-    // Holds back the frames of a client that is receiving a burst (see below).
-    let mut hold = Timer::never();
-    let mut last_write = started;
-    // Bytes of the batch last written, released from the queue's byte bound with the next.
-    let mut written = 0;
-    loop {
-        // The timer is polled first. Were the queue first, a queue that is never empty when the
-        // writer comes back for more (a busy room, a client that reads just fast enough) would
-        // keep the timer from ever being polled: no pings and no idle check for as long as
-        // the room is busy (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in
-        // tests/limits.rs). A timer that is not due costs a clock read to poll, and one that
-        // fires is re-armed for a later instant below, so it cannot starve the queue in turn.
-        let fired = async {
-            (&mut timer).await;
-            None
-        };
-        // The previous batch's bytes leave the byte bound as the next batch is taken: inside
-        // the future, so that when the timer wins (and this is never polled) they stay in
-        // `written` for the next round.
-        let received = async {
-            let release = std::mem::take(&mut written);
-            Some(queue.release_and_recv_batch(release, &mut batch).await)
-        };
-        match fired.or(received).await {
-            Some(true) => {
-                // A client whose last write was less than `coalesce / 2` ago is receiving a
-                // burst: its frames wait until `coalesce` after that write and then go out
-                // together. Every write is a system call that costs more than the frames in
-                // it; sparse traffic is never held.
-                let coalesce = config.coalesce;
-                if !coalesce.is_zero() && Instant::now() < last_write + coalesce / 2 {
-                    hold.set_at(last_write + coalesce);
-                    (&mut hold).await;
-                    queue.append_to(&mut batch);
-                }
-            }
-            Some(false) => return End::Gone, // the hub dropped us after our own Disconnect
-            None => {
-                let now = Instant::now();
-                let silent_until =
-                    started + Duration::from_millis(last_seen.load(Relaxed)) + config.idle_timeout;
-                if now >= silent_until {
-                    return End::Close {
-                        code: 1000,
-                        reason: "idle timeout",
-                        leave: LeaveReason::Timeout,
-                    };
-                }
-                if let Some(expires) = expires
-                    && now >= expires
-                {
-                    let (code, reason) = TOKEN_EXPIRED_CLOSE;
-                    return End::Close {
-                        code,
-                        reason,
-                        leave: LeaveReason::Disconnected,
-                    };
-                }
-                if now >= next_ping {
-                    let ping = sink.send(Message::Ping(Default::default()));
-                    match without_progress(config.write_timeout, || progress.writes(), ping).await {
-                        Some(Ok(())) => {}
-                        Some(Err(_)) => return End::Gone,
-                        None => return End::Stalled,
+    async move {
+        let config = &chat.config;
+        let mut next_ping = started + config.ping_interval;
+        // One timer per session, re-armed only when it fires: for the next ping, the moment the
+        // client would have been silent too long, or the moment its token expires, whichever
+        // comes first.
+        let mut timer = Timer::at({
+            let first = next_ping.min(started + config.idle_timeout);
+            expires.map_or(first, |e| e.min(first))
+        });
+        // Swapped with the queue's buffer on every batch; both keep their capacity.
+        let mut batch = VecDeque::new();
+        // Holds back the frames of a client that is receiving a burst (see below).
+        let mut hold = Timer::never();
+        let mut last_write = started;
+        // Bytes of the batch last written, released from the queue's byte bound with the next.
+        let mut written = 0;
+        loop {
+            let mut ping = false;
+            // The timer is polled first. Were the queue first, a queue that is never empty when the
+            // writer comes back for more (a busy room, a client that reads just fast enough) would
+            // keep the timer from ever being polled: no pings and no idle check for as long as
+            // the room is busy (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in
+            // tests/limits.rs). A timer that is not due costs a clock read to poll, and one that
+            // fires is re-armed for a later instant below, so it cannot starve the queue in turn.
+            let fired = async {
+                (&mut timer).await;
+                None
+            };
+            // The previous batch's bytes leave the byte bound as the next batch is taken: inside
+            // the future, so that when the timer wins (and this is never polled) they stay in
+            // `written` for the next round.
+            let received = async {
+                let release = std::mem::take(&mut written);
+                Some(queue.release_and_recv_batch(release, &mut batch).await)
+            };
+            match fired.or(received).await {
+                Some(true) => {
+                    // A client whose last write was less than `coalesce / 2` ago is receiving a
+                    // burst: its frames wait until `coalesce` after that write and then go out
+                    // together. Every write is a system call that costs more than the frames in
+                    // it; sparse traffic is never held.
+                    let coalesce = config.coalesce;
+                    if !coalesce.is_zero() && Instant::now() < last_write + coalesce / 2 {
+                        hold.set_at(last_write + coalesce);
+                        (&mut hold).await;
+                        queue.append_to(&mut batch);
                     }
-                    next_ping = now + config.ping_interval;
                 }
-                let next = next_ping.min(silent_until);
-                timer.set_at(expires.map_or(next, |e| e.min(next)));
-                continue;
+                Some(false) => return End::Gone, // the hub dropped us after our own Disconnect
+                None => {
+                    let now = Instant::now();
+                    let silent_until = started
+                        + Duration::from_millis(last_seen.load(Relaxed))
+                        + config.idle_timeout;
+                    if now >= silent_until {
+                        return End::Close {
+                            code: 1000,
+                            reason: "idle timeout",
+                            leave: LeaveReason::Timeout,
+                        };
+                    }
+                    if let Some(expires) = expires
+                        && now >= expires
+                    {
+                        let (code, reason) = TOKEN_EXPIRED_CLOSE;
+                        return End::Close {
+                            code,
+                            reason,
+                            leave: LeaveReason::Disconnected,
+                        };
+                    }
+                    ping = now >= next_ping;
+                    if ping {
+                        next_ping = now + config.ping_interval;
+                    }
+                    let next = next_ping.min(silent_until);
+                    timer.set_at(expires.map_or(next, |e| e.min(next)));
+                    if !ping {
+                        continue;
+                    }
+                }
             }
-        }
 
-        // Feed everything that was queued, then flush once: one write for the whole batch.
-        // The batch's bytes stay counted against the queue's byte bound until they are
-        // written.
-        let write = async {
-            while let Some(item) = batch.pop_front() {
-                match item {
-                    Outgoing::Event(frame) => {
-                        written += frame.len();
-                        Metrics::add(&chat.metrics.bytes_out, frame.len() as u64);
-                        sink.feed(Message::Text(frame)).await?;
-                    }
-                    Outgoing::Binary(bytes) => {
-                        written += bytes.len();
-                        Metrics::add(&chat.metrics.bytes_out, bytes.len() as u64);
-                        sink.feed(Message::Binary(bytes)).await?;
-                    }
-                    Outgoing::Close(code, reason) => {
-                        sink.send(close(code, reason)).await?;
-                        chat.metrics.close_sent(code);
-                        return Ok::<_, WsError>(Some((code, reason)));
-                    }
+            // Feed everything that was queued (and the ping, if one is due), then flush once: one
+            // write for the whole batch. The batch's bytes stay counted against the queue's byte
+            // bound until they are written. Everything the writer sends goes through this one
+            // future, so the connection's task has room for one write in flight and no more.
+            let write = async {
+                if ping {
+                    sink.feed(Message::Ping(Default::default())).await?;
                 }
+                // `to_message` outside the `await`s: only the `Feed` future, which holds the
+                // message, is kept in the task while the write waits.
+                while let Some(item) = batch.pop_front() {
+                    let message = match to_message(item, &chat.metrics) {
+                        Ok((message, len)) => {
+                            written += len;
+                            message
+                        }
+                        // Sent below, after what was fed before it.
+                        Err(close) => return Ok::<_, WsError>(Some(close)),
+                    };
+                    sink.feed(message).await?;
+                }
+                sink.flush().await?;
+                Ok(None)
+            };
+            if !config.coalesce.is_zero() {
+                last_write = Instant::now();
             }
-            sink.flush().await?;
-            Ok(None)
-        };
-        if !config.coalesce.is_zero() {
-            last_write = Instant::now();
-        }
-        match without_progress(config.write_timeout, || progress.writes(), write).await {
-            Some(Ok(None)) => {}
-            Some(Ok(Some((code, reason)))) => return End::ClosedByHub { code, reason },
-            Some(Err(_)) => return End::Gone,
-            None => return End::Stalled,
+            let (code, reason) =
+                match without_progress(config.write_timeout, || progress.writes(), write).await {
+                    Some(Ok(None)) => continue,
+                    Some(Ok(Some(close))) => close,
+                    Some(Err(_)) => return End::Gone,
+                    None => return End::Stalled,
+                };
+            // The hub closed the client. Once per session, so boxed: its future takes no room in
+            // the task for the rest of the session's life.
+            let send = sink.send(close(code, reason));
+            return match Box::pin(without_progress(
+                config.write_timeout,
+                || progress.writes(),
+                send,
+            ))
+            .await
+            {
+                Some(Ok(())) => {
+                    chat.metrics.close_sent(code);
+                    End::ClosedByHub { code, reason }
+                }
+                Some(Err(_)) => End::Gone,
+                None => End::Stalled,
+            };
         }
     }
 }

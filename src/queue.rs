@@ -18,13 +18,14 @@
 //! receives anything,
 //! more than all the rest of an idle connection together. An unbounded channel allocates lazily
 //! but in fresh 31-slot blocks as messages pass, that is, allocations on the fan-out path.
-//! This queue is a `Mutex<VecDeque>` and an `event_listener::Event` (the same primitive
-//! async-channel is built on), and the lock is held only for a push or a swap.
+//! This queue is a `Mutex<VecDeque>` and, under the same lock, the waker of the one consumer
+//! when it waits; the lock is held only for a push or a swap. (An `event_listener::Event`, the
+//! primitive async-channel is built on, was used first: it is made for many listeners and cost
+//! each connection another allocation of 72 bytes.)
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-
-use event_listener::Event;
+use std::task::{Poll, Waker};
 
 /// Why [`Sender::try_send`] refused an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,14 +47,15 @@ struct State<T> {
     /// Bytes of the waiting items plus those the consumer took and has not released.
     bytes: usize,
     closed: bool,
+    /// The consumer's waker while it waits for an item; taken by the item (or the close) that
+    /// ends the wait.
+    waiting: Option<Waker>,
 }
 
 struct Shared<T> {
     state: Mutex<State<T>>,
     capacity: usize,
     byte_capacity: usize,
-    /// Notified when an item arrives or the queue closes.
-    ready: Event,
 }
 
 impl<T> Shared<T> {
@@ -64,8 +66,15 @@ impl<T> Shared<T> {
     }
 
     fn close(&self) {
-        self.lock().closed = true;
-        self.ready.notify(usize::MAX);
+        let waiting = {
+            let mut state = self.lock();
+            state.closed = true;
+            state.waiting.take()
+        };
+        // Woken outside the lock, which the consumer takes as soon as it runs.
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 }
 
@@ -83,10 +92,10 @@ pub fn bounded<T: Weigh>(capacity: usize, byte_capacity: usize) -> (Sender<T>, R
             items: VecDeque::new(),
             bytes: 0,
             closed: false,
+            waiting: None,
         }),
         capacity: capacity.max(1),
         byte_capacity,
-        ready: Event::new(),
     });
     (Sender(shared.clone()), Receiver(shared))
 }
@@ -108,12 +117,13 @@ impl<T: Weigh> Sender<T> {
         }
         state.items.push_back(item);
         state.bytes += bytes;
-        let waiting = state.items.len();
-        let half_full = waiting * 2 > self.0.capacity || state.bytes * 2 > self.0.byte_capacity;
+        let half_full =
+            state.items.len() * 2 > self.0.capacity || state.bytes * 2 > self.0.byte_capacity;
+        // The writer only waits when the queue is empty, so only the first item finds a waker.
+        let waiting = state.waiting.take();
         drop(state);
-        // The writer only waits when the queue is empty, so only the first item needs a wake-up.
-        if waiting == 1 {
-            self.0.ready.notify(1);
+        if let Some(waker) = waiting {
+            waker.wake();
         }
         Ok(half_full)
     }
@@ -137,8 +147,11 @@ impl<T: Weigh> Sender<T> {
             state.items.push_back(item);
             state.closed = true;
         }
+        let waiting = state.waiting.take();
         drop(state);
-        self.0.ready.notify(usize::MAX);
+        if let Some(waker) = waiting {
+            waker.wake();
+        }
     }
 
     /// The most items that may wait.
@@ -193,30 +206,27 @@ impl<T> Receiver<T> {
     /// takes the lock once per batch instead of twice.
     pub async fn release_and_recv_batch(&self, written: usize, batch: &mut VecDeque<T>) -> bool {
         let mut written = written;
-        loop {
-            {
-                let mut state = self.0.lock();
-                state.bytes = state.bytes.saturating_sub(std::mem::take(&mut written));
-                if !state.items.is_empty() {
-                    std::mem::swap(&mut state.items, batch);
-                    return true;
-                }
-                if state.closed {
-                    return false;
-                }
+        std::future::poll_fn(|cx| {
+            let mut state = self.0.lock();
+            state.bytes = state.bytes.saturating_sub(std::mem::take(&mut written));
+            if !state.items.is_empty() {
+                std::mem::swap(&mut state.items, batch);
+                return Poll::Ready(true);
             }
-            // Register, then look again: an item pushed between the check above and the
-            // registration would otherwise be missed. The listener lives in this future, not
-            // on the heap (`listen()` would allocate one for every wait).
-            event_listener::listener!(self.0.ready => listener);
-            {
-                let state = self.0.lock();
-                if !state.items.is_empty() || state.closed {
-                    continue;
-                }
+            if state.closed {
+                return Poll::Ready(false);
             }
-            listener.await;
-        }
+            // Checked and registered under one lock: no item can slip in between.
+            if !state
+                .waiting
+                .as_ref()
+                .is_some_and(|w| w.will_wake(cx.waker()))
+            {
+                state.waiting = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Reports `bytes` of items taken with [`Receiver::recv_batch`] as written: they no longer

@@ -35,7 +35,7 @@
 //!   and the count of writes that made progress.
 //! * `session`: one client's WebSocket session: the reader (frames into commands, the rate
 //!   limit) and the writer (batches out, pings, the idle and write timeouts, close codes).
-//! * `race`: two futures in one task, each polled only when its own waker fired.
+//! * `race`: two futures in one task, the first polled only when its own waker fired.
 //! * `deadline`: timeouts that cost a timer only when an operation has to wait. Apart from
 //!   `server`'s smol timer, the one module that touches `async-io`'s timer: the others take
 //!   its `Timer` from here.
@@ -56,7 +56,7 @@
 //! * `logger`: a small stderr logger, and the rate limit on refusal lines.
 //!
 //! Everything but `server` and `cluster` (whose Redis client, redis-rs, runs on smol) is
-//! written against `futures-io` traits, `async-channel`, `event-listener` and `async-io`'s
+//! written against `futures-io` traits, `async-channel` and `async-io`'s
 //! timer (which drives itself), so it runs on any executor: the library builds without smol
 //! (`--no-default-features`).
 //!

@@ -119,7 +119,9 @@ impl<T: Weigh> Sender<T> {
         state.bytes += bytes;
         let half_full =
             state.items.len() * 2 > self.0.capacity || state.bytes * 2 > self.0.byte_capacity;
-        // The writer only waits when the queue is empty, so only the first item finds a waker.
+        // The writer only waits when the queue is empty, so it is the first item that finds its
+        // waker (or a later one, if the writer stopped waiting for another reason: one
+        // spurious wake-up).
         let waiting = state.waiting.take();
         drop(state);
         if let Some(waker) = waiting {

@@ -6,9 +6,11 @@
 //! for readiness): one wasted system call per delivered event, measured at about a tenth of
 //! the server's time under fan-out. [`race`] gives the first future (the reader) a waker of
 //! its own that marks it and then wakes the task, and polls it only when marked. The second
-//! (the writer) gets the task's own waker and is polled on every wake-up: polling it when it
-//! has nothing to do costs a lock and a clock read, and the hub's wake-ups, the frequent ones,
-//! go straight to the task. (A mark for each, as this module had first, cost every wake-up of
+//! (the writer) gets the task's own waker and is polled on every wake-up: the hub's wake-ups,
+//! the frequent ones, go straight to the task, and polling a writer that waits for its queue
+//! costs a lock and a clock read. (A writer whose socket is full retries its write when polled
+//! for the reader: one failed `send` per wake-up of the reader, which a client pays for with
+//! its rate limit, for at most `--write-timeout`.) (A mark for each, as this module had first, cost every wake-up of
 //! the writer a lock more and every connection another allocation.)
 
 use std::future::Future;
@@ -16,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Wake, Waker};
 
-/// Marks one of the two futures as woken, then wakes the task that runs them.
+/// Marks the first future as woken, then wakes the task that runs both.
 struct Mark {
     woken: AtomicBool,
     task: Mutex<Option<Waker>>,
@@ -25,7 +27,7 @@ struct Mark {
 impl Mark {
     fn new() -> Arc<Self> {
         Arc::new(Mark {
-            // Both are polled once at the start.
+            // Polled once at the start.
             woken: AtomicBool::new(true),
             task: Mutex::new(None),
         })

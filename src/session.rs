@@ -500,10 +500,15 @@ where
                 }
             }
 
+            // A ping alone is not a burst: only frames start the coalescing window.
+            if !config.coalesce.is_zero() && !batch.is_empty() {
+                last_write = Instant::now();
+            }
             // Feed everything that was queued (and the ping, if one is due), then flush once: one
             // write for the whole batch. The batch's bytes stay counted against the queue's byte
-            // bound until they are written. Everything the writer sends goes through this one
-            // future, so the connection's task has room for one write in flight and no more.
+            // bound until they are written. Pings and frames go through this one future, so the
+            // connection's task has room for one write in flight (the hub's close frame, once
+            // per session, is sent from a boxed future below).
             let write = async {
                 if ping {
                     sink.feed(Message::Ping(Default::default())).await?;
@@ -524,9 +529,7 @@ where
                 sink.flush().await?;
                 Ok(None)
             };
-            if !config.coalesce.is_zero() {
-                last_write = Instant::now();
-            }
+
             let (code, reason) =
                 match without_progress(config.write_timeout, || progress.writes(), write).await {
                     Some(Ok(None)) => continue,

@@ -122,7 +122,8 @@ fn fan_out_allocates_per_message_not_per_recipient() {
         let after_idle = LIVE_BYTES.load(Relaxed);
         let per_connection = (after_idle - before_idle) / (LARGE - SMALL) as i64;
         println!("server heap per idle connection: {per_connection} bytes");
-        // 3.3 KB measured (2026-12-02, BENCHMARKS.md "Memory per idle connection").
+        // 3.2 KB measured (2026-12-02, release and debug, default features; BENCHMARKS.md,
+        // "Second pass").
         assert!(
             per_connection < 4 * 1024,
             "an idle connection holds {per_connection} bytes of heap"

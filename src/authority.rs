@@ -85,7 +85,8 @@ pub enum Answer {
     },
     NickTaken,
     Joined(Joined),
-    /// Refused by a rule only the authority can check (the room limits).
+    /// Refused by a rule only the authority can check (the room limits; a registration
+    /// beyond `--max-connections-per-user`).
     Refused(Error),
     Left,
     NotMember,
@@ -279,6 +280,19 @@ pub fn address_holds_too_many(max: usize) -> Error {
         format!(
             "clients from your address hold {max} rooms, the most allowed; join a room that \
              has members"
+        ),
+    )
+}
+
+/// The refusal of a connection that would give its user more than
+/// `--max-connections-per-user` connections (the session is then closed with
+/// [`crate::hub::USER_LIMIT_CLOSE`]). Both authorities refuse with this text.
+pub fn user_has_too_many(max: usize) -> Error {
+    Error::new(
+        ErrorCode::Forbidden,
+        format!(
+            "you are connected {max} times already, the most allowed \
+             (--max-connections-per-user); close a connection and try again"
         ),
     )
 }

@@ -89,6 +89,9 @@ pub struct Config {
     /// Rooms the clients of one address (an IPv4 address or an IPv6 /64) may have created
     /// and that still exist (`--max-rooms-per-address`).
     pub max_rooms_per_address: usize,
+    /// Connections one user (a token's subject) may have at once, on all nodes together
+    /// (`--max-connections-per-user`, feature `auth`). Guests are one connection each.
+    pub max_connections_per_user: usize,
     /// Largest room that still gets presence: `join`/`leave`/`nick` events and full member
     /// lists. Bigger rooms get member counts, and `who` answers in pages of this size
     /// (`--presence-limit`).
@@ -153,6 +156,7 @@ impl Default for Config {
             max_rooms: 1000,
             max_rooms_per_client: 32,
             max_rooms_per_address: 100,
+            max_connections_per_user: 16,
             presence_limit: 100,
             shutdown_timeout: Duration::from_secs(5),
             #[cfg(feature = "auth")]
@@ -293,6 +297,8 @@ Tokens (the auth feature; see docs/protocol.md#authentication):
   --auth-secret-file PATH     HS256 secret (at least 32 bytes) in a file: /ws then needs a
                               signed token (query ?token= or Authorization: Bearer)
   --auth required|optional    optional also admits guests without a token [default: required]
+  --max-connections-per-user N  connections one user may have at once; one more is closed
+                              with 4002 [default: 16]
   smolchat token --sub NAME   print a signed token for user NAME (see smolchat token --help)
 "
 } else {
@@ -367,6 +373,11 @@ const OPTIONS: &[(&str, &str)] = &[
     ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
     #[cfg(feature = "auth")]
     ("auth-secret-file", "SMOLCHAT_AUTH_SECRET_FILE"),
+    #[cfg(feature = "auth")]
+    (
+        "max-connections-per-user",
+        "SMOLCHAT_MAX_CONNECTIONS_PER_USER",
+    ),
     #[cfg(feature = "auth")]
     ("auth", "SMOLCHAT_AUTH"),
     #[cfg(feature = "api")]
@@ -680,6 +691,10 @@ impl Config {
                     secret,
                     guests: false,
                 });
+            }
+            #[cfg(feature = "auth")]
+            "max-connections-per-user" => {
+                self.max_connections_per_user = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
             }
             #[cfg(feature = "auth")]
             "auth" => {

@@ -124,6 +124,9 @@ pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
 pub const SHUTDOWN_CLOSE: (u16, &str) = (1001, "server shutting down");
 /// Close code and reason for a client the authority cannot register (Redis is down).
 pub const UNAVAILABLE_CLOSE: (u16, &str) = (1011, "chat backend unavailable");
+/// Close code and reason for a user's connection beyond `--max-connections-per-user` (after
+/// a `forbidden` error that says so). 4000-4999 are the application's own codes.
+pub const USER_LIMIT_CLOSE: (u16, &str) = (4002, "too many connections for this user");
 /// Close code and reason for a client the authority no longer knows (its node was taken for
 /// lost while cut off from Redis): it must connect again, and recover with its cursor.
 pub const LOST_CLOSE: (u16, &str) = (1012, "session lost by the chat backend; reconnect");

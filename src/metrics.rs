@@ -24,10 +24,13 @@ pub enum Refusal {
     Host,
     /// `--max-pending` connections were already waiting for their request or response.
     Pending,
+    /// A user's connection beyond `--max-connections-per-user`: upgraded, then closed with
+    /// 4002 (only the authority knows the user's connections on every node).
+    UserConnections,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 7] = [
+    const ALL: [Refusal; 8] = [
         Refusal::Origin,
         Refusal::Capacity,
         Refusal::HeadTooLarge,
@@ -35,6 +38,7 @@ impl Refusal {
         Refusal::BadRequest,
         Refusal::Host,
         Refusal::Pending,
+        Refusal::UserConnections,
     ];
 
     fn label(self) -> &'static str {
@@ -46,13 +50,14 @@ impl Refusal {
             Refusal::BadRequest => "bad_request",
             Refusal::Host => "host",
             Refusal::Pending => "pending",
+            Refusal::UserConnections => "user_connections",
         }
     }
 }
 
 /// The close codes the server sends, each counted separately.
-pub const CLOSE_CODES: [u16; 11] = [
-    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4001,
+pub const CLOSE_CODES: [u16; 12] = [
+    1000, 1001, 1002, 1003, 1007, 1008, 1009, 1011, 1012, 1013, 4001, 4002,
 ];
 
 /// The HTTP API's endpoints, as `/metrics` labels them.

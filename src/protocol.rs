@@ -91,7 +91,7 @@ pub enum ErrorCode {
     /// Scale-out only: the shared store (Redis) cannot be reached; nothing was done.
     Unavailable,
     /// Not allowed for this client: a rename when clients authenticate (`--auth-secret-file`),
-    /// a room its token does not list.
+    /// a room its token does not list, a connection beyond `--max-connections-per-user`.
     Forbidden,
 }
 

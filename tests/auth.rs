@@ -270,6 +270,65 @@ fn a_user_connected_twice_is_one_member_and_a_direct_reaches_both() {
     });
 }
 
+/// `--max-connections-per-user`: the connection that would be one too many is upgraded, told
+/// why (`forbidden`) and closed with 4002; names are one ignoring case; when one of the
+/// user's connections closes, the user may connect again; other users are not affected.
+#[test]
+fn a_connection_beyond_max_connections_per_user_is_closed_with_4002() {
+    let server = server_with(|c| {
+        c.auth = Some(Auth {
+            secret: Secret::new(SECRET.to_vec()),
+            guests: false,
+        });
+        c.max_connections_per_user = 2;
+    });
+    run(async {
+        let (mut tab1, _) = user(server.addr, &token("ada")).await;
+        tab1.expect("room").await;
+        let (mut tab2, _) = user(server.addr, &token("ada")).await;
+        tab2.expect("room").await;
+        for name in ["ada", "ADA"] {
+            let mut third =
+                Client::connect_path(server.addr, &format!("/ws?token={}", token(name))).await;
+            let (code, reason, events) = third.expect_close().await;
+            assert_eq!(
+                (code, reason.as_str()),
+                (4002, "too many connections for this user")
+            );
+            assert_eq!(events.len(), 1, "no welcome, only the reason: {events:?}");
+            assert_eq!(events[0]["code"], "forbidden");
+            let why = events[0]["message"].as_str().unwrap();
+            assert!(why.contains("--max-connections-per-user"), "{why}");
+        }
+        let (mut bob, _) = user(server.addr, &token("bob")).await;
+        bob.expect("room").await;
+
+        // The refused connections were never members: ada's tabs heard of bob only.
+        assert_eq!(tab1.expect("join").await["nick"], "bob");
+        tab1.close().await;
+        let (mut tab3, welcome) = user(server.addr, &token("ada")).await;
+        assert_eq!(welcome["nick"], "ada");
+        tab3.expect("room").await;
+        tab2.say("lobby", "three tabs, two at a time").await;
+        assert_eq!(
+            tab3.expect("message").await["text"],
+            "three tabs, two at a time"
+        );
+
+        let metrics = http(
+            server.addr,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        )
+        .await;
+        for line in [
+            "smolchat_refused_total{cause=\"user_connections\"} 2\n",
+            "smolchat_close_codes_total{code=\"4002\"} 2\n",
+        ] {
+            assert!(metrics.contains(line), "{line} in {metrics}");
+        }
+    });
+}
+
 #[test]
 fn a_token_with_rooms_limits_what_the_client_may_join() {
     let server = auth_server(false);

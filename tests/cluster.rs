@@ -1004,6 +1004,49 @@ fn a_user_connected_to_two_nodes_is_one_member() {
     });
 }
 
+/// `--max-connections-per-user` counts a user's connections on every node: with a cap of 2,
+/// one on each node, a third on either is closed with 4002; once one goes, there is room.
+#[test]
+fn max_connections_per_user_counts_every_node() {
+    let redis = RedisServer::start();
+    let capped = |c: &mut smolchat::Config| {
+        c.auth = Some(smolchat::config::Auth {
+            secret: smolchat::token::Secret::new(SECRET.to_vec()),
+            guests: false,
+        });
+        c.max_connections_per_user = 2;
+    };
+    let (one, two) = (node_with(&redis, capped), node_with(&redis, capped));
+    run(async {
+        let mut ada1 = connect_user(one.addr, "ada").await;
+        ada1.expect("room").await;
+        let ada2 = connect_user(two.addr, "ada").await;
+        for addr in [one.addr, two.addr] {
+            let stream = smol::Async::<std::net::TcpStream>::connect(addr)
+                .await
+                .expect("tcp connect");
+            let url = format!("ws://{addr}/ws?token={}", token("Ada"));
+            let (ws, _) = async_tungstenite::client_async(url, stream)
+                .await
+                .expect("the upgrade itself succeeds");
+            let mut third = Client {
+                ws,
+                nick: String::new(),
+            };
+            let (code, _, events) = third.expect_close().await;
+            assert_eq!(code, 4002, "{events:?}");
+            assert_eq!(events[0]["code"], "forbidden", "{events:?}");
+        }
+        // Nothing of the refused connections is left in Redis.
+        wait_for_connections(&redis, "ada", 2);
+        ada2.close().await;
+        wait_for_connections(&redis, "ada", 1);
+        let mut again = connect_user(two.addr, "ada").await;
+        again.expect("room").await;
+        wait_for_connections(&redis, "ada", 2);
+    });
+}
+
 #[test]
 fn a_users_connections_are_restored_together_after_redis_lost_its_data() {
     // After Redis lost everything, each node registers its members again. The second node to

@@ -116,6 +116,15 @@ impl Local {
             // Guests cannot rename when tokens are in use and a user's name cannot look like
             // a guest's (see `crate::token`), so the name is free or the user's own.
             let lower = name.to_ascii_lowercase();
+            let connected = match self.nicks.get(&lower) {
+                Some(_) => 1 + self.more.get(&lower).map_or(0, Vec::len),
+                None => 0,
+            };
+            if connected >= self.config.max_connections_per_user {
+                return Answer::Refused(super::user_has_too_many(
+                    self.config.max_connections_per_user,
+                ));
+            }
             match self.nicks.get(&lower) {
                 // Another connection of the same user (names are one ignoring case): it takes
                 // the spelling the user already has, so that all its connections share one

@@ -16,7 +16,9 @@ use redis::{RedisResult, Value};
 
 use super::scripts::Scripts;
 use super::wire;
-use crate::authority::{Answer, Ask, History, Joined, address_holds_too_many, too_many_rooms};
+use crate::authority::{
+    Answer, Ask, History, Joined, address_holds_too_many, too_many_rooms, user_has_too_many,
+};
 use crate::config::Config;
 use crate::protocol::ROOMS_PAGE;
 use crate::room::Room;
@@ -54,8 +56,12 @@ impl Job {
                 call.arg(mid)
                     .arg(&*node)
                     .arg(address.value().to_string())
-                    .arg(user.as_deref().unwrap_or(""));
-                Answer::Registered(call.invoke_async(conn).await?)
+                    .arg(user.as_deref().unwrap_or(""))
+                    .arg(config.max_connections_per_user);
+                match call.invoke_async::<Option<String>>(conn).await? {
+                    Some(nick) => Answer::Registered(nick),
+                    None => Answer::Refused(user_has_too_many(config.max_connections_per_user)),
+                }
             }
             Ask::Nick(nick) => {
                 let v = items(scripts.nick.arg(mid).arg(&nick).invoke_async(conn).await?);

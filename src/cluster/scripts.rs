@@ -237,16 +237,20 @@ local function bye(mid, reason, default)
 end
 "#;
 
-/// ARGV: member id, node, address, user name (empty for a guest). Registers a new member: a
-/// guest under the next free `guest-N`; a user's connection under the user's name, which it
-/// shares with the user's other connections (guests cannot rename when tokens are in use, and
-/// a user's name cannot look like a guest's: the name is free or the user's own). Returns the
-/// nick.
+/// ARGV: member id, node, address, user name (empty for a guest), the most connections one
+/// user may have. Registers a new member: a guest under the next free `guest-N`; a user's
+/// connection under the user's name, which it shares with the user's other connections
+/// (guests cannot rename when tokens are in use, and a user's name cannot look like a guest's:
+/// the name is free or the user's own). Returns the nick, or nil (nothing registered) for a
+/// user who has that many connections on all nodes already.
 pub const REGISTER: &str = r#"
 local mid, user = ARGV[1], ARGV[4]
 local member = P..'member:'..mid
 local nick
 if user ~= '' then
+  if redis.call('SCARD', P..'user:'..string.lower(user)) >= tonumber(ARGV[5]) then
+    return false
+  end
   nick = user
   redis.call('SET', P..'nick:'..string.lower(user), mid, 'NX')
   redis.call('SADD', P..'user:'..string.lower(user), mid)

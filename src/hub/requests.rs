@@ -207,6 +207,13 @@ impl Hub {
                 self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
                 return;
             }
+            (Waiting::Register, Answer::Refused(error)) => {
+                self.metrics
+                    .refuse(crate::metrics::Refusal::UserConnections);
+                self.send_error(key, error);
+                self.close(key, super::USER_LIMIT_CLOSE, LeaveReason::Disconnected);
+                return;
+            }
             (Waiting::Register, Answer::Registered(nick)) => {
                 self.clients[key].nick = nick;
                 let welcome = Event::Welcome {

@@ -35,7 +35,8 @@ pub enum Ask {
     /// Register a new client from `address`. `named`: give it a free `guest-N` nick (v1);
     /// raw mode has no nicks. `user`: the client proved with a token that it is this user
     /// (see [`crate::token`]): its nick is the user's name, which it shares with the user's
-    /// other connections, on this node or another.
+    /// other connections, on this node or another. Refused ([`Answer::Refused`], the only
+    /// refusal of a registration) when the user has `--max-connections-per-user` already.
     Register {
         address: Address,
         named: bool,

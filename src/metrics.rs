@@ -326,7 +326,7 @@ impl Metrics {
         }
 
         out.push_str(
-            "# HELP smolchat_refused_total HTTP requests and upgrades refused, by cause.\n",
+            "# HELP smolchat_refused_total HTTP requests, upgrades and sessions refused, by cause.\n",
         );
         out.push_str("# TYPE smolchat_refused_total counter\n");
         for why in Refusal::ALL {

@@ -207,6 +207,7 @@ impl Hub {
                 self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
                 return;
             }
+            // The only refusal of a registration: the user's `--max-connections-per-user`.
             (Waiting::Register, Answer::Refused(error)) => {
                 self.metrics
                     .refuse(crate::metrics::Refusal::UserConnections);

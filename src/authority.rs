@@ -55,12 +55,24 @@ pub enum Ask {
     Leave(String),
     /// Give the client's message in `room` the room's next id and keep it in the history.
     Say { room: String, text: String, ts: u64 },
-    /// A private message to whoever holds nick `to` (any case).
-    Direct { to: String, text: String, ts: u64 },
+    /// A private message to whoever holds nick `to` (any case). `within`: only if one of the
+    /// recipient's connections is a member of one of these rooms (the sender's token limits
+    /// what it may learn, see [`crate::access`]); else it is answered as unknown, exactly as a
+    /// nick nobody holds.
+    Direct {
+        to: String,
+        text: String,
+        ts: u64,
+        within: Option<Vec<String>>,
+    },
     /// A page of `room`'s members from `offset`.
     Who { room: String, offset: usize },
     /// A page of the rooms from `offset`, sorted by name.
     Rooms { offset: usize },
+    /// Which of these rooms exist, with their member counts, in the order given: answered
+    /// with [`Answer::Rooms`] listing all of them (no page). For a client whose token limits
+    /// the rooms it may see.
+    Sizes(Vec<String>),
     /// The HTTP API (not a chat client): a message in `room` from `from`, like a `say`, but
     /// by nobody in the room. The room is created if it does not exist (within
     /// `--max-rooms`). Answered with [`Answer::Said`] or [`Answer::Refused`].

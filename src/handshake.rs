@@ -1,5 +1,6 @@
 //! Everything between an accepted socket and a WebSocket session: admission, one deadline, the
-//! HTTP exchange, the `101`, and tungstenite's buffers.
+//! HTTP exchange, the client's registration with the hub, the `101`, and tungstenite's
+//! buffers.
 //!
 //! A connection enters from [`Chat::serve`] or `Chat::serve_tls` as any `AsyncRead +
 //! AsyncWrite` byte stream. [`admit`] first takes one of the `--max-pending` slots ([`Slot`])
@@ -7,13 +8,16 @@
 //! It then meters the stream ([`Metered`]) and runs the rest under one deadline,
 //! `--handshake-timeout`: the TLS handshake if there is one, reading the request head,
 //! routing it ([`http::route`]), and either a plain response ([`respond`], which also drains
-//! what the client still sends) or the upgrade: a `--max-connections` slot, the `101`, and
-//! the WebSocket, built with buffers sized from our limits ([`ws_config`]).
+//! what the client still sends) or the upgrade: a `--max-connections` slot, the client's
+//! registration with the hub ([`register`]: in raw mode it is in its group from then on, or
+//! refused with an HTTP status), the `101`, and the WebSocket, built with buffers sized from
+//! our limits ([`ws_config`]).
 //!
 //! A connection leaves in one of two ways. Answered with a plain response (a page, `/healthz`,
 //! `/metrics`, a refusal) or out of time, it is dropped here. Upgraded, it leaves as an
-//! [`Upgraded`]: the WebSocket's two halves, the write [`Progress`] of its socket, its raw-mode
-//! group and its `--max-connections` slot, which [`Chat::serve`] hands to the session
+//! [`Upgraded`]: the WebSocket's two halves, the write [`Progress`] of its socket, its id and
+//! queue from the hub, and its `--max-connections` slot, which [`Chat::serve`] hands to the
+//! session
 //! ([`crate::session`]). The pending slot is given back at that moment, the connection slot
 //! only when the session ends.
 
@@ -31,20 +35,22 @@ use crate::Chat;
 use crate::client::Verified;
 use crate::deadline::within;
 use crate::http::{self, HeadError, Response, Route};
-use crate::hub::Address;
+use crate::hub::{Address, ClientId, Command, Outgoing, Rejected};
 use crate::logger;
 use crate::meter::{Metered, Progress};
 use crate::metrics::{Metrics, Refusal};
+use crate::protocol::LeaveReason;
+use crate::queue::{self, Receiver};
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, its raw-mode group, the user its token
-/// proved, and its `--max-connections` slot.
+/// An accepted upgrade: the WebSocket's two halves, the client the hub registered, when its
+/// token expires, and its `--max-connections` slot.
 type Upgrade<'a, S> = (
     (WebSocketSender<S>, WebSocketReceiver<S>),
-    Option<String>,
-    Option<Box<Verified>>,
+    (ClientId, Receiver<Outgoing>),
+    Option<u64>,
     Slot<'a>,
 );
 
@@ -53,11 +59,10 @@ pub(crate) struct Upgraded<'a, S> {
     pub(crate) halves: (WebSocketSender<S>, WebSocketReceiver<S>),
     /// The write progress of its socket.
     pub(crate) progress: Arc<Progress>,
-    /// Raw mode: its group (`/ws/NAME`).
-    pub(crate) group: Option<String>,
-    /// The user its token proved it is; `None`: a guest. Boxed: it lives in every
-    /// connection's future, guests' included, and a pointer is all a guest pays.
-    pub(crate) user: Option<Box<Verified>>,
+    /// Its id at the hub, and the queue the hub fills for it.
+    pub(crate) client: (ClientId, Receiver<Outgoing>),
+    /// When its token expires (seconds since the Unix epoch); `None`: a guest.
+    pub(crate) expires: Option<u64>,
     pub(crate) slot: Slot<'a>,
 }
 
@@ -106,11 +111,11 @@ where
         handshake(chat, stream, peer).await
     };
     match within(chat.config.handshake_timeout, exchange).await {
-        Some(upgraded) => upgraded.map(|(halves, group, user, slot)| Upgraded {
+        Some(upgraded) => upgraded.map(|(halves, client, expires, slot)| Upgraded {
             halves,
             progress,
-            group,
-            user,
+            client,
+            expires,
             slot,
         }),
         None => {
@@ -278,7 +283,8 @@ fn health(chat: &Chat) -> Response {
     Response::text(200, "ok")
 }
 
-/// Takes a connection slot, answers `101`, and wraps the stream as a WebSocket.
+/// Takes a connection slot, registers the client with the hub, answers `101`, and wraps the
+/// stream as a WebSocket.
 async fn upgrade<'a, S>(
     chat: &'a Chat,
     mut stream: S,
@@ -304,8 +310,21 @@ where
         refuse(chat, &mut stream, peer, busy, Refusal::Capacity).await;
         return None;
     };
+    let expires = user.as_ref().map(|v| v.expires);
+    let authenticated = user.is_some();
+    let registration = match register(chat, group, user.map(|v| v.user), peer).await {
+        Ok(registration) => registration,
+        Err(refused) => {
+            logger::refusal(
+                peer,
+                &format!("refused: {} {}", refused.status, refused.body.trim_end()),
+            );
+            respond(&mut stream, &refused).await;
+            return None;
+        }
+    };
     Metrics::add(&chat.metrics.connections_total, 1);
-    if user.is_some() {
+    if authenticated {
         Metrics::add(&chat.metrics.authenticated, 1);
     }
     let written = async {
@@ -319,7 +338,76 @@ where
     let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
     // Split here: the halves are two pointers to the shared WebSocket, while the stream
     // itself would take its whole size in every connection's future.
-    Some((ws.split(), group, user, slot))
+    Some((ws.split(), registration.into_parts(), expires, slot))
+}
+
+/// Gives the hub a new client's queue and waits for its id, before the `101`: from then on a
+/// raw client is in its group and hears every frame, and a v1 client's `welcome` is on its
+/// way. The hub may refuse a raw client (its token's claim, its user's connections, the room
+/// limits), which is answered here with an HTTP status and the reason, since a raw client
+/// reads no JSON. A hub that is shutting down takes no one: 503.
+async fn register<'a>(
+    chat: &'a Chat,
+    group: Option<String>,
+    user: Option<crate::client::User>,
+    peer: &str,
+) -> Result<Registration<'a>, Response> {
+    let (queue_tx, queue) = queue::bounded(chat.config.queue, chat.config.queue_bytes);
+    let (reply, answer) = async_channel::bounded(1);
+    let command = Command::Connect {
+        queue: queue_tx,
+        reply,
+        address: Address::of(peer),
+        group,
+        user,
+    };
+    let shutting_down =
+        || Response::text(503, crate::hub::SHUTDOWN_CLOSE.1).with("Retry-After", "5");
+    chat.inbox
+        .send(command)
+        .await
+        .map_err(|_| shutting_down())?;
+    match answer.recv().await {
+        Ok(Ok(client)) => Ok(Registration {
+            chat,
+            client,
+            queue: Some(queue),
+        }),
+        Ok(Err(Rejected::Forbidden(why))) => Err(Response::text(403, &why)),
+        Ok(Err(Rejected::UserLimit(why))) => Err(Response::text(429, &why)),
+        Ok(Err(Rejected::Busy(why))) => Err(Response::text(503, &why).with("Retry-After", "5")),
+        Err(_) => Err(shutting_down()),
+    }
+}
+
+/// A client the hub registered, until its session takes it over. Dropped before that (the
+/// `101` could not be written, or the handshake's deadline passed), it tells the hub the
+/// client is gone, as the session would have.
+struct Registration<'a> {
+    chat: &'a Chat,
+    client: ClientId,
+    queue: Option<Receiver<Outgoing>>,
+}
+
+impl Registration<'_> {
+    /// The client's id and queue, for its session, which now owns its departure.
+    fn into_parts(mut self) -> (ClientId, Receiver<Outgoing>) {
+        let queue = self.queue.take().expect("taken once");
+        (self.client, queue)
+    }
+}
+
+impl Drop for Registration<'_> {
+    fn drop(&mut self) {
+        if self.queue.is_some() {
+            // No await in a drop: a full inbox loses this, and the client stays registered
+            // until a delivery finds its queue closed or the hub shuts down.
+            let _ = self.chat.inbox.try_send(Command::Disconnect {
+                client: self.client,
+                reason: LeaveReason::Disconnected,
+            });
+        }
+    }
 }
 
 /// Counts and logs a refusal, then answers it like any plain response.

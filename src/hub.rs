@@ -39,6 +39,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use async_channel::{Receiver, Sender};
 use slab::Slab;
 
+use crate::access::Access;
 use crate::authority::local::Local;
 use crate::authority::{Answer, Ask, Authority, Joined, Member, Notice, RoomEvent, What};
 pub use crate::client::{Address, ClientId, User};
@@ -87,10 +88,11 @@ impl Weigh for Outgoing {
 pub enum Command {
     /// A new client: register its queue and reply with its id (its `welcome` follows once the
     /// authority has given it a nick). In raw mode it joins `group` (`None`: the default room)
-    /// and is sent nothing.
+    /// and is sent nothing, or is [`Rejected`]. Sent before the upgrade's `101`, so that a
+    /// raw client whose handshake completed hears every frame sent after it.
     Connect {
         queue: queue::Sender<Outgoing>,
-        reply: Sender<ClientId>,
+        reply: Sender<Result<ClientId, Rejected>>,
         address: Address,
         group: Option<String>,
         /// Who the client proved to be with a token; `None`: a guest.
@@ -118,6 +120,19 @@ pub enum Command {
     Shutdown,
 }
 
+/// Why the hub would not take a raw-mode connection. It is answered before the upgrade, with
+/// an HTTP status and this text (a raw client reads no JSON): 403, 429 or 503.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rejected {
+    /// The token's `rooms` claim does not allow the group.
+    Forbidden(String),
+    /// The user has `--max-connections-per-user` connections already.
+    UserLimit(String),
+    /// The group cannot be created (`--max-rooms`, `--max-rooms-per-address`), or the
+    /// backend cannot take the client now.
+    Busy(String),
+}
+
 /// Close code and reason sent to a slow consumer.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
 /// Close code and reason sent to everyone at shutdown.
@@ -141,8 +156,8 @@ struct Client {
     rooms: Vec<String>,
     /// It proved with a token that it is user `nick`.
     user: bool,
-    /// The rooms its token allows it to join; `None`: any.
-    allowed: Option<Box<[String]>>,
+    /// The rooms it may enter and see (its token's `rooms` claim).
+    access: Access,
 }
 
 /// This node's clients, and the rules of the chat.
@@ -212,13 +227,18 @@ impl Hub {
                 user,
             } => {
                 if !self.shutting_down {
-                    let id = match self.config.protocol {
-                        Protocol::V1 => self.connect(queue, address, user),
-                        Protocol::Raw => self.connect_raw(queue, address, group),
+                    let admitted = match self.config.protocol {
+                        Protocol::V1 => Ok(self.connect(queue, address, user)),
+                        Protocol::Raw => self.connect_raw(queue, address, group, user),
                     };
-                    // The session waits on `reply`; if it already went away, its queue is
-                    // closed and the next delivery (or its Disconnect) cleans up.
-                    let _ = reply.try_send(id);
+                    // The handshake waits on `reply`. If it gave up meanwhile (its deadline),
+                    // nobody will ever send this client's `Disconnect`: forget it now.
+                    if let Err(unsent) = reply.try_send(admitted)
+                        && let Ok(client) = unsent.into_inner()
+                        && let Some(key) = self.key(client)
+                    {
+                        self.remove(key, LeaveReason::Disconnected);
+                    }
                 }
             }
             Command::Request { client, request } => {
@@ -305,13 +325,7 @@ impl Hub {
         address: Address,
         user: Option<User>,
     ) -> ClientId {
-        let id = self.register(queue, address);
-        let client = &mut self.clients[id.key];
-        client.user = user.is_some();
-        client.allowed = user
-            .as_ref()
-            .and_then(|u| u.rooms.clone())
-            .map(Vec::into_boxed_slice);
+        let id = self.register(queue, address, user.as_ref());
         let ask = Ask::Register {
             address,
             named: true,
@@ -321,8 +335,13 @@ impl Hub {
         id
     }
 
-    /// Gives a new client its slot and serial.
-    fn register(&mut self, queue: queue::Sender<Outgoing>, address: Address) -> ClientId {
+    /// Gives a new client its slot and serial, and `user`'s access.
+    fn register(
+        &mut self,
+        queue: queue::Sender<Outgoing>,
+        address: Address,
+        user: Option<&User>,
+    ) -> ClientId {
         let serial = self.next_serial;
         self.next_serial += 1;
         let key = self.clients.insert(Client {
@@ -331,8 +350,8 @@ impl Hub {
             address,
             nick: String::new(),
             rooms: Vec::new(),
-            user: false,
-            allowed: None,
+            user: user.is_some(),
+            access: Access::of(user),
         });
         ClientId { key, serial }
     }

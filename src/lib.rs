@@ -44,6 +44,8 @@
 //!   into the clients' queues. Its files: `requests.rs` (a client's commands, from request to
 //!   the authority's answer), `audience.rs` (room events on this node: who hears what),
 //!   `api.rs` (the HTTP API's calls) and `raw.rs` (the Go hub's protocol, `--protocol raw`).
+//! * `access`: the access rules: which rooms a client's token lets it enter and see, checked
+//!   in this one place for every path (join, `who`, `rooms`, `direct`, raw groups).
 //! * `authority`: the interface between the hub's rules and who decides ids, history, nicks
 //!   and membership; `authority::local` decides in memory, for a single node.
 //! * `client`: a client's id, the address it connects from, and the user its token proved.
@@ -75,6 +77,7 @@
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
 
+pub mod access;
 #[cfg(feature = "api")]
 mod api;
 pub mod authority;
@@ -284,14 +287,14 @@ impl Chat {
             let Some(handshake::Upgraded {
                 halves,
                 progress,
-                group,
-                user,
+                client,
+                expires,
                 slot,
             }) = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await
             else {
                 return;
             };
-            session::run(self, halves, &progress, group, user, peer).await;
+            session::run(self, halves, &progress, client, expires, peer).await;
             drop(slot);
         }
     }

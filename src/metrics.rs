@@ -24,13 +24,19 @@ pub enum Refusal {
     Host,
     /// `--max-pending` connections were already waiting for their request or response.
     Pending,
-    /// A user's connection beyond `--max-connections-per-user`: upgraded, then closed with
-    /// 4002 (only the authority knows the user's connections on every node).
+    /// A user's connection beyond `--max-connections-per-user`: in v1 upgraded, then closed
+    /// with 4002 (only the authority knows the user's connections on every node); in raw
+    /// mode refused before the upgrade with 429.
     UserConnections,
+    /// Raw mode: a group the token's `rooms` claim does not allow (403).
+    Forbidden,
+    /// Raw mode: a group that cannot be created (`--max-rooms`, `--max-rooms-per-address`;
+    /// 503).
+    RoomLimit,
 }
 
 impl Refusal {
-    const ALL: [Refusal; 8] = [
+    const ALL: [Refusal; 10] = [
         Refusal::Origin,
         Refusal::Capacity,
         Refusal::HeadTooLarge,
@@ -39,6 +45,8 @@ impl Refusal {
         Refusal::Host,
         Refusal::Pending,
         Refusal::UserConnections,
+        Refusal::Forbidden,
+        Refusal::RoomLimit,
     ];
 
     fn label(self) -> &'static str {
@@ -51,6 +59,8 @@ impl Refusal {
             Refusal::Host => "host",
             Refusal::Pending => "pending",
             Refusal::UserConnections => "user_connections",
+            Refusal::Forbidden => "forbidden",
+            Refusal::RoomLimit => "room_limit",
         }
     }
 }

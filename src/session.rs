@@ -32,15 +32,14 @@ use futures_util::SinkExt;
 
 use crate::Chat;
 use crate::bucket::TokenBucket;
-use crate::client::Verified;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
-use crate::hub::{Address, ClientId, Command, Outgoing, User};
+use crate::hub::{ClientId, Command, Outgoing};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
 use crate::protocol::{self, Error, ErrorCode, LeaveReason};
+use crate::queue::Receiver;
 use crate::queue::Weigh;
-use crate::queue::{self, Receiver};
 use crate::race::race;
 
 /// Refusals within [`FLOOD_WINDOW`], after which a flooding client is closed with 1008.
@@ -84,7 +83,9 @@ impl End {
     }
 }
 
-/// Runs the session for an upgraded connection until it ends. `peer` is only for logs.
+/// Runs the session for an upgraded connection until it ends: `client`, whom the handshake
+/// registered with the hub before the `101`, and `queue`, what the hub sends it. `expires`:
+/// when its token expires (seconds since the Unix epoch). `peer` is only for logs.
 ///
 /// (This function, the reader and the writer return an `async move` block rather than being
 /// `async fn`s: an `async fn` copies its arguments into locals and keeps both in its state,
@@ -94,8 +95,8 @@ pub(crate) fn run<'a, S>(
     chat: &'a Chat,
     (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
     progress: &'a Progress,
-    group: Option<String>,
-    user: Option<Box<Verified>>,
+    (client, queue): (ClientId, Receiver<Outgoing>),
+    expires: Option<u64>,
     peer: &'a str,
 ) -> impl Future<Output = ()> + 'a
 where
@@ -105,19 +106,12 @@ where
         let started = Instant::now();
         // The moment the token expires, on the session's clock; `None` also for an expiry too far
         // away for the clock (`exp` near u64::MAX: "never"), which must not overflow `Instant`.
-        let expires = user.as_ref().and_then(|v| {
+        let expires = expires.and_then(|expires| {
             let now = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs());
-            started.checked_add(Duration::from_secs(v.expires.saturating_sub(now)))
+            started.checked_add(Duration::from_secs(expires.saturating_sub(now)))
         });
-        let user = user.map(|v| v.user);
-        // Registration and teardown run once; boxed, their futures take no space in the
-        // long-lived part of the session.
-        let Some((client, queue)) = Box::pin(register(chat, &mut sink, group, user, peer)).await
-        else {
-            return;
-        };
         crate::logger::connection(peer, "connected");
 
         let last_seen = AtomicU64::new(0);
@@ -127,6 +121,8 @@ where
         );
         let end = race(reader, writer).await;
 
+        // Teardown runs once; boxed, its future takes no space in the long-lived part of the
+        // session.
         Box::pin(finish(
             chat,
             client,
@@ -138,39 +134,6 @@ where
         ))
         .await;
     }
-}
-
-/// Gives the hub this client's queue and waits for its id. `None` if the hub is shutting
-/// down, in which case the client has been sent 1001.
-async fn register<S>(
-    chat: &Chat,
-    sink: &mut WebSocketSender<S>,
-    group: Option<String>,
-    user: Option<User>,
-    peer: &str,
-) -> Option<(ClientId, Receiver<Outgoing>)>
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let (queue_tx, queue) = queue::bounded(chat.config.queue, chat.config.queue_bytes);
-    let (reply, id) = async_channel::bounded(1);
-    let command = Command::Connect {
-        queue: queue_tx,
-        reply,
-        address: Address::of(peer),
-        group,
-        user,
-    };
-    if chat.inbox.send(command).await.is_ok()
-        && let Ok(client) = id.recv().await
-    {
-        return Some((client, queue));
-    }
-    let (code, reason) = crate::hub::SHUTDOWN_CLOSE;
-    if let Some(Ok(())) = within(LINGER, sink.send(close(code, reason))).await {
-        chat.metrics.close_sent(code);
-    }
-    None
 }
 
 /// Tells the hub the client is gone, sends the close frame the session decided on (after the

@@ -542,7 +542,11 @@ impl Authority for Local {
         // Registration, and the HTTP API (whose calls are nobody's), need no registered client.
         let anyone = matches!(
             ask,
-            Ask::Register { .. } | Ask::Publish { .. } | Ask::History { .. } | Ask::Rooms { .. }
+            Ask::Register { .. }
+                | Ask::Publish { .. }
+                | Ask::History { .. }
+                | Ask::Rooms { .. }
+                | Ask::Sizes(_)
         );
         if !anyone && self.clients.get(&client).is_none() {
             return Some(Answer::Gone);
@@ -574,18 +578,24 @@ impl Authority for Local {
                 }
             }
             Ask::Say { room, text, ts } => self.say(client, room, text, ts, events),
-            Ask::Direct { to, .. } => {
+            Ask::Direct { to, within, .. } => {
                 let lower = to.to_ascii_lowercase();
-                match self.nicks.get(&lower) {
-                    Some(&target) => {
-                        let mut targets = vec![target];
-                        targets.extend(self.more.get(&lower).into_iter().flatten());
-                        Answer::Direct {
-                            to: self.clients[&target].nick.clone(),
-                            targets,
-                        }
-                    }
-                    None => Answer::UnknownRecipient,
+                let Some(&target) = self.nicks.get(&lower) else {
+                    return Some(Answer::UnknownRecipient);
+                };
+                let mut targets = vec![target];
+                targets.extend(self.more.get(&lower).into_iter().flatten());
+                let reachable = within.is_none_or(|rooms| {
+                    targets
+                        .iter()
+                        .any(|t| self.clients[t].rooms.iter().any(|r| rooms.contains(r)))
+                });
+                match reachable {
+                    true => Answer::Direct {
+                        to: self.clients[&target].nick.clone(),
+                        targets,
+                    },
+                    false => Answer::UnknownRecipient,
                 }
             }
             Ask::Who { room, offset } => match self.rooms.get(&room) {
@@ -598,6 +608,19 @@ impl Authority for Local {
                     nicks: Vec::new(),
                 },
             },
+            Ask::Sizes(names) => {
+                let page: Vec<(String, usize)> = names
+                    .into_iter()
+                    .filter_map(|name| {
+                        let members = self.rooms.get(&name)?.room.members().len();
+                        Some((name, members))
+                    })
+                    .collect();
+                Answer::Rooms {
+                    count: page.len(),
+                    page,
+                }
+            }
             Ask::Rooms { offset } => {
                 // Sorted here rather than kept sorted: a `rooms` request is rare and rate
                 // limited, and a hash map is the cheaper index for every other question.

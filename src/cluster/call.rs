@@ -6,7 +6,7 @@
 //! the others; the reply's Redis values are read with the small helpers at the end.
 //!
 //! The HTTP API's questions ([`Ask::Publish`], [`Ask::History`], and [`Ask::Rooms`], which
-//! clients ask too) come from a slot of the hub that is no member: their scripts take no
+//! clients ask too, like [`Ask::Sizes`]) come from a slot of the hub that is no member: their scripts take no
 //! member id, never find anyone "gone", and leave nothing behind for the slot.
 
 use std::sync::Arc;
@@ -135,12 +135,21 @@ impl Job {
                     },
                 }
             }
-            Ask::Direct { to, text, ts } => {
+            Ask::Direct {
+                to,
+                text,
+                ts,
+                within,
+            } => {
                 let mut call = scripts.direct.prepare_invoke();
                 call.arg(mid)
                     .arg(to.to_ascii_lowercase())
                     .arg(ts)
-                    .arg(&text);
+                    .arg(&text)
+                    .arg(if within.is_some() { "1" } else { "0" });
+                for room in within.iter().flatten() {
+                    call.arg(room);
+                }
                 let v = items(call.invoke_async(conn).await?);
                 match self::text(v.first()).as_str() {
                     "ok" => Answer::Direct {
@@ -210,6 +219,23 @@ impl Job {
                     complete: replay.complete.unwrap_or(true),
                     messages: replay.messages.into_iter().cloned().collect(),
                 }))
+            }
+            Ask::Sizes(names) => {
+                let mut call = scripts.sizes.prepare_invoke();
+                for name in &names {
+                    call.arg(name);
+                }
+                let v = items(call.invoke_async(conn).await?);
+                let names = texts(v.first());
+                let counts = v.get(1).cloned().map(items).unwrap_or_default();
+                let page: Vec<(String, usize)> = names
+                    .into_iter()
+                    .zip(counts.iter().map(|c| int(Some(c)) as usize))
+                    .collect();
+                Answer::Rooms {
+                    count: page.len(),
+                    page,
+                }
             }
             Ask::Rooms { offset } => {
                 let (first, last) = ranks(offset, ROOMS_PAGE as u64);

@@ -375,11 +375,12 @@ publish(room, 'a '..int(id)..' '..ARGV[2]..' '..ARGV[3]..' '..ARGV[4])
 return id
 "#;
 
-/// ARGV: sender's member id, recipient's nick lowercased, timestamp, text. The message goes to
-/// every connection of the recipient (a user may have several): on the recipient's node
-/// channel for those on other nodes; those on the sender's node are returned, for its hub to
-/// deliver. Returns `{'ok', recipient's nick, member ids on the sender's node...}`,
-/// `{'unknown'}` or `{'gone'}`.
+/// ARGV: sender's member id, recipient's nick lowercased, timestamp, text, then `1` and rooms
+/// if the sender may reach only members of those rooms (its token's claim), else `0`. The
+/// message goes to every connection of the recipient (a user may have several): on the
+/// recipient's node channel for those on other nodes; those on the sender's node are
+/// returned, for its hub to deliver. Returns `{'ok', recipient's nick, member ids on the
+/// sender's node...}`, `{'unknown'}` (also for a recipient outside the rooms) or `{'gone'}`.
 pub const DIRECT: &str = r#"
 local sender = ARGV[1]
 local from = redis.call('HGET', P..'member:'..sender, 'nick')
@@ -390,6 +391,17 @@ if not to then return {'unknown'} end
 local targets = {holder}
 local uk = user_of(holder)
 if uk then targets = redis.call('SMEMBERS', uk) end
+if ARGV[5] == '1' then
+  local reachable = false
+  for _, mid in ipairs(targets) do
+    for i = 6, #ARGV do
+      if redis.call('SISMEMBER', P..'member:'..mid..':rooms', ARGV[i]) == 1 then
+        reachable = true
+      end
+    end
+  end
+  if not reachable then return {'unknown'} end
+end
 local here = string.match(sender, '^([^.]+)')
 local reply = {'ok', to}
 for _, mid in ipairs(targets) do
@@ -426,6 +438,19 @@ for i, room in ipairs(names) do
   counts[i] = redis.call('ZCARD', P..'room:'..room..':members')
 end
 return {redis.call('ZCARD', P..'rooms'), names, counts}
+"#;
+
+/// ARGV: room names. Returns `{names, member counts}` for those of them that exist, in the
+/// order given. Like ROOMS, it needs no member.
+pub const SIZES: &str = r#"
+local names, counts = {}, {}
+for _, room in ipairs(ARGV) do
+  if redis.call('ZSCORE', P..'rooms', room) then
+    names[#names + 1] = room
+    counts[#counts + 1] = redis.call('ZCARD', P..'room:'..room..':members')
+  end
+end
+return {names, counts}
 "#;
 
 /// ARGV: room. Returns `{epoch, last id, event, history records}`; epoch `''` if there is no
@@ -569,6 +594,7 @@ pub struct Scripts {
     pub direct: redis::Script,
     pub who: redis::Script,
     pub rooms: redis::Script,
+    pub sizes: redis::Script,
     pub state: redis::Script,
     pub bye: redis::Script,
     pub restore: redis::Script,
@@ -590,6 +616,7 @@ impl Scripts {
             direct: s(DIRECT),
             who: s(WHO),
             rooms: s(ROOMS),
+            sizes: s(SIZES),
             state: s(STATE),
             bye: s(BYE),
             restore: s(RESTORE),

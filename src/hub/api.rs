@@ -109,7 +109,7 @@ impl Hub {
         }
         // Nothing is ever delivered to a call: its queue's receiver is dropped at once.
         let (queue, _) = queue::bounded(1, 1);
-        let id = self.register(queue, Address::of("api"));
+        let id = self.register(queue, Address::of("api"), None);
         self.api_calls.insert(id.key, reply);
         let (calling, ask) = match call {
             ApiCall::Publish { room, from, text } => {

@@ -10,6 +10,7 @@
 use std::collections::VecDeque;
 
 use super::*;
+use crate::protocol::ROOMS_PAGE;
 
 /// Frames a client may have waiting while the authority has not answered its command yet.
 /// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
@@ -45,7 +46,11 @@ pub(super) enum Waiting {
         ts: u64,
     },
     Who(String, usize),
-    Rooms(usize),
+    /// `limited`: the answer lists every room of the client's claim that exists, to page here.
+    Rooms {
+        offset: usize,
+        limited: bool,
+    },
     /// An API call (see `api.rs`).
     #[cfg(feature = "api")]
     Api(super::api::Calling),
@@ -148,17 +153,25 @@ impl Hub {
                     to: to.clone(),
                     text: text.clone(),
                     ts,
+                    within: self.clients[key].access.reach(),
                 };
                 self.ask(key, Waiting::Direct { to, text, ts }, ask);
             }
             Request::Who { room, offset } => {
+                self.clients[key].access.check(&room)?;
                 let offset = offset.min(MAX_OFFSET);
                 let waiting = Waiting::Who(room.clone(), offset);
                 self.ask(key, waiting, Ask::Who { room, offset });
             }
             Request::Rooms { offset } => {
                 let offset = offset.min(MAX_OFFSET);
-                self.ask(key, Waiting::Rooms(offset), Ask::Rooms { offset });
+                // A client limited by its token's claim sees only the claim's rooms: the
+                // authority says which of them exist, and the page is cut here.
+                let (ask, limited) = match self.clients[key].access.rooms() {
+                    Some(rooms) => (Ask::Sizes(rooms.to_vec()), true),
+                    None => (Ask::Rooms { offset }, false),
+                };
+                self.ask(key, Waiting::Rooms { offset, limited }, ask);
             }
         }
         Ok(())
@@ -171,14 +184,7 @@ impl Hub {
         since: Option<u64>,
         epoch: Option<String>,
     ) -> Result<(), Error> {
-        if let Some(allowed) = &self.clients[key].allowed
-            && !allowed.contains(&room)
-        {
-            return Err(Error::new(
-                ErrorCode::Forbidden,
-                format!("your token does not allow room {room:?}"),
-            ));
-        }
+        self.clients[key].access.check(&room)?;
         let resync = self.clients[key].rooms.contains(&room);
         let max = self.config.max_rooms_per_client;
         if !resync && self.clients[key].rooms.len() >= max {
@@ -226,10 +232,7 @@ impl Hub {
                 self.send(key, &welcome);
                 let room = &self.config.default_room;
                 // A user whose token does not list the default room starts in no room.
-                if self.clients[key]
-                    .allowed
-                    .as_ref()
-                    .is_none_or(|allowed| allowed.contains(room))
+                if self.clients[key].access.allows(room)
                     && let Err(error) = self.start_join(key, room.clone(), None, None)
                 {
                     self.send_error(key, error);
@@ -319,8 +322,15 @@ impl Hub {
                 .encode();
                 self.send(key, &frame);
             }
-            (Waiting::Rooms(offset), Answer::Rooms { count, page }) => {
-                let rooms = RoomSummary::page(&page);
+            (Waiting::Rooms { offset, limited }, Answer::Rooms { count, page }) => {
+                let (count, page) = match limited {
+                    true => {
+                        let end = page.len().min(offset.saturating_add(ROOMS_PAGE));
+                        (page.len(), page.get(offset..end).unwrap_or_default())
+                    }
+                    false => (count, &page[..]),
+                };
+                let rooms = RoomSummary::page(page);
                 self.send(key, &Event::rooms_page(rooms, count, offset));
             }
             #[cfg(feature = "api")]

@@ -157,6 +157,20 @@ impl Client {
         .await
     }
 
+    /// The next text frame as it came, JSON or not (raw mode; pings and pongs are skipped).
+    pub async fn next_text(&mut self) -> String {
+        deadline("a text frame", async {
+            loop {
+                match self.ws.next().await {
+                    Some(Ok(Message::Text(t))) => return t.to_string(),
+                    Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+                    other => panic!("expected a text frame, got {other:?}"),
+                }
+            }
+        })
+        .await
+    }
+
     /// The next event, which must have `type` = `ty`.
     pub async fn expect(&mut self, ty: &str) -> Value {
         let e = self.next().await;

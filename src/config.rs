@@ -717,7 +717,7 @@ impl Config {
             #[cfg(feature = "api")]
             "api-key-file" => {
                 let key = Secret::read(value).map_err(|m| bad(&m))?;
-                if key.bytes().len() < 16 {
+                if key.bytes().len() < crate::secret::MIN_API_KEY_BYTES {
                     return Err(bad("the API key must be at least 16 bytes"));
                 }
                 self.api_key = Some(key);

@@ -92,23 +92,14 @@ fn main() -> ExitCode {
     ExitCode::SUCCESS
 }
 
-/// Waits for SIGINT or SIGTERM. With TLS, SIGHUP reloads the certificate meanwhile.
+/// Waits for SIGINT or SIGTERM. SIGHUP meanwhile reloads the certificate (with TLS), the
+/// tokens' secret and the API key from their files ([`smolchat::server::Running::reload`]).
 fn wait_for_stop(signals: &mut Signals, server: &smolchat::server::Running) -> Option<Signal> {
     loop {
         let signal = futures_lite::future::block_on(signals.next())?.ok()?;
         if signal != Signal::Hup {
             return Some(signal);
         }
-        #[cfg(feature = "tls")]
-        match server.reload_tls() {
-            Ok(true) => log::info!("SIGHUP: certificate and key reloaded"),
-            Ok(false) => log::info!("SIGHUP: no TLS certificate to reload"),
-            Err(e) => log::error!("SIGHUP: reload failed, keeping the old certificate: {e}"),
-        }
-        #[cfg(not(feature = "tls"))]
-        {
-            let _ = server;
-            log::info!("SIGHUP: nothing to reload (built without the tls feature)");
-        }
+        server.reload();
     }
 }

@@ -247,6 +247,47 @@ impl Running {
         }
     }
 
+    /// What SIGHUP does: reads every file the server holds a secret from again — the TLS
+    /// certificate and key (feature `tls`), the tokens' secret (`--auth-secret-file`) and the
+    /// API key (`--api-key-file`) — and logs what happened to each. New connections and API
+    /// calls use the new ones; open sessions stay. One that cannot be read, or is not valid,
+    /// keeps the old one, with an error in the log naming the file's flag.
+    pub fn reload(&self) {
+        #[cfg(feature = "tls")]
+        match self.reload_tls() {
+            Ok(true) => log::info!("SIGHUP: certificate and key reloaded"),
+            Ok(false) => {}
+            Err(e) => log::error!("SIGHUP: reload failed, keeping the old certificate: {e}"),
+        }
+        #[cfg(any(feature = "auth", feature = "api"))]
+        self.reload_secrets();
+    }
+
+    /// The secrets' part of [`Running::reload`].
+    #[cfg(any(feature = "auth", feature = "api"))]
+    fn reload_secrets(&self) {
+        let config = self.chat.config();
+        let mut secrets: Vec<(&str, &crate::secret::Secret, usize)> = Vec::new();
+        #[cfg(feature = "auth")]
+        if let Some(auth) = &config.auth {
+            secrets.push((
+                "--auth-secret-file",
+                &auth.secret,
+                crate::token::MIN_SECRET_BYTES,
+            ));
+        }
+        #[cfg(feature = "api")]
+        if let Some(key) = &config.api_key {
+            secrets.push(("--api-key-file", key, crate::secret::MIN_API_KEY_BYTES));
+        }
+        for (flag, secret, min) in secrets {
+            match secret.reload(min) {
+                Ok(_) => log::info!("SIGHUP: {flag} reloaded"),
+                Err(e) => log::error!("SIGHUP: {flag} not reloaded, keeping the old one: {e}"),
+            }
+        }
+    }
+
     /// The hub handle, for metrics or for serving more connections by hand.
     pub fn chat(&self) -> &Chat {
         &self.chat

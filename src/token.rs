@@ -119,7 +119,7 @@ pub fn verify(token: &str, secret: &Secret, now: u64) -> Result<Verified, Refusa
         return Err(Refusal::Algorithm);
     }
     let signature = base64url_decode(signature).ok_or(Refusal::Malformed)?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.bytes()).expect("HMAC takes any key");
     mac.update(&token.as_bytes()[..token.len() - signature_len(token)]);
     // `verify_slice` compares in constant time.
     mac.verify_slice(&signature)
@@ -176,7 +176,7 @@ pub fn sign(secret: &Secret, sub: &str, exp: u64, rooms: Option<&[String]>) -> S
     let claims = serde_json::to_string(&claims).expect("always serializes");
     let payload = base64url_encode(claims.as_bytes());
     let signed = format!("{header}.{payload}");
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret.bytes()).expect("HMAC takes any key");
+    let mut mac = Hmac::<Sha256>::new_from_slice(&secret.bytes()).expect("HMAC takes any key");
     mac.update(signed.as_bytes());
     let signature = base64url_encode(&mac.finalize().into_bytes());
     format!("{signed}.{signature}")

@@ -524,3 +524,125 @@ fn far_and_fractional_expiry_times_are_accepted() {
         assert_eq!(ada.expect("join").await["nick"], "bob");
     });
 }
+
+/// SIGHUP reads `--auth-secret-file` and `--api-key-file` again, as it reads the TLS
+/// certificate: a leaked secret or key is replaced without a restart. Tokens signed with the
+/// old secret and the old key are refused from then on; a session opened before stays. A file
+/// that cannot be read keeps the old one, and the log says so. (The binary, for the signal.)
+#[test]
+fn sighup_replaces_the_secret_and_the_api_key_and_a_bad_file_keeps_the_old_ones() {
+    use std::io::{BufRead, BufReader};
+    use std::sync::mpsc;
+    let dir = std::env::temp_dir().join(format!("smolchat-hup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (secret, key) = (dir.join("secret"), dir.join("key"));
+    std::fs::write(&secret, SECRET).unwrap();
+    std::fs::write(&key, "the first api key").unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
+        .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
+        .arg("--auth-secret-file")
+        .arg(&secret)
+        .arg("--api-key-file")
+        .arg(&key)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The log, line by line, from a thread: the test waits for the lines it expects.
+    let (lines, log) = mpsc::channel();
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let wait_for = |needle: &str| -> String {
+        loop {
+            let line = log
+                .recv_timeout(DEADLINE)
+                .unwrap_or_else(|_| panic!("no log line with {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    let listening = wait_for("listening on ");
+    let addr: std::net::SocketAddr = listening
+        .split("listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let hup = || {
+        let status = std::process::Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    let api = |key: &str| {
+        format!("GET /api/rooms HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n\r\n")
+    };
+    let new_secret = b"a second secret, after the first one leaked";
+    let new_token = signed(
+        Algorithm::HS256,
+        new_secret,
+        json!({"sub": "bob", "exp": now() + 60}),
+    );
+    run(async {
+        let (mut ada, _) = user(addr, &token("ada")).await;
+        ada.expect("room").await;
+        assert!(
+            http(addr, &api("the first api key"))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+
+        std::fs::write(&secret, new_secret).unwrap();
+        std::fs::write(&key, "the second api key\n").unwrap();
+        hup();
+        wait_for("SIGHUP: --auth-secret-file reloaded");
+        wait_for("SIGHUP: --api-key-file reloaded");
+        let head = refused_with(addr, &format!("/ws?token={}", token("eve")), &[]).await;
+        assert_eq!(status(&head), 401, "the old secret signs nothing any more");
+        assert!(
+            http(addr, &api("the first api key"))
+                .await
+                .starts_with("HTTP/1.1 401")
+        );
+        assert!(
+            http(addr, &api("the second api key"))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+        let (mut bob, _) = user(addr, &new_token).await;
+        bob.expect("room").await;
+        assert_eq!(
+            ada.expect("join").await["nick"],
+            "bob",
+            "ada's session stays"
+        );
+
+        // Unreadable and too short: each keeps what it had, and says so.
+        std::fs::remove_file(&secret).unwrap();
+        std::fs::write(&key, "short").unwrap();
+        hup();
+        let line = wait_for("--auth-secret-file not reloaded");
+        assert!(line.contains("keeping the old one"), "{line}");
+        wait_for("--api-key-file not reloaded");
+        let (mut bob2, _) = user(addr, &new_token).await;
+        bob2.expect("room").await;
+        assert!(
+            http(addr, &api("the second api key"))
+                .await
+                .starts_with("HTTP/1.1 200")
+        );
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -62,7 +62,7 @@ impl Access {
     }
 
     /// Where a `direct` from this client may reach: only nicks that are members of one of
-    /// these rooms (`None`: anyone). A nick outside them is answered as unknown.
+    /// these rooms, sorted (`None`: anyone). A nick outside them is answered as unknown.
     pub fn reach(&self) -> Option<Vec<String>> {
         self.rooms.as_ref().map(|rooms| rooms.to_vec())
     }

@@ -400,12 +400,15 @@ impl Registration<'_> {
 impl Drop for Registration<'_> {
     fn drop(&mut self) {
         if self.queue.is_some() {
-            // No await in a drop: a full inbox loses this, and the client stays registered
-            // until a delivery finds its queue closed or the hub shuts down.
-            let _ = self.chat.inbox.try_send(Command::Disconnect {
+            // No await in a drop. A full inbox cannot take the `Disconnect`: the client is
+            // left to the hub, which forgets it before its next command.
+            let gone = Command::Disconnect {
                 client: self.client,
                 reason: LeaveReason::Disconnected,
-            });
+            };
+            if self.chat.inbox.try_send(gone).is_err() {
+                self.chat.orphans.add(self.client);
+            }
         }
     }
 }
@@ -505,5 +508,106 @@ impl<'a> Slot<'a> {
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use futures_lite::FutureExt;
+
+    use super::*;
+    use crate::config::{Config, Protocol};
+
+    /// A socket whose client sent one upgrade request and is gone by the time the `101` is
+    /// written: its first write fails, after `on_write` ran.
+    struct Vanishing {
+        request: &'static [u8],
+        on_write: Option<Box<dyn FnOnce()>>,
+    }
+
+    impl AsyncRead for Vanishing {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.request.len());
+            if n == 0 {
+                return Poll::Pending; // nothing more: the upgrade is all it sent
+            }
+            buf[..n].copy_from_slice(&self.request[..n]);
+            self.request = &self.request[n..];
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    impl AsyncWrite for Vanishing {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            if let Some(on_write) = self.on_write.take() {
+                on_write();
+            }
+            Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Review of issue 22: a raw client is registered before its `101`; when that write fails
+    /// while the hub's inbox is full, its `Disconnect` cannot be queued. It must not stay a
+    /// member of its group (or count against its user's connections) forever: the hub forgets
+    /// it before its next command.
+    #[test]
+    fn a_client_whose_101_fails_while_the_inbox_is_full_is_forgotten() {
+        let config = Config {
+            protocol: Protocol::Raw,
+            ..Config::default()
+        };
+        let (chat, hub) = Chat::new(config);
+        let inbox = chat.inbox.clone();
+        // A busy hub: the inbox fills up (with commands about nobody) while the 101 is on
+        // its way.
+        let fill = move || {
+            let nobody = ClientId {
+                key: usize::MAX,
+                serial: 0,
+            };
+            let gone = || Command::Disconnect {
+                client: nobody,
+                reason: LeaveReason::Disconnected,
+            };
+            while inbox.try_send(gone()).is_ok() {}
+        };
+        let socket = Vanishing {
+            request: b"GET /ws/ghost HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n\
+                Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+                Sec-WebSocket-Version: 13\r\n\r\n",
+            on_write: Some(Box::new(fill)),
+        };
+        let rooms = || chat.metrics.rooms.load(Relaxed);
+        let scenario = async {
+            chat.serve(socket, "127.0.0.1:1").await;
+            assert_eq!(
+                rooms(),
+                1,
+                "registered; its Disconnect did not fit the inbox"
+            );
+            while !chat.inbox.is_empty() {
+                futures_lite::future::yield_now().await;
+            }
+            assert_eq!(rooms(), 0, "forgotten: its group is gone");
+        };
+        futures_lite::future::block_on(scenario.or(hub));
     }
 }

@@ -133,6 +133,34 @@ pub enum Rejected {
     Busy(String),
 }
 
+/// Clients registered whose handshake then failed (the `101` could not be written, or the
+/// deadline passed) and whose `Disconnect` could not be queued because the inbox was full.
+/// The hub forgets them before its next command, so none outlives its connection: a full
+/// inbox means the hub runs again soon. Shared between the hub and its handles.
+#[derive(Debug, Default)]
+pub struct Orphans {
+    any: std::sync::atomic::AtomicBool,
+    clients: std::sync::Mutex<Vec<ClientId>>,
+}
+
+impl Orphans {
+    /// Leaves `client` for the hub to forget.
+    pub fn add(&self, client: ClientId) {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients.push(client);
+        self.any.store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    /// The clients left, if any (one atomic load when there are none: it runs before every
+    /// command).
+    fn take(&self) -> Vec<ClientId> {
+        if !self.any.swap(false, std::sync::atomic::Ordering::Acquire) {
+            return Vec::new();
+        }
+        std::mem::take(&mut *self.clients.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 /// Close code and reason sent to a slow consumer.
 pub const SLOW_CONSUMER_CLOSE: (u16, &str) = (1013, "slow consumer");
 /// Close code and reason sent to everyone at shutdown.
@@ -181,6 +209,7 @@ pub struct Hub {
     next_serial: u64,
     /// Clients whose queue was found full while delivering, to disconnect after the command.
     slow: Backlog,
+    orphans: Arc<Orphans>,
     shutting_down: bool,
 }
 
@@ -211,13 +240,24 @@ impl Hub {
             last_rename: (0, Vec::new()),
             next_serial: 1,
             slow: Backlog::default(),
+            orphans: Arc::default(),
             shutting_down: false,
         }
+    }
+
+    /// Where handles leave clients whose handshake failed after registration.
+    pub fn orphans(&self) -> Arc<Orphans> {
+        self.orphans.clone()
     }
 
     /// Handles one command. Everything the command causes (and the authority answers at once)
     /// is queued before this returns.
     pub fn handle(&mut self, command: Command) {
+        for client in self.orphans.take() {
+            if let Some(key) = self.key(client) {
+                self.remove(key, LeaveReason::Disconnected);
+            }
+        }
         match command {
             Command::Connect {
                 queue,

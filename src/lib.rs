@@ -142,6 +142,8 @@ pub struct Chat {
     inbox: Sender<Command>,
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Clients whose handshake failed after the hub registered them (see [`hub::Orphans`]).
+    orphans: Arc<hub::Orphans>,
     /// Pending connections per address, for each address's share of `--max-pending`.
     pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
     /// The HTTP API key's rate limit (`--api-rate-limit`).
@@ -168,6 +170,7 @@ impl Chat {
             let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
             let chat = Chat {
                 inbox,
+                orphans: hub.orphans(),
                 #[cfg(feature = "api")]
                 api_calls: api::bucket(&config),
                 config,
@@ -189,6 +192,7 @@ impl Chat {
         let hub = Hub::new(config.clone(), metrics.clone());
         let chat = Chat {
             inbox,
+            orphans: hub.orphans(),
             #[cfg(feature = "api")]
             api_calls: api::bucket(&config),
             config,

@@ -2,7 +2,8 @@
 //!
 //! Everything else lives in the library; this file is the glue a user's `main` would be.
 //! SIGINT or SIGTERM starts a graceful shutdown; a second one exits at once. SIGHUP reloads
-//! the TLS certificate and key (feature `tls`), and is logged and ignored otherwise.
+//! the files secrets come from: the TLS certificate and key (feature `tls`), the tokens'
+//! secret and the API key.
 
 use std::process::ExitCode;
 

@@ -282,7 +282,8 @@ impl Running {
         }
         for (flag, secret, min) in secrets {
             match secret.reload(min) {
-                Ok(_) => log::info!("SIGHUP: {flag} reloaded"),
+                Ok(true) => log::info!("SIGHUP: {flag} reloaded"),
+                Ok(false) => {}
                 Err(e) => log::error!("SIGHUP: {flag} not reloaded, keeping the old one: {e}"),
             }
         }

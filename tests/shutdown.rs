@@ -104,3 +104,23 @@ fn clients_that_do_not_cooperate_cannot_hold_up_shutdown() {
         assert!(raw::read_until_closed(&mut half).await.is_empty());
     });
 }
+
+/// A client is registered with the hub before its upgrade is answered, so an upgrade that
+/// arrives once the hub is shutting down gets a plain 503 (`Retry-After`) instead of a `101`
+/// followed by a close.
+#[test]
+fn an_upgrade_during_shutdown_gets_503() {
+    let server = server();
+    let addr = server.addr;
+    run(async move {
+        let mut before = Client::connect(addr).await;
+        // The hub stops taking clients; the accept loop still runs.
+        server.running().chat().shutdown().await;
+        let (code, _, _) = before.expect_close().await;
+        assert_eq!(code, 1001);
+        let (head, _) =
+            common::raw::request_head(addr, &common::raw::upgrade_request(addr, &[])).await;
+        assert_eq!(common::raw::status(&head), 503, "{head}");
+        assert_eq!(common::raw::header(&head, "retry-after"), Some("5"));
+    });
+}

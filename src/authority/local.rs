@@ -585,10 +585,12 @@ impl Authority for Local {
                 };
                 let mut targets = vec![target];
                 targets.extend(self.more.get(&lower).into_iter().flatten());
+                // `within` is sorted (see `crate::access`).
                 let reachable = within.is_none_or(|rooms| {
-                    targets
-                        .iter()
-                        .any(|t| self.clients[t].rooms.iter().any(|r| rooms.contains(r)))
+                    targets.iter().any(|t| {
+                        let theirs = &self.clients[t].rooms;
+                        theirs.iter().any(|r| rooms.binary_search(r).is_ok())
+                    })
                 });
                 match reachable {
                     true => Answer::Direct {

@@ -392,13 +392,14 @@ local targets = {holder}
 local uk = user_of(holder)
 if uk then targets = redis.call('SMEMBERS', uk) end
 if ARGV[5] == '1' then
+  local allowed = {}
+  for i = 6, #ARGV do allowed[ARGV[i]] = true end
   local reachable = false
   for _, mid in ipairs(targets) do
-    for i = 6, #ARGV do
-      if redis.call('SISMEMBER', P..'member:'..mid..':rooms', ARGV[i]) == 1 then
-        reachable = true
-      end
+    for _, room in ipairs(redis.call('SMEMBERS', P..'member:'..mid..':rooms')) do
+      if allowed[room] then reachable = true break end
     end
+    if reachable then break end
   end
   if not reachable then return {'unknown'} end
 end

@@ -504,7 +504,7 @@ async function bareClient(blank, url, frames) {
 
 async function main() {
   fs.mkdirSync(OUT, { recursive: true });
-  for (const f of ['server.log', 'server-raw.log', 'server-tls.log', 'server-auth.log']) fs.writeFileSync(path.join(OUT, f), '');
+  for (const f of ['server.log', 'server-raw.log', 'server-tls.log', 'server-auth.log', 'server-signin.log']) fs.writeFileSync(path.join(OUT, f), '');
   for (const f of fs.readdirSync(OUT)) if (f.startsWith('failure-')) fs.rmSync(path.join(OUT, f));
   check(fs.existsSync(BIN), `no server binary at ${BIN}: run \`cargo build\` first, or set SMOLCHAT_BIN`);
   check(fs.existsSync(CHROMIUM), `no Chromium at ${CHROMIUM}: apt-get install -y chromium`);
@@ -534,6 +534,9 @@ async function main() {
     args: ['--auth-secret-file', secretFile, '--auth', 'optional', '--api-key-file', keyFile],
     log: 'server-auth.log',
   });
+  // Tokens required (no --auth optional): a fifth server, for the page without a token.
+  const signInPort = await freePort();
+  const signInServer = new Server(signInPort, { args: ['--auth-secret-file', secretFile], log: 'server-signin.log' });
   const browser = await chromium.launch({ executablePath: CHROMIUM, args: LAUNCH_ARGS });
   const pages = {};
   try {
@@ -1367,6 +1370,25 @@ async function main() {
       check(await msg.first().locator('.tag').count() === 1, 'the API message is not marked');
       await u1.screenshot({ path: path.join(OUT, 'auth.png') });
     });
+
+    await signInServer.start();
+    await step('auth required, no token: the page asks to sign in, and does not say it is connecting', async () => {
+      const u4 = await (await browser.newContext({ viewport: { width: 1000, height: 600 } })).newPage();
+      pages.u4 = u4;
+      watch(u4, 'U4', { refusals: true });
+      await u4.goto(`http://127.0.0.1:${signInPort}/`);
+      await waitStatus(u4, 'refused');
+      const status = await u4.locator('#status-text').textContent();
+      check(/^Not signed in: .*sign-in link/.test(status), `the status says ${JSON.stringify(status)}`);
+      const empty = await u4.locator('#empty').textContent();
+      check(await u4.locator('#empty').isVisible() && /^Sign in/.test(empty) && !/Connecting/.test(empty), `the page says ${JSON.stringify(empty)}`);
+      await u4.screenshot({ path: path.join(OUT, 'sign-in.png') });
+      // The link with a token signs in, and the chat takes the place of the notice.
+      await u4.evaluate((t) => { location.hash = '#token=' + t; }, jwt({ sub: 'cleo', exp: now() + 3600 }));
+      await waitStatus(u4, 'online', 'Connected as cleo');
+      await log(u4, 'r:lobby').waitFor({ state: 'visible' });
+      check(await u4.locator('#empty').isHidden(), 'the sign-in notice stays after signing in');
+    });
   } catch (e) {
     for (const [name, page] of Object.entries(pages)) {
       await page.screenshot({ path: path.join(OUT, `failure-${name}.png`) }).catch(() => {});
@@ -1379,6 +1401,7 @@ async function main() {
     await rawServer.stop().catch(() => {});
     await tlsServer.stop().catch(() => {});
     await authServer.stop().catch(() => {});
+    await signInServer.stop().catch(() => {});
   }
 }
 

@@ -695,3 +695,53 @@ async fn quit(
     };
     let _ = sender.close(Some(goodbye)).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str, epoch: &str, last_id: u64) -> Room {
+        Room {
+            name: name.into(),
+            epoch: epoch.into(),
+            last_id,
+        }
+    }
+
+    #[test]
+    fn resuming_takes_the_nick_back_and_rejoins_with_cursors_the_current_room_last() {
+        let state = State {
+            nick: "guest-7".into(),
+            chosen_nick: Some("ada".into()),
+            rooms: vec![
+                room("lobby", "e-1", 3),
+                room("dev", "e-2", 41),
+                room("ops", "e-3", 0),
+            ],
+            current: Some("dev".into()),
+            ..State::default()
+        };
+        assert_eq!(
+            resume_commands(&state),
+            vec![
+                json!({"type": "nick", "nick": "ada"}),
+                json!({"type": "join", "room": "lobby", "since": 3, "epoch": "e-1"}),
+                json!({"type": "join", "room": "ops", "since": 0, "epoch": "e-3"}),
+                json!({"type": "join", "room": "dev", "since": 41, "epoch": "e-2"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn resuming_asks_for_no_nick_it_has_or_never_chose() {
+        let mut state = State {
+            nick: "ada".into(),
+            chosen_nick: Some("ada".into()),
+            ..State::default()
+        };
+        assert!(resume_commands(&state).is_empty());
+        state.chosen_nick = None;
+        state.nick = "guest-2".into();
+        assert!(resume_commands(&state).is_empty());
+    }
+}

@@ -14,7 +14,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use common::*;
 use smol::Async;
@@ -23,19 +23,21 @@ use smolchat::token::Secret;
 
 const KEY: &str = "an-api-key-for-the-client-test-0123";
 
-/// Builds the example and returns its path: target/<profile>/examples/client.
+/// Builds the example (once for all tests) and returns its path:
+/// target/<profile>/examples/client.
 fn client_binary() -> PathBuf {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(build_client).clone()
+}
+
+fn build_client() -> PathBuf {
     // This test runs as target/<profile>/deps/client-<hash>.
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().unwrap().parent().unwrap().to_path_buf();
     let mut build = Command::new(env!("CARGO"));
-    build.args([
-        "build",
-        "--quiet",
-        "--example",
-        "client",
-        "--no-default-features",
-    ]);
+    build.arg("--quiet").arg("build").arg("--target-dir");
+    build.arg(profile_dir.parent().unwrap());
+    build.args(["--example", "client", "--no-default-features"]);
     let features: Vec<&str> = [
         ("smol", cfg!(feature = "smol")),
         ("auth", cfg!(feature = "auth")),

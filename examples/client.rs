@@ -35,11 +35,15 @@
 //! message it showed in each (`since`/`epoch`, see "History and recovery" in docs/protocol.md):
 //! it shows what it missed, nothing twice, and says so when the server could not send
 //! everything (`complete: false`: the server restarted or its history ran out). Lines typed
-//! while it is away are sent once it is back. It does **not** reconnect when connecting again
-//! would end the same way: any other close, such as an expired token (4001), a policy
-//! violation like flooding (1008), too many connections for this user (4002) or a protocol
-//! error (1002), and a handshake the server refuses (401, 403, …). It says why and exits. Nor
-//! does it retry when the very first connection fails: that is usually a wrong URL.
+//! while it is away are read once it is back (`/quit` too: Ctrl-C leaves at once). If the old
+//! connection still holds your nick when the new one asks for it (`nick_taken`: the server has
+//! not noticed yet that it is gone), `/nick` again a moment later.
+//!
+//! It does **not** reconnect when connecting again would end the same way: after any other
+//! close, such as an expired token (4001), a policy violation like flooding (1008), too many
+//! connections for this user (4002) or a protocol error (1002), and after a handshake the
+//! server refuses (401, 403, …). It says why and exits. Nor does it retry when the very first
+//! connection fails: that is usually a wrong URL.
 //!
 //! How it is built: a loop of sessions, one per connection. A session's WebSocket is split into
 //! a sending half and a receiving half, and two futures run side by side on one thread: the

@@ -25,11 +25,33 @@
 //! printf '/nick ada\nhello\n/rooms\n/quit\n' | cargo run --example client -- ws://127.0.0.1:8080/ws
 //! ```
 //!
-//! How it is built: one WebSocket connection, split into a sending half and a receiving half.
-//! Two futures run side by side on one thread: the *reader* prints every event the server sends,
-//! the *writer* turns the lines you type into JSON commands. They share a little state (your
-//! nick, your rooms) through a `RefCell`, which is safe because both run in the same task and
-//! never hold a borrow across an `.await`. The protocol itself is described in docs/protocol.md.
+//! Messages that applications publish through the server's HTTP API (`"api": true`) are
+//! marked `[api]`: the name on them is not necessarily anybody's nick.
+//!
+//! **Reconnecting.** When the connection drops, or the server goes away for a while (close
+//! 1001 at a restart, 1011/1012 from a scaled-out node, 1013 for a slow reader), the client
+//! connects again by itself: after 0.5 s, then 1 s, 2 s, … at most 10 s apart, until it is back.
+//! Then it takes its nick back and rejoins its rooms with the id and `epoch` of the last
+//! message it showed in each (`since`/`epoch`, see "History and recovery" in docs/protocol.md):
+//! it shows what it missed, nothing twice, and says so when the server could not send
+//! everything (`complete: false`: the server restarted or its history ran out). Lines typed
+//! while it is away are read once it is back (`/quit` too: Ctrl-C leaves at once). If the old
+//! connection still holds your nick when the new one asks for it (`nick_taken`: the server has
+//! not noticed yet that it is gone), `/nick` again a moment later.
+//!
+//! It does **not** reconnect when connecting again would end the same way: after any other
+//! close, such as an expired token (4001), a policy violation like flooding (1008), too many
+//! connections for this user (4002) or a protocol error (1002), and after a handshake the
+//! server refuses (401, 403, …). It says why and exits. Nor does it retry when the very first
+//! connection fails: that is usually a wrong URL.
+//!
+//! How it is built: a loop of sessions, one per connection. A session's WebSocket is split into
+//! a sending half and a receiving half, and two futures run side by side on one thread: the
+//! *reader* prints every event the server sends, the *writer* turns the lines you type into
+//! JSON commands. They share a little state (your nick, your rooms and where you are in each)
+//! through a `RefCell`, which is safe because both run in the same task and never hold a borrow
+//! across an `.await`; it outlives the connection, which is how the next one knows where to
+//! pick up. The protocol itself is described in docs/protocol.md.
 //!
 //! Times are shown as HH:MM in UTC: local time would need a time-zone crate.
 
@@ -38,11 +60,11 @@ use std::net::TcpStream;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::Message;
 use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use async_tungstenite::tungstenite::{Error as WsError, Message};
 use async_tungstenite::{WebSocketReceiver, WebSocketSender};
-use futures_lite::io::BufReader;
+use futures_lite::io::{BufReader, Lines};
 use futures_lite::{AsyncBufReadExt, StreamExt, future};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -50,6 +72,9 @@ use smol::channel::{Receiver, Sender};
 use smol::{Async, Timer, Unblock};
 
 type Socket = Async<TcpStream>;
+
+/// What you type, one line at a time. It outlives every connection.
+type Input = Lines<BufReader<Unblock<std::io::Stdin>>>;
 
 const HELP: &str = "\
 commands:
@@ -68,8 +93,19 @@ const GOODBYE_WAIT: Duration = Duration::from_secs(2);
 /// A room name nobody is expected to use, asked about once when quitting (see `quit`).
 const LAST_QUESTION_ROOM: &str = "-";
 
-/// An event from the server (see docs/protocol.md). Fields the client does not show, such as
-/// a room's `epoch`, are left out: serde ignores fields it is not asked for.
+/// The wait before the first attempt to reconnect; it doubles with each failed attempt, up
+/// to `MAX_RETRY_DELAY`, and starts again from here once a connection works.
+const FIRST_RETRY_DELAY: Duration = Duration::from_millis(500);
+const MAX_RETRY_DELAY: Duration = Duration::from_secs(10);
+
+/// Close codes after which connecting again can help: the server is going away (1001, a
+/// restart), had an internal problem (1011), lost our session (1012, scale-out), or found us
+/// too slow (1013). A connection that ends without a close frame at all (what browsers call
+/// 1006) is retried too. Every other close is final (see the module documentation).
+const RETRY_CODES: [u16; 4] = [1001, 1011, 1012, 1013];
+
+/// An event from the server (see docs/protocol.md). Fields the client does not show are left
+/// out: serde ignores fields it is not asked for.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Event {
@@ -79,11 +115,14 @@ enum Event {
     },
     Room {
         room: String,
+        /// This life of the room's history: ids start again when it changes.
+        epoch: String,
         /// The first members in join order; a big room lists only some of them.
         members: Vec<String>,
         /// How many members the room has.
         count: usize,
-        /// Only present when we joined with a cursor (`since`/`epoch`); this client never does.
+        /// Only present when we joined with a cursor (`since`/`epoch`), as after a reconnect:
+        /// false when some messages after the cursor are gone.
         complete: Option<bool>,
     },
     Join {
@@ -97,9 +136,13 @@ enum Event {
     },
     Message {
         room: String,
+        id: u64,
         from: String,
         text: String,
         ts: u64,
+        /// Published through the HTTP API (only present, as `true`, then).
+        #[serde(default)]
+        api: bool,
     },
     Nick {
         old: String,
@@ -132,17 +175,51 @@ struct RoomCount {
     members: usize,
 }
 
-/// What the reader and the writer both need to know.
+/// A room we are in, and how far we have read it.
+struct Room {
+    name: String,
+    /// From the room's last `room` event.
+    epoch: String,
+    /// The id of the last message shown (0: none yet).
+    last_id: u64,
+}
+
+/// What the reader and the writer both need to know. It lives as long as the program, across
+/// connections.
 #[derive(Default)]
 struct State {
     /// Our nick, from `welcome` and our own `nick` events.
     nick: String,
+    /// The nick we chose with `/nick` and the server accepted: asked for again after a
+    /// reconnect, when the server has given us a `guest-N` again.
+    chosen_nick: Option<String>,
     /// The rooms the server confirmed we are in (by a `room` event), in join order.
-    rooms: Vec<String>,
+    rooms: Vec<Room>,
     /// Where plain lines go: the room we joined last.
     current: Option<String>,
+    /// Set by a `welcome`: the connection works, so the next wait to reconnect is short again.
+    welcomed: bool,
     /// Set once we start saying goodbye, so the server's answering close is not news.
     quitting: bool,
+}
+
+/// What the reader tells the writer.
+enum Signal {
+    /// The server's `welcome` arrived; these commands take up where the last connection left
+    /// off (empty on the first connection).
+    Welcome(Vec<Value>),
+    /// The answer to the last question asked when quitting arrived (see `quit`).
+    Answered,
+}
+
+/// How a connection ended.
+enum End {
+    /// You quit.
+    Quit,
+    /// The connection was lost, or the server went away for a while: connect again.
+    Lost(String),
+    /// Connecting again would not help.
+    Fatal(String),
 }
 
 fn main() -> ExitCode {
@@ -150,15 +227,15 @@ fn main() -> ExitCode {
         eprintln!("usage: cargo run --example client -- ws://HOST:PORT/ws");
         return ExitCode::FAILURE;
     };
-    let (authority, path) = match parse_ws_url(&url) {
-        Ok(parts) => parts,
+    let authority = match parse_ws_url(&url) {
+        Ok((authority, _path)) => authority,
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::FAILURE;
         }
     };
     smol::block_on(async {
-        match run(&url, &authority, &path).await {
+        match run(&url, &authority).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");
@@ -196,62 +273,105 @@ fn parse_ws_url(url: &str) -> Result<(String, String), String> {
     Ok((authority, path.to_string()))
 }
 
-async fn run(url: &str, authority: &str, path: &str) -> Result<(), String> {
-    // Resolve the host name, connect over TCP, then do the WebSocket handshake on that socket.
-    let addrs = smol::net::resolve(authority)
-        .await
-        .map_err(|e| format!("cannot resolve {authority}: {e}"))?;
-    let addr = addrs
-        .first()
-        .ok_or_else(|| format!("{authority} has no address"))?;
-    let tcp = Socket::connect(*addr)
-        .await
-        .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
-    let (ws, _response) = async_tungstenite::client_async(url, tcp)
-        .await
-        .map_err(|e| format!("WebSocket handshake with {authority}{path} failed: {e}"))?;
-    let (mut sender, mut receiver) = ws.split();
-
+/// Connects, and connects again whenever a connection is lost, until you quit.
+async fn run(url: &str, authority: &str) -> Result<(), String> {
+    // Stdin is blocking; `Unblock` reads it on a helper thread so the writer can wait on it.
+    let mut input = BufReader::new(Unblock::new(std::io::stdin())).lines();
     let state = RefCell::new(State::default());
-    // The reader tells the writer here that the answer to its last question arrived.
-    let (answered, answer) = smol::channel::bounded(1);
-
-    let reader = read_events(&mut receiver, &state, &answered);
-    let writer = async {
-        write_commands(&mut sender, &state, &answer).await;
-        // Quitting: the reader now waits for the server's close; don't wait forever.
-        Timer::after(GOODBYE_WAIT).await;
-    };
-    // Whichever finishes first ends the program: the reader when the connection ends, the
-    // writer if the server never finishes closing.
-    future::or(reader, writer).await;
-    Ok(())
+    let mut delay = FIRST_RETRY_DELAY;
+    let mut ever_connected = false;
+    loop {
+        let why = match session(url, authority, &state, &mut input).await {
+            End::Quit => return Ok(()),
+            End::Fatal(why) => return Err(why),
+            End::Lost(why) if !ever_connected && !state.borrow().welcomed => return Err(why),
+            End::Lost(why) => why,
+        };
+        if std::mem::take(&mut state.borrow_mut().welcomed) {
+            ever_connected = true;
+            delay = FIRST_RETRY_DELAY;
+        }
+        println!("* {why}; reconnecting in {:.1} s", delay.as_secs_f64());
+        Timer::after(delay).await;
+        delay = (delay * 2).min(MAX_RETRY_DELAY);
+    }
 }
 
-/// Prints every event until the connection ends.
+/// One connection, from the handshake until it ends.
+async fn session(url: &str, authority: &str, state: &RefCell<State>, input: &mut Input) -> End {
+    let (mut sender, mut receiver) = match connect(url, authority).await {
+        Ok(ws) => ws,
+        Err(end) => return end,
+    };
+    let (signal, signals) = smol::channel::bounded(2);
+    let reader = read_events(&mut receiver, state, &signal);
+    let writer = async {
+        let end = write_commands(&mut sender, state, input, &signals).await;
+        if let End::Quit = end {
+            // The reader now waits for the server's close; don't wait forever.
+            Timer::after(GOODBYE_WAIT).await;
+        }
+        end
+    };
+    // Whichever finishes first ends the connection: the reader when the server closes it or
+    // it breaks, the writer when you quit (or if the server never finishes closing).
+    future::or(reader, writer).await
+}
+
+/// Resolves the host name, connects over TCP, then does the WebSocket handshake on that socket.
+async fn connect(
+    url: &str,
+    authority: &str,
+) -> Result<(WebSocketSender<Socket>, WebSocketReceiver<Socket>), End> {
+    let addrs = smol::net::resolve(authority)
+        .await
+        .map_err(|e| End::Lost(format!("cannot resolve {authority}: {e}")))?;
+    let addr = addrs
+        .first()
+        .ok_or_else(|| End::Lost(format!("{authority} has no address")))?;
+    let tcp = Socket::connect(*addr)
+        .await
+        .map_err(|e| End::Lost(format!("cannot connect to {addr}: {e}")))?;
+    match async_tungstenite::client_async(url, tcp).await {
+        Ok((ws, _response)) => Ok(ws.split()),
+        // The server answered, and refused: 401 (token), 403 (origin, host), 404, …. Only a
+        // busy server (503) may say yes later.
+        Err(WsError::Http(response)) if response.status() != 503 => {
+            let body = response.body().as_deref().unwrap_or_default();
+            Err(End::Fatal(format!(
+                "the server refused the connection: {} {}",
+                response.status(),
+                String::from_utf8_lossy(body).trim()
+            )))
+        }
+        Err(e) => Err(End::Lost(format!(
+            "WebSocket handshake with {url} failed: {e}"
+        ))),
+    }
+}
+
+/// Prints every event until the connection ends, and says how it ended.
 async fn read_events(
     receiver: &mut WebSocketReceiver<Socket>,
     state: &RefCell<State>,
-    answered: &Sender<()>,
-) {
-    // Whether the server said goodbye with a close frame, and what to say if it did not.
-    let mut closed = false;
+    signal: &Sender<Signal>,
+) -> End {
+    // What the server's close frame said, if it sent one.
+    let mut closed: Option<End> = None;
     let mut lost = String::from("the server went away without closing the connection");
     while let Some(frame) = receiver.next().await {
         match frame {
-            Ok(Message::Text(text)) => show_event(text.as_str(), state, answered),
+            Ok(Message::Text(text)) => show_event(text.as_str(), state, signal),
             Ok(Message::Close(frame)) => {
-                closed = true;
-                if !state.borrow().quitting {
-                    match frame {
-                        Some(f) => println!(
-                            "* the server closed the connection: {} {}",
-                            u16::from(f.code),
-                            f.reason
-                        ),
-                        None => println!("* the server closed the connection"),
-                    }
-                }
+                let (code, reason) = frame.map_or((1005, String::new()), |f| {
+                    (u16::from(f.code), f.reason.to_string())
+                });
+                let why = format!("the server closed the connection: {code} {reason}");
+                closed = Some(if RETRY_CODES.contains(&code) {
+                    End::Lost(why)
+                } else {
+                    End::Fatal(why)
+                });
                 // Keep reading: tungstenite answers the close for us, and the stream ends
                 // when the server then closes the socket.
             }
@@ -263,13 +383,14 @@ async fn read_events(
             }
         }
     }
-    if !closed && !state.borrow().quitting {
-        println!("* {lost}");
+    if state.borrow().quitting {
+        return End::Quit;
     }
+    closed.unwrap_or(End::Lost(lost))
 }
 
 /// Prints one event in a readable form and keeps `state` up to date.
-fn show_event(text: &str, state: &RefCell<State>, answered: &Sender<()>) {
+fn show_event(text: &str, state: &RefCell<State>, signal: &Sender<Signal>) {
     let event: Event = match serde_json::from_str(text) {
         Ok(event) => event,
         Err(_) => {
@@ -283,23 +404,43 @@ fn show_event(text: &str, state: &RefCell<State>, answered: &Sender<()>) {
         Event::Welcome { nick, server } => {
             println!("* connected to {server} as {nick} (type /help for commands)");
             state.nick = nick;
+            state.welcomed = true;
+            // Worked out now, before any event of this connection moves the cursors.
+            let resume = resume_commands(&state);
+            let _ = signal.try_send(Signal::Welcome(resume));
         }
         Event::Room {
             room,
+            epoch,
             members,
             count,
             complete,
         } => {
-            // The server's answer to a join: the room is now our current room.
-            state.rooms.retain(|r| *r != room);
-            state.rooms.push(room.clone());
+            // The server's answer to a join: the room is now our current room. A room we
+            // were in keeps its cursor, unless its history started a new life.
+            let mut entry = match state.rooms.iter().position(|r| r.name == room) {
+                Some(i) => state.rooms.remove(i),
+                None => Room {
+                    name: room.clone(),
+                    epoch: epoch.clone(),
+                    last_id: 0,
+                },
+            };
+            if entry.epoch != epoch {
+                entry.epoch = epoch;
+                entry.last_id = 0;
+            }
+            state.rooms.push(entry);
             state.current = Some(room.clone());
             println!(
                 "* you are in {room}; members: {}",
                 member_list(&members, count)
             );
             if complete == Some(false) {
-                println!("* (some earlier messages of {room} are no longer available)");
+                println!(
+                    "* some messages in {room} were missed while you were away \
+                     (the server restarted or its history ran out)"
+                );
             }
         }
         Event::Join { room, nick } => println!("* {nick} joined {room}"),
@@ -309,12 +450,26 @@ fn show_event(text: &str, state: &RefCell<State>, answered: &Sender<()>) {
         Event::Leave { room, nick, reason } => println!("* {nick} left {room} ({reason})"),
         Event::Message {
             room,
+            id,
             from,
             text,
             ts,
-        } => println!("{} [{room}] <{from}> {text}", clock(ts)),
+            api,
+        } => {
+            if let Some(entry) = state.rooms.iter_mut().find(|r| r.name == room) {
+                // A rejoin replays history we may have shown already.
+                if id <= entry.last_id {
+                    return;
+                }
+                entry.last_id = id;
+            }
+            // Published by an application, not said by a user of that name.
+            let tag = if api { "[api] " } else { "" };
+            println!("{} [{room}] {tag}<{from}> {text}", clock(ts));
+        }
         Event::Nick { old, nick } if old == state.nick => {
             println!("* you are now known as {nick}");
+            state.chosen_nick = Some(nick.clone());
             state.nick = nick;
         }
         Event::Nick { old, nick } => println!("* {old} is now known as {nick}"),
@@ -324,7 +479,7 @@ fn show_event(text: &str, state: &RefCell<State>, answered: &Sender<()>) {
         }
         Event::Direct { from, text, ts, .. } => println!("{} <- {from}: {text}", clock(ts)),
         Event::Members { room, .. } if state.quitting && room == LAST_QUESTION_ROOM => {
-            let _ = answered.try_send(());
+            let _ = signal.try_send(Signal::Answered);
         }
         Event::Members { room, count: 0, .. } => println!("* nobody is in {room}"),
         Event::Members {
@@ -344,10 +499,31 @@ fn show_event(text: &str, state: &RefCell<State>, answered: &Sender<()>) {
             println!("! error {code}: {message}");
             if code == "room_limit" || code == "invalid_room" {
                 // A join we counted on failed: go back to the last room the server confirmed.
-                state.current = state.rooms.last().cloned();
+                state.current = state.rooms.last().map(|r| r.name.clone());
             }
         }
     }
+}
+
+/// After a reconnect: the commands that take our nick back and rejoin our rooms from the last
+/// message shown in each, the current room last (a join makes a room the current one). With a
+/// cursor the server sends only what came after it, and says whether that is everything.
+fn resume_commands(state: &State) -> Vec<Value> {
+    let mut commands = Vec::new();
+    if let Some(nick) = state.chosen_nick.as_ref().filter(|n| **n != state.nick) {
+        commands.push(json!({"type": "nick", "nick": nick}));
+    }
+    let current = state.current.as_deref();
+    let (others, last): (Vec<&Room>, Vec<&Room>) = state
+        .rooms
+        .iter()
+        .partition(|r| Some(r.name.as_str()) != current);
+    for room in others.into_iter().chain(last) {
+        commands.push(json!({
+            "type": "join", "room": room.name, "since": room.last_id, "epoch": room.epoch
+        }));
+    }
+    commands
 }
 
 /// "ada, bob", or "ada, bob and 998 more" when the server listed only the first of a big room.
@@ -369,29 +545,41 @@ fn clock(ts_ms: u64) -> String {
     )
 }
 
-/// Reads lines from stdin and sends them as commands until `/quit` or the end of input.
+/// Once the server's welcome is here, takes up where the last connection left off; then
+/// sends the lines you type as commands until `/quit` or the end of input.
 async fn write_commands(
     sender: &mut WebSocketSender<Socket>,
     state: &RefCell<State>,
-    answer: &Receiver<()>,
-) {
-    // Stdin is blocking; `Unblock` reads it on a helper thread so this future can wait on it.
-    let mut lines = BufReader::new(Unblock::new(std::io::stdin())).lines();
-    while let Some(Ok(line)) = lines.next().await {
+    input: &mut Input,
+    signals: &Receiver<Signal>,
+) -> End {
+    let resume = loop {
+        match signals.recv().await {
+            Ok(Signal::Welcome(commands)) => break commands,
+            Ok(Signal::Answered) => {}
+            // Not possible while the reader runs, and the reader ends the session.
+            Err(_) => return future::pending().await,
+        }
+    };
+    for command in resume {
+        if let Err(e) = sender.send(Message::text(command.to_string())).await {
+            return End::Lost(format!("connection lost: {e}"));
+        }
+    }
+    // Reading a line is cancel-safe: a line half read when the connection ends stays in the
+    // reader's buffer for the next connection.
+    while let Some(Ok(line)) = input.next().await {
         let command = match to_command(line.trim_end(), state) {
             Ok(Some(command)) => command,
             Ok(None) => continue,
             Err(Quit) => break,
         };
-        if sender
-            .send(Message::text(command.to_string()))
-            .await
-            .is_err()
-        {
-            return; // the connection is gone; the reader says why
+        if let Err(e) = sender.send(Message::text(command.to_string())).await {
+            return End::Lost(format!("connection lost: {e}"));
         }
     }
-    quit(sender, state, answer).await;
+    quit(sender, state, signals).await;
+    End::Quit
 }
 
 /// The user asked to leave.
@@ -430,9 +618,9 @@ fn to_command(line: &str, state: &RefCell<State>) -> Result<Option<Value>, Quit>
             // The server sends nothing back to the one who leaves (only an error if we were
             // not in the room), so update our own view now.
             let mut state = state.borrow_mut();
-            state.rooms.retain(|r| *r != room);
+            state.rooms.retain(|r| r.name != room);
             if state.current.as_deref() == Some(room.as_str()) {
-                state.current = state.rooms.last().cloned();
+                state.current = state.rooms.last().map(|r| r.name.clone());
             }
             json!({"type": "leave", "room": room})
         }
@@ -481,7 +669,11 @@ fn say(text: &str, state: &RefCell<State>) -> Option<Value> {
 /// server answers one client's commands in the order they were sent, so once that answer is
 /// here, every earlier answer is here too. Then we send the close frame, and the reader waits
 /// for the server's close in return.
-async fn quit(sender: &mut WebSocketSender<Socket>, state: &RefCell<State>, answer: &Receiver<()>) {
+async fn quit(
+    sender: &mut WebSocketSender<Socket>,
+    state: &RefCell<State>,
+    signals: &Receiver<Signal>,
+) {
     state.borrow_mut().quitting = true;
     let question = json!({"type": "who", "room": LAST_QUESTION_ROOM});
     if sender
@@ -491,13 +683,69 @@ async fn quit(sender: &mut WebSocketSender<Socket>, state: &RefCell<State>, answ
     {
         let timeout = async {
             Timer::after(GOODBYE_WAIT).await;
-            Ok(())
         };
-        let _ = future::or(answer.recv(), timeout).await;
+        let answered = async {
+            while let Ok(signal) = signals.recv().await {
+                if let Signal::Answered = signal {
+                    break;
+                }
+            }
+        };
+        future::or(answered, timeout).await;
     }
     let goodbye = CloseFrame {
         code: CloseCode::Normal,
         reason: "bye".into(),
     };
     let _ = sender.close(Some(goodbye)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn room(name: &str, epoch: &str, last_id: u64) -> Room {
+        Room {
+            name: name.into(),
+            epoch: epoch.into(),
+            last_id,
+        }
+    }
+
+    #[test]
+    fn resuming_takes_the_nick_back_and_rejoins_with_cursors_the_current_room_last() {
+        let state = State {
+            nick: "guest-7".into(),
+            chosen_nick: Some("ada".into()),
+            rooms: vec![
+                room("lobby", "e-1", 3),
+                room("dev", "e-2", 41),
+                room("ops", "e-3", 0),
+            ],
+            current: Some("dev".into()),
+            ..State::default()
+        };
+        assert_eq!(
+            resume_commands(&state),
+            vec![
+                json!({"type": "nick", "nick": "ada"}),
+                json!({"type": "join", "room": "lobby", "since": 3, "epoch": "e-1"}),
+                json!({"type": "join", "room": "ops", "since": 0, "epoch": "e-3"}),
+                json!({"type": "join", "room": "dev", "since": 41, "epoch": "e-2"}),
+            ]
+        );
+    }
+
+    #[test]
+    fn resuming_asks_for_no_nick_it_has_or_never_chose() {
+        let mut state = State {
+            nick: "ada".into(),
+            chosen_nick: Some("ada".into()),
+            ..State::default()
+        };
+        assert!(resume_commands(&state).is_empty());
+        state.chosen_nick = None;
+        state.nick = "guest-2".into();
+        assert!(resume_commands(&state).is_empty());
+    }
 }

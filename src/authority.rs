@@ -274,6 +274,9 @@ pub enum Notice {
     /// The store no longer knows these clients (their node was taken for lost while it was cut
     /// off, and others may hold their nicks now): they must reconnect.
     Lost(Vec<ClientId>),
+    /// Durable history (feature `store`): what a commit of the local store made durable.
+    #[cfg(feature = "store")]
+    Stored(crate::store::Report),
 }
 
 /// The refusal of a join that would create a room beyond `--max-rooms`, with no empty room
@@ -350,4 +353,16 @@ pub trait Authority: Send {
 
     /// The node is shutting down; its clients are gone.
     fn shutdown(&mut self) {}
+
+    /// Durable history (feature `store`): what the store's last commit made durable. Returns
+    /// the answers to questions that waited for it, with their room events in `events`.
+    #[cfg(feature = "store")]
+    fn stored(
+        &mut self,
+        report: crate::store::Report,
+        events: &mut Vec<RoomEvent>,
+    ) -> Vec<(ClientId, Answer)> {
+        let _ = (report, events);
+        Vec::new()
+    }
 }

@@ -110,6 +110,14 @@ pub struct Config {
     /// API calls per second (`--api-rate-limit`), bursts of as many; 0: no limit.
     #[cfg(feature = "api")]
     pub api_rate_limit: u32,
+    /// Durable history (feature `store`, `--data-dir`): the directory whose store keeps every
+    /// room's epoch, ids and messages across restarts; `None` keeps them in memory only.
+    #[cfg(feature = "store")]
+    pub data_dir: Option<String>,
+    /// How long the store gathers changes before it commits them (`--sync-interval`); zero:
+    /// each batch as soon as the previous commit ends.
+    #[cfg(feature = "store")]
+    pub sync_interval: Duration,
     /// Scale-out: the Redis URL that nodes share rooms through (`--redis`); `None` runs a
     /// single node with everything in memory.
     #[cfg(feature = "redis")]
@@ -165,6 +173,10 @@ impl Default for Config {
             api_key: None,
             #[cfg(feature = "api")]
             api_rate_limit: 20,
+            #[cfg(feature = "store")]
+            data_dir: None,
+            #[cfg(feature = "store")]
+            sync_interval: Duration::from_secs(1),
             #[cfg(feature = "redis")]
             redis: None,
             #[cfg(feature = "redis")]
@@ -327,6 +339,18 @@ Scale-out (the redis feature; see docs/scale-out.md):
     ""
 };
 
+/// The durable history's options, printed after [`HELP`] in builds with the `store` feature.
+pub const HELP_STORE: &str = if cfg!(feature = "store") {
+    "
+Durable history (the store feature; see docs/durability.md):
+  --data-dir DIR              keep every room's history, ids and epoch in DIR across restarts
+  --sync-interval DUR         gather changes this long per commit; 0 = commit as soon as the
+                              previous commit ends [default: 1s]
+"
+} else {
+    ""
+};
+
 /// The TLS options, printed after [`HELP`] in builds with the `tls` feature.
 pub const HELP_TLS: &str = if cfg!(feature = "tls") {
     "
@@ -384,6 +408,10 @@ const OPTIONS: &[(&str, &str)] = &[
     ("api-key-file", "SMOLCHAT_API_KEY_FILE"),
     #[cfg(feature = "api")]
     ("api-rate-limit", "SMOLCHAT_API_RATE_LIMIT"),
+    #[cfg(feature = "store")]
+    ("data-dir", "SMOLCHAT_DATA_DIR"),
+    #[cfg(feature = "store")]
+    ("sync-interval", "SMOLCHAT_SYNC_INTERVAL"),
     #[cfg(feature = "redis")]
     ("redis", "SMOLCHAT_REDIS"),
     #[cfg(feature = "redis")]
@@ -541,6 +569,21 @@ impl Config {
             return Err(err(
                 "--protocol",
                 "raw mode runs on one node; it cannot be combined with --redis",
+            ));
+        }
+        #[cfg(feature = "store")]
+        if self.data_dir.is_some() && self.protocol == Protocol::Raw {
+            return Err(err(
+                "--data-dir",
+                "raw mode keeps no history, so there is nothing to store; leave --data-dir out",
+            ));
+        }
+        #[cfg(all(feature = "store", feature = "redis"))]
+        if self.data_dir.is_some() && self.redis.is_some() {
+            return Err(err(
+                "--data-dir",
+                "with --redis, Redis keeps the history; leave --data-dir out (or use Redis's \
+                 own persistence)",
             ));
         }
         // The API publishes messages and reads history: raw groups have neither.
@@ -758,6 +801,15 @@ impl Config {
             }
             #[cfg(feature = "redis")]
             "redis-heartbeat" => self.redis_heartbeat = duration(value).map_err(|m| bad(&m))?,
+            #[cfg(feature = "store")]
+            "data-dir" => self.data_dir = Some(value.into()),
+            #[cfg(feature = "store")]
+            "sync-interval" => {
+                self.sync_interval = match value {
+                    "0" => Duration::ZERO,
+                    _ => duration(value).map_err(|m| bad(&m))?,
+                }
+            }
             #[cfg(feature = "tls")]
             "tls-cert" => self.tls_cert = Some(value.into()),
             #[cfg(feature = "tls")]

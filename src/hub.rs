@@ -311,12 +311,15 @@ impl Hub {
     /// Handles what an authority that answers later sends back.
     pub fn notice(&mut self, notice: Notice) {
         match notice {
-            Notice::Answer { client, answer } => {
-                if let Some(key) = self.key(client)
-                    && let Some(busy) = self.busy.get_mut(&key)
-                {
-                    let waiting = std::mem::replace(&mut busy.waiting, Waiting::Done);
-                    self.answered(key, waiting, answer);
+            Notice::Answer { client, answer } => self.late_answer(client, answer),
+            #[cfg(feature = "store")]
+            Notice::Stored(report) => {
+                // The local store made reservations durable: the messages that waited for
+                // them are said now, their events delivered before the answers.
+                let answers = self.authority.stored(report, &mut self.events);
+                self.deliver_events();
+                for (client, answer) in answers {
+                    self.late_answer(client, answer);
                 }
             }
             Notice::Room(event) => self.room_event(event),
@@ -355,6 +358,16 @@ impl Hub {
             }
         }
         self.drop_slow_consumers();
+    }
+
+    /// The answer to what client `client` asked, arriving after the question returned.
+    fn late_answer(&mut self, client: ClientId, answer: Answer) {
+        if let Some(key) = self.key(client)
+            && let Some(busy) = self.busy.get_mut(&key)
+        {
+            let waiting = std::mem::replace(&mut busy.waiting, Waiting::Done);
+            self.answered(key, waiting, answer);
+        }
     }
 
     /// Registers a client and asks the authority for its nick (the user's name, for a user);

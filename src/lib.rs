@@ -102,6 +102,8 @@ pub mod secret;
 #[cfg(feature = "smol")]
 pub mod server;
 mod session;
+#[cfg(feature = "store")]
+pub mod store;
 #[cfg(feature = "tls")]
 pub mod tls;
 #[cfg(feature = "auth")]
@@ -131,6 +133,8 @@ pub const FEATURES: &[&str] = &[
     "auth",
     #[cfg(feature = "api")]
     "api",
+    #[cfg(feature = "store")]
+    "store",
 ];
 
 /// Commands that may wait in the hub's inbox before readers have to wait their turn.
@@ -158,7 +162,21 @@ impl Chat {
     /// Creates the hub for `config`. Returns the handle and the hub's future, which must be
     /// spawned (or otherwise polled) for anything to happen; it ends once every handle and
     /// session is gone.
+    ///
+    /// # Panics
+    ///
+    /// With `--data-dir` (feature `store`), if the store cannot be opened; [`Chat::try_new`]
+    /// returns that error instead.
     pub fn new(config: Config) -> (Chat, impl Future<Output = ()> + Send + 'static) {
+        match Chat::try_new(config) {
+            Ok(created) => created,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// [`Chat::new`], with an error instead of a panic when the durable store (`--data-dir`)
+    /// cannot be opened: the message names the file and says what to do.
+    pub fn try_new(config: Config) -> Result<(Chat, HubFuture), String> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
@@ -168,29 +186,48 @@ impl Chat {
             let (authority, notices, bridge) =
                 cluster::start(config.clone(), metrics.clone(), done);
             let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
-            let chat = Chat {
-                inbox,
-                orphans: hub.orphans(),
-                #[cfg(feature = "api")]
-                api_calls: api::bucket(&config),
-                config,
-                metrics,
-                pending: Arc::default(),
-                bridge_stopped: Some(stopped),
-            };
+            let mut chat = Chat::handle(inbox, &hub, config, metrics);
+            chat.bridge_stopped = Some(stopped);
             // The bridge is part of the hub's future: the embedder's executor runs both, and
             // the library spawns nothing of its own.
             let run =
                 futures_lite::future::zip(hub::run_with_notices(hub, commands, notices), bridge);
-            return (
+            return Ok((
                 chat,
-                Either::Left(async move {
+                Box::pin(async move {
                     run.await;
                 }),
-            );
+            ));
+        }
+        #[cfg(feature = "store")]
+        if let Some(dir) = &config.data_dir {
+            // The writer reports each commit; a few may wait while the hub is busy.
+            let (reports, notices) = async_channel::bounded(16);
+            // Changes may wait for the writer up to about twice the history itself.
+            let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
+            let (store, saved) = store::Store::open(dir, config.sync_interval, limit, reports)?;
+            let local =
+                authority::local::Local::with_store(config.clone(), metrics.clone(), store, saved);
+            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
+            let chat = Chat::handle(inbox, &hub, config, metrics);
+            return Ok((
+                chat,
+                Box::pin(hub::run_with_notices(hub, commands, notices)),
+            ));
         }
         let hub = Hub::new(config.clone(), metrics.clone());
-        let chat = Chat {
+        let chat = Chat::handle(inbox, &hub, config, metrics);
+        Ok((chat, Box::pin(hub::run(hub, commands))))
+    }
+
+    /// The handle to `hub`, which takes commands from `inbox`.
+    fn handle(
+        inbox: Sender<Command>,
+        hub: &Hub,
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+    ) -> Chat {
+        Chat {
             inbox,
             orphans: hub.orphans(),
             #[cfg(feature = "api")]
@@ -200,11 +237,7 @@ impl Chat {
             pending: Arc::default(),
             #[cfg(feature = "redis")]
             bridge_stopped: None,
-        };
-        let run = hub::run(hub, commands);
-        #[cfg(feature = "redis")]
-        let run = Either::Right(run);
-        (chat, run)
+        }
     }
 
     /// Scale-out: waits until the Redis bridge has told the other nodes this one is leaving
@@ -304,6 +337,6 @@ impl Chat {
     }
 }
 
-/// One of two futures, for `Chat::new`'s two kinds of hub.
-#[cfg(feature = "redis")]
-use futures_util::future::Either;
+/// The hub's future, as [`Chat::try_new`] returns it: boxed, since each kind of authority
+/// makes a future of its own type (one allocation for the server's life).
+pub type HubFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send + 'static>>;

@@ -11,13 +11,15 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 #[cfg(feature = "auth")]
 use smolchat::config::TOKEN_HELP;
-use smolchat::config::{Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_TLS};
+use smolchat::config::{
+    Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_STORE, HELP_TLS,
+};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_REDIS}{HELP_TLS}");
+            print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_STORE}{HELP_REDIS}{HELP_TLS}");
             return ExitCode::SUCCESS;
         }
         Ok(Action::Version) => {

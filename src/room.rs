@@ -47,6 +47,9 @@ pub struct Room {
     /// The address whose client made the room non-empty, while it has members
     /// (`--max-rooms-per-address`).
     pub(crate) holder: Option<Address>,
+    /// Ids after the first and up to the second that may have named messages now lost: after
+    /// a crash, those the durable store had reserved but not yet committed (`--data-dir`).
+    hole: Option<(u64, u64)>,
 }
 
 /// What a join replays: the messages to re-send and whether nothing in between was lost.
@@ -73,7 +76,28 @@ impl Room {
             last_id: 0,
             idle_since: 0,
             holder: None,
+            hole: None,
         }
+    }
+
+    /// A room read back from the durable store (`--data-dir`): `messages` are the retained
+    /// ones, oldest first, as (id, server-wide order, encoded event); the room goes on after
+    /// `reserved`, and the ids between the last message committed (`last_id`) and it are a
+    /// hole that may have held messages lost in a crash.
+    pub fn reopened(
+        epoch: String,
+        (capacity, byte_capacity): (usize, usize),
+        (last_id, reserved): (u64, u64),
+        messages: Vec<(u64, u64, Frame)>,
+    ) -> Self {
+        let mut room = Room::new(epoch, capacity, byte_capacity);
+        for (id, seq, frame) in messages {
+            room.last_id = id;
+            room.remember(frame, seq);
+        }
+        room.last_id = last_id.max(reserved);
+        room.hole = (reserved > last_id).then_some((last_id, reserved));
+        room
     }
 
     /// A room rebuilt from a shared store (scale-out), for its replay rules: `history` holds
@@ -94,6 +118,7 @@ impl Room {
             last_id,
             idle_since: 0,
             holder: None,
+            hole: None,
         }
     }
 
@@ -188,6 +213,11 @@ impl Room {
         size
     }
 
+    /// The id of the oldest retained message.
+    pub fn oldest_id(&self) -> Option<u64> {
+        self.history.front().map(|m| m.id)
+    }
+
     /// The hub's number of the oldest retained message.
     pub fn oldest_seq(&self) -> Option<u64> {
         self.history.front().map(|m| m.seq)
@@ -222,9 +252,11 @@ impl Room {
             .filter(|m| m.id > since)
             .map(|m| &m.frame)
             .collect();
-        // Complete when every id in since+1 ..= last_id is still here.
+        // Complete when every id in since+1 ..= last_id is still here, and none of them is in
+        // a hole a crash may have left.
         let oldest = self.history.front().map_or(self.last_id + 1, |m| m.id);
-        let complete = since >= self.last_id || oldest <= since + 1;
+        let holed = self.hole.is_some_and(|(_, end)| since < end);
+        let complete = since >= self.last_id || (oldest <= since + 1 && !holed);
         Replay {
             messages,
             complete: Some(complete),
@@ -313,6 +345,43 @@ mod tests {
         assert_eq!(r.replay(Some(2), None).complete, Some(true));
         let empty = room_with(0, 0);
         assert_eq!(empty.replay(Some(0), Some("e1")).complete, Some(true));
+    }
+
+    #[test]
+    fn a_reopened_room_goes_on_after_its_reservation_and_reports_the_hole() {
+        let messages = (3..=5)
+            .map(|id| (id, id, Frame::from(id.to_string())))
+            .collect();
+        let r = Room::reopened("e1".into(), (100, usize::MAX), (5, 8), messages);
+        assert_eq!(
+            r.last_id(),
+            8,
+            "ids 6-8 may have been given before the crash"
+        );
+        assert_eq!(ids(&r.replay(None, None)), ["3", "4", "5"]);
+        assert_eq!(
+            r.replay(Some(2), Some("e1")).complete,
+            Some(false),
+            "6-8 may be lost"
+        );
+        assert_eq!(r.replay(Some(7), Some("e1")).complete, Some(false));
+        assert_eq!(r.replay(Some(8), Some("e1")).complete, Some(true));
+        let quiet = Room::reopened("e1".into(), (100, usize::MAX), (5, 5), Vec::new());
+        assert_eq!(quiet.replay(Some(5), Some("e1")).complete, Some(true));
+        let messages = (3..=5)
+            .map(|id| (id, id, Frame::from(id.to_string())))
+            .collect();
+        let clean = Room::reopened("e1".into(), (100, usize::MAX), (5, 5), messages);
+        assert_eq!(
+            clean.replay(Some(2), Some("e1")).complete,
+            Some(true),
+            "no hole"
+        );
+        assert_eq!(
+            clean.replay(Some(1), Some("e1")).complete,
+            Some(false),
+            "2 was trimmed"
+        );
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub fn start(mut config: Config) -> io::Result<Running> {
         n => n,
     };
 
-    let (chat, hub) = Chat::new(config);
+    let (chat, hub) =
+        Chat::try_new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let executor = Arc::new(Executor::new());
     // The hub runs on an executor of its own, which every thread polls before the one that
     // runs the sessions: every message passes through the hub, and in the sessions' queue

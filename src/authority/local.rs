@@ -15,6 +15,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(feature = "store")]
+mod durable;
+
 use super::{Address, Answer, Ask, Authority, ClientId, History, Joined, RoomEvent, What};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
@@ -32,6 +35,16 @@ struct Entry {
     user: bool,
 }
 
+/// A message on its way to an id: who asked (a client's `say`, or the API's slot for a
+/// publish), the nick shown and whether it came through the API, the text and the time.
+#[derive(Debug)]
+struct Waiter {
+    client: ClientId,
+    from: (String, bool),
+    text: String,
+    ts: u64,
+}
+
 /// A room and the number of its last event.
 struct Place {
     room: Room,
@@ -40,6 +53,9 @@ struct Place {
     /// the room's members list each user once (one `join`, one line in `who`), and these
     /// stand in when that connection leaves.
     extra: Vec<ClientId>,
+    /// The ids the durable store has reserved for the room (`--data-dir`).
+    #[cfg(feature = "store")]
+    reservation: durable::Reservation,
 }
 
 /// The in-memory authority. See the module documentation.
@@ -72,6 +88,9 @@ pub struct Local {
     rooms_created: u64,
     /// Counts questions, to order empty rooms by how recently they were used.
     tick: u64,
+    /// The durable store (`--data-dir`, feature `store`), if there is one.
+    #[cfg(feature = "store")]
+    durable: Option<durable::Durable>,
 }
 
 impl Local {
@@ -97,7 +116,47 @@ impl Local {
             epoch_base: radix36(started),
             rooms_created: 0,
             tick: 0,
+            #[cfg(feature = "store")]
+            durable: None,
         }
+    }
+
+    /// An authority whose rooms are kept in `store` too (`--data-dir`), starting with the
+    /// rooms the store read back.
+    #[cfg(feature = "store")]
+    pub fn with_store(
+        config: Arc<Config>,
+        metrics: Arc<Metrics>,
+        store: crate::store::Store,
+        saved: Vec<crate::store::Saved>,
+    ) -> Self {
+        let mut local = Local::new(config, metrics);
+        local.reopen(saved);
+        local.durable = Some(durable::Durable::new(store));
+        local
+    }
+
+    /// A room as the store kept it, back in memory (no members, so it is held by nobody).
+    #[cfg(feature = "store")]
+    fn restore_room(&mut self, saved: crate::store::Saved) {
+        let capacity = (self.config.history, self.config.history_bytes);
+        let ids = (saved.last_id, saved.reserved);
+        let room = Room::reopened(saved.epoch, capacity, ids, saved.messages);
+        self.history_bytes += room.history_bytes();
+        if let Some(seq) = room.oldest_seq() {
+            self.oldest.insert(seq, saved.name.clone());
+        }
+        let place = Place {
+            reservation: durable::Reservation::at(room.last_id()),
+            room,
+            ev: 0,
+            extra: Vec::new(),
+        };
+        self.rooms.insert(saved.name, place);
+        Metrics::add(&self.metrics.rooms, 1);
+        self.metrics
+            .history_bytes
+            .store(self.history_bytes as u64, Relaxed);
     }
 
     fn raw(&self) -> bool {
@@ -319,11 +378,18 @@ impl Local {
     fn add_room(&mut self, name: &str) {
         self.rooms_created += 1;
         let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
+        #[cfg(feature = "store")]
+        self.store(crate::store::Op::Create {
+            room: name.to_string(),
+            epoch: epoch.clone(),
+        });
         let room = Room::new(epoch, self.config.history, self.config.history_bytes);
         let place = Place {
             room,
             ev: 0,
             extra: Vec::new(),
+            #[cfg(feature = "store")]
+            reservation: durable::Reservation::at(0),
         };
         self.rooms.insert(name.to_string(), place);
         Metrics::add(&self.metrics.rooms, 1);
@@ -352,6 +418,10 @@ impl Local {
 
     fn drop_room(&mut self, name: &str) {
         let place = self.rooms.remove(name).expect("the room exists");
+        #[cfg(feature = "store")]
+        self.store(crate::store::Op::Drop {
+            room: name.to_string(),
+        });
         if let Some(seq) = place.room.oldest_seq() {
             self.oldest.remove(&seq);
         }
@@ -447,44 +517,40 @@ impl Local {
         text: String,
         ts: u64,
         events: &mut Vec<RoomEvent>,
-    ) -> Answer {
+    ) -> Option<Answer> {
         let entry = &self.clients[&client];
         if !entry.rooms.contains(&name) {
-            return Answer::NotMember;
+            return Some(Answer::NotMember);
         }
-        let place = self.rooms.get_mut(&name).expect("a client's rooms exist");
-        let id = place.room.next_id();
-        place.ev += 1;
-        events.push(RoomEvent {
-            room: name,
-            ev: place.ev,
-            subject: Some(client),
-            what: What::Message {
-                id,
-                nick: entry.nick.clone(),
+        let from = (entry.nick.clone(), false);
+        self.said(
+            name,
+            Waiter {
+                client,
+                from,
                 text,
                 ts,
-                api: false,
             },
-        });
-        Answer::Said { id }
+            events,
+        )
     }
 
     /// A message from the HTTP API: like a `say`, by nobody in the room, which is created if
     /// need be (within `--max-rooms`, held by nobody).
     fn publish(
         &mut self,
+        client: ClientId,
         name: String,
         from: String,
         text: String,
         ts: u64,
         events: &mut Vec<RoomEvent>,
-    ) -> Answer {
+    ) -> Option<Answer> {
         if !self.rooms.contains_key(&name) {
             if name != self.config.default_room
                 && let Err(error) = self.make_room_for_one_more()
             {
-                return Answer::Refused(error);
+                return Some(Answer::Refused(error));
             }
             self.add_room(&name);
         }
@@ -493,21 +559,55 @@ impl Local {
             // A room only the API uses is in use: the least recently used goes first.
             place.room.idle_since = self.tick;
         }
+        let waiter = Waiter {
+            client,
+            from: (from, true),
+            text,
+            ts,
+        };
+        self.said(name, waiter, events)
+    }
+
+    /// A message for room `name` gets its id now, or (with a durable store) once the store
+    /// has reserved one: `None` then, and the answer comes with the store's report.
+    fn said(
+        &mut self,
+        name: String,
+        waiter: Waiter,
+        events: &mut Vec<RoomEvent>,
+    ) -> Option<Answer> {
+        #[cfg(feature = "store")]
+        let waiter = match self.gate(&name, waiter) {
+            (durable::Gate::Now, Some(waiter)) => waiter,
+            (durable::Gate::Unavailable, _) => return Some(Answer::Unavailable),
+            _ => return None,
+        };
+        Some(Answer::Said {
+            id: self.message(&name, waiter, events),
+        })
+    }
+
+    /// Gives `waiter`'s message the room's next id and announces it.
+    fn message(&mut self, name: &str, waiter: Waiter, events: &mut Vec<RoomEvent>) -> u64 {
+        let place = self.rooms.get_mut(name).expect("the room exists");
         let id = place.room.next_id();
         place.ev += 1;
+        let (nick, api) = waiter.from;
         events.push(RoomEvent {
-            room: name,
+            room: name.to_string(),
             ev: place.ev,
-            subject: None,
+            subject: (!api).then_some(waiter.client),
             what: What::Message {
                 id,
-                nick: from,
-                text,
-                ts,
-                api: true,
+                nick,
+                text: waiter.text,
+                ts: waiter.ts,
+                api,
             },
         });
-        Answer::Said { id }
+        #[cfg(feature = "store")]
+        self.given(name);
+        id
     }
 
     /// The API's view of a room's history.
@@ -562,7 +662,7 @@ impl Authority for Local {
                 from,
                 text,
                 ts,
-            } => self.publish(room, from, text, ts, events),
+            } => return self.publish(client, room, from, text, ts, events),
             Ask::History { room, since } => self.history(&room, since),
             Ask::Nick(nick) => self.rename(client, nick, events),
             Ask::Join { room, since, epoch } => self.join(client, room, since, epoch, events),
@@ -577,7 +677,7 @@ impl Authority for Local {
                     None => Answer::NotMember,
                 }
             }
-            Ask::Say { room, text, ts } => self.say(client, room, text, ts, events),
+            Ask::Say { room, text, ts } => return self.say(client, room, text, ts, events),
             Ask::Direct { to, within, .. } => {
                 let lower = to.to_ascii_lowercase();
                 let Some(&target) = self.nicks.get(&lower) else {
@@ -643,6 +743,8 @@ impl Authority for Local {
 
     fn bye(&mut self, client: ClientId, reason: LeaveReason, events: &mut Vec<RoomEvent>) {
         self.tick += 1;
+        #[cfg(feature = "store")]
+        self.forget_waiting(client);
         let Some(entry) = self.clients.get_mut(&client) else {
             return;
         };
@@ -667,6 +769,20 @@ impl Authority for Local {
         }
     }
 
+    #[cfg(feature = "store")]
+    fn stored(
+        &mut self,
+        report: crate::store::Report,
+        events: &mut Vec<RoomEvent>,
+    ) -> Vec<(ClientId, Answer)> {
+        Local::stored(self, report, events)
+    }
+
+    fn shutdown(&mut self) {
+        #[cfg(feature = "store")]
+        self.close_store();
+    }
+
     /// Stores a message in its room's history, then forgets the oldest messages on the server
     /// until all rooms together are within `--history-total-bytes`.
     fn remember(&mut self, name: &str, id: u64, frame: &Frame) {
@@ -681,6 +797,20 @@ impl Authority for Local {
         );
         let before = room.oldest_seq();
         let (added, forgotten) = room.remember(frame.clone(), self.next_seq);
+        #[cfg(feature = "store")]
+        if added > 0 {
+            let oldest = room.oldest_id();
+            self.store(crate::store::Op::Put {
+                room: name.to_string(),
+                id,
+                seq: self.next_seq,
+                frame: frame.clone(),
+            });
+            if forgotten > 0 {
+                self.trimmed(name, oldest);
+            }
+        }
+        let room = &mut self.rooms.get_mut(name).expect("remembered").room;
         self.next_seq += 1;
         self.history_bytes = self.history_bytes + added - forgotten;
         if room.oldest_seq() != before {
@@ -697,9 +827,13 @@ impl Authority for Local {
             };
             let room = &mut self.rooms.get_mut(&name).expect("indexed rooms exist").room;
             self.history_bytes -= room.forget_oldest();
+            #[cfg(feature = "store")]
+            let oldest = room.oldest_id();
             if let Some(seq) = room.oldest_seq() {
-                self.oldest.insert(seq, name);
+                self.oldest.insert(seq, name.clone());
             }
+            #[cfg(feature = "store")]
+            self.trimmed(&name, oldest);
         }
         self.metrics
             .history_bytes

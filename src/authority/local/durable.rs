@@ -1,0 +1,271 @@
+//! The local authority's side of durable history (`--data-dir`, feature `store`): what it
+//! tells the store, and the rule that no id is given before the store has reserved it.
+//!
+//! Every change to a room's epoch or history enters [`crate::store`] as an op from here. Ids
+//! are given only under a room's durable reservation ([`Reservation::granted`]): a message
+//! that finds none waits ([`Waiter`]), its client busy, until the store's report that the
+//! reservation was committed comes back through the hub ([`Local::stored`]), and is said
+//! then, in arrival order. Reservations are asked for in blocks ahead of need, so a busy room
+//! never waits; a room that was not used between two reports gives back what it did not use,
+//! so that a crash in a quiet moment leaves no hole (see [`crate::store`]).
+
+use std::collections::VecDeque;
+
+use super::{Answer, ClientId, Local, RoomEvent, Waiter};
+use crate::store::{Op, Report, Saved, Store};
+
+/// The first block of ids a room reserves, and the most (blocks double while a room keeps
+/// running out before the store answers).
+const FIRST_BLOCK: u64 = 32;
+const MAX_BLOCK: u64 = 4096;
+/// Messages that may wait for a room's reservation; more get `unavailable`.
+const MAX_WAITERS: usize = 1024;
+
+/// The store, and whether its last commit failed.
+pub(super) struct Durable {
+    pub(super) store: Store,
+    failing: bool,
+}
+
+impl Durable {
+    pub(super) fn new(store: Store) -> Durable {
+        Durable {
+            store,
+            failing: false,
+        }
+    }
+}
+
+/// A room's reservation of ids.
+#[derive(Debug)]
+pub(super) struct Reservation {
+    /// Ids up to this are durably reserved: they may be given.
+    granted: u64,
+    /// The newest reservation asked of the store (committed or not).
+    asked: u64,
+    block: u64,
+    /// An id was given since the store's last report.
+    used: bool,
+    /// Messages waiting for ids, in arrival order.
+    waiting: VecDeque<Waiter>,
+}
+
+impl Reservation {
+    /// A room whose ids up to `last_id` are all accounted for, with none reserved ahead.
+    pub(super) fn at(last_id: u64) -> Reservation {
+        Reservation {
+            granted: last_id,
+            asked: last_id,
+            block: FIRST_BLOCK,
+            used: false,
+            waiting: VecDeque::new(),
+        }
+    }
+}
+
+/// Whether a message may have its id now.
+pub(super) enum Gate {
+    Now,
+    /// Queued; its answer comes with the store's report.
+    Waiting,
+    Unavailable,
+}
+
+impl Local {
+    /// Tells the store, if there is one.
+    pub(super) fn store(&self, op: Op) {
+        if let Some(durable) = &self.durable {
+            durable.store.send(op);
+        }
+    }
+
+    /// Room `name` forgot its messages before `oldest` (all of them, for `None`).
+    pub(super) fn trimmed(&self, name: &str, oldest: Option<u64>) {
+        let Some(place) = self.rooms.get(name) else {
+            return;
+        };
+        let below = oldest.unwrap_or(place.room.last_id() + 1);
+        self.store(Op::Trim {
+            room: name.to_string(),
+            below,
+        });
+    }
+
+    /// Rooms read back from the store, as they were.
+    pub(super) fn reopen(&mut self, saved: Vec<Saved>) {
+        for room in saved {
+            let seq = room.messages.iter().map(|m| m.1).max().unwrap_or(0);
+            self.next_seq = self.next_seq.max(seq + 1);
+            self.restore_room(room);
+        }
+    }
+
+    /// Whether `waiter`, a message for room `name`, may have its id now; if not, it waits
+    /// (or is refused when the store cannot keep up).
+    pub(super) fn gate(&mut self, name: &str, waiter: Waiter) -> (Gate, Option<Waiter>) {
+        let Some(durable) = &self.durable else {
+            return (Gate::Now, Some(waiter));
+        };
+        let Some(place) = self.rooms.get_mut(name) else {
+            return (Gate::Now, Some(waiter));
+        };
+        let r = &mut place.reservation;
+        if r.waiting.is_empty() && place.room.last_id() < r.granted {
+            return (Gate::Now, Some(waiter));
+        }
+        if durable.failing || durable.store.behind() || r.waiting.len() >= MAX_WAITERS {
+            return (Gate::Unavailable, None);
+        }
+        r.waiting.push_back(waiter);
+        let needed = place.room.last_id() + r.waiting.len() as u64;
+        if r.asked < needed {
+            // It ran out before the store answered: ask for more, at once.
+            r.block = (r.block * 2).min(MAX_BLOCK);
+            r.asked = needed + r.block;
+            let op = Op::Reserve {
+                room: name.to_string(),
+                up_to: r.asked,
+                urgent: true,
+            };
+            durable.store.send(op);
+        }
+        (Gate::Waiting, None)
+    }
+
+    /// After an id was given in room `name`: asks for the next block before this one runs out.
+    pub(super) fn given(&mut self, name: &str) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let Some(place) = self.rooms.get_mut(name) else {
+            return;
+        };
+        let r = &mut place.reservation;
+        r.used = true;
+        let last_id = place.room.last_id();
+        if r.asked < last_id + r.block / 2 {
+            r.asked = last_id + r.block;
+            let op = Op::Reserve {
+                room: name.to_string(),
+                up_to: r.asked,
+                urgent: false,
+            };
+            durable.store.send(op);
+        }
+    }
+
+    /// The store's report: reservations that hold now let waiting messages be said; rooms
+    /// not used since the last report give back what they reserved.
+    pub(super) fn stored(
+        &mut self,
+        report: Report,
+        events: &mut Vec<RoomEvent>,
+    ) -> Vec<(ClientId, Answer)> {
+        let Some(durable) = &mut self.durable else {
+            return Vec::new();
+        };
+        let mut answers = Vec::new();
+        let reserved = match report {
+            Report::Committed(reserved) => {
+                durable.failing = false;
+                reserved
+            }
+            Report::Failed(_) => {
+                durable.failing = true;
+                for place in self.rooms.values_mut() {
+                    let waiting = std::mem::take(&mut place.reservation.waiting);
+                    answers.extend(waiting.into_iter().map(|w| (w.client, Answer::Unavailable)));
+                }
+                return answers;
+            }
+        };
+        for (name, up_to) in reserved {
+            // Only the newest reservation asked counts: an older one committed after a room
+            // gave its reservation back must not hand it out again.
+            if let Some(place) = self.rooms.get_mut(&name)
+                && place.reservation.asked == up_to
+            {
+                place.reservation.granted = up_to;
+            }
+        }
+        let ready: Vec<String> = (self.rooms.iter())
+            .filter(|(_, p)| !p.reservation.waiting.is_empty())
+            .filter(|(_, p)| p.room.last_id() < p.reservation.granted)
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in ready {
+            while let Some(waiter) = self.next_ready(&name) {
+                let client = waiter.client;
+                let id = self.message(&name, waiter, events);
+                answers.push((client, Answer::Said { id }));
+            }
+        }
+        self.give_back_unused();
+        answers
+    }
+
+    /// The next waiting message of room `name` whose id is reserved now.
+    fn next_ready(&mut self, name: &str) -> Option<Waiter> {
+        let place = self.rooms.get_mut(name)?;
+        let r = &mut place.reservation;
+        if place.room.last_id() >= r.granted {
+            return None;
+        }
+        r.waiting.pop_front()
+    }
+
+    /// Rooms not used since the last report give their unused reservation back, so that a
+    /// crash from now on leaves no hole in them; a room that was used is looked at again after
+    /// the next commit, which an empty op asks for.
+    fn give_back_unused(&mut self) {
+        let Some(durable) = &self.durable else {
+            return;
+        };
+        let mut again = false;
+        for (name, place) in &mut self.rooms {
+            let r = &mut place.reservation;
+            let last_id = place.room.last_id();
+            if r.used {
+                r.used = false;
+                again = true;
+            } else if r.asked > last_id && r.waiting.is_empty() {
+                (r.granted, r.asked, r.block) = (last_id, last_id, FIRST_BLOCK);
+                let op = Op::Reserve {
+                    room: name.clone(),
+                    up_to: last_id,
+                    urgent: false,
+                };
+                durable.store.send(op);
+            }
+        }
+        if again {
+            durable.store.send(Op::Tick);
+        }
+    }
+
+    /// A client is gone: its messages that were waiting are dropped with it.
+    pub(super) fn forget_waiting(&mut self, client: ClientId) {
+        for place in self.rooms.values_mut() {
+            place.reservation.waiting.retain(|w| w.client != client);
+        }
+    }
+
+    /// A clean stop: every room gives its reservation back, and the store commits everything
+    /// before the process ends.
+    pub(super) fn close_store(&mut self) {
+        let Some(durable) = self.durable.take() else {
+            return;
+        };
+        for (name, place) in &self.rooms {
+            if place.reservation.asked > place.room.last_id() {
+                let op = Op::Reserve {
+                    room: name.clone(),
+                    up_to: place.room.last_id(),
+                    urgent: false,
+                };
+                durable.store.send(op);
+            }
+        }
+        durable.store.close();
+    }
+}

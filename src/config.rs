@@ -68,9 +68,10 @@ pub struct Config {
     /// Browser origins allowed besides the server's own; `*` allows every origin
     /// (`--allow-origin`, repeatable).
     pub allow_origins: Vec<String>,
-    /// Chat messages per second each client may send; 0 turns rate limiting off (`--rate-limit`).
+    /// Frames (text, pings and pongs) per second each client may send; 0 turns rate limiting
+    /// off (`--rate-limit`).
     pub rate_limit: u32,
-    /// Messages a client may send in a burst above the steady rate (`--rate-burst`).
+    /// Frames a client may send in a burst above the steady rate (`--rate-burst`).
     pub rate_burst: u32,
     /// Interval between the server's pings (`--ping-interval`).
     pub ping_interval: Duration,
@@ -196,6 +197,8 @@ pub enum Action {
     Help,
     /// Print the version (`--version`).
     Version,
+    /// Validate the configuration, print it and the worst-case memory, and exit (`--check`).
+    Check(Box<Config>),
     /// Print a signed token (`smolchat token`, feature `auth`).
     #[cfg(feature = "auth")]
     Token(TokenRequest),
@@ -222,7 +225,8 @@ smolchat token: print a token signed with the server's secret
 Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file PATH]
 
   --sub NAME                  the user: 1-32 letters, digits, '_', '-', '.'; not guest-...
-  --ttl DUR                   how long the token is valid [default: 1h]
+  --ttl DUR                   how long the token is valid: 30m, 8h, 14d; at most 90d
+                              (a token cannot be revoked before it expires) [default: 1h]
   --rooms a,b                 the only rooms the user may join [default: any]
   --auth-secret-file PATH     the server's HS256 secret (env SMOLCHAT_AUTH_SECRET_FILE)
 ";
@@ -230,7 +234,8 @@ Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file P
 /// A flag or environment variable had a value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The flag, as the user would type it (`--history`).
+    /// The flag as the user would type it (`--history`), or the environment variable
+    /// (`SMOLCHAT_HISTORY`) when the value came from there.
     pub flag: String,
     /// What was wrong and what is expected.
     pub message: String,
@@ -244,6 +249,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// The same error, named after the environment variable the value came from.
+    fn from_env(self, var: &str) -> ConfigError {
+        ConfigError {
+            flag: var.to_string(),
+            ..self
+        }
+    }
+}
+
 /// The help text printed by `smolchat --help`.
 pub const HELP: &str = "\
 smolchat: a small WebSocket chat server
@@ -252,7 +267,7 @@ Usage: smolchat [OPTIONS]
 
 Every option can also be set through the environment variable named after it
 (--max-message-bytes is SMOLCHAT_MAX_MESSAGE_BYTES); a flag wins over the environment.
-Durations are whole seconds, or take a unit: 500ms, 10s, 2m.
+Durations are whole seconds, or take a unit: 500ms, 10s, 2m, 1h (at most 1d).
 
 Options:
   --protocol v1|raw           v1: rooms, nicks, history (docs/protocol.md); raw: the Go hub's
@@ -274,8 +289,9 @@ Options:
   --allow-host NAME           host name /ws may be reached by besides IP literals and
                               localhost; repeatable; * = any
   --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
-  --rate-limit N              messages per second per client, 0 = off [default: 10]
-  --rate-burst N              burst allowance above the rate [default: 20]
+  --rate-limit N              frames (pings and pongs included) per second per client;
+                              0 = off [default: 10]
+  --rate-burst N              frames a client may send in a burst above the rate [default: 20]
   --ping-interval DUR         interval between server pings [default: 30s]
   --idle-timeout DUR          close a client silent for this long [default: 75s]
   --write-timeout DUR         close a client whose writes stall this long [default: 10s]
@@ -286,6 +302,8 @@ Options:
   --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
+  --check                     validate every option as a start would (files included), print
+                              the effective limits and the worst-case memory, and exit
   -h, --help                  print this help
   -V, --version               print the version and enabled features
 ";
@@ -417,11 +435,16 @@ impl Config {
             return token_request(args, env);
         }
         let mut given: Vec<(&'static str, String)> = Vec::new();
+        let mut check = false;
         let mut parser = lexopt::Parser::from_args(args);
         while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
             let name = match arg {
                 Arg::Short('h') | Arg::Long("help") => return Ok(Action::Help),
                 Arg::Short('V') | Arg::Long("version") => return Ok(Action::Version),
+                Arg::Long("check") => {
+                    check = true;
+                    continue;
+                }
                 Arg::Long(name) => name.to_string(),
                 Arg::Short(c) => return Err(err(&format!("-{c}"), "unknown option; see --help")),
                 Arg::Value(v) => {
@@ -440,6 +463,8 @@ impl Config {
         }
 
         let mut config = Config::default();
+        // Options whose value came from the environment: their errors name the variable.
+        let mut from_env: Vec<(String, &str)> = Vec::new();
         for &(flag, var) in OPTIONS {
             let from_flags: Vec<&String> = given
                 .iter()
@@ -451,13 +476,15 @@ impl Config {
                     config.set(flag, value)?;
                 }
             } else if let Some(value) = env(var) {
+                let named = |e: ConfigError| e.from_env(var);
                 if flag == "allow-origin" || flag == "allow-host" {
                     for item in value.split(',').filter(|o| !o.trim().is_empty()) {
-                        config.set(flag, item.trim())?;
+                        config.set(flag, item.trim()).map_err(named)?;
                     }
                 } else {
-                    config.set(flag, &value)?;
+                    config.set(flag, &value).map_err(named)?;
                 }
+                from_env.push((format!("--{flag}"), var));
             }
         }
         // Unless set, `--queue-bytes` grows to what the other settings need (see
@@ -467,8 +494,17 @@ impl Config {
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
         }
-        config.validate()?;
-        Ok(Action::Run(Box::new(config)))
+        config.validate().map_err(|e| {
+            match from_env.iter().find(|(flag, _)| *flag == e.flag) {
+                Some((_, var)) => e.from_env(var),
+                None => e,
+            }
+        })?;
+        Ok(if check {
+            Action::Check(Box::new(config))
+        } else {
+            Action::Run(Box::new(config))
+        })
     }
 
     /// The limits a client is told about in `welcome`.
@@ -508,6 +544,104 @@ impl Config {
     /// The largest `message` event, in bytes: what one history entry can cost.
     pub fn max_message_event_bytes(&self) -> usize {
         crate::protocol::max_event_bytes(self.max_message_bytes, 0)
+    }
+
+    /// The README's worst-case memory ("Limits and guarantees") for these settings, term by
+    /// term: what `smolchat --check` prints.
+    pub fn worst_case_memory(&self) -> WorstCase {
+        const KIB: u64 = 1024;
+        let (m, e) = (self.max_message_bytes as u64, self.max_event_bytes() as u64);
+        let (c, pending) = (self.max_connections as u64, self.max_pending as u64);
+        let per_session = 8 * KIB + (self.queue_bytes as u64).max(e) + 4 * KIB + e + 2 * m;
+        #[cfg(feature = "tls")]
+        let tls = self.tls_cert.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        WorstCase {
+            base: 6 * KIB * KIB,
+            per_session,
+            sessions: c * per_session,
+            pending: pending * 12 * KIB,
+            inbox: 1024 * (m + 128),
+            history: self.history_total_bytes as u64 * 5 / 4,
+            bookkeeping: self.max_rooms as u64 * self.history as u64 * 96,
+            rooms: self.max_rooms as u64 * KIB,
+            tls: if tls { c * 96 * KIB + pending * 90 * KIB } else { 0 },
+        }
+    }
+
+    /// Every option with its value in this configuration, as `(flag, value)` in the order of
+    /// `--help`; secrets are not shown.
+    pub fn effective(&self) -> Vec<(&'static str, String)> {
+        let list = |items: &[String]| match items.is_empty() {
+            true => "none".to_string(),
+            false => items.join(","),
+        };
+        OPTIONS
+            .iter()
+            .map(|&(flag, _)| {
+                let value = match flag {
+                    "protocol" => format!("{:?}", self.protocol).to_ascii_lowercase(),
+                    "listen" => self.listen.to_string(),
+                    "history" => self.history.to_string(),
+                    "history-bytes" => self.history_bytes.to_string(),
+                    "history-total-bytes" => self.history_total_bytes.to_string(),
+                    "threads" => self.threads.to_string(),
+                    "default-room" => self.default_room.clone(),
+                    "log-level" => self.log_level.to_string().to_ascii_lowercase(),
+                    "max-message-bytes" => self.max_message_bytes.to_string(),
+                    "queue" => self.queue.to_string(),
+                    "queue-bytes" => self.queue_bytes.to_string(),
+                    "max-connections" => self.max_connections.to_string(),
+                    "handshake-timeout" => shown(self.handshake_timeout),
+                    "max-pending" => self.max_pending.to_string(),
+                    "max-pending-per-address" => self.max_pending_per_address.to_string(),
+                    "allow-host" => list(&self.allow_hosts),
+                    "allow-origin" => list(&self.allow_origins),
+                    "rate-limit" => self.rate_limit.to_string(),
+                    "rate-burst" => self.rate_burst.to_string(),
+                    "ping-interval" => shown(self.ping_interval),
+                    "idle-timeout" => shown(self.idle_timeout),
+                    "write-timeout" => shown(self.write_timeout),
+                    "coalesce" => shown(self.coalesce),
+                    "max-rooms" => self.max_rooms.to_string(),
+                    "max-rooms-per-client" => self.max_rooms_per_client.to_string(),
+                    "max-rooms-per-address" => self.max_rooms_per_address.to_string(),
+                    "presence-limit" => self.presence_limit.to_string(),
+                    "shutdown-timeout" => shown(self.shutdown_timeout),
+                    #[cfg(feature = "auth")]
+                    "auth-secret-file" => match &self.auth {
+                        Some(a) => format!("a secret of {} bytes", a.secret.bytes().len()),
+                        None => "none".to_string(),
+                    },
+                    #[cfg(feature = "auth")]
+                    "max-connections-per-user" => self.max_connections_per_user.to_string(),
+                    #[cfg(feature = "auth")]
+                    "auth" => match &self.auth {
+                        Some(a) if a.guests => "optional".to_string(),
+                        Some(_) => "required".to_string(),
+                        None => "off (no --auth-secret-file)".to_string(),
+                    },
+                    #[cfg(feature = "api")]
+                    "api-key-file" => match &self.api_key {
+                        Some(key) => format!("a key of {} bytes", key.bytes().len()),
+                        None => "none (the API is off)".to_string(),
+                    },
+                    #[cfg(feature = "api")]
+                    "api-rate-limit" => self.api_rate_limit.to_string(),
+                    #[cfg(feature = "redis")]
+                    "redis" => self.redis.clone().unwrap_or_else(|| "none".to_string()),
+                    #[cfg(feature = "redis")]
+                    "redis-heartbeat" => shown(self.redis_heartbeat),
+                    #[cfg(feature = "tls")]
+                    "tls-cert" => path_or_none(&self.tls_cert),
+                    #[cfg(feature = "tls")]
+                    "tls-key" => path_or_none(&self.tls_key),
+                    _ => unreachable!("every flag in OPTIONS is shown"),
+                };
+                (flag, value)
+            })
+            .collect()
     }
 
     /// True when names come from tokens (`--auth-secret-file`): nobody renames.
@@ -768,6 +902,59 @@ impl Config {
     }
 }
 
+/// A duration as `--help` writes them: `10s`, `500ms`, `0`.
+fn shown(d: Duration) -> String {
+    match d.is_zero() {
+        true => "0".to_string(),
+        false => format!("{d:?}"),
+    }
+}
+
+#[cfg(feature = "tls")]
+fn path_or_none(path: &Option<std::path::PathBuf>) -> String {
+    path.as_ref()
+        .map_or("none".to_string(), |p| p.display().to_string())
+}
+
+/// The README's worst-case memory formula, term by term, in bytes ([`Config::worst_case_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    /// The binary, threads and executor: 6 MiB.
+    pub base: u64,
+    /// One session: task, buffers, its queue, tungstenite's write and read buffers, the message
+    /// being assembled: 8 KiB + max(`--queue-bytes`, E) + 4 KiB + E + 2 × M.
+    pub per_session: u64,
+    /// `--max-connections` sessions.
+    pub sessions: u64,
+    /// `--max-pending` × 12 KiB: request heads and handshake futures.
+    pub pending: u64,
+    /// The hub's inbox: 1,024 × (M + 128).
+    pub inbox: u64,
+    /// `--history-total-bytes` × 1.25: history, with the allocator's share.
+    pub history: u64,
+    /// `--max-rooms` × `--history` × 96 B: history bookkeeping.
+    pub bookkeeping: u64,
+    /// `--max-rooms` × 1 KiB: names, epochs, member lists.
+    pub rooms: u64,
+    /// With a TLS certificate (feature `tls`): 96 KiB a session and 90 KiB a pending
+    /// connection of rustls's buffers; 0 without.
+    pub tls: u64,
+}
+
+impl WorstCase {
+    /// The sum of every term.
+    pub fn total(&self) -> u64 {
+        self.base
+            + self.sessions
+            + self.pending
+            + self.inbox
+            + self.history
+            + self.bookkeeping
+            + self.rooms
+            + self.tls
+    }
+}
+
 /// Reads `smolchat token`'s options.
 #[cfg(feature = "auth")]
 fn token_request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
@@ -780,6 +967,7 @@ where
     let mut parser = lexopt::Parser::from_args(args);
     let (mut sub, mut ttl, mut rooms) = (None, Duration::from_secs(3600), None);
     let mut secret_file = env("SMOLCHAT_AUTH_SECRET_FILE");
+    let mut from_env = secret_file.is_some();
     while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
         let flag = match arg {
             Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
@@ -802,7 +990,7 @@ where
                 ));
             }
             "--ttl" => {
-                ttl = duration(&value).map_err(|m| bad(&m))?;
+                ttl = duration_up_to(&value, MAX_TOKEN_TTL).map_err(|m| bad(&m))?;
                 if ttl.as_secs() == 0 {
                     return Err(bad("expected at least 1s (tokens count whole seconds)"));
                 }
@@ -816,7 +1004,10 @@ where
                 }
                 rooms = Some(list);
             }
-            "--auth-secret-file" => secret_file = Some(value),
+            "--auth-secret-file" => {
+                secret_file = Some(value);
+                from_env = false;
+            }
             _ => return Err(err(&flag, "unknown option; see smolchat token --help")),
         }
     }
@@ -828,7 +1019,13 @@ where
         )
     })?;
     let mut config = Config::default();
-    config.set("auth-secret-file", &path)?;
+    config.set("auth-secret-file", &path).map_err(|e| {
+        if from_env {
+            e.from_env("SMOLCHAT_AUTH_SECRET_FILE")
+        } else {
+            e
+        }
+    })?;
     let secret = config.auth.expect("set above").secret;
     Ok(Action::Token(TokenRequest {
         secret,
@@ -862,24 +1059,48 @@ where
     }
 }
 
-/// Parses `10`, `10s`, `500ms` or `2m`, up to a day. Zero is refused: every duration here is a
-/// timeout or an interval, and zero would make the server close or ping without pause; more
-/// than a day is no timeout at all, and would overflow the clock's arithmetic.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `smolchat token --ttl`: 90 days. A token cannot be revoked before it expires
+/// (short of changing the secret, which revokes every token), so a device token is renewed.
+#[cfg(feature = "auth")]
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Parses a server flag's duration: `10`, `10s`, `500ms`, `2m`, `1h` or `1d`, up to a day.
+/// Zero is refused: every duration here is a timeout or an interval, and zero would make the
+/// server close or ping without pause; more than a day is no timeout at all, and would
+/// overflow the clock's arithmetic.
 fn duration(value: &str) -> Result<Duration, String> {
-    let expected =
-        || "expected a positive duration up to a day, like 10, 10s, 500ms or 2m".to_string();
+    duration_up_to(value, DAY)
+}
+
+/// Parses a positive duration of whole seconds or with a unit (`ms`, `s`, `m`, `h`, `d`), up
+/// to `max`.
+fn duration_up_to(value: &str, max: Duration) -> Result<Duration, String> {
+    let expected = || {
+        let days = max.as_secs() / DAY.as_secs();
+        let up_to = if days == 1 {
+            "a day".to_string()
+        } else {
+            format!("{days} days")
+        };
+        format!("expected a positive duration up to {up_to}, like 10, 10s, 500ms, 2m, 8h or 1d")
+    };
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
         None => (value, "s"),
     };
     let n: u64 = digits.parse().map_err(|_| expected())?;
+    let seconds = |per: u64| Duration::from_secs(n.saturating_mul(per));
     let d = match unit {
         "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(DAY.as_secs()),
         _ => return Err(expected()),
     };
-    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+    if d.is_zero() || d > max {
         Err(expected())
     } else {
         Ok(d)

@@ -19,6 +19,7 @@ fn main() -> ExitCode {
             print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_REDIS}{HELP_TLS}");
             return ExitCode::SUCCESS;
         }
+        Ok(Action::Check(config)) => return check(*config),
         Ok(Action::Version) => {
             println!(
                 "smolchat {} (features: {})",
@@ -76,8 +77,12 @@ fn main() -> ExitCode {
         }
     };
 
-    let first = wait_for_stop(&mut signals, &server);
-    log::info!("received {first:?}; shutting down (a second signal exits at once)");
+    let first = match wait_for_stop(&mut signals, &server) {
+        Some(Signal::Int) => "SIGINT",
+        Some(Signal::Term) => "SIGTERM",
+        _ => "no more signals",
+    };
+    log::info!("{first}: shutting down (a second signal exits at once)");
     std::thread::spawn(move || {
         // A SIGHUP now is not a second request to stop.
         while let Some(Ok(signal)) = futures_lite::future::block_on(signals.next()) {
@@ -111,4 +116,55 @@ fn wait_for_stop(signals: &mut Signals, server: &smolchat::server::Running) -> O
             log::info!("SIGHUP: nothing to reload (built without the tls feature)");
         }
     }
+}
+
+/// `smolchat --check`: what a start does short of listening (the settings checked against each
+/// other, the descriptor limit, the TLS files), then the effective settings and the README's
+/// worst-case memory for them.
+fn check(config: Config) -> ExitCode {
+    let wanted = config.max_connections;
+    let config = match smolchat::server::check(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("smolchat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    println!("smolchat --check: every option is valid; nothing was started");
+    for (flag, value) in config.effective() {
+        println!("  --{flag} {value}");
+    }
+    if config.max_connections < wanted {
+        println!("  (--max-connections {wanted} lowered to fit the descriptor limit)");
+    }
+    let w = config.worst_case_memory();
+    let mib = |bytes: u64| format!("{:>9.1} MiB", bytes as f64 / (1024.0 * 1024.0));
+    let (c, e) = (config.max_connections, config.max_event_bytes());
+    println!(
+        "worst-case memory (README, \"Limits and guarantees\"; largest event E = {e} bytes):"
+    );
+    println!("{}  base: binary, threads, executor", mib(w.base));
+    println!(
+        "{}  {c} sessions x {:.2} KiB",
+        mib(w.sessions),
+        w.per_session as f64 / 1024.0
+    );
+    println!("{}  {} pending connections x 12 KiB", mib(w.pending), config.max_pending);
+    println!("{}  the hub's inbox", mib(w.inbox));
+    println!("{}  history", mib(w.history));
+    println!("{}  history bookkeeping", mib(w.bookkeeping));
+    println!("{}  rooms", mib(w.rooms));
+    if w.tls > 0 {
+        println!("{}  TLS buffers", mib(w.tls));
+    }
+    let total = w.total();
+    match total >> 30 {
+        0 => println!("{}  in all ({total} bytes)", mib(total)),
+        _ => println!(
+            "{}  in all ({total} bytes, {:.2} GiB)",
+            mib(total),
+            total as f64 / (1u64 << 30) as f64
+        ),
+    }
+    ExitCode::SUCCESS
 }

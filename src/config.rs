@@ -251,7 +251,7 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     /// The same error, named after the environment variable the value came from.
-    fn from_env(self, var: &str) -> ConfigError {
+    fn named_by(self, var: &str) -> ConfigError {
         ConfigError {
             flag: var.to_string(),
             ..self
@@ -476,7 +476,7 @@ impl Config {
                     config.set(flag, value)?;
                 }
             } else if let Some(value) = env(var) {
-                let named = |e: ConfigError| e.from_env(var);
+                let named = |e: ConfigError| e.named_by(var);
                 if flag == "allow-origin" || flag == "allow-host" {
                     for item in value.split(',').filter(|o| !o.trim().is_empty()) {
                         config.set(flag, item.trim()).map_err(named)?;
@@ -494,12 +494,12 @@ impl Config {
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
         }
-        config.validate().map_err(|e| {
-            match from_env.iter().find(|(flag, _)| *flag == e.flag) {
-                Some((_, var)) => e.from_env(var),
+        config.validate().map_err(
+            |e| match from_env.iter().find(|(flag, _)| *flag == e.flag) {
+                Some((_, var)) => e.named_by(var),
                 None => e,
-            }
-        })?;
+            },
+        )?;
         Ok(if check {
             Action::Check(Box::new(config))
         } else {
@@ -566,7 +566,11 @@ impl Config {
             history: self.history_total_bytes as u64 * 5 / 4,
             bookkeeping: self.max_rooms as u64 * self.history as u64 * 96,
             rooms: self.max_rooms as u64 * KIB,
-            tls: if tls { c * 96 * KIB + pending * 90 * KIB } else { 0 },
+            tls: if tls {
+                c * 96 * KIB + pending * 90 * KIB
+            } else {
+                0
+            },
         }
     }
 
@@ -1021,7 +1025,7 @@ where
     let mut config = Config::default();
     config.set("auth-secret-file", &path).map_err(|e| {
         if from_env {
-            e.from_env("SMOLCHAT_AUTH_SECRET_FILE")
+            e.named_by("SMOLCHAT_AUTH_SECRET_FILE")
         } else {
             e
         }
@@ -1063,7 +1067,6 @@ const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest `smolchat token --ttl`: 90 days. A token cannot be revoked before it expires
 /// (short of changing the secret, which revokes every token), so a device token is renewed.
-#[cfg(feature = "auth")]
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
 /// Parses a server flag's duration: `10`, `10s`, `500ms`, `2m`, `1h` or `1d`, up to a day.
@@ -1163,6 +1166,53 @@ mod tests {
     }
 
     #[test]
+    fn durations_take_hours_and_days() {
+        let c = parse(&["--idle-timeout", "1h", "--write-timeout", "1d"], &[]).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.write_timeout, Duration::from_secs(24 * 3600));
+        assert!(
+            parse(&["--write-timeout", "25h"], &[]).is_err(),
+            "a day at most"
+        );
+        assert!(
+            parse(&["--write-timeout", "2d"], &[]).is_err(),
+            "a day at most"
+        );
+        assert!(parse(&["--write-timeout", "1w"], &[]).is_err());
+        assert_eq!(duration_up_to("14d", MAX_TOKEN_TTL), Ok(14 * DAY));
+        assert!(duration_up_to("91d", MAX_TOKEN_TTL).is_err());
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let e = parse(&[], &[("SMOLCHAT_HISTORY", "lots")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SMOLCHAT_HISTORY: expected a whole number from 0 to 1000000, got \"lots\""
+        );
+        let e = parse(&[], &[("SMOLCHAT_QUEUE", "20")]).unwrap_err();
+        assert_eq!(
+            e.flag, "SMOLCHAT_QUEUE",
+            "checked against other settings: {e}"
+        );
+        let e = parse(&["--queue", "20"], &[("SMOLCHAT_QUEUE", "300")]).unwrap_err();
+        assert_eq!(e.flag, "--queue", "the flag won: {e}");
+        let e = parse(&[], &[("SMOLCHAT_ALLOW_ORIGIN", "https://a.example,nope")]).unwrap_err();
+        assert_eq!(e.flag, "SMOLCHAT_ALLOW_ORIGIN");
+    }
+
+    #[test]
+    fn check_is_a_run_that_stops_short() {
+        let args = ["--history", "5", "--check"].map(OsString::from);
+        match Config::from_args(args, |_| None) {
+            Ok(Action::Check(c)) => assert_eq!(c.history, 5),
+            other => panic!("expected a check, got {other:?}"),
+        }
+        let args = ["--check", "--history", "x"].map(OsString::from);
+        assert!(Config::from_args(args, |_| None).is_err());
+    }
+
+    #[test]
     fn bad_values_name_the_flag() {
         for (args, flag) in [
             (&["--history", "lots"][..], "--history"),
@@ -1231,6 +1281,6 @@ mod tests {
         let c = parse(&[], &[("SMOLCHAT_ALLOW_HOST", "a.example, B.example")]).unwrap();
         assert_eq!(c.allow_hosts, ["a.example", "b.example"]);
         let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
-        assert_eq!(e.flag, "--log-level");
+        assert_eq!(e.flag, "SMOLCHAT_LOG_LEVEL");
     }
 }

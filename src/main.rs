@@ -140,16 +140,18 @@ fn check(config: Config) -> ExitCode {
     let w = config.worst_case_memory();
     let mib = |bytes: u64| format!("{:>9.1} MiB", bytes as f64 / (1024.0 * 1024.0));
     let (c, e) = (config.max_connections, config.max_event_bytes());
-    println!(
-        "worst-case memory (README, \"Limits and guarantees\"; largest event E = {e} bytes):"
-    );
+    println!("worst-case memory (README, \"Limits and guarantees\"; largest event E = {e} bytes):");
     println!("{}  base: binary, threads, executor", mib(w.base));
     println!(
         "{}  {c} sessions x {:.2} KiB",
         mib(w.sessions),
         w.per_session as f64 / 1024.0
     );
-    println!("{}  {} pending connections x 12 KiB", mib(w.pending), config.max_pending);
+    println!(
+        "{}  {} pending connections x 12 KiB",
+        mib(w.pending),
+        config.max_pending
+    );
     println!("{}  the hub's inbox", mib(w.inbox));
     println!("{}  history", mib(w.history));
     println!("{}  history bookkeeping", mib(w.bookkeeping));

@@ -164,9 +164,9 @@ fn prepare(mut config: Config) -> io::Result<(Config, Certificates)> {
     config.max_connections = fit_descriptor_limit(config.max_connections);
     #[cfg(feature = "tls")]
     let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => Some(Arc::new(
-            crate::tls::Tls::load(cert, key).map_err(invalid)?,
-        )),
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(crate::tls::Tls::load(cert, key).map_err(invalid)?))
+        }
         _ => None,
     };
     #[cfg(not(feature = "tls"))]

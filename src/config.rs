@@ -289,9 +289,9 @@ Options:
   --allow-host NAME           host name /ws may be reached by besides IP literals and
                               localhost; repeatable; * = any
   --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
-  --rate-limit N              frames (pings and pongs included) per second per client;
+  --rate-limit N              frames per second per client, pings and pongs included,
                               0 = off [default: 10]
-  --rate-burst N              frames a client may send in a burst above the rate [default: 20]
+  --rate-burst N              burst allowance above the rate [default: 20]
   --ping-interval DUR         interval between server pings [default: 30s]
   --idle-timeout DUR          close a client silent for this long [default: 75s]
   --write-timeout DUR         close a client whose writes stall this long [default: 10s]
@@ -302,8 +302,7 @@ Options:
   --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
-  --check                     validate every option as a start would (files included), print
-                              the effective limits and the worst-case memory, and exit
+  --check                     validate, print the limits and worst-case memory, and exit
   -h, --help                  print this help
   -V, --version               print the version and enabled features
 ";
@@ -464,7 +463,7 @@ impl Config {
 
         let mut config = Config::default();
         // Options whose value came from the environment: their errors name the variable.
-        let mut from_env: Vec<(String, &str)> = Vec::new();
+        let mut from_env: Vec<(&str, &str)> = Vec::new();
         for &(flag, var) in OPTIONS {
             let from_flags: Vec<&String> = given
                 .iter()
@@ -484,7 +483,7 @@ impl Config {
                 } else {
                     config.set(flag, &value).map_err(named)?;
                 }
-                from_env.push((format!("--{flag}"), var));
+                from_env.push((flag, var));
             }
         }
         // Unless set, `--queue-bytes` grows to what the other settings need (see
@@ -494,12 +493,15 @@ impl Config {
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
         }
-        config.validate().map_err(
-            |e| match from_env.iter().find(|(flag, _)| *flag == e.flag) {
+        config.validate().map_err(|e| {
+            match from_env
+                .iter()
+                .find(|(f, _)| e.flag.strip_prefix("--") == Some(f))
+            {
                 Some((_, var)) => e.named_by(var),
                 None => e,
-            },
-        )?;
+            }
+        })?;
         Ok(if check {
             Action::Check(Box::new(config))
         } else {
@@ -574,78 +576,48 @@ impl Config {
         }
     }
 
-    /// Every option with its value in this configuration, as `(flag, value)` in the order of
-    /// `--help`; secrets are not shown.
-    pub fn effective(&self) -> Vec<(&'static str, String)> {
-        let list = |items: &[String]| match items.is_empty() {
-            true => "none".to_string(),
-            false => items.join(","),
-        };
-        OPTIONS
-            .iter()
-            .map(|&(flag, _)| {
-                let value = match flag {
-                    "protocol" => format!("{:?}", self.protocol).to_ascii_lowercase(),
-                    "listen" => self.listen.to_string(),
-                    "history" => self.history.to_string(),
-                    "history-bytes" => self.history_bytes.to_string(),
-                    "history-total-bytes" => self.history_total_bytes.to_string(),
-                    "threads" => self.threads.to_string(),
-                    "default-room" => self.default_room.clone(),
-                    "log-level" => self.log_level.to_string().to_ascii_lowercase(),
-                    "max-message-bytes" => self.max_message_bytes.to_string(),
-                    "queue" => self.queue.to_string(),
-                    "queue-bytes" => self.queue_bytes.to_string(),
-                    "max-connections" => self.max_connections.to_string(),
-                    "handshake-timeout" => shown(self.handshake_timeout),
-                    "max-pending" => self.max_pending.to_string(),
-                    "max-pending-per-address" => self.max_pending_per_address.to_string(),
-                    "allow-host" => list(&self.allow_hosts),
-                    "allow-origin" => list(&self.allow_origins),
-                    "rate-limit" => self.rate_limit.to_string(),
-                    "rate-burst" => self.rate_burst.to_string(),
-                    "ping-interval" => shown(self.ping_interval),
-                    "idle-timeout" => shown(self.idle_timeout),
-                    "write-timeout" => shown(self.write_timeout),
-                    "coalesce" => shown(self.coalesce),
-                    "max-rooms" => self.max_rooms.to_string(),
-                    "max-rooms-per-client" => self.max_rooms_per_client.to_string(),
-                    "max-rooms-per-address" => self.max_rooms_per_address.to_string(),
-                    "presence-limit" => self.presence_limit.to_string(),
-                    "shutdown-timeout" => shown(self.shutdown_timeout),
-                    #[cfg(feature = "auth")]
-                    "auth-secret-file" => match &self.auth {
-                        Some(a) => format!("a secret of {} bytes", a.secret.bytes().len()),
-                        None => "none".to_string(),
-                    },
-                    #[cfg(feature = "auth")]
-                    "max-connections-per-user" => self.max_connections_per_user.to_string(),
-                    #[cfg(feature = "auth")]
-                    "auth" => match &self.auth {
-                        Some(a) if a.guests => "optional".to_string(),
-                        Some(_) => "required".to_string(),
-                        None => "off (no --auth-secret-file)".to_string(),
-                    },
-                    #[cfg(feature = "api")]
-                    "api-key-file" => match &self.api_key {
-                        Some(key) => format!("a key of {} bytes", key.bytes().len()),
-                        None => "none (the API is off)".to_string(),
-                    },
-                    #[cfg(feature = "api")]
-                    "api-rate-limit" => self.api_rate_limit.to_string(),
-                    #[cfg(feature = "redis")]
-                    "redis" => self.redis.clone().unwrap_or_else(|| "none".to_string()),
-                    #[cfg(feature = "redis")]
-                    "redis-heartbeat" => shown(self.redis_heartbeat),
-                    #[cfg(feature = "tls")]
-                    "tls-cert" => path_or_none(&self.tls_cert),
-                    #[cfg(feature = "tls")]
-                    "tls-key" => path_or_none(&self.tls_key),
-                    _ => unreachable!("every flag in OPTIONS is shown"),
-                };
-                (flag, value)
-            })
-            .collect()
+    /// The numeric limits in effect, as `(flag, value)`: what `smolchat --check` prints.
+    pub fn numeric_limits(&self) -> Vec<(&'static str, usize)> {
+        #[allow(unused_mut)]
+        let mut limits = vec![
+            ("history", self.history),
+            ("history-bytes", self.history_bytes),
+            ("history-total-bytes", self.history_total_bytes),
+            ("threads", self.threads),
+            ("max-message-bytes", self.max_message_bytes),
+            ("queue", self.queue),
+            ("queue-bytes", self.queue_bytes),
+            ("max-connections", self.max_connections),
+            ("max-pending", self.max_pending),
+            ("max-pending-per-address", self.max_pending_per_address),
+            ("rate-limit", self.rate_limit as usize),
+            ("rate-burst", self.rate_burst as usize),
+            ("max-rooms", self.max_rooms),
+            ("max-rooms-per-client", self.max_rooms_per_client),
+            ("max-rooms-per-address", self.max_rooms_per_address),
+            ("presence-limit", self.presence_limit),
+        ];
+        #[cfg(feature = "auth")]
+        limits.push(("max-connections-per-user", self.max_connections_per_user));
+        #[cfg(feature = "api")]
+        limits.push(("api-rate-limit", self.api_rate_limit as usize));
+        limits
+    }
+
+    /// The timeouts and intervals in effect, as `(flag, value)`.
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        #[allow(unused_mut)]
+        let mut durations = vec![
+            ("handshake-timeout", self.handshake_timeout),
+            ("ping-interval", self.ping_interval),
+            ("idle-timeout", self.idle_timeout),
+            ("write-timeout", self.write_timeout),
+            ("coalesce", self.coalesce),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ];
+        #[cfg(feature = "redis")]
+        durations.push(("redis-heartbeat", self.redis_heartbeat));
+        durations
     }
 
     /// True when names come from tokens (`--auth-secret-file`): nobody renames.
@@ -906,20 +878,6 @@ impl Config {
     }
 }
 
-/// A duration as `--help` writes them: `10s`, `500ms`, `0`.
-fn shown(d: Duration) -> String {
-    match d.is_zero() {
-        true => "0".to_string(),
-        false => format!("{d:?}"),
-    }
-}
-
-#[cfg(feature = "tls")]
-fn path_or_none(path: &Option<std::path::PathBuf>) -> String {
-    path.as_ref()
-        .map_or("none".to_string(), |p| p.display().to_string())
-}
-
 /// The README's worst-case memory formula, term by term, in bytes ([`Config::worst_case_memory`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WorstCase {
@@ -994,7 +952,8 @@ where
                 ));
             }
             "--ttl" => {
-                ttl = duration_up_to(&value, MAX_TOKEN_TTL).map_err(|m| bad(&m))?;
+                let expected = "expected a positive duration up to 90 days, like 30m, 8h or 14d";
+                ttl = duration_up_to(&value, MAX_TOKEN_TTL, expected).map_err(|m| bad(&m))?;
                 if ttl.as_secs() == 0 {
                     return Err(bad("expected at least 1s (tokens count whole seconds)"));
                 }
@@ -1065,7 +1024,7 @@ where
 
 const DAY: Duration = Duration::from_secs(24 * 3600);
 
-/// The longest `smolchat token --ttl`: 90 days. A token cannot be revoked before it expires
+/// The longest `smolchat token --ttl`: 90 days (its error message says so). A token cannot be revoked before it expires
 /// (short of changing the secret, which revokes every token), so a device token is renewed.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 
@@ -1074,21 +1033,14 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// server close or ping without pause; more than a day is no timeout at all, and would
 /// overflow the clock's arithmetic.
 fn duration(value: &str) -> Result<Duration, String> {
-    duration_up_to(value, DAY)
+    let expected = "expected a positive duration up to a day, like 10, 10s, 500ms, 2m or 8h";
+    duration_up_to(value, DAY, expected)
 }
 
 /// Parses a positive duration of whole seconds or with a unit (`ms`, `s`, `m`, `h`, `d`), up
-/// to `max`.
-fn duration_up_to(value: &str, max: Duration) -> Result<Duration, String> {
-    let expected = || {
-        let days = max.as_secs() / DAY.as_secs();
-        let up_to = if days == 1 {
-            "a day".to_string()
-        } else {
-            format!("{days} days")
-        };
-        format!("expected a positive duration up to {up_to}, like 10, 10s, 500ms, 2m, 8h or 1d")
-    };
+/// to `max`; else the error is `expected`.
+fn duration_up_to(value: &str, max: Duration, expected: &str) -> Result<Duration, String> {
+    let expected = || expected.to_string();
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
         None => (value, "s"),
@@ -1179,8 +1131,8 @@ mod tests {
             "a day at most"
         );
         assert!(parse(&["--write-timeout", "1w"], &[]).is_err());
-        assert_eq!(duration_up_to("14d", MAX_TOKEN_TTL), Ok(14 * DAY));
-        assert!(duration_up_to("91d", MAX_TOKEN_TTL).is_err());
+        assert_eq!(duration_up_to("14d", MAX_TOKEN_TTL, ""), Ok(14 * DAY));
+        assert!(duration_up_to("91d", MAX_TOKEN_TTL, "").is_err());
     }
 
     #[test]

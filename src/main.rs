@@ -10,7 +10,7 @@ use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 #[cfg(feature = "auth")]
 use smolchat::config::TOKEN_HELP;
-use smolchat::config::{Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_TLS};
+use smolchat::config::{Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_TLS, Protocol};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
@@ -130,43 +130,66 @@ fn check(config: Config) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    println!("smolchat --check: every option is valid; nothing was started");
-    for (flag, value) in config.effective() {
+    let protocol = match config.protocol {
+        Protocol::V1 => "v1",
+        Protocol::Raw => "raw",
+    };
+    println!(
+        "smolchat --check: every option is valid; nothing was started\n  --protocol \
+         {protocol}\n  --listen {}",
+        config.listen
+    );
+    for (flag, value) in config.numeric_limits() {
         println!("  --{flag} {value}");
+    }
+    for (flag, value) in config.durations() {
+        println!("  --{flag} {value:?}");
+    }
+    #[cfg(feature = "auth")]
+    if let Some(auth) = &config.auth {
+        let auth_mode = if auth.guests { "optional" } else { "required" };
+        let bytes = auth.secret.bytes().len();
+        println!("  --auth {auth_mode} (--auth-secret-file: a secret of {bytes} bytes)");
+    }
+    #[cfg(feature = "api")]
+    if let Some(key) = &config.api_key {
+        let bytes = key.bytes().len();
+        println!("  --api-key-file: a key of {bytes} bytes (the HTTP API is on)");
+    }
+    #[cfg(feature = "redis")]
+    if let Some(url) = &config.redis {
+        println!("  --redis {url} (not connected to by --check)");
+    }
+    #[cfg(feature = "tls")]
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let (cert, key) = (cert.display(), key.display());
+        println!("  --tls-cert {cert} --tls-key {key} (read, the key matches)");
     }
     if config.max_connections < wanted {
         println!("  (--max-connections {wanted} lowered to fit the descriptor limit)");
     }
     let w = config.worst_case_memory();
-    let mib = |bytes: u64| format!("{:>9.1} MiB", bytes as f64 / (1024.0 * 1024.0));
-    let (c, e) = (config.max_connections, config.max_event_bytes());
-    println!("worst-case memory (README, \"Limits and guarantees\"; largest event E = {e} bytes):");
-    println!("{}  base: binary, threads, executor", mib(w.base));
-    println!(
-        "{}  {c} sessions x {:.2} KiB",
-        mib(w.sessions),
-        w.per_session as f64 / 1024.0
-    );
-    println!(
-        "{}  {} pending connections x 12 KiB",
-        mib(w.pending),
-        config.max_pending
-    );
-    println!("{}  the hub's inbox", mib(w.inbox));
-    println!("{}  history", mib(w.history));
-    println!("{}  history bookkeeping", mib(w.bookkeeping));
-    println!("{}  rooms", mib(w.rooms));
-    if w.tls > 0 {
-        println!("{}  TLS buffers", mib(w.tls));
-    }
     let total = w.total();
-    match total >> 30 {
-        0 => println!("{}  in all ({total} bytes)", mib(total)),
-        _ => println!(
-            "{}  in all ({total} bytes, {:.2} GiB)",
-            mib(total),
-            total as f64 / (1u64 << 30) as f64
-        ),
-    }
+    println!(
+        "worst-case memory (README's formula): {} MiB ({total} bytes), {} sessions x {} KiB \
+         of it",
+        fixed(total, 1 << 20, 1),
+        config.max_connections,
+        fixed(w.per_session, 1 << 10, 2),
+    );
     ExitCode::SUCCESS
+}
+
+/// `bytes` in `unit`s with `places` decimals. Fixed-point, not floats: float formatting would
+/// add 20 KB to the binary.
+#[inline(never)]
+fn fixed(bytes: u64, unit: u64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let n = (bytes * scale + unit / 2) / unit;
+    format!(
+        "{}.{:0width$}",
+        n / scale,
+        n % scale,
+        width = places as usize
+    )
 }

@@ -114,17 +114,16 @@ fn check_reads_the_secret_files_and_token_takes_hours_and_days() {
     let stdout = text(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(
-        stdout.contains("--auth-secret-file a secret of 42 bytes\n"),
+        stdout.contains("--auth optional (--auth-secret-file: a secret of 42 bytes)\n"),
         "{stdout}"
     );
-    assert!(stdout.contains("--auth optional\n"), "{stdout}");
     assert!(
         !stdout.contains("0123456789"),
         "secrets are not printed: {stdout}"
     );
     #[cfg(feature = "api")]
     assert!(
-        stdout.contains("--api-key-file a key of 20 bytes\n"),
+        stdout.contains("--api-key-file: a key of 20 bytes"),
         "{stdout}"
     );
 

@@ -20,7 +20,7 @@ first on the PATH: the debug build with the features the command needs (`--tls-*
 `--redis*`: `redis`; `cargo run --features F`: F). A loop variable (`for port in 8081 8082`)
 takes its first value. --check never connects to Redis.
 
-Not run: synopses (an argument with `[` or an upper-case placeholder such as NAME or DUR) and
+Not run: synopses (an argument with `[` or `...`, or an upper-case placeholder such as NAME) and
 inline mentions without any option (`smolchat token` in a sentence); both are listed as skip.
 
 Prints one line per command, ok / FAIL / skip with file and line, the output of failures, and
@@ -39,7 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SHELL_LANGS = {"", "sh", "bash", "shell", "console", "zsh"}
-PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z_]*|.*\[.*)$")
+PLACEHOLDER = re.compile(r"^(?:[A-Z][A-Z_]*|.*\[.*|.*\.\.\..*)$")
 # Where a command may start: the start of a line or span, after a separator, or inside $(...).
 START = re.compile(r"(?:^|(?<=[\s;&|(]))(?:\./)?smolchat(?=\s|$)|(?:^|(?<=[\s;&|(]))cargo run\b")
 

@@ -61,6 +61,19 @@ fn check_validates_prints_and_does_not_listen() {
 }
 
 #[test]
+fn help_says_what_the_readme_says() {
+    let help = text(&smolchat(&["--help"], &[]).stdout);
+    assert!(
+        help.contains(
+            "--rate-limit N              frames per second per client, pings and pongs included"
+        ),
+        "{help}"
+    );
+    assert!(help.contains("500ms, 10s, 2m, 1h (at most 1d)"), "{help}");
+    assert!(help.contains("  --check  "), "{help}");
+}
+
+#[test]
 fn check_exits_2_on_a_bad_value_naming_the_flag_or_the_variable() {
     let out = smolchat(&["--queue-bytes", "16000", "--check"], &[]);
     assert_eq!(out.status.code(), Some(2));

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Smoke test of the static binary as a gateway user would run it: start it on a free loopback
 # port, connect a WebSocket client, exchange a message, stop it with SIGTERM, and expect close
-# 1001 on the client and exit status 0. Usage: scripts/static-smoke.sh [BINARY] [--tls]
+# 1001 on the client, the log line naming the signal, and exit status 0. Usage: scripts/static-smoke.sh [BINARY] [--tls]
 # With --tls (a binary built with the tls feature) it makes a self-signed certificate with
 # openssl and does the same over wss.
 set -euo pipefail
@@ -38,5 +38,6 @@ python3 scripts/ws_check.py "$addr" "$pid" SIGTERM || fail "the WebSocket check 
 status=0
 wait "$pid" || status=$?
 [ "$status" = 0 ] || fail "exited with status $status after SIGTERM"
+grep -q "SIGTERM: shutting down" "$out/stderr" || fail "no 'SIGTERM: shutting down' log line"
 trap - EXIT
 echo "static-smoke: ok"

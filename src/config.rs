@@ -68,9 +68,10 @@ pub struct Config {
     /// Browser origins allowed besides the server's own; `*` allows every origin
     /// (`--allow-origin`, repeatable).
     pub allow_origins: Vec<String>,
-    /// Chat messages per second each client may send; 0 turns rate limiting off (`--rate-limit`).
+    /// Frames (text, pings and pongs) per second each client may send; 0 turns rate limiting
+    /// off (`--rate-limit`).
     pub rate_limit: u32,
-    /// Messages a client may send in a burst above the steady rate (`--rate-burst`).
+    /// Frames a client may send in a burst above the steady rate (`--rate-burst`).
     pub rate_burst: u32,
     /// Interval between the server's pings (`--ping-interval`).
     pub ping_interval: Duration,
@@ -208,6 +209,8 @@ pub enum Action {
     Help,
     /// Print the version (`--version`).
     Version,
+    /// Validate the configuration, print it and the worst-case memory, and exit (`--check`).
+    Check(Box<Config>),
     /// Print a signed token (`smolchat token`, feature `auth`).
     #[cfg(feature = "auth")]
     Token(TokenRequest),
@@ -234,7 +237,8 @@ smolchat token: print a token signed with the server's secret
 Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file PATH]
 
   --sub NAME                  the user: 1-32 letters, digits, '_', '-', '.'; not guest-...
-  --ttl DUR                   how long the token is valid [default: 1h]
+  --ttl DUR                   how long the token is valid: 30m, 8h, 14d; at most 90d
+                              (a token cannot be revoked before it expires) [default: 1h]
   --rooms a,b                 the only rooms the user may join [default: any]
   --auth-secret-file PATH     the server's HS256 secret (env SMOLCHAT_AUTH_SECRET_FILE)
 ";
@@ -242,7 +246,8 @@ Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file P
 /// A flag or environment variable had a value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
-    /// The flag, as the user would type it (`--history`).
+    /// The flag as the user would type it (`--history`), or the environment variable
+    /// (`SMOLCHAT_HISTORY`) when the value came from there.
     pub flag: String,
     /// What was wrong and what is expected.
     pub message: String,
@@ -256,6 +261,16 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    /// The same error, named after the environment variable the value came from.
+    fn named_by(self, var: &str) -> ConfigError {
+        ConfigError {
+            flag: var.to_string(),
+            ..self
+        }
+    }
+}
+
 /// The help text printed by `smolchat --help`.
 pub const HELP: &str = "\
 smolchat: a small WebSocket chat server
@@ -264,7 +279,7 @@ Usage: smolchat [OPTIONS]
 
 Every option can also be set through the environment variable named after it
 (--max-message-bytes is SMOLCHAT_MAX_MESSAGE_BYTES); a flag wins over the environment.
-Durations are whole seconds, or take a unit: 500ms, 10s, 2m.
+Durations are whole seconds, or take a unit: 500ms, 10s, 2m, 1h (at most 1d).
 
 Options:
   --protocol v1|raw           v1: rooms, nicks, history (docs/protocol.md); raw: the Go hub's
@@ -286,7 +301,8 @@ Options:
   --allow-host NAME           host name /ws may be reached by besides IP literals and
                               localhost; repeatable; * = any
   --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
-  --rate-limit N              messages per second per client, 0 = off [default: 10]
+  --rate-limit N              frames per second per client, pings and pongs included,
+                              0 = off [default: 10]
   --rate-burst N              burst allowance above the rate [default: 20]
   --ping-interval DUR         interval between server pings [default: 30s]
   --idle-timeout DUR          close a client silent for this long [default: 75s]
@@ -298,6 +314,7 @@ Options:
   --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
   --presence-limit N          largest room with join/leave events and full member lists [default: 100]
   --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
+  --check                     validate, print the limits and worst-case memory, and exit
   -h, --help                  print this help
   -V, --version               print the version and enabled features
 ";
@@ -445,11 +462,16 @@ impl Config {
             return token_request(args, env);
         }
         let mut given: Vec<(&'static str, String)> = Vec::new();
+        let mut check = false;
         let mut parser = lexopt::Parser::from_args(args);
         while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
             let name = match arg {
                 Arg::Short('h') | Arg::Long("help") => return Ok(Action::Help),
                 Arg::Short('V') | Arg::Long("version") => return Ok(Action::Version),
+                Arg::Long("check") => {
+                    check = true;
+                    continue;
+                }
                 Arg::Long(name) => name.to_string(),
                 Arg::Short(c) => return Err(err(&format!("-{c}"), "unknown option; see --help")),
                 Arg::Value(v) => {
@@ -468,6 +490,8 @@ impl Config {
         }
 
         let mut config = Config::default();
+        // Options whose value came from the environment: their errors name the variable.
+        let mut from_env: Vec<(&str, &str)> = Vec::new();
         for &(flag, var) in OPTIONS {
             let from_flags: Vec<&String> = given
                 .iter()
@@ -479,13 +503,15 @@ impl Config {
                     config.set(flag, value)?;
                 }
             } else if let Some(value) = env(var) {
+                let named = |e: ConfigError| e.named_by(var);
                 if flag == "allow-origin" || flag == "allow-host" {
                     for item in value.split(',').filter(|o| !o.trim().is_empty()) {
-                        config.set(flag, item.trim())?;
+                        config.set(flag, item.trim()).map_err(named)?;
                     }
                 } else {
-                    config.set(flag, &value)?;
+                    config.set(flag, &value).map_err(named)?;
                 }
+                from_env.push((flag, var));
             }
         }
         // Unless set, `--queue-bytes` grows to what the other settings need (see
@@ -495,8 +521,20 @@ impl Config {
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
         }
-        config.validate()?;
-        Ok(Action::Run(Box::new(config)))
+        config.validate().map_err(|e| {
+            match from_env
+                .iter()
+                .find(|(f, _)| e.flag.strip_prefix("--") == Some(f))
+            {
+                Some((_, var)) => e.named_by(var),
+                None => e,
+            }
+        })?;
+        Ok(if check {
+            Action::Check(Box::new(config))
+        } else {
+            Action::Run(Box::new(config))
+        })
     }
 
     /// The limits a client is told about in `welcome`.
@@ -536,6 +574,78 @@ impl Config {
     /// The largest `message` event, in bytes: what one history entry can cost.
     pub fn max_message_event_bytes(&self) -> usize {
         crate::protocol::max_event_bytes(self.max_message_bytes, 0)
+    }
+
+    /// The README's worst-case memory ("Limits and guarantees") for these settings, term by
+    /// term: what `smolchat --check` prints.
+    pub fn worst_case_memory(&self) -> WorstCase {
+        const KIB: u64 = 1024;
+        let (m, e) = (self.max_message_bytes as u64, self.max_event_bytes() as u64);
+        let (c, pending) = (self.max_connections as u64, self.max_pending as u64);
+        let per_session = 8 * KIB + (self.queue_bytes as u64).max(e) + 4 * KIB + e + 2 * m;
+        #[cfg(feature = "tls")]
+        let tls = self.tls_cert.is_some();
+        #[cfg(not(feature = "tls"))]
+        let tls = false;
+        WorstCase {
+            base: 6 * KIB * KIB,
+            per_session,
+            sessions: c * per_session,
+            pending: pending * 12 * KIB,
+            inbox: 1024 * (m + 128),
+            history: self.history_total_bytes as u64 * 5 / 4,
+            bookkeeping: self.max_rooms as u64 * self.history as u64 * 96,
+            rooms: self.max_rooms as u64 * KIB,
+            tls: if tls {
+                c * 96 * KIB + pending * 90 * KIB
+            } else {
+                0
+            },
+        }
+    }
+
+    /// The numeric limits in effect, as `(flag, value)`: what `smolchat --check` prints.
+    pub fn numeric_limits(&self) -> Vec<(&'static str, usize)> {
+        #[allow(unused_mut)]
+        let mut limits = vec![
+            ("history", self.history),
+            ("history-bytes", self.history_bytes),
+            ("history-total-bytes", self.history_total_bytes),
+            ("threads", self.threads),
+            ("max-message-bytes", self.max_message_bytes),
+            ("queue", self.queue),
+            ("queue-bytes", self.queue_bytes),
+            ("max-connections", self.max_connections),
+            ("max-pending", self.max_pending),
+            ("max-pending-per-address", self.max_pending_per_address),
+            ("rate-limit", self.rate_limit as usize),
+            ("rate-burst", self.rate_burst as usize),
+            ("max-rooms", self.max_rooms),
+            ("max-rooms-per-client", self.max_rooms_per_client),
+            ("max-rooms-per-address", self.max_rooms_per_address),
+            ("presence-limit", self.presence_limit),
+        ];
+        #[cfg(feature = "auth")]
+        limits.push(("max-connections-per-user", self.max_connections_per_user));
+        #[cfg(feature = "api")]
+        limits.push(("api-rate-limit", self.api_rate_limit as usize));
+        limits
+    }
+
+    /// The timeouts and intervals in effect, as `(flag, value)`.
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        #[allow(unused_mut)]
+        let mut durations = vec![
+            ("handshake-timeout", self.handshake_timeout),
+            ("ping-interval", self.ping_interval),
+            ("idle-timeout", self.idle_timeout),
+            ("write-timeout", self.write_timeout),
+            ("coalesce", self.coalesce),
+            ("shutdown-timeout", self.shutdown_timeout),
+        ];
+        #[cfg(feature = "redis")]
+        durations.push(("redis-heartbeat", self.redis_heartbeat));
+        durations
     }
 
     /// True when names come from tokens (`--auth-secret-file`): nobody renames.
@@ -820,6 +930,45 @@ impl Config {
     }
 }
 
+/// The README's worst-case memory formula, term by term, in bytes ([`Config::worst_case_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WorstCase {
+    /// The binary, threads and executor: 6 MiB.
+    pub base: u64,
+    /// One session: task, buffers, its queue, tungstenite's write and read buffers, the message
+    /// being assembled: 8 KiB + max(`--queue-bytes`, E) + 4 KiB + E + 2 × M.
+    pub per_session: u64,
+    /// `--max-connections` sessions.
+    pub sessions: u64,
+    /// `--max-pending` × 12 KiB: request heads and handshake futures.
+    pub pending: u64,
+    /// The hub's inbox: 1,024 × (M + 128).
+    pub inbox: u64,
+    /// `--history-total-bytes` × 1.25: history, with the allocator's share.
+    pub history: u64,
+    /// `--max-rooms` × `--history` × 96 B: history bookkeeping.
+    pub bookkeeping: u64,
+    /// `--max-rooms` × 1 KiB: names, epochs, member lists.
+    pub rooms: u64,
+    /// With a TLS certificate (feature `tls`): 96 KiB a session and 90 KiB a pending
+    /// connection of rustls's buffers; 0 without.
+    pub tls: u64,
+}
+
+impl WorstCase {
+    /// The sum of every term.
+    pub fn total(&self) -> u64 {
+        self.base
+            + self.sessions
+            + self.pending
+            + self.inbox
+            + self.history
+            + self.bookkeeping
+            + self.rooms
+            + self.tls
+    }
+}
+
 /// Reads `smolchat token`'s options.
 #[cfg(feature = "auth")]
 fn token_request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
@@ -832,6 +981,7 @@ where
     let mut parser = lexopt::Parser::from_args(args);
     let (mut sub, mut ttl, mut rooms) = (None, Duration::from_secs(3600), None);
     let mut secret_file = env("SMOLCHAT_AUTH_SECRET_FILE");
+    let mut from_env = secret_file.is_some();
     while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
         let flag = match arg {
             Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
@@ -854,7 +1004,8 @@ where
                 ));
             }
             "--ttl" => {
-                ttl = duration(&value).map_err(|m| bad(&m))?;
+                let expected = "expected a positive duration up to 90 days, like 30m, 8h or 14d";
+                ttl = duration_up_to(&value, MAX_TOKEN_TTL, expected).map_err(|m| bad(&m))?;
                 if ttl.as_secs() == 0 {
                     return Err(bad("expected at least 1s (tokens count whole seconds)"));
                 }
@@ -868,7 +1019,10 @@ where
                 }
                 rooms = Some(list);
             }
-            "--auth-secret-file" => secret_file = Some(value),
+            "--auth-secret-file" => {
+                secret_file = Some(value);
+                from_env = false;
+            }
             _ => return Err(err(&flag, "unknown option; see smolchat token --help")),
         }
     }
@@ -880,7 +1034,13 @@ where
         )
     })?;
     let mut config = Config::default();
-    config.set("auth-secret-file", &path)?;
+    config.set("auth-secret-file", &path).map_err(|e| {
+        if from_env {
+            e.named_by("SMOLCHAT_AUTH_SECRET_FILE")
+        } else {
+            e
+        }
+    })?;
     let secret = config.auth.expect("set above").secret;
     Ok(Action::Token(TokenRequest {
         secret,
@@ -914,24 +1074,40 @@ where
     }
 }
 
-/// Parses `10`, `10s`, `500ms` or `2m`, up to a day. Zero is refused: every duration here is a
-/// timeout or an interval, and zero would make the server close or ping without pause; more
-/// than a day is no timeout at all, and would overflow the clock's arithmetic.
+const DAY: Duration = Duration::from_secs(24 * 3600);
+
+/// The longest `smolchat token --ttl`: 90 days (its error message says so). A token cannot be revoked before it expires
+/// (short of changing the secret, which revokes every token), so a device token is renewed.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
+
+/// Parses a server flag's duration: `10`, `10s`, `500ms`, `2m`, `1h` or `1d`, up to a day.
+/// Zero is refused: every duration here is a timeout or an interval, and zero would make the
+/// server close or ping without pause; more than a day is no timeout at all, and would
+/// overflow the clock's arithmetic.
 fn duration(value: &str) -> Result<Duration, String> {
-    let expected =
-        || "expected a positive duration up to a day, like 10, 10s, 500ms or 2m".to_string();
+    let expected = "expected a positive duration up to a day, like 10, 10s, 500ms, 2m or 8h";
+    duration_up_to(value, DAY, expected)
+}
+
+/// Parses a positive duration of whole seconds or with a unit (`ms`, `s`, `m`, `h`, `d`), up
+/// to `max`; else the error is `expected`.
+fn duration_up_to(value: &str, max: Duration, expected: &str) -> Result<Duration, String> {
+    let expected = || expected.to_string();
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
         None => (value, "s"),
     };
     let n: u64 = digits.parse().map_err(|_| expected())?;
+    let seconds = |per: u64| Duration::from_secs(n.saturating_mul(per));
     let d = match unit {
         "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "s" => seconds(1),
+        "m" => seconds(60),
+        "h" => seconds(3600),
+        "d" => seconds(DAY.as_secs()),
         _ => return Err(expected()),
     };
-    if d.is_zero() || d > Duration::from_secs(24 * 3600) {
+    if d.is_zero() || d > max {
         Err(expected())
     } else {
         Ok(d)
@@ -991,6 +1167,53 @@ mod tests {
         assert_eq!(c.ping_interval, Duration::from_millis(500));
         assert_eq!(c.idle_timeout, Duration::from_secs(120));
         assert_eq!(c.allow_origins, vec!["https://a.example", "*"]);
+    }
+
+    #[test]
+    fn durations_take_hours_and_days() {
+        let c = parse(&["--idle-timeout", "1h", "--write-timeout", "1d"], &[]).unwrap();
+        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
+        assert_eq!(c.write_timeout, Duration::from_secs(24 * 3600));
+        assert!(
+            parse(&["--write-timeout", "25h"], &[]).is_err(),
+            "a day at most"
+        );
+        assert!(
+            parse(&["--write-timeout", "2d"], &[]).is_err(),
+            "a day at most"
+        );
+        assert!(parse(&["--write-timeout", "1w"], &[]).is_err());
+        assert_eq!(duration_up_to("14d", MAX_TOKEN_TTL, ""), Ok(14 * DAY));
+        assert!(duration_up_to("91d", MAX_TOKEN_TTL, "").is_err());
+    }
+
+    #[test]
+    fn bad_environment_values_name_the_variable() {
+        let e = parse(&[], &[("SMOLCHAT_HISTORY", "lots")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "SMOLCHAT_HISTORY: expected a whole number from 0 to 1000000, got \"lots\""
+        );
+        let e = parse(&[], &[("SMOLCHAT_QUEUE", "20")]).unwrap_err();
+        assert_eq!(
+            e.flag, "SMOLCHAT_QUEUE",
+            "checked against other settings: {e}"
+        );
+        let e = parse(&["--queue", "20"], &[("SMOLCHAT_QUEUE", "300")]).unwrap_err();
+        assert_eq!(e.flag, "--queue", "the flag won: {e}");
+        let e = parse(&[], &[("SMOLCHAT_ALLOW_ORIGIN", "https://a.example,nope")]).unwrap_err();
+        assert_eq!(e.flag, "SMOLCHAT_ALLOW_ORIGIN");
+    }
+
+    #[test]
+    fn check_is_a_run_that_stops_short() {
+        let args = ["--history", "5", "--check"].map(OsString::from);
+        match Config::from_args(args, |_| None) {
+            Ok(Action::Check(c)) => assert_eq!(c.history, 5),
+            other => panic!("expected a check, got {other:?}"),
+        }
+        let args = ["--check", "--history", "x"].map(OsString::from);
+        assert!(Config::from_args(args, |_| None).is_err());
     }
 
     #[test]
@@ -1062,6 +1285,6 @@ mod tests {
         let c = parse(&[], &[("SMOLCHAT_ALLOW_HOST", "a.example, B.example")]).unwrap();
         assert_eq!(c.allow_hosts, ["a.example", "b.example"]);
         let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
-        assert_eq!(e.flag, "--log-level");
+        assert_eq!(e.flag, "SMOLCHAT_LOG_LEVEL");
     }
 }

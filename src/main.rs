@@ -12,7 +12,7 @@ use futures_lite::StreamExt;
 #[cfg(feature = "auth")]
 use smolchat::config::TOKEN_HELP;
 use smolchat::config::{
-    Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_STORE, HELP_TLS,
+    Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_STORE, HELP_TLS, Protocol,
 };
 
 fn main() -> ExitCode {
@@ -22,6 +22,7 @@ fn main() -> ExitCode {
             print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_STORE}{HELP_REDIS}{HELP_TLS}");
             return ExitCode::SUCCESS;
         }
+        Ok(Action::Check(config)) => return check(*config),
         Ok(Action::Version) => {
             println!(
                 "smolchat {} (features: {})",
@@ -79,8 +80,12 @@ fn main() -> ExitCode {
         }
     };
 
-    let first = wait_for_stop(&mut signals, &server);
-    log::info!("received {first:?}; shutting down (a second signal exits at once)");
+    let first = match wait_for_stop(&mut signals, &server) {
+        Some(Signal::Int) => "SIGINT",
+        Some(Signal::Term) => "SIGTERM",
+        _ => "no more signals",
+    };
+    log::info!("{first}: shutting down (a second signal exits at once)");
     std::thread::spawn(move || {
         // A SIGHUP now is not a second request to stop.
         while let Some(Ok(signal)) = futures_lite::future::block_on(signals.next()) {
@@ -105,4 +110,80 @@ fn wait_for_stop(signals: &mut Signals, server: &smolchat::server::Running) -> O
         }
         server.reload();
     }
+}
+
+/// `smolchat --check`: what a start does short of listening (the settings checked against each
+/// other, the descriptor limit, the TLS files), then the effective settings and the README's
+/// worst-case memory for them.
+fn check(config: Config) -> ExitCode {
+    let wanted = config.max_connections;
+    let config = match smolchat::server::check(config) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("smolchat: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let protocol = match config.protocol {
+        Protocol::V1 => "v1",
+        Protocol::Raw => "raw",
+    };
+    println!(
+        "smolchat --check: every option is valid; nothing was started\n  --protocol \
+         {protocol}\n  --listen {}",
+        config.listen
+    );
+    for (flag, value) in config.numeric_limits() {
+        println!("  --{flag} {value}");
+    }
+    for (flag, value) in config.durations() {
+        println!("  --{flag} {value:?}");
+    }
+    #[cfg(feature = "auth")]
+    if let Some(auth) = &config.auth {
+        let auth_mode = if auth.guests { "optional" } else { "required" };
+        let bytes = auth.secret.bytes().len();
+        println!("  --auth {auth_mode} (--auth-secret-file: a secret of {bytes} bytes)");
+    }
+    #[cfg(feature = "api")]
+    if let Some(key) = &config.api_key {
+        let bytes = key.bytes().len();
+        println!("  --api-key-file: a key of {bytes} bytes (the HTTP API is on)");
+    }
+    #[cfg(feature = "redis")]
+    if let Some(url) = &config.redis {
+        println!("  --redis {url} (not connected to by --check)");
+    }
+    #[cfg(feature = "tls")]
+    if let (Some(cert), Some(key)) = (&config.tls_cert, &config.tls_key) {
+        let (cert, key) = (cert.display(), key.display());
+        println!("  --tls-cert {cert} --tls-key {key} (read, the key matches)");
+    }
+    if config.max_connections < wanted {
+        println!("  (--max-connections {wanted} lowered to fit the descriptor limit)");
+    }
+    let w = config.worst_case_memory();
+    let total = w.total();
+    println!(
+        "worst-case memory (README's formula): {} MiB ({total} bytes), {} sessions x {} KiB \
+         of it",
+        fixed(total, 1 << 20, 1),
+        config.max_connections,
+        fixed(w.per_session, 1 << 10, 2),
+    );
+    ExitCode::SUCCESS
+}
+
+/// `bytes` in `unit`s with `places` decimals. Fixed-point, not floats: float formatting would
+/// add 20 KB to the binary.
+#[inline(never)]
+fn fixed(bytes: u64, unit: u64, places: u32) -> String {
+    let scale = 10u64.pow(places);
+    let n = (bytes * scale + unit / 2) / unit;
+    format!(
+        "{}.{:0width$}",
+        n / scale,
+        n % scale,
+        width = places as usize
+    )
 }

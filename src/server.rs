@@ -42,20 +42,10 @@ const SPARE_DESCRIPTORS: u64 = 64;
 /// Binds `config.listen` and starts serving on `config.threads` threads (0: one per core).
 /// First raises the process's descriptor limit as far as allowed, and lowers
 /// `--max-connections` (with a warning) if the limit cannot hold that many sockets.
-pub fn start(mut config: Config) -> io::Result<Running> {
-    config
-        .validate()
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    config.max_connections = fit_descriptor_limit(config.max_connections);
-    #[cfg(feature = "tls")]
-    let tls = match (&config.tls_cert, &config.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(Arc::new(crate::tls::Tls::load(cert, key).map_err(|e| {
-                io::Error::new(io::ErrorKind::InvalidInput, e)
-            })?))
-        }
-        _ => None,
-    };
+pub fn start(config: Config) -> io::Result<Running> {
+    let (config, tls) = prepare(config)?;
+    #[cfg(not(feature = "tls"))]
+    let () = tls;
     let listener = bind(config.listen)?;
     let addr = listener.local_addr()?;
     let listener = Async::new(listener)?;
@@ -154,6 +144,35 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
     bind(&fd, &addr)?;
     listen(&fd, LISTEN_BACKLOG)?;
     Ok(TcpListener::from(fd))
+}
+
+/// What [`start`] does before it binds, for `smolchat --check`: validates the settings, raises
+/// the descriptor limit and fits `--max-connections` to it, and reads and checks the TLS
+/// certificate and key. Returns the settings a start would run with. A bad setting is an
+/// `InvalidInput` error.
+pub fn check(config: Config) -> io::Result<Config> {
+    prepare(config).map(|(config, _)| config)
+}
+
+#[cfg(feature = "tls")]
+type Certificates = Option<Arc<crate::tls::Tls>>;
+#[cfg(not(feature = "tls"))]
+type Certificates = ();
+
+fn prepare(mut config: Config) -> io::Result<(Config, Certificates)> {
+    let invalid = |e| io::Error::new(io::ErrorKind::InvalidInput, e);
+    config.validate().map_err(invalid)?;
+    config.max_connections = fit_descriptor_limit(config.max_connections);
+    #[cfg(feature = "tls")]
+    let tls = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            Some(Arc::new(crate::tls::Tls::load(cert, key).map_err(invalid)?))
+        }
+        _ => None,
+    };
+    #[cfg(not(feature = "tls"))]
+    let tls = ();
+    Ok((config, tls))
 }
 
 /// Raises the soft `RLIMIT_NOFILE` to the hard limit and returns how many connections fit in

@@ -34,7 +34,7 @@ const GATEWAY: &[&str] = &[
     "--max-message-bytes",
     "2048",
     "--rate-burst",
-    "5",
+    "4",
 ];
 
 /// The README's bound, in KiB, for `connections` open connections under `flags`' limits (see

@@ -112,6 +112,16 @@ pub struct Metrics {
     pub redis_reconnects: AtomicU64,
     /// Scale-out: commands answered with `unavailable`.
     pub backend_unavailable: AtomicU64,
+    /// Durable history (`--data-dir`): commits of the store.
+    #[cfg(feature = "store")]
+    pub store_commits: AtomicU64,
+    /// Durable history: commits that failed (and are tried again).
+    #[cfg(feature = "store")]
+    pub store_failures: AtomicU64,
+    /// Durable history: ids reserved ahead of use, over all rooms (what a crash now could
+    /// leave as holes; 0 once every room is quiet).
+    #[cfg(feature = "store")]
+    pub store_reserved_ahead: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
     /// TLS handshakes that failed: not TLS, protocol, I/O.
     #[cfg(feature = "tls")]
@@ -332,6 +342,28 @@ impl Metrics {
                 "counter",
                 "Commands answered with error unavailable.",
                 &self.backend_unavailable,
+            );
+        }
+
+        #[cfg(feature = "store")]
+        {
+            one(
+                "store_commits_total",
+                "counter",
+                "Commits of the durable history store.",
+                &self.store_commits,
+            );
+            one(
+                "store_failures_total",
+                "counter",
+                "Commits of the store that failed (tried again).",
+                &self.store_failures,
+            );
+            one(
+                "store_reserved_ahead",
+                "gauge",
+                "Message ids reserved ahead of use, all rooms together.",
+                &self.store_reserved_ahead,
             );
         }
 

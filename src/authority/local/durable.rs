@@ -10,8 +10,10 @@
 //! so that a crash in a quiet moment leaves no hole (see [`crate::store`]).
 
 use std::collections::VecDeque;
+use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Answer, ClientId, Local, RoomEvent, Waiter};
+use crate::metrics::Metrics;
 use crate::store::{Op, Report, Saved, Store};
 
 /// The first block of ids a room reserves, and the most (blocks double while a room keeps
@@ -41,6 +43,9 @@ impl Durable {
 pub(super) struct Reservation {
     /// Ids up to this are durably reserved: they may be given.
     granted: u64,
+    /// The reservation the store holds on disk now (after a room gave some back, more than
+    /// `granted`): what a crash now would leave as a hole.
+    on_disk: u64,
     /// The newest reservation asked of the store (committed or not).
     asked: u64,
     block: u64,
@@ -55,6 +60,7 @@ impl Reservation {
     pub(super) fn at(last_id: u64) -> Reservation {
         Reservation {
             granted: last_id,
+            on_disk: last_id,
             asked: last_id,
             block: FIRST_BLOCK,
             used: false,
@@ -168,10 +174,12 @@ impl Local {
         let reserved = match report {
             Report::Committed(reserved) => {
                 durable.failing = false;
+                Metrics::add(&self.metrics.store_commits, 1);
                 reserved
             }
             Report::Failed(_) => {
                 durable.failing = true;
+                Metrics::add(&self.metrics.store_failures, 1);
                 for place in self.rooms.values_mut() {
                     let waiting = std::mem::take(&mut place.reservation.waiting);
                     answers.extend(waiting.into_iter().map(|w| (w.client, Answer::Unavailable)));
@@ -182,10 +190,12 @@ impl Local {
         for (name, up_to) in reserved {
             // Only the newest reservation asked counts: an older one committed after a room
             // gave its reservation back must not hand it out again.
-            if let Some(place) = self.rooms.get_mut(&name)
-                && place.reservation.asked == up_to
-            {
-                place.reservation.granted = up_to;
+            if let Some(place) = self.rooms.get_mut(&name) {
+                let r = &mut place.reservation;
+                r.on_disk = up_to;
+                if r.asked == up_to {
+                    r.granted = up_to;
+                }
             }
         }
         let ready: Vec<String> = (self.rooms.iter())
@@ -222,6 +232,7 @@ impl Local {
             return;
         };
         let mut again = false;
+        let mut ahead = 0;
         for (name, place) in &mut self.rooms {
             let r = &mut place.reservation;
             let last_id = place.room.last_id();
@@ -237,7 +248,9 @@ impl Local {
                 };
                 durable.store.send(op);
             }
+            ahead += r.on_disk.saturating_sub(place.room.last_id());
         }
+        self.metrics.store_reserved_ahead.store(ahead, Relaxed);
         if again {
             durable.store.send(Op::Tick);
         }

@@ -49,8 +49,15 @@ pub struct Saved {
 /// A change for the store, from the local authority.
 #[derive(Debug)]
 pub enum Op {
-    /// A new room (or a new life of an evicted one).
-    Create { room: String, epoch: String },
+    /// A new room (or a new life of an evicted one), with its first reservation: in the same
+    /// op, so that no commit can hold the room without it (ids given before the room is on
+    /// disk die with it in a crash; once it is, the reservation covers them). A restored
+    /// room's new epoch keeps its reservation (`None`).
+    Create {
+        room: String,
+        epoch: String,
+        reserved: Option<u64>,
+    },
     /// A message the room remembers.
     Put {
         room: String,
@@ -79,7 +86,7 @@ impl Op {
     fn bytes(&self) -> usize {
         64 + match self {
             Op::Put { room, frame, .. } => room.len() + frame.len(),
-            Op::Create { room, epoch } => room.len() + epoch.len(),
+            Op::Create { room, epoch, .. } => room.len() + epoch.len(),
             Op::Trim { room, .. } | Op::Reserve { room, .. } | Op::Drop { room } => room.len(),
             Op::Tick => 0,
         }
@@ -93,6 +100,30 @@ pub enum Report {
     Committed(Vec<(String, u64)>),
     /// The commit failed (disk full, I/O error): nothing of it holds; the writer tries again.
     Failed(String),
+}
+
+/// The file an operator creates in `--data-dir` after restoring it from a backup: nothing in
+/// a restored copy can tell it is old, and its rooms' ids may already have been given to
+/// other messages since. At the next start every room begins a new epoch (keeping its
+/// messages), so no id is given twice and clients with newer cursors are told `complete:
+/// false`; then the file is removed.
+pub const RESTORED: &str = "restored";
+
+/// Gives every saved room a new epoch, committed before the server serves anything.
+fn renew(database: &mut db::Database, saved: &mut [Saved]) -> Result<(), String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    let mut batch = Batch::default();
+    for room in saved.iter_mut() {
+        room.epoch = format!("{}-r{now}", room.epoch);
+        batch.add(Op::Create {
+            room: room.name.clone(),
+            epoch: room.epoch.clone(),
+            reserved: None,
+        });
+    }
+    database.commit(&batch)
 }
 
 /// The hub's handle on the store: where ops go. Dropping it ends the writer after its last
@@ -117,7 +148,17 @@ impl Store {
         notices: async_channel::Sender<Notice>,
     ) -> Result<(Store, Vec<Saved>), String> {
         let mut database = db::Database::open(&PathBuf::from(dir))?;
-        let saved = database.load()?;
+        let mut saved = database.load()?;
+        let marker = PathBuf::from(dir).join(RESTORED);
+        if marker.exists() {
+            renew(&mut database, &mut saved)?;
+            std::fs::remove_file(&marker)
+                .map_err(|e| format!("cannot remove {}: {e}", marker.display()))?;
+            log::warn!(
+                "store: {} was there: every room starts a new epoch (restored from a backup)",
+                marker.display()
+            );
+        }
         let (ops, received) = mpsc::channel();
         let queued = Arc::new(AtomicUsize::new(0));
         let writer = {
@@ -191,9 +232,14 @@ impl Batch {
     /// and trimmed in the same batch is never written.
     pub fn add(&mut self, op: Op) {
         match op {
-            Op::Create { room, epoch } => {
+            Op::Create {
+                room,
+                epoch,
+                reserved,
+            } => {
                 let change = self.rooms.entry(room).or_default();
                 change.epoch = Some(epoch);
+                change.reserved = reserved.or(change.reserved);
             }
             Op::Put {
                 room,
@@ -347,6 +393,7 @@ mod tests {
         batch.add(Op::Create {
             room: "b".into(),
             epoch: "e2".into(),
+            reserved: Some(32),
         });
         batch.add(Op::Reserve {
             room: "a".into(),
@@ -363,6 +410,9 @@ mod tests {
         let b = &batch.rooms["b"];
         assert!(b.dropped && b.puts.is_empty());
         assert_eq!(b.epoch.as_deref(), Some("e2"));
-        assert_eq!(batch.reserved(), [("a".to_string(), 9)]);
+        assert_eq!(
+            batch.reserved(),
+            [("a".to_string(), 9), ("b".to_string(), 32)]
+        );
     }
 }

@@ -379,17 +379,14 @@ impl Local {
         self.rooms_created += 1;
         let epoch = format!("{}-{}", self.epoch_base, radix36(self.rooms_created.into()));
         #[cfg(feature = "store")]
-        self.store(crate::store::Op::Create {
-            room: name.to_string(),
-            epoch: epoch.clone(),
-        });
+        let reservation = self.created(name, &epoch);
         let room = Room::new(epoch, self.config.history, self.config.history_bytes);
         let place = Place {
             room,
             ev: 0,
             extra: Vec::new(),
             #[cfg(feature = "store")]
-            reservation: durable::Reservation::at(0),
+            reservation,
         };
         self.rooms.insert(name.to_string(), place);
         Metrics::add(&self.metrics.rooms, 1);

@@ -137,8 +137,10 @@ impl Database {
                         .map_err(|e| e.to_string())?;
                     (last_id, reserved, epoch) = Default::default();
                 }
+                // A new room, or a new life of a restored one: its ids go on (a dropped room's
+                // were reset above).
                 if let Some(new) = &change.epoch {
-                    (last_id, reserved, epoch) = (0, 0, new.clone());
+                    epoch = new.clone();
                 }
                 if change.dropped && change.epoch.is_none() {
                     continue;
@@ -250,6 +252,7 @@ mod tests {
         batch.add(Op::Create {
             room: "dev".into(),
             epoch: "e1".into(),
+            reserved: None,
         });
         for id in 1..=4 {
             batch.add(Op::Put {
@@ -273,6 +276,7 @@ mod tests {
         trim.add(Op::Create {
             room: "ops".into(),
             epoch: "e2".into(),
+            reserved: None,
         });
         db.commit(&trim).unwrap();
         drop(db);

@@ -110,6 +110,9 @@ impl Client {
         let stream = Async::<TcpStream>::connect(addr)
             .await
             .expect("tcp connect");
+        // Like the server: a command sent right after one that gets no answer (a `leave`)
+        // must not wait for the server's delayed acknowledgement (Nagle's algorithm).
+        let _ = stream.get_ref().set_nodelay(true);
         let (ws, _) = async_tungstenite::client_async(format!("ws://{addr}{path}"), stream)
             .await
             .expect("websocket handshake");

@@ -97,6 +97,22 @@ impl Local {
         });
     }
 
+    /// A new room: the store learns of it with its first block of ids, which it may use at
+    /// once (see [`Op::Create`]).
+    pub(super) fn created(&self, name: &str, epoch: &str) -> Reservation {
+        if self.durable.is_none() {
+            return Reservation::at(0);
+        }
+        self.store(Op::Create {
+            room: name.to_string(),
+            epoch: epoch.to_string(),
+            reserved: Some(FIRST_BLOCK),
+        });
+        let mut reservation = Reservation::at(FIRST_BLOCK);
+        reservation.on_disk = 0; // not yet
+        reservation
+    }
+
     /// Rooms read back from the store, as they were.
     pub(super) fn reopen(&mut self, saved: Vec<Saved>) {
         for room in saved {

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix of BENCHMARKS.md against smolchat, the smallest tokio-tungstenite
 # broadcast server (examples/tt_peer.rs), the classic Go hub chat and Bun's pub/sub
-# (examples/bun_peer.js, uWebSockets underneath), and writes the results
-# tables into BENCHMARKS.md between the results markers, with SVG charts of the servers side by
-# side (scripts/charts.py, drawn from the run's JSON rows) in docs/bench/.
+# (examples/bun_peer.js, uWebSockets underneath), and writes the results tables into
+# BENCHMARKS.md between the results markers, with SVG charts of the servers side by side
+# (scripts/charts.py, drawn from the run's JSON rows) in docs/bench/.
 #
 #   scripts/bench.sh            full matrix (about 10 minutes), results written to BENCHMARKS.md
 #   scripts/bench.sh --quick    smoke test: short runs, small N; BENCHMARKS.md left alone

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs the benchmark matrix of BENCHMARKS.md against smolchat, the smallest tokio-tungstenite
-# broadcast server (examples/tt_peer.rs) and the classic Go hub chat, and writes the results
-# tables into BENCHMARKS.md between the results markers, with SVG charts of the servers side by
-# side (scripts/charts.py, drawn from the run's JSON rows) in docs/bench/.
+# broadcast server (examples/tt_peer.rs), the classic Go hub chat and Bun's pub/sub
+# (examples/bun_peer.js, uWebSockets underneath), and writes the results tables into
+# BENCHMARKS.md between the results markers, with SVG charts of the servers side by side
+# (scripts/charts.py, drawn from the run's JSON rows) in docs/bench/.
 #
 #   scripts/bench.sh            full matrix (about 10 minutes), results written to BENCHMARKS.md
 #   scripts/bench.sh --quick    smoke test: short runs, small N; BENCHMARKS.md left alone
@@ -12,10 +13,11 @@
 #   --write          write BENCHMARKS.md even with --quick
 #   --no-write       do not touch BENCHMARKS.md or docs/bench/ (results and charts stay in
 #                    target/bench-results/)
-#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub
+#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub,bun
 #                    [default: all] (smolchat-raw is `smolchat --protocol raw`, the Go hub's
 #                    own protocol; tt-peer is `cargo build --release --example tt_peer`, the
-#                    tokio-tungstenite peer: plain-text broadcast like the Go hub)
+#                    tokio-tungstenite peer: plain-text broadcast like the Go hub; bun is
+#                    examples/bun_peer.js run by the pinned Bun from npm, the same protocol)
 #   --modes LIST     comma-separated subset of: fanout,idle,saturate [default: all]
 #   --attempts N     measure a fan-out or saturation row up to N times while the server's or
 #                    the generator's busiest thread waits for its core more than
@@ -26,7 +28,9 @@
 #                    run at nice -10 so that other work on a shared machine disturbs them less)
 #
 # Environment: GO_SEED_DIR (the Go hub's source; default ../shared/anchors/go-seed beside the
-# repository), BENCH_PORT (first port to try; default 18080).
+# repository), BENCH_PORT (first port to try; default 18080), BUN_VERSION (the version of the
+# npm package @oven/bun-linux-x64 installed into target/bun/; default 1.4.4, the one issue 27
+# measured).
 #
 # Each server runs on core 0 (taskset -c 0), the load generator on core 1 (taskset -c 1).
 # A fresh server is started for every row, so its CPU time and peak RSS belong to that row.
@@ -39,7 +43,7 @@ args=("$@")
 
 quick=0
 write=
-servers=smolchat,smolchat-raw,tt-peer,go-hub
+servers=smolchat,smolchat-raw,tt-peer,go-hub,bun
 nice_level=-10
 attempts=
 noise_limit=25
@@ -124,6 +128,24 @@ if has "$servers" go-hub; then
   "$go_dir/build.sh" "$go_hub" >&2
 fi
 
+# Bun: the binary from its npm package, pinned, installed once into target/bun/ (npm install
+# --prefix; nothing global). The package carries only the executable.
+bun_version=${BUN_VERSION:-1.4.4}
+bun=$repo/target/bun/node_modules/@oven/bun-linux-x64/bin/bun
+bun_peer=$repo/examples/bun_peer.js
+if has "$servers" bun; then
+  if [ "$("$bun" --version 2>/dev/null)" != "$bun_version" ]; then
+    log "installing Bun $bun_version (npm: @oven/bun-linux-x64) into target/bun"
+    mkdir -p "$repo/target/bun"
+    npm install --no-audit --no-fund --no-save --prefix "$repo/target/bun" \
+      "@oven/bun-linux-x64@$bun_version" >&2
+  fi
+  [ "$("$bun" --version 2>/dev/null)" = "$bun_version" ] || {
+    echo "bench.sh: no Bun $bun_version at $bun" >&2
+    exit 1
+  }
+fi
+
 stamp=$(date -u +%Y%m%d-%H%M%S)
 out=$repo/target/bench-results/$stamp$([ "$quick" = 1 ] && echo -quick || true)
 mkdir -p "$out"
@@ -176,6 +198,9 @@ start_server() {
     go-hub)
       "${prio[@]}" "${pin_server[@]}" "$go_hub" -port "$port" >"$2" 2>&1 &
       ;;
+    bun)
+      "${prio[@]}" "${pin_server[@]}" "$bun" "$bun_peer" --port "$port" >"$2" 2>&1 &
+      ;;
     *)
       echo "bench.sh: unknown server $1 (see --help)" >&2
       exit 2
@@ -203,7 +228,7 @@ run() {
   row=$((row + 1))
   local name protocol=json best= attempt noise rc
   name=$(printf '%02d-%s-%s' "$row" "$mode" "$server")
-  case $server in go-hub | smolchat-raw | tt-peer) protocol=raw ;; esac
+  case $server in go-hub | smolchat-raw | tt-peer | bun) protocol=raw ;; esac
   for attempt in $(seq "$attempts"); do
     local try=$out/$name.try$attempt
     start_server "$server" "$try.server.log"
@@ -296,7 +321,7 @@ fi
   echo "- Machine: $(nproc) cores, $cpu, $mem; $(uname -sr)"
   echo "- Server on core 0 (\`taskset -c 0\`); load generator \`examples/bench.rs\` (one thread) on core 1 (\`taskset -c 1\`): its CPU use is the \"generator CPU\" column, 100% = core 1 saturated"
   echo "- Priority: $([ -n "$nice_level" ] && echo "the benchmark in its own session, autogroup \`$autogroup\`, server and generator at \`nice -n $nice_level\`" || echo "default (nice 0)"); the \"waited\" columns show how long each one's busiest thread waited for its core anyway"
-  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); tt-peer: \`examples/tt_peer.rs --port P\` (tokio-tungstenite, default multi-threaded runtime, 4 KiB read buffer, \`TCP_NODELAY\`; raw protocol); Go hub: \`go-seed -port P\`"
+  echo "- smolchat: \`--rate-limit 0 --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 --log-level warn\`, other settings default (\`--queue 256\`); smolchat-raw: the same with \`--protocol raw\` (the Go hub's protocol, measured with the generator's \`--protocol raw\` like the Go hub); tt-peer: \`examples/tt_peer.rs --port P\` (tokio-tungstenite, default multi-threaded runtime, 4 KiB read buffer, \`TCP_NODELAY\`; raw protocol); Go hub: \`go-seed -port P\`; bun: Bun $bun_version (\`@oven/bun-linux-x64\` from npm) running \`examples/bun_peer.js --port P\` (\`Bun.serve\` pub/sub: every client subscribed to one topic, every message \`server.publish\`ed to it, sender included; 4 KiB payload limit, no compression; raw protocol)"
   echo "- Load average (1, 5, 15 min) before: $load_before; after: $load_after"
   if [ "$attempts" -gt 1 ]; then
     echo "- A row in which the server's or the generator's busiest thread waited for its core more than $noise_limit% of the time was measured up to $attempts times and the least disturbed attempt is shown; $noisy_rows of $row rows needed that"

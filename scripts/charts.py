@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from html import escape
 
 # A fixed colour per known server, so a server looks the same in every chart and every run.
-KNOWN = ["smolchat", "smolchat-raw", "tt-peer", "go-hub"]
+KNOWN = ["smolchat", "smolchat-raw", "tt-peer", "go-hub", "bun"]
 PALETTE = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#7f7f7f"]
 W, H, LEFT, RIGHT, TOP, BOTTOM = 960, 500, 90, 20, 140, 410  # TOP/BOTTOM: the plot's y range
 
@@ -210,12 +210,13 @@ def main(results_dir, out_dir):
 def self_test():
     rows = [{"mode": "fanout", "server": s, "clients": n, "senders": k, "rate": 100.0, "p50_us": p, "p99_us": 3 * p,
              "lost": lost, "disconnected": 0}
-            for s, p in (("smolchat", 600), ("tt-peer", 550), ("go-hub", 500))
+            for s, p in (("smolchat", 600), ("tt-peer", 550), ("go-hub", 500), ("bun", 450))
             for n, k, lost in ((100, 10, 0), (1000, 10, 5 if s == "go-hub" else 0))]
     rows += [{"mode": "fanout", "server": "smolchat-raw", "clients": 0, "error": "bench exited with 1"},
              {"mode": "idle", "server": "smolchat", "clients": 1000, "rss_per_conn_kib": 6.4},
              {"mode": "idle", "server": "go-hub", "clients": 1000, "rss_per_conn_kib": 17.27},
              {"mode": "idle", "server": "tt-peer", "clients": 1000, "rss_per_conn_kib": -0.5},
+             {"mode": "idle", "server": "bun", "clients": 1000, "rss_per_conn_kib": 1.85},
              {"mode": "saturate", "server": "smolchat", "clients": 1000, "senders": 10, "error": "boom"}]
     with tempfile.TemporaryDirectory() as d:
         for i, r in enumerate(rows):
@@ -229,9 +230,11 @@ def self_test():
     lat = svg["latency.svg"]
     assert "log scale" in lat and "n/a" in lat and " !" in lat and "1,000 clients × 10 senders × 100/s" in lat
     assert lat.count('fill="#2ca02c"') == 1 and "smolchat-raw" in lat  # errored server: legend only
-    for s in svg.values():  # smolchat's and go-hub's colours are the same in every chart
-        assert 'fill="#1f77b4"' in s and 'fill="#9467bd"' in s
-    assert "17.3" in svg["memory.svg"] and "6.40" in svg["memory.svg"]
+    for s in svg.values():  # smolchat's, go-hub's and bun's colours are the same in every chart
+        assert 'fill="#1f77b4"' in s and 'fill="#9467bd"' in s and 'fill="#d62728"' in s and ">bun<" in s
+    assert "17.3" in svg["memory.svg"] and "6.40" in svg["memory.svg"] and "1.85" in svg["memory.svg"]
+    # bun's bars come last, after the four servers known before it (the legend's order)
+    assert lat.index(">go-hub<") < lat.index(">bun<")
     print("charts.py: self-test passed")
 
 

@@ -7,6 +7,9 @@
 //! `SMOLCHAT_SCRIPT_SHA256` and `SMOLCHAT_STYLE_SHA256` (and `SMOLCHAT_RAW_...` for the raw
 //! page), which `src/http.rs` puts into the header. Editing a page therefore needs no manual
 //! step.
+//!
+//! It also writes each page gzip-compressed into `OUT_DIR`: the binary embeds only that (see
+//! `http::PAGE_GZIP`).
 
 use base64::Engine;
 use sha2::{Digest, Sha256};
@@ -33,7 +36,24 @@ fn main() {
             "cargo:rustc-env={prefix}_STYLE_SHA256={}",
             sha256_base64(style)
         );
+        gzip(page, &html);
     }
+}
+
+/// Writes `page` gzip-compressed into OUT_DIR, as the binary embeds and serves it: the page
+/// takes a third of the room (the compressor is a build dependency, not in the binary).
+fn gzip(page: &str, html: &str) {
+    use std::io::Write;
+    let name = std::path::Path::new(page).file_name().expect("a file name");
+    let out = std::path::Path::new(&std::env::var("OUT_DIR").expect("OUT_DIR"))
+        .join(name)
+        .with_extension("html.gz");
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder
+        .write_all(html.as_bytes())
+        .expect("compressing in memory");
+    let compressed = encoder.finish().expect("compressing in memory");
+    std::fs::write(&out, compressed).unwrap_or_else(|e| panic!("cannot write {out:?}: {e}"));
 }
 
 /// The text between `<tag ...>` and `</tag>`, which must occur exactly once in the page and

@@ -63,7 +63,7 @@ pub(crate) async fn serve<S>(
     chat.metrics.api_call(endpoint, reply.status);
     let mut response = Response::text(reply.status, "");
     response.content_type = "application/json";
-    response.body = (reply.body + "\n").into();
+    response.body = (reply.body + "\n").into_bytes().into();
     match reply.status {
         401 => response = response.with("WWW-Authenticate", "Bearer realm=\"smolchat-api\""),
         405 if endpoint == "rooms" => response = response.with("Allow", "GET"),

@@ -207,12 +207,12 @@ where
             crate::api::serve(chat, &mut stream, &head, leftover, peer).await;
             return None;
         }
-        Route::Page => http::page(chat.config.protocol),
+        Route::Page => http::page(chat.config.protocol, head.accepts_gzip),
         Route::Health => health(chat),
         Route::Metrics => {
             let mut r = Response::text(200, "");
             r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            r.body = chat.metrics.render().into();
+            r.body = chat.metrics.render().into_bytes().into();
             r
         }
         Route::Refuse(response, None) => response,
@@ -317,7 +317,7 @@ where
         Err(refused) => {
             logger::refusal(
                 peer,
-                &format!("refused: {} {}", refused.status, refused.body.trim_end()),
+                &format!("refused: {} {}", refused.status, refused.reason()),
             );
             respond(&mut stream, &refused).await;
             return None;
@@ -424,7 +424,7 @@ pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
     chat.metrics.refuse(why);
     logger::refusal(
         peer,
-        &format!("refused: {} {}", response.status, response.body.trim_end()),
+        &format!("refused: {} {}", response.status, response.reason()),
     );
     respond(stream, &response).await;
 }

@@ -48,6 +48,8 @@ pub struct Head {
     pub ws_key: Option<String>,
     /// `Sec-WebSocket-Version`.
     pub ws_version: Option<String>,
+    /// `Accept-Encoding` lists `gzip` (the built-in page is kept and sent compressed).
+    pub accepts_gzip: bool,
 }
 
 /// Why a head could not be read.
@@ -145,6 +147,15 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head, usize)>, HeadError> {
             head.content_length = Some(value);
         } else if name.eq_ignore_ascii_case("content-type") {
             head.content_type = Some(value);
+        } else if name.eq_ignore_ascii_case("accept-encoding") {
+            head.accepts_gzip |= value.split(',').any(|coding| {
+                let mut parts = coding.split(';');
+                let name = parts.next().unwrap_or("").trim();
+                // `gzip;q=0` says no.
+                let refused =
+                    parts.any(|p| matches!(p.trim(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+                (name.eq_ignore_ascii_case("gzip") || name == "*") && !refused
+            });
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
             head.transfer_encoding = true;
         }
@@ -162,7 +173,7 @@ pub struct Response {
     /// `Content-Type` of the body.
     pub content_type: &'static str,
     /// The body: borrowed for the built-in page, which is served without a copy.
-    pub body: Cow<'static, str>,
+    pub body: Cow<'static, [u8]>,
 }
 
 impl Response {
@@ -172,7 +183,7 @@ impl Response {
             status,
             headers: Vec::new(),
             content_type: "text/plain; charset=utf-8",
-            body: format!("{body}\n").into(),
+            body: format!("{body}\n").into_bytes().into(),
         }
     }
 
@@ -183,6 +194,11 @@ impl Response {
     }
 
     /// Writes the response and closes the conversation (`Connection: close`).
+    /// A plain-text body, for the log line of a refusal.
+    pub fn reason(&self) -> &str {
+        std::str::from_utf8(&self.body).unwrap_or("").trim_end()
+    }
+
     pub async fn write<S: AsyncWrite + Unpin>(&self, stream: &mut S) -> std::io::Result<()> {
         let mut out = format!(
             "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n",
@@ -196,7 +212,7 @@ impl Response {
         }
         out.push_str("\r\n");
         stream.write_all(out.as_bytes()).await?;
-        stream.write_all(self.body.as_bytes()).await?;
+        stream.write_all(&self.body).await?;
         stream.flush().await
     }
 }
@@ -386,17 +402,22 @@ pub fn origin_allowed(head: &Head, config: &Config) -> bool {
     }
 }
 
-/// The built-in web client, embedded in the binary.
+/// The built-in web client, as written (for tests: the binary carries [`PAGE_GZIP`]).
 pub const PAGE: &str = include_str!("../web/index.html");
 /// Raw mode's page: a plain-text chat, lines in and lines out, like the Go hub's.
 pub const RAW_PAGE: &str = include_str!("../web/raw.html");
+/// The web client as the binary carries and serves it: gzip-compressed by `build.rs`, a
+/// third of its size (every browser accepts gzip; the binary has no compressor of its own).
+pub const PAGE_GZIP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/index.html.gz"));
+/// Raw mode's page, gzip-compressed.
+pub const RAW_PAGE_GZIP: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/raw.html.gz"));
 
 /// The web client's response: HTML with a policy that allows only its own inline script and
 /// style (by the SHA-256 that `build.rs` computes from `web/index.html`), and connections back
 /// to this server (`'self'` covers same-origin `ws:`/`wss:` in current browsers), so injected
 /// markup, inline event handlers included, could not run or load anything even if it got into
 /// the page. `no-cache` makes browsers revalidate, so a new server version's page is picked up.
-pub fn page(protocol: Protocol) -> Response {
+pub fn page(protocol: Protocol, accepts_gzip: bool) -> Response {
     macro_rules! csp {
         ($script:literal, $style:literal) => {
             concat!(
@@ -409,19 +430,31 @@ pub fn page(protocol: Protocol) -> Response {
             )
         };
     }
+    if !accepts_gzip {
+        // Kept compressed only: a client that cannot take gzip (curl without --compressed)
+        // is told so rather than sent bytes it cannot read.
+        return Response::text(
+            406,
+            "the web client is sent gzip-compressed: open it in a browser, or ask for it \
+             with Accept-Encoding: gzip (curl --compressed)",
+        )
+        .with("Vary", "Accept-Encoding");
+    }
     let (body, csp) = match protocol {
         Protocol::V1 => (
-            PAGE,
+            PAGE_GZIP,
             csp!("SMOLCHAT_SCRIPT_SHA256", "SMOLCHAT_STYLE_SHA256"),
         ),
         Protocol::Raw => (
-            RAW_PAGE,
+            RAW_PAGE_GZIP,
             csp!("SMOLCHAT_RAW_SCRIPT_SHA256", "SMOLCHAT_RAW_STYLE_SHA256"),
         ),
     };
     Response {
         status: 200,
         headers: vec![
+            ("Content-Encoding", "gzip".to_string()),
+            ("Vary", "Accept-Encoding".to_string()),
             ("Content-Security-Policy", csp.to_string()),
             ("Cache-Control", "no-cache".to_string()),
             ("X-Content-Type-Options", "nosniff".to_string()),
@@ -548,7 +581,7 @@ mod tests {
             panic!("a rebinding upgrade is refused")
         };
         assert_eq!(r.status, 403);
-        assert!(r.body.contains("--allow-host"));
+        assert!(String::from_utf8_lossy(&r.body).contains("--allow-host"));
         config.allow_hosts = vec!["*".into()];
         assert!(host_allowed(&with_host("anything.example"), &config));
     }

@@ -127,9 +127,10 @@ fn groups_are_isolated_and_named_by_the_path() {
             .await;
             assert_eq!(raw::status(&response), 404, "{bad}: {response}");
         }
-        let page = http(server.addr, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").await;
-        assert!(
-            page.ends_with(smolchat::http::RAW_PAGE),
+        let (_, page) = common::page(server.addr).await;
+        assert_eq!(
+            page,
+            smolchat::http::RAW_PAGE,
             "raw mode serves its own page"
         );
     });

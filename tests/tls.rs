@@ -116,12 +116,14 @@ async fn skip_to(ws: &mut Wss, ty: &str) -> Value {
 /// A GET over TLS; returns the whole response.
 async fn https_get(addr: SocketAddr, cert: &Cert, path: &str) -> String {
     let (mut tls, _) = tls_connect(addr, &[&cert.der]).await;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nAccept-Encoding: gzip\r\n\r\n");
     tls.write_all(request.as_bytes()).await.unwrap();
     tls.flush().await.unwrap();
     let mut out = Vec::new();
     let _ = deadline("an https response", tls.read_to_end(&mut out)).await;
-    String::from_utf8_lossy(&out).into_owned()
+    let (head, body) = common::decoded(&out);
+    format!("{head}\r\n\r\n{body}")
 }
 
 #[test]

@@ -12,6 +12,7 @@ import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import zlib from 'node:zlib';
 import { chromium } from 'playwright-core';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -42,12 +43,16 @@ function freePort() {
 function get(url, { ca } = {}) {
   if (!url.startsWith('https:')) return fetch(url);
   return new Promise((resolve, reject) => {
-    const req = https.get(url, { ca, timeout: TIMEOUT }, (res) => {
+    // Like a browser (and fetch): the page is served gzip-compressed to clients that accept it.
+    const headers = { 'accept-encoding': 'gzip' };
+    const req = https.get(url, { ca, timeout: TIMEOUT, headers }, (res) => {
       const chunks = [];
       res.on('data', (c) => chunks.push(c));
       res.on('error', reject);
       res.on('end', () => {
-        const body = Buffer.concat(chunks).toString('utf8');
+        const raw = Buffer.concat(chunks);
+        const gzipped = res.headers['content-encoding'] === 'gzip';
+        const body = (gzipped ? zlib.gunzipSync(raw) : raw).toString('utf8');
         resolve({
           status: res.statusCode,
           ok: res.statusCode >= 200 && res.statusCode < 300,

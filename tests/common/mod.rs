@@ -237,6 +237,43 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// A response's head and its body, un-gzipped if it says `Content-Encoding: gzip` (the built-in
+/// page is served so; a request for it must say `Accept-Encoding: gzip`).
+pub fn decoded(response: &[u8]) -> (String, String) {
+    let split = response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a complete head");
+    let head = String::from_utf8_lossy(&response[..split]).into_owned();
+    let body = &response[split + 4..];
+    let gzip = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("content-encoding: gzip"));
+    let body = match gzip {
+        true => {
+            use std::io::Read;
+            let mut text = String::new();
+            flate2::read::GzDecoder::new(body)
+                .read_to_string(&mut text)
+                .expect("valid gzip");
+            text
+        }
+        false => String::from_utf8_lossy(body).into_owned(),
+    };
+    (head, body)
+}
+
+/// `GET /` as a browser asks for it (gzip accepted): the head and the page, un-gzipped.
+pub async fn page(addr: SocketAddr) -> (String, String) {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    let mut s = Async::<TcpStream>::connect(addr).await.unwrap();
+    let request = "GET / HTTP/1.1\r\nHost: x\r\nAccept-Encoding: gzip, deflate, br\r\n\r\n";
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    deadline("the page", s.read_to_end(&mut out)).await.unwrap();
+    decoded(&out)
+}
+
 // Exact event assertions (used by tests/protocol.rs and tests/history.rs).
 
 /// `a` says `text` in lobby and `a` and every client in `all` receive it with `id`.

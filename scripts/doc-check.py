@@ -17,7 +17,7 @@ Each runs with bash in a temporary directory that holds what the docs' commands 
 `auth-secret` and `secret` (48 random bytes, base64), `api-key` (32), and `cert.pem`/`key.pem`
 (a self-signed P-256 certificate made with the README's own openssl command), with `smolchat`
 first on the PATH: the debug build with the features the command needs (`--tls-*`: `tls`,
-`--redis*`: `redis`; `cargo run --features F`: F). A loop variable (`for port in 8081 8082`)
+`--redis*`: `redis`; `--data-dir`, `--sync-interval`: `store`; `cargo run --features F`: F). A loop variable (`for port in 8081 8082`)
 takes its first value. --check never connects to Redis.
 
 Not run: synopses (an argument with `[` or `...`, or an upper-case placeholder such as NAME) and
@@ -80,6 +80,8 @@ class Command:
             self.features.add("tls")
         if any(w.startswith("--redis") for w in words):
             self.features.add("redis")
+        if any(w in ("--data-dir", "--sync-interval") or w.startswith("--data-dir=") for w in words):
+            self.features.add("store")
 
     def build(self):
         return ",".join(sorted(self.features)) or "default"

@@ -601,7 +601,20 @@ impl Config {
             } else {
                 0
             },
+            store: self.store_memory(),
         }
+    }
+
+    /// The durable store's share of the worst case (`--data-dir`): changes waiting for the
+    /// writer (at most 2 × max(`--history-total-bytes`, 1 MiB)), the batch it is committing
+    /// (no more than the history it mirrors) and redb's 1 MiB page cache; 0 without a store.
+    fn store_memory(&self) -> u64 {
+        #[cfg(feature = "store")]
+        if self.data_dir.is_some() {
+            const MIB: u64 = 1 << 20;
+            return 3 * (self.history_total_bytes as u64).max(MIB) + MIB;
+        }
+        0
     }
 
     /// The numeric limits in effect, as `(flag, value)`: what `smolchat --check` prints.
@@ -953,6 +966,9 @@ pub struct WorstCase {
     /// With a TLS certificate (feature `tls`): 96 KiB a session and 90 KiB a pending
     /// connection of rustls's buffers; 0 without.
     pub tls: u64,
+    /// With `--data-dir` (feature `store`): 3 × max(`--history-total-bytes`, 1 MiB) + 1 MiB;
+    /// 0 without.
+    pub store: u64,
 }
 
 impl WorstCase {
@@ -966,6 +982,7 @@ impl WorstCase {
             + self.bookkeeping
             + self.rooms
             + self.tls
+            + self.store
     }
 }
 

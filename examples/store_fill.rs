@@ -8,7 +8,7 @@
 
 use smolchat::protocol::Frame;
 use smolchat::store::db::Database;
-use smolchat::store::{Batch, Op};
+use smolchat::store::{Batch, Grant, Op};
 
 fn main() -> Result<(), String> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -25,7 +25,10 @@ fn main() -> Result<(), String> {
         batch.add(Op::Create {
             room: room.clone(),
             epoch: format!("fill-{r}"),
-            reserved: Some(messages),
+            reserved: Some(Grant {
+                up_to: messages,
+                serial: r + 1,
+            }),
         });
         for id in 1..=messages {
             seq += 1;

@@ -201,13 +201,19 @@ impl Chat {
         }
         #[cfg(feature = "store")]
         if let Some(dir) = &config.data_dir {
-            // The writer reports each commit; a few may wait while the hub is busy.
-            let (reports, notices) = async_channel::bounded(16);
+            // The writer reports each commit (one at most per commit, small): unbounded, so
+            // that it never waits on a hub that is waiting for it to end (a clean stop).
+            let (reports, notices) = async_channel::unbounded();
             // Changes may wait for the writer up to about twice the history itself.
             let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
-            let (store, saved) = store::Store::open(dir, config.sync_interval, limit, reports)?;
-            let local =
-                authority::local::Local::with_store(config.clone(), metrics.clone(), store, saved);
+            let (store, saved, starts) =
+                store::Store::open(dir, config.sync_interval, limit, reports)?;
+            let local = authority::local::Local::with_store(
+                config.clone(),
+                metrics.clone(),
+                store,
+                (saved, starts),
+            );
             let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
             let chat = Chat::handle(inbox, &hub, config, metrics);
             return Ok((

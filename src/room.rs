@@ -47,9 +47,9 @@ pub struct Room {
     /// The address whose client made the room non-empty, while it has members
     /// (`--max-rooms-per-address`).
     pub(crate) holder: Option<Address>,
-    /// Ids after the first and up to the second that may have named messages now lost: after
-    /// a crash, those the durable store had reserved but not yet committed (`--data-dir`).
-    hole: Option<(u64, u64)>,
+    /// Ids up to this may have named messages a crash lost (`--data-dir`: the end of the
+    /// latest hole the durable store found at start-up); 0 for none.
+    floor: u64,
 }
 
 /// What a join replays: the messages to re-send and whether nothing in between was lost.
@@ -76,18 +76,18 @@ impl Room {
             last_id: 0,
             idle_since: 0,
             holder: None,
-            hole: None,
+            floor: 0,
         }
     }
 
     /// A room read back from the durable store (`--data-dir`): `messages` are the retained
     /// ones, oldest first, as (id, server-wide order, encoded event); the room goes on after
-    /// `reserved`, and the ids between the last message committed (`last_id`) and it are a
-    /// hole that may have held messages lost in a crash.
+    /// `reserved`. Ids up to `floor` (and between the last message committed, `last_id`, and
+    /// `reserved`) may have named messages lost in a crash.
     pub fn reopened(
         epoch: String,
         (capacity, byte_capacity): (usize, usize),
-        (last_id, reserved): (u64, u64),
+        (last_id, reserved, floor): (u64, u64, u64),
         messages: Vec<(u64, u64, Frame)>,
     ) -> Self {
         let mut room = Room::new(epoch, capacity, byte_capacity);
@@ -96,7 +96,10 @@ impl Room {
             room.remember(frame, seq);
         }
         room.last_id = last_id.max(reserved);
-        room.hole = (reserved > last_id).then_some((last_id, reserved));
+        room.floor = match reserved > last_id {
+            true => floor.max(reserved),
+            false => floor,
+        };
         room
     }
 
@@ -118,7 +121,7 @@ impl Room {
             last_id,
             idle_since: 0,
             holder: None,
-            hole: None,
+            floor: 0,
         }
     }
 
@@ -187,7 +190,14 @@ impl Room {
     pub fn remember(&mut self, frame: Frame, seq: u64) -> (usize, usize) {
         let size = frame.len();
         if self.capacity == 0 || size > self.byte_capacity {
-            return (0, 0);
+            // Not kept: neither is anything older, so that a replay from before it reports
+            // the gap. (With the flags' own checks this happens only to a room read back from
+            // the store under a lower --history-bytes than it was written with.)
+            let mut forgotten = 0;
+            while !self.history.is_empty() {
+                forgotten += self.forget_oldest();
+            }
+            return (0, forgotten);
         }
         let mut forgotten = 0;
         while self.history.len() >= self.capacity || self.bytes + size > self.byte_capacity {
@@ -255,7 +265,7 @@ impl Room {
         // Complete when every id in since+1 ..= last_id is still here, and none of them is in
         // a hole a crash may have left.
         let oldest = self.history.front().map_or(self.last_id + 1, |m| m.id);
-        let holed = self.hole.is_some_and(|(_, end)| since < end);
+        let holed = since < self.floor;
         let complete = since >= self.last_id || (oldest <= since + 1 && !holed);
         Replay {
             messages,
@@ -293,12 +303,13 @@ mod tests {
         r.next_id();
         assert_eq!(
             r.remember(Frame::from("x".repeat(11)), 0),
-            (0, 0),
-            "too big"
+            (0, 9),
+            "too big: not kept, and neither is anything older (bbbb, cc, ddd)"
         );
-        assert_eq!(r.forget_oldest(), 4);
-        assert_eq!(r.replay(Some(1), Some("e1")).complete, Some(false));
-        assert_eq!(r.history_bytes(), 5);
+        let complete = |since| r.replay(Some(since), Some("e1")).complete;
+        assert_eq!(complete(4), Some(false), "5 is not kept");
+        assert_eq!(complete(5), Some(true));
+        assert_eq!(r.history_bytes(), 0);
     }
 
     fn ids(replay: &Replay) -> Vec<String> {
@@ -352,7 +363,7 @@ mod tests {
         let messages = (3..=5)
             .map(|id| (id, id, Frame::from(id.to_string())))
             .collect();
-        let r = Room::reopened("e1".into(), (100, usize::MAX), (5, 8), messages);
+        let r = Room::reopened("e1".into(), (100, usize::MAX), (5, 8, 0), messages);
         assert_eq!(
             r.last_id(),
             8,
@@ -366,12 +377,12 @@ mod tests {
         );
         assert_eq!(r.replay(Some(7), Some("e1")).complete, Some(false));
         assert_eq!(r.replay(Some(8), Some("e1")).complete, Some(true));
-        let quiet = Room::reopened("e1".into(), (100, usize::MAX), (5, 5), Vec::new());
+        let quiet = Room::reopened("e1".into(), (100, usize::MAX), (5, 5, 0), Vec::new());
         assert_eq!(quiet.replay(Some(5), Some("e1")).complete, Some(true));
         let messages = (3..=5)
             .map(|id| (id, id, Frame::from(id.to_string())))
             .collect();
-        let clean = Room::reopened("e1".into(), (100, usize::MAX), (5, 5), messages);
+        let clean = Room::reopened("e1".into(), (100, usize::MAX), (5, 5, 0), messages);
         assert_eq!(
             clean.replay(Some(2), Some("e1")).complete,
             Some(true),
@@ -382,6 +393,24 @@ mod tests {
             Some(false),
             "2 was trimmed"
         );
+        // A hole from an earlier crash, kept as the floor after later messages were committed.
+        let messages = (3..=12)
+            .map(|id| (id, id, Frame::from(id.to_string())))
+            .collect();
+        let later = Room::reopened("e1".into(), (100, usize::MAX), (12, 12, 8), messages);
+        let complete = |since| later.replay(Some(since), Some("e1")).complete;
+        assert_eq!(complete(6), Some(false), "7 and 8 may be lost");
+        assert_eq!(complete(8), Some(true));
+        // A message too big for today's --history-bytes: nothing older is claimed complete.
+        let sized = vec![
+            (1, 1, Frame::from("aaaa")),
+            (2, 2, Frame::from("b".repeat(50))),
+            (3, 3, Frame::from("cccc")),
+        ];
+        let lowered = Room::reopened("e1".into(), (100, 20), (3, 3, 0), sized);
+        let complete = |since| lowered.replay(Some(since), Some("e1")).complete;
+        assert_eq!(complete(1), Some(false), "2 is gone");
+        assert_eq!(complete(2), Some(true));
     }
 
     #[test]

@@ -42,6 +42,9 @@ pub struct Saved {
     /// The most ids the server may have given; above `last_id` after a crash while the room
     /// was in use.
     pub reserved: u64,
+    /// Ids up to this may have named messages a crash lost (the highest hole's end, kept
+    /// across restarts): a cursor before it recovers `complete: false`. 0: none.
+    pub floor: u64,
     /// The retained messages, oldest first: id, server-wide order, encoded event.
     pub messages: Vec<(u64, u64, Frame)>,
 }
@@ -56,7 +59,7 @@ pub enum Op {
     Create {
         room: String,
         epoch: String,
-        reserved: Option<u64>,
+        reserved: Option<Grant>,
     },
     /// A message the room remembers.
     Put {
@@ -67,11 +70,11 @@ pub enum Op {
     },
     /// The room forgot its messages before `below`.
     Trim { room: String, below: u64 },
-    /// The room may give ids up to `up_to` (less than before: it gives back what it did not
-    /// use). `urgent`: a `say` waits for it, so the batch is committed at once.
+    /// The room may give ids up to the grant's (less than before: it gives back what it did
+    /// not use). `urgent`: a `say` waits for it, so the batch is committed at once.
     Reserve {
         room: String,
-        up_to: u64,
+        grant: Grant,
         urgent: bool,
     },
     /// The room is gone (evicted while empty).
@@ -93,11 +96,19 @@ impl Op {
     }
 }
 
+/// A reservation of ids for a room: up to `up_to`, asked for as number `serial` (never
+/// reused, across rooms and their lives, so a late report of an old one is told apart).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Grant {
+    pub up_to: u64,
+    pub serial: u64,
+}
+
 /// What a commit made durable, for the hub's authority.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Report {
     /// Committed: these rooms' reservations now hold.
-    Committed(Vec<(String, u64)>),
+    Committed(Vec<(String, Grant)>),
     /// The commit failed (disk full, I/O error): nothing of it holds; the writer tries again.
     Failed(String),
 }
@@ -130,7 +141,7 @@ fn renew(database: &mut db::Database, saved: &mut [Saved]) -> Result<(), String>
 /// commit.
 pub struct Store {
     ops: mpsc::Sender<Op>,
-    /// Bytes of ops sent and not yet taken by the writer.
+    /// Bytes of ops sent and not yet committed by the writer.
     queued: Arc<AtomicUsize>,
     /// Past this, the writer is too far behind; see [`Store::behind`].
     limit: usize,
@@ -146,9 +157,13 @@ impl Store {
         interval: Duration,
         limit: usize,
         notices: async_channel::Sender<Notice>,
-    ) -> Result<(Store, Vec<Saved>), String> {
+    ) -> Result<(Store, Vec<Saved>, u64), String> {
         let mut database = db::Database::open(&PathBuf::from(dir))?;
         let mut saved = database.load()?;
+        // Holes a crash left (ids reserved beyond the last committed message) are kept on disk
+        // as each room's floor before anything new is said, so a later commit cannot hide them.
+        database.settle(&mut saved)?;
+        let starts = database.count_start()?;
         let marker = PathBuf::from(dir).join(RESTORED);
         if marker.exists() {
             renew(&mut database, &mut saved)?;
@@ -174,7 +189,7 @@ impl Store {
             limit,
             writer: Some(writer),
         };
-        Ok((store, saved))
+        Ok((store, saved, starts))
     }
 
     /// Hands `op` to the writer; never waits.
@@ -224,7 +239,7 @@ pub struct Change {
     pub puts: BTreeMap<u64, (u64, Frame)>,
     /// Forget messages before this id (0: nothing).
     pub trim_below: u64,
-    pub reserved: Option<u64>,
+    pub reserved: Option<Grant>,
 }
 
 impl Batch {
@@ -255,8 +270,8 @@ impl Batch {
                 change.trim_below = change.trim_below.max(below);
                 change.puts = change.puts.split_off(&below);
             }
-            Op::Reserve { room, up_to, .. } => {
-                self.rooms.entry(room).or_default().reserved = Some(up_to);
+            Op::Reserve { room, grant, .. } => {
+                self.rooms.entry(room).or_default().reserved = Some(grant);
             }
             Op::Tick => {}
             Op::Drop { room } => {
@@ -277,7 +292,7 @@ impl Batch {
     }
 
     /// The reservations this batch makes durable.
-    fn reserved(&self) -> Vec<(String, u64)> {
+    fn reserved(&self) -> Vec<(String, Grant)> {
         let reserved = self.rooms.iter();
         reserved
             .filter_map(|(room, c)| Some((room.clone(), c.reserved?)))
@@ -297,8 +312,11 @@ fn writer(
     notices: async_channel::Sender<Notice>,
 ) {
     let mut batch = Batch::default();
-    let take = |batch: &mut Batch, op: Op| -> bool {
-        queued.fetch_sub(op.bytes(), Relaxed);
+    // Bytes of the ops in `batch`: they count against the bound until committed, so a disk
+    // that keeps failing cannot make the batch outgrow it.
+    let mut held = 0;
+    let take = |batch: &mut Batch, held: &mut usize, op: Op| -> bool {
+        *held += op.bytes();
         let urgent = matches!(op, Op::Reserve { urgent: true, .. });
         batch.add(op);
         urgent
@@ -307,10 +325,13 @@ fn writer(
     let mut pending = false;
     let mut open = true;
     while open {
+        // An urgent reservation (a `say` waits for it) is committed at once, without
+        // gathering, even when it is what woke the writer.
+        let mut urgent = false;
         if !pending {
             match ops.recv() {
                 Ok(op) => {
-                    take(&mut batch, op);
+                    urgent = take(&mut batch, &mut held, op);
                     pending = true;
                 }
                 Err(_) => break,
@@ -319,7 +340,7 @@ fn writer(
         // Gather: until the interval is over, an urgent reservation arrives, or (interval 0)
         // nothing more is waiting.
         let until = Instant::now() + interval;
-        loop {
+        while !urgent {
             let next = match until.checked_duration_since(Instant::now()) {
                 Some(left) if !left.is_zero() => ops.recv_timeout(left),
                 _ => ops.try_recv().map_err(|e| match e {
@@ -328,11 +349,7 @@ fn writer(
                 }),
             };
             match next {
-                Ok(op) => {
-                    if take(&mut batch, op) {
-                        break;
-                    }
-                }
+                Ok(op) => urgent = take(&mut batch, &mut held, op),
                 Err(mpsc::RecvTimeoutError::Timeout) => break,
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     open = false;
@@ -348,6 +365,7 @@ fn writer(
         let report = match committed {
             Ok(()) => {
                 pending = false;
+                queued.fetch_sub(std::mem::take(&mut held), Relaxed);
                 Report::Committed(std::mem::take(&mut batch).reserved())
             }
             Err(e) => {
@@ -356,7 +374,9 @@ fn writer(
                 Report::Failed(e)
             }
         };
-        let _ = notices.send_blocking(Notice::Stored(report));
+        // Unbounded: a report is small and there is at most one per commit, and the hub may
+        // be waiting for this thread to end (a clean stop) rather than reading them.
+        let _ = notices.try_send(Notice::Stored(report));
         if !open && pending {
             // The hub is gone and the disk still fails: what is left is lost, and said so.
             log::error!("store: stopping with changes that could not be written");
@@ -393,11 +413,17 @@ mod tests {
         batch.add(Op::Create {
             room: "b".into(),
             epoch: "e2".into(),
-            reserved: Some(32),
+            reserved: Some(Grant {
+                up_to: 32,
+                serial: 2,
+            }),
         });
         batch.add(Op::Reserve {
             room: "a".into(),
-            up_to: 9,
+            grant: Grant {
+                up_to: 9,
+                serial: 1,
+            },
             urgent: false,
         });
         let a = &batch.rooms["a"];
@@ -406,13 +432,28 @@ mod tests {
             [4, 5],
             "1-3 never written"
         );
-        assert_eq!((a.trim_below, a.reserved), (4, Some(9)));
+        assert_eq!((a.trim_below, a.reserved.map(|g| g.up_to)), (4, Some(9)));
         let b = &batch.rooms["b"];
         assert!(b.dropped && b.puts.is_empty());
         assert_eq!(b.epoch.as_deref(), Some("e2"));
         assert_eq!(
             batch.reserved(),
-            [("a".to_string(), 9), ("b".to_string(), 32)]
+            [
+                (
+                    "a".to_string(),
+                    Grant {
+                        up_to: 9,
+                        serial: 1
+                    }
+                ),
+                (
+                    "b".to_string(),
+                    Grant {
+                        up_to: 32,
+                        serial: 2
+                    }
+                )
+            ]
         );
     }
 }

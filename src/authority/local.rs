@@ -128,9 +128,12 @@ impl Local {
         config: Arc<Config>,
         metrics: Arc<Metrics>,
         store: crate::store::Store,
-        saved: Vec<crate::store::Saved>,
+        (saved, starts): (Vec<crate::store::Saved>, u64),
     ) -> Self {
         let mut local = Local::new(config, metrics);
+        // The store counts its starts: with it in every new epoch, epochs differ across
+        // restarts even where the clock does not (a gateway without a real-time clock).
+        local.epoch_base = format!("{}.{}", radix36(starts.into()), local.epoch_base);
         local.reopen(saved);
         local.durable = Some(durable::Durable::new(store));
         local
@@ -140,7 +143,7 @@ impl Local {
     #[cfg(feature = "store")]
     fn restore_room(&mut self, saved: crate::store::Saved) {
         let capacity = (self.config.history, self.config.history_bytes);
-        let ids = (saved.last_id, saved.reserved);
+        let ids = (saved.last_id, saved.reserved, saved.floor);
         let room = Room::reopened(saved.epoch, capacity, ids, saved.messages);
         self.history_bytes += room.history_bytes();
         if let Some(seq) = room.oldest_seq() {
@@ -400,10 +403,15 @@ impl Local {
         if others < self.config.max_rooms {
             return Ok(());
         }
+        #[cfg(feature = "store")]
+        let idle = |p: &Place| p.reservation.waiting.is_empty();
+        #[cfg(not(feature = "store"))]
+        let idle = |_: &Place| true;
         let oldest_empty = self
             .rooms
             .iter()
-            .filter(|(name, p)| p.room.members().is_empty() && *name != default)
+            // A room whose messages wait for their ids is in use, members or not.
+            .filter(|(name, p)| p.room.members().is_empty() && idle(p) && *name != default)
             .min_by_key(|(_, p)| p.room.idle_since)
             .map(|(name, _)| name.clone());
         let Some(name) = oldest_empty else {
@@ -795,14 +803,16 @@ impl Authority for Local {
         let before = room.oldest_seq();
         let (added, forgotten) = room.remember(frame.clone(), self.next_seq);
         #[cfg(feature = "store")]
-        if added > 0 {
+        {
             let oldest = room.oldest_id();
-            self.store(crate::store::Op::Put {
-                room: name.to_string(),
-                id,
-                seq: self.next_seq,
-                frame: frame.clone(),
-            });
+            if added > 0 {
+                self.store(crate::store::Op::Put {
+                    room: name.to_string(),
+                    id,
+                    seq: self.next_seq,
+                    frame: frame.clone(),
+                });
+            }
             if forgotten > 0 {
                 self.trimmed(name, oldest);
             }
@@ -818,6 +828,14 @@ impl Authority for Local {
                 self.oldest.insert(seq, name.to_string());
             }
         }
+        self.forget_over_total();
+    }
+}
+
+impl Local {
+    /// Forgets the oldest messages on the server until all rooms together are within
+    /// `--history-total-bytes`.
+    fn forget_over_total(&mut self) {
         while self.history_bytes > self.config.history_total_bytes {
             let Some((_, name)) = self.oldest.pop_first() else {
                 break;

@@ -7,8 +7,9 @@
 //!
 //! | table | key | value |
 //! |---|---|---|
-//! | `rooms` | room name | last id (u64 LE), reserved (u64 LE), epoch |
+//! | `rooms` | room name | last id, reserved, floor (u64 LE each), epoch |
 //! | `messages` | room name, 0x00, id (u64 BE) | server-wide order (u64 LE), encoded event |
+//! | `meta` | `starts` | how many times the store was opened (u64 LE) |
 //!
 //! Room names hold no 0x00 (see `protocol::valid_room`), and big-endian ids sort as numbers,
 //! so a room's messages are one key range, oldest first.
@@ -22,6 +23,7 @@ use crate::protocol::Frame;
 
 const ROOMS: TableDefinition<&str, &[u8]> = TableDefinition::new("rooms");
 const MESSAGES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("messages");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
 /// The file in `--data-dir`.
 pub const FILE: &str = "history.redb";
@@ -77,12 +79,13 @@ impl Database {
         let mut saved = Vec::new();
         for row in rooms.iter().map_err(|e| fail(&e))? {
             let (name, value) = row.map_err(|e| fail(&e))?;
-            let (last_id, reserved, epoch) = decode_room(value.value()).ok_or_else(|| {
-                fail(&format_args!(
-                    "room {:?} has a malformed record",
-                    name.value()
-                ))
-            })?;
+            let (last_id, reserved, floor, epoch) =
+                decode_room(value.value()).ok_or_else(|| {
+                    fail(&format_args!(
+                        "room {:?} has a malformed record",
+                        name.value()
+                    ))
+                })?;
             let name = name.value().to_string();
             let mut kept = Vec::new();
             let (from, to) = range(&name);
@@ -111,10 +114,57 @@ impl Database {
                 epoch,
                 last_id,
                 reserved,
+                floor,
                 messages: kept,
             });
         }
         Ok(saved)
+    }
+
+    /// Makes every hole a crash left permanent, before anything new is said: a room whose
+    /// reservation is above its last committed id goes on after the reservation, and the
+    /// reservation becomes its floor (ids up to it may have named lost messages). Updates
+    /// `saved` to match.
+    pub fn settle(&mut self, saved: &mut [Saved]) -> Result<(), String> {
+        let holed: Vec<&mut Saved> = saved
+            .iter_mut()
+            .filter(|r| r.reserved > r.last_id)
+            .collect();
+        if holed.is_empty() {
+            return Ok(());
+        }
+        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        {
+            let mut rooms = write.open_table(ROOMS).map_err(|e| e.to_string())?;
+            for room in holed {
+                room.floor = room.floor.max(room.reserved);
+                room.last_id = room.reserved;
+                let value = encode_room(room.last_id, room.reserved, room.floor, &room.epoch);
+                rooms
+                    .insert(room.name.as_str(), value.as_slice())
+                    .map_err(|e| e.to_string())?;
+            }
+        }
+        write.commit().map_err(|e| e.to_string())
+    }
+
+    /// Counts this start in the store and returns the count: part of every new room's epoch,
+    /// so that epochs differ across starts even on a device whose clock starts from the same
+    /// time at every boot.
+    pub fn count_start(&mut self) -> Result<u64, String> {
+        let write = self.db.begin_write().map_err(|e| e.to_string())?;
+        let starts = {
+            let mut meta = write.open_table(META).map_err(|e| e.to_string())?;
+            let starts = meta
+                .get("starts")
+                .map_err(|e| e.to_string())?
+                .map_or(0, |v| v.value())
+                + 1;
+            meta.insert("starts", starts).map_err(|e| e.to_string())?;
+            starts
+        };
+        write.commit().map_err(|e| e.to_string())?;
+        Ok(starts)
     }
 
     /// Applies `batch` in one durable transaction.
@@ -129,13 +179,13 @@ impl Database {
                     .get(name.as_str())
                     .map_err(|e| e.to_string())?
                     .and_then(|v| decode_room(v.value()));
-                let (mut last_id, mut reserved, mut epoch) = old.unwrap_or_default();
+                let (mut last_id, mut reserved, mut floor, mut epoch) = old.unwrap_or_default();
                 if change.dropped {
                     rooms.remove(name.as_str()).map_err(|e| e.to_string())?;
                     messages
                         .retain_in(from.as_slice()..to.as_slice(), |_, _| false)
                         .map_err(|e| e.to_string())?;
-                    (last_id, reserved, epoch) = Default::default();
+                    (last_id, reserved, floor, epoch) = Default::default();
                 }
                 // A new room, or a new life of a restored one: its ids go on (a dropped room's
                 // were reset above).
@@ -160,10 +210,10 @@ impl Database {
                         .retain_in(from.as_slice()..below.as_slice(), |_, _| false)
                         .map_err(|e| e.to_string())?;
                 }
-                if let Some(r) = change.reserved {
-                    reserved = r;
+                if let Some(grant) = change.reserved {
+                    reserved = grant.up_to;
                 }
-                let value = encode_room(last_id, reserved, &epoch);
+                let value = encode_room(last_id, reserved, floor, &epoch);
                 rooms
                     .insert(name.as_str(), value.as_slice())
                     .map_err(|e| e.to_string())?;
@@ -191,19 +241,20 @@ fn range(room: &str) -> (Vec<u8>, Vec<u8>) {
     (from, to)
 }
 
-fn encode_room(last_id: u64, reserved: u64, epoch: &str) -> Vec<u8> {
-    let mut value = Vec::with_capacity(16 + epoch.len());
+fn encode_room(last_id: u64, reserved: u64, floor: u64, epoch: &str) -> Vec<u8> {
+    let mut value = Vec::with_capacity(24 + epoch.len());
     value.extend_from_slice(&last_id.to_le_bytes());
     value.extend_from_slice(&reserved.to_le_bytes());
+    value.extend_from_slice(&floor.to_le_bytes());
     value.extend_from_slice(epoch.as_bytes());
     value
 }
 
-fn decode_room(value: &[u8]) -> Option<(u64, u64, String)> {
-    let last_id = u64::from_le_bytes(value.get(..8)?.try_into().ok()?);
-    let reserved = u64::from_le_bytes(value.get(8..16)?.try_into().ok()?);
-    let epoch = std::str::from_utf8(value.get(16..)?).ok()?.to_string();
-    Some((last_id, reserved, epoch))
+fn decode_room(value: &[u8]) -> Option<(u64, u64, u64, String)> {
+    let number = |at: usize| Some(u64::from_le_bytes(value.get(at..at + 8)?.try_into().ok()?));
+    let (last_id, reserved, floor) = (number(0)?, number(8)?, number(16)?);
+    let epoch = std::str::from_utf8(value.get(24..)?).ok()?.to_string();
+    Some((last_id, reserved, floor, epoch))
 }
 
 /// Creates `dir` readable by the server's user only (0700), if it does not exist.
@@ -264,7 +315,10 @@ mod tests {
         }
         batch.add(Op::Reserve {
             room: "dev".into(),
-            up_to: 20,
+            grant: crate::store::Grant {
+                up_to: 20,
+                serial: 1,
+            },
             urgent: false,
         });
         db.commit(&batch).unwrap();

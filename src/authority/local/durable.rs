@@ -6,15 +6,17 @@
 //! that finds none waits ([`Waiter`]), its client busy, until the store's report that the
 //! reservation was committed comes back through the hub ([`Local::stored`]), and is said
 //! then, in arrival order. Reservations are asked for in blocks ahead of need, so a busy room
-//! never waits; a room that was not used between two reports gives back what it did not use,
-//! so that a crash in a quiet moment leaves no hole (see [`crate::store`]).
+//! does not wait; a room that was not used between two reports gives back what it did not
+//! use, so that a crash in a quiet moment leaves no hole (see [`crate::store`]). Each ask
+//! carries a serial that is never reused, so the report of an old ask (an earlier life of the
+//! room, or one overtaken by a give-back) never grants anything.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering::Relaxed;
 
 use super::{Answer, ClientId, Local, RoomEvent, Waiter};
 use crate::metrics::Metrics;
-use crate::store::{Op, Report, Saved, Store};
+use crate::store::{Grant, Op, Report, Saved, Store};
 
 /// The first block of ids a room reserves, and the most (blocks double while a room keeps
 /// running out before the store answers).
@@ -23,10 +25,11 @@ const MAX_BLOCK: u64 = 4096;
 /// Messages that may wait for a room's reservation; more get `unavailable`.
 const MAX_WAITERS: usize = 1024;
 
-/// The store, and whether its last commit failed.
+/// The store, whether its last commit failed, and the serial of the next ask.
 pub(super) struct Durable {
     pub(super) store: Store,
     failing: bool,
+    serial: u64,
 }
 
 impl Durable {
@@ -34,7 +37,30 @@ impl Durable {
         Durable {
             store,
             failing: false,
+            serial: 0,
         }
+    }
+
+    /// The grant to ask for ids up to `up_to`, with a serial never used before.
+    fn grant(&mut self, up_to: u64) -> Grant {
+        self.serial += 1;
+        Grant {
+            up_to,
+            serial: self.serial,
+        }
+    }
+
+    /// Asks the store for room `name`'s reservation to be `up_to` (and remembers the ask in
+    /// `r`): `urgent` when a message waits for it.
+    fn ask(&mut self, name: &str, r: &mut Reservation, up_to: u64, urgent: bool) {
+        let grant = self.grant(up_to);
+        (r.asked, r.serial) = (up_to, grant.serial);
+        let room = name.to_string();
+        self.store.send(Op::Reserve {
+            room,
+            grant,
+            urgent,
+        });
     }
 }
 
@@ -46,13 +72,14 @@ pub(super) struct Reservation {
     /// The reservation the store holds on disk now (after a room gave some back, more than
     /// `granted`): what a crash now would leave as a hole.
     on_disk: u64,
-    /// The newest reservation asked of the store (committed or not).
+    /// The newest reservation asked of the store (committed or not), and its serial.
     asked: u64,
+    serial: u64,
     block: u64,
     /// An id was given since the store's last report.
     used: bool,
     /// Messages waiting for ids, in arrival order.
-    waiting: VecDeque<Waiter>,
+    pub(super) waiting: VecDeque<Waiter>,
 }
 
 impl Reservation {
@@ -62,6 +89,7 @@ impl Reservation {
             granted: last_id,
             on_disk: last_id,
             asked: last_id,
+            serial: 0,
             block: FIRST_BLOCK,
             used: false,
             waiting: VecDeque::new(),
@@ -98,34 +126,42 @@ impl Local {
     }
 
     /// A new room: the store learns of it with its first block of ids, which it may use at
-    /// once (see [`Op::Create`]).
-    pub(super) fn created(&self, name: &str, epoch: &str) -> Reservation {
-        if self.durable.is_none() {
+    /// once (see [`Op::Create`]); none while the store is failing or behind, so that a disk
+    /// that does not keep up cannot be outrun by rooms coming and going.
+    pub(super) fn created(&mut self, name: &str, epoch: &str) -> Reservation {
+        let Some(durable) = &mut self.durable else {
             return Reservation::at(0);
-        }
-        self.store(Op::Create {
+        };
+        let block = match durable.failing || durable.store.behind() {
+            true => 0,
+            false => FIRST_BLOCK,
+        };
+        let grant = durable.grant(block);
+        durable.store.send(Op::Create {
             room: name.to_string(),
             epoch: epoch.to_string(),
-            reserved: Some(FIRST_BLOCK),
+            reserved: Some(grant),
         });
-        let mut reservation = Reservation::at(FIRST_BLOCK);
-        reservation.on_disk = 0; // not yet
+        let mut reservation = Reservation::at(block);
+        (reservation.on_disk, reservation.serial) = (0, grant.serial);
         reservation
     }
 
-    /// Rooms read back from the store, as they were.
+    /// Rooms read back from the store, as they were, within today's limits.
     pub(super) fn reopen(&mut self, saved: Vec<Saved>) {
         for room in saved {
             let seq = room.messages.iter().map(|m| m.1).max().unwrap_or(0);
             self.next_seq = self.next_seq.max(seq + 1);
             self.restore_room(room);
         }
+        // A lower --history-total-bytes than last time: forget the oldest now.
+        self.forget_over_total();
     }
 
     /// Whether `waiter`, a message for room `name`, may have its id now; if not, it waits
     /// (or is refused when the store cannot keep up).
     pub(super) fn gate(&mut self, name: &str, waiter: Waiter) -> (Gate, Option<Waiter>) {
-        let Some(durable) = &self.durable else {
+        let Some(durable) = &mut self.durable else {
             return (Gate::Now, Some(waiter));
         };
         let Some(place) = self.rooms.get_mut(name) else {
@@ -138,25 +174,22 @@ impl Local {
         if durable.failing || durable.store.behind() || r.waiting.len() >= MAX_WAITERS {
             return (Gate::Unavailable, None);
         }
+        let first = r.waiting.is_empty();
         r.waiting.push_back(waiter);
         let needed = place.room.last_id() + r.waiting.len() as u64;
-        if r.asked < needed {
-            // It ran out before the store answered: ask for more, at once.
+        if first || r.asked < needed {
+            // It ran out before the store answered: a bigger block, asked for at once (an
+            // ask already on its way would wait for the interval).
             r.block = (r.block * 2).min(MAX_BLOCK);
-            r.asked = needed + r.block;
-            let op = Op::Reserve {
-                room: name.to_string(),
-                up_to: r.asked,
-                urgent: true,
-            };
-            durable.store.send(op);
+            let up_to = r.asked.max(needed + r.block);
+            durable.ask(name, r, up_to, true);
         }
         (Gate::Waiting, None)
     }
 
     /// After an id was given in room `name`: asks for the next block before this one runs out.
     pub(super) fn given(&mut self, name: &str) {
-        let Some(durable) = &self.durable else {
+        let Some(durable) = &mut self.durable else {
             return;
         };
         let Some(place) = self.rooms.get_mut(name) else {
@@ -166,13 +199,7 @@ impl Local {
         r.used = true;
         let last_id = place.room.last_id();
         if r.asked < last_id + r.block / 2 {
-            r.asked = last_id + r.block;
-            let op = Op::Reserve {
-                room: name.to_string(),
-                up_to: r.asked,
-                urgent: false,
-            };
-            durable.store.send(op);
+            durable.ask(name, r, last_id + r.block, false);
         }
     }
 
@@ -203,15 +230,15 @@ impl Local {
                 return answers;
             }
         };
-        for (name, up_to) in reserved {
-            // Only the newest reservation asked counts: an older one committed after a room
-            // gave its reservation back must not hand it out again.
-            if let Some(place) = self.rooms.get_mut(&name) {
+        for (name, grant) in reserved {
+            // Only the newest ask of this life of the room grants: the report of an older
+            // one (overtaken by a give-back, or of an evicted life) is what the disk held for
+            // a moment, no more.
+            if let Some(place) = self.rooms.get_mut(&name)
+                && place.reservation.serial == grant.serial
+            {
                 let r = &mut place.reservation;
-                r.on_disk = up_to;
-                if r.asked == up_to {
-                    r.granted = up_to;
-                }
+                (r.on_disk, r.granted) = (grant.up_to, grant.up_to);
             }
         }
         let ready: Vec<String> = (self.rooms.iter())
@@ -244,7 +271,7 @@ impl Local {
     /// crash from now on leaves no hole in them; a room that was used is looked at again after
     /// the next commit, which an empty op asks for.
     fn give_back_unused(&mut self) {
-        let Some(durable) = &self.durable else {
+        let Some(durable) = &mut self.durable else {
             return;
         };
         let mut again = false;
@@ -256,15 +283,10 @@ impl Local {
                 r.used = false;
                 again = true;
             } else if r.asked > last_id && r.waiting.is_empty() {
-                (r.granted, r.asked, r.block) = (last_id, last_id, FIRST_BLOCK);
-                let op = Op::Reserve {
-                    room: name.clone(),
-                    up_to: last_id,
-                    urgent: false,
-                };
-                durable.store.send(op);
+                (r.granted, r.block) = (last_id, FIRST_BLOCK);
+                durable.ask(name, r, last_id, false);
             }
-            ahead += r.on_disk.saturating_sub(place.room.last_id());
+            ahead += r.on_disk.saturating_sub(last_id);
         }
         self.metrics.store_reserved_ahead.store(ahead, Relaxed);
         if again {
@@ -282,17 +304,13 @@ impl Local {
     /// A clean stop: every room gives its reservation back, and the store commits everything
     /// before the process ends.
     pub(super) fn close_store(&mut self) {
-        let Some(durable) = self.durable.take() else {
+        let Some(mut durable) = self.durable.take() else {
             return;
         };
-        for (name, place) in &self.rooms {
-            if place.reservation.asked > place.room.last_id() {
-                let op = Op::Reserve {
-                    room: name.clone(),
-                    up_to: place.room.last_id(),
-                    urgent: false,
-                };
-                durable.store.send(op);
+        for (name, place) in &mut self.rooms {
+            let last_id = place.room.last_id();
+            if place.reservation.asked > last_id {
+                durable.ask(name, &mut place.reservation, last_id, false);
             }
         }
         durable.store.close();

@@ -13,7 +13,8 @@
 #   --write          write BENCHMARKS.md even with --quick
 #   --no-write       do not touch BENCHMARKS.md or docs/bench/ (results and charts stay in
 #                    target/bench-results/)
-#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub,bun
+#   --servers LIST   comma-separated subset of: smolchat,smolchat-raw,tt-peer,go-hub,bun,
+#                    smolchat-store (not in the default list: smolchat with --data-dir)
 #                    [default: all] (smolchat-raw is `smolchat --protocol raw`, the Go hub's
 #                    own protocol; tt-peer is `cargo build --release --example tt_peer`, the
 #                    tokio-tungstenite peer: plain-text broadcast like the Go hub; bun is
@@ -118,6 +119,12 @@ fi
 log "building smolchat, the tokio-tungstenite peer and the load generator (release)"
 cargo build --release --bins --examples >&2
 smolchat=$repo/target/release/smolchat
+# smolchat-store: the same server built with the store feature, run with --data-dir (durable
+# history, docs/durability.md) and the default --sync-interval, on this machine's disk.
+if has "$servers" smolchat-store; then
+  CARGO_TARGET_DIR=$repo/target/store-bench cargo build --release --features store --bin smolchat >&2
+fi
+smolchat_store=$repo/target/store-bench/release/smolchat
 bench=$repo/target/release/examples/bench
 tt_peer=$repo/target/release/examples/tt_peer
 
@@ -181,6 +188,12 @@ trap stop_server EXIT
 start_server() {
   next_port
   case $1 in
+    smolchat-store)
+      # As smolchat, plus a fresh data directory for every run.
+      "${prio[@]}" "${pin_server[@]}" "$smolchat_store" --listen "127.0.0.1:$port" --rate-limit 0 \
+        --max-connections 20000 --max-pending 20000 --max-pending-per-address 20000 \
+        --log-level warn --data-dir "$out/data-$port" >"$2" 2>&1 &
+      ;;
     smolchat | smolchat-raw)
       # No rate limit (the generator sends far more than 10 msg/s per client), room for the
       # idle runs' 10,000 clients (all from one address, connecting as fast as they can, so

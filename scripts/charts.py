@@ -18,7 +18,7 @@ import xml.etree.ElementTree as ET
 from html import escape
 
 # A fixed colour per known server, so a server looks the same in every chart and every run.
-KNOWN = ["smolchat", "smolchat-raw", "tt-peer", "go-hub", "bun"]
+KNOWN = ["smolchat", "smolchat-raw", "tt-peer", "go-hub", "bun", "smolchat-store"]
 PALETTE = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#d62728", "#8c564b", "#e377c2", "#7f7f7f"]
 W, H, LEFT, RIGHT, TOP, BOTTOM = 960, 500, 90, 20, 140, 410  # TOP/BOTTOM: the plot's y range
 

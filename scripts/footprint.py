@@ -2,7 +2,9 @@
 """Gateway footprint of a smolchat binary: resident memory at start, with 100 and with 1,000
 idle clients, and the time from exec to the first accepted WebSocket connection.
 
-Usage: footprint.py BINARY [--clients 100,1000] [--runs 5] [--tls]
+Usage: footprint.py BINARY [--clients 100,1000] [--runs 5] [--tls] [--server "FLAGS"]
+--server passes more flags to the server, e.g. --server "--data-dir /var/tmp/full" to time
+the start with a full durable store (fill it with examples/store_fill.rs).
 With --tls (a binary built with the tls feature) the server gets a self-signed certificate
 made with openssl, and every client connects over TLS.
 Python standard library only (plus openssl for --tls); loopback only; every wait is bounded.
@@ -10,6 +12,7 @@ Python standard library only (plus openssl for --tls); loopback only; every wait
 import argparse, base64, os, resource, socket, ssl, statistics, subprocess, sys, tempfile, time
 
 TLS = None  # (server flags, client context) with --tls
+EXTRA = []  # --server
 
 
 def free_port():
@@ -50,7 +53,7 @@ def upgrade(port, timeout=5.0):
 def start(binary, port, extra=()):
     tls_flags = TLS[0] if TLS else []
     return subprocess.Popen(
-        [binary, "--listen", f"127.0.0.1:{port}", "--log-level", "warn", *tls_flags, *extra],
+        [binary, "--listen", f"127.0.0.1:{port}", "--log-level", "warn", *tls_flags, *EXTRA, *extra],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
@@ -99,7 +102,9 @@ def main():
     ap.add_argument("--clients", default="100,1000")
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--tls", action="store_true")
+    ap.add_argument("--server", default="")
     args = ap.parse_args()
+    EXTRA.extend(args.server.split())
     if args.tls:
         global TLS
         d = tempfile.mkdtemp()

@@ -8,8 +8,9 @@ tmpfs).
 Usage: store-wear.py BINARY DATA_DIR RATE SECONDS [extra server flags...]
 Starts BINARY on a free loopback port with --data-dir DATA_DIR (emptied first), one client
 says RATE messages a second (64 characters each) in room `wear` for SECONDS (bounded), then
-it waits 3 s for the last commits, prints one JSON line and stops the server. Idle writes
-are measured too: the 5 s before the first message.
+it waits 3 s for the last commits, measures 10 s of idleness (nothing may be written), prints
+one JSON line and stops the server. `join_write_bytes`: what the 5 s after joining the room
+(its creation) wrote.
 Python's standard library only.
 """
 import base64, json, os, shutil, socket, struct, subprocess, sys, time
@@ -81,16 +82,21 @@ def main():
             sent += 1
         drain()
         time.sleep(min(0.01, 1 / rate))
-    time.sleep(3)  # the last commits
+    time.sleep(3)  # the last commits, and the give-back of unused reservations
     drain()
     total = written(server.pid) - start
     elapsed = time.monotonic() - began
+    # Idle: nothing said for 10 s; nothing may be written.
+    quiet = written(server.pid)
+    time.sleep(10)
+    idle_after = written(server.pid) - quiet
     server.terminate()
     server.wait(timeout=10)
     print(json.dumps({
         "rate": rate, "seconds": round(elapsed, 1), "messages": sent,
         "write_bytes": total, "bytes_per_second": round(total / elapsed),
-        "bytes_per_message": round(total / max(sent, 1)), "idle_write_bytes_5s": idle,
+        "bytes_per_message": round(total / max(sent, 1)), "join_write_bytes": idle,
+        "idle_write_bytes_10s": idle_after,
         "flags": sys.argv[5:],
     }))
 

@@ -376,6 +376,33 @@ fn a_damaged_or_unusable_store_is_refused_at_start_with_a_clear_message() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("history.redb"), "{stderr}");
+    // A read-only store (the file and its directory immutable, which binds root too): the
+    // same clear refusal. Skipped, and said so, where the filesystem has no `chattr +i`.
+    std::fs::remove_file(&file).unwrap();
+    let (mut child, _) = spawn_binary(&dir, &[]);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let chattr = |flag: &str, path: &std::path::Path| {
+        std::process::Command::new("chattr")
+            .arg(flag)
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if chattr("+i", &file) && chattr("+i", &dir) {
+        let out = start(&dir);
+        chattr("-i", &dir);
+        chattr("-i", &file);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(
+            stderr.contains("history.redb") && stderr.contains("read-only"),
+            "{stderr}"
+        );
+    } else {
+        chattr("-i", &file);
+        eprintln!("chattr +i is not available here: the read-only case was not tried");
+    }
     // --data-dir naming a file, not a directory.
     let out = start(&file);
     let stderr = String::from_utf8_lossy(&out.stderr);

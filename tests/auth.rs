@@ -440,35 +440,20 @@ fn the_token_command_signs_what_jsonwebtoken_verifies() {
 /// refusal, not for the API. (The binary, so that the real logger writes the real stderr.)
 #[test]
 fn tokens_and_keys_never_reach_the_log() {
-    use std::io::{BufRead, BufReader};
     let dir = std::env::temp_dir().join(format!("smolchat-log-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (secret, key) = (dir.join("secret"), dir.join("key"));
     std::fs::write(&secret, SECRET).unwrap();
     let api_key = "an api key that must stay secret";
     std::fs::write(&key, api_key).unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
-        .args(["--listen", "127.0.0.1:0", "--log-level", "trace"])
-        .arg("--auth-secret-file")
-        .arg(&secret)
-        .arg("--api-key-file")
-        .arg(&key)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr: std::net::SocketAddr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no listening line: {log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let (mut child, addr, mut log, mut stderr) = start_binary([
+        "--log-level".as_ref(),
+        "trace".as_ref(),
+        "--auth-secret-file".as_ref(),
+        secret.as_os_str(),
+        "--api-key-file".as_ref(),
+        key.as_os_str(),
+    ]);
     let good = token("ada");
     let forged = tampered(&good);
     run(async {
@@ -531,25 +516,23 @@ fn far_and_fractional_expiry_times_are_accepted() {
 /// that cannot be read keeps the old one, and the log says so. (The binary, for the signal.)
 #[test]
 fn sighup_replaces_the_secret_and_the_api_key_and_a_bad_file_keeps_the_old_ones() {
-    use std::io::{BufRead, BufReader};
+    use std::io::BufRead;
     use std::sync::mpsc;
     let dir = std::env::temp_dir().join(format!("smolchat-hup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (secret, key) = (dir.join("secret"), dir.join("key"));
     std::fs::write(&secret, SECRET).unwrap();
     std::fs::write(&key, "the first api key").unwrap();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
-        .args(["--listen", "127.0.0.1:0", "--log-level", "info"])
-        .arg("--auth-secret-file")
-        .arg(&secret)
-        .arg("--api-key-file")
-        .arg(&key)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let (mut child, addr, _, stderr) = start_binary([
+        "--log-level".as_ref(),
+        "info".as_ref(),
+        "--auth-secret-file".as_ref(),
+        secret.as_os_str(),
+        "--api-key-file".as_ref(),
+        key.as_os_str(),
+    ]);
     // The log, line by line, from a thread: the test waits for the lines it expects.
     let (lines, log) = mpsc::channel();
-    let stderr = BufReader::new(child.stderr.take().unwrap());
     std::thread::spawn(move || {
         for line in stderr.lines().map_while(Result::ok) {
             if lines.send(line).is_err() {
@@ -567,16 +550,6 @@ fn sighup_replaces_the_secret_and_the_api_key_and_a_bad_file_keeps_the_old_ones(
             }
         }
     };
-    let listening = wait_for("listening on ");
-    let addr: std::net::SocketAddr = listening
-        .split("listening on ")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
     let hup = || {
         let status = std::process::Command::new("kill")
             .args(["-HUP", &child.id().to_string()])

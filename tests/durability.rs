@@ -107,35 +107,11 @@ fn spawn_binary(
     dir: &std::path::Path,
     extra: &[&str],
 ) -> (std::process::Child, std::net::SocketAddr) {
-    use std::io::{BufRead, BufReader};
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "0",
-            "--log-level",
-            "info",
-        ])
-        .arg("--data-dir")
-        .arg(dir)
-        .args(extra)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = BufReader::new(child.stderr.take().unwrap());
-    let mut log = String::new();
-    let addr = loop {
-        let mut line = String::new();
-        assert!(
-            stderr.read_line(&mut line).unwrap() > 0,
-            "no listening line: {log}"
-        );
-        log.push_str(&line);
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-    };
+    let mut args = vec!["--rate-limit", "0", "--log-level", "info"];
+    args.extend(extra);
+    let data_dir = ["--data-dir".as_ref(), dir.as_os_str()];
+    let args = args.iter().map(|a| a.as_ref()).chain(data_dir);
+    let (child, addr, _, mut stderr) = start_binary(args);
     // The rest of the log goes nowhere, but must be read so the child never blocks on it.
     std::thread::spawn(move || std::io::copy(&mut stderr, &mut std::io::sink()));
     (child, addr)

@@ -237,6 +237,42 @@ pub async fn http(addr: SocketAddr, request: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The real binary (`smolchat`, built with this test's features) started with `--listen
+/// 127.0.0.1:0` and `args`, its log piped. Returns the child, the address from its "listening
+/// on" line, the log up to that line, and the rest of its log to read.
+pub fn start_binary<I, S>(
+    args: I,
+) -> (
+    std::process::Child,
+    SocketAddr,
+    String,
+    std::io::BufReader<std::process::ChildStderr>,
+)
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_smolchat"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the smolchat binary starts");
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    let addr = loop {
+        let mut line = String::new();
+        let read = stderr.read_line(&mut line).unwrap();
+        assert!(read > 0, "no listening line: {log}");
+        log.push_str(&line);
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+    };
+    (child, addr, log, stderr)
+}
+
 /// A response's head and its body, un-gzipped if it says `Content-Encoding: gzip` (the built-in
 /// page is served so; a request for it must say `Accept-Encoding: gzip`).
 pub fn decoded(response: &[u8]) -> (String, String) {

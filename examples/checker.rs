@@ -765,10 +765,15 @@ async fn run_client(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
             return;
         }
         let mut s = st.borrow_mut();
+        let away = if why == "churn" {
+            rng.secs(0.2, 3.0)
+        } else {
+            rng.secs(0.05, 0.3)
+        };
         s.record(&sh, node, Ev::Dropped(why));
         s.reconnects += 1;
         drop(s);
-        Timer::after(rng.secs(0.05, 0.3)).await;
+        Timer::after(away).await;
     }
 }
 
@@ -787,6 +792,9 @@ async fn session(
     let mut joined: Vec<String> = Vec::new();
     let mut pending: Option<(Pending, Instant)> = None;
     let mut next_action = Instant::now();
+    // Clients also leave on their own now and then (close 1000) and come back a little later,
+    // so that recoveries happen with or without faults.
+    let leave_at = Instant::now() + rng.secs(5.0, 30.0);
     let mut final_joins = false;
     let mut own_texts: HashMap<String, ()> = HashMap::new();
     loop {
@@ -811,6 +819,7 @@ async fn session(
         }
         let wake = match &pending {
             Some((_, deadline)) => *deadline,
+            None if phase == RUN => next_action.min(leave_at),
             None => next_action,
         };
         enum Step {
@@ -937,6 +946,10 @@ async fn session(
                     return "no answer within 15 s".into();
                 }
                 let now = Instant::now();
+                if phase == RUN && now >= leave_at {
+                    let _ = ws.close(None).await;
+                    return "churn".into();
+                }
                 if let Some(room) = (!to_join.is_empty()).then(|| to_join.remove(0)) {
                     let since = st.borrow().cursor.get(&room).cloned();
                     let mut cmd = json!({"type": "join", "room": room});
@@ -1061,6 +1074,8 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
         // (epoch, id) -> (text, client, ms); text -> (epoch, id)
         let mut named: HashMap<(String, u64), (String, usize, u64)> = HashMap::new();
         let mut placed: HashMap<String, (String, u64)> = HashMap::new();
+        // Each conflict is counted once, however many members saw it.
+        let mut reported: std::collections::HashSet<(String, u64, String)> = Default::default();
         for (client, log) in logs.iter().enumerate() {
             let mut chain: Option<Chain> = None;
             let mut expected: Option<u64> = None;
@@ -1135,24 +1150,34 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                         let Some(c) = chain.as_mut() else { continue };
                         let key = (c.epoch.clone(), *id);
                         match named.get(&key) {
-                            Some((other, oc, oms)) if other != text => v.add("1", || {
+                            Some((other, oc, oms))
+                                if other != text
+                                    && reported.insert((c.epoch.clone(), *id, text.clone())) =>
+                            {
+                                v.add("1", || {
                                 format!(
                                     "{room}: epoch {} id {id} is {other:?} for client {oc} (at {oms} ms) and {text:?} for client {client} (node {}, at {} ms)",
                                     c.epoch, rec.node, rec.ms
                                 )
-                            }),
+                            })
+                            }
                             Some(_) => {}
                             None => {
                                 named.insert(key.clone(), (text.clone(), client, rec.ms));
                             }
                         }
                         match placed.get(text) {
-                            Some(at) if *at != key => v.add("1b", || {
+                            Some(at)
+                                if *at != key
+                                    && reported.insert((c.epoch.clone(), *id, format!("1b {text}"))) =>
+                            {
+                                v.add("1b", || {
                                 format!(
                                     "{room}: {text:?} is epoch {} id {} and epoch {} id {id} (client {client}, node {}, at {} ms)",
                                     at.0, at.1, c.epoch, rec.node, rec.ms
                                 )
-                            }),
+                            })
+                            }
                             Some(_) => {}
                             None => {
                                 placed.insert(text.clone(), key);

@@ -248,7 +248,10 @@ fn http_status(port: u16, path: &str) -> u16 {
     let mut buf = [0u8; 64];
     let n = s.read(&mut buf).unwrap_or(0);
     let head = String::from_utf8_lossy(&buf[..n]);
-    head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
+    head.split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
 }
 
 struct Cluster {
@@ -314,7 +317,10 @@ impl Cluster {
         self.redis = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while !redis_command(self.redis_port, "PING").starts_with("+PONG") {
-            assert!(Instant::now() < deadline, "redis-server did not answer PING");
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         if from_rdb {
@@ -751,10 +757,11 @@ async fn run_client(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
         let ws = match connect(sh.node_ports[node]).await {
             Ok(ws) => ws,
             Err(e) => {
-                let mut s = st.borrow_mut();
-                s.record(&sh, node, Ev::ConnectFailed(e));
-                s.reconnects += 1;
-                drop(s);
+                {
+                    let mut s = st.borrow_mut();
+                    s.record(&sh, node, Ev::ConnectFailed(e));
+                    s.reconnects += 1;
+                }
                 Timer::after(rng.secs(0.1, 0.5)).await;
                 continue;
             }
@@ -764,15 +771,16 @@ async fn run_client(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
         if why == "stop" {
             return;
         }
-        let mut s = st.borrow_mut();
         let away = if why == "churn" {
             rng.secs(0.2, 3.0)
         } else {
             rng.secs(0.05, 0.3)
         };
-        s.record(&sh, node, Ev::Dropped(why));
-        s.reconnects += 1;
-        drop(s);
+        {
+            let mut s = st.borrow_mut();
+            s.record(&sh, node, Ev::Dropped(why));
+            s.reconnects += 1;
+        }
         Timer::after(away).await;
     }
 }
@@ -854,9 +862,14 @@ async fn session(
                         let last_id = v["last_id"].as_u64().unwrap_or(0);
                         let complete = v["complete"].as_bool();
                         let (since, fin) = match &pending {
-                            Some((Pending::Join { room: r, since, fin }, _)) if *r == room => {
-                                (since.clone(), *fin)
-                            }
+                            Some((
+                                Pending::Join {
+                                    room: r,
+                                    since,
+                                    fin,
+                                },
+                                _,
+                            )) if *r == room => (since.clone(), *fin),
                             _ => (None, false),
                         };
                         if matches!(&pending, Some((Pending::Join { room: r, .. }, _)) if *r == room)
@@ -1142,11 +1155,7 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                             expected = None;
                         }
                     }
-                    Ev::Msg {
-                        room: r,
-                        id,
-                        text,
-                    } if r == room => {
+                    Ev::Msg { room: r, id, text } if r == room => {
                         let Some(c) = chain.as_mut() else { continue };
                         let key = (c.epoch.clone(), *id);
                         match named.get(&key) {
@@ -1208,11 +1217,7 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                             rc.replay.insert(*id, text.clone());
                         }
                     }
-                    Ev::Ack {
-                        room: r,
-                        id,
-                        text,
-                    } if r == room => {
+                    Ev::Ack { room: r, id, text } if r == room => {
                         if let Some(c) = chain.as_ref() {
                             acks.push(Ack {
                                 client,
@@ -1344,7 +1349,13 @@ fn main() {
     );
 
     let cluster = Arc::new(Mutex::new(Cluster::start(&dir, &o.bin, o.nodes)));
-    let node_ports: Vec<u16> = cluster.lock().unwrap().nodes.iter().map(|n| n.port).collect();
+    let node_ports: Vec<u16> = cluster
+        .lock()
+        .unwrap()
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .collect();
     let phase = Arc::new(AtomicU8::new(RUN));
     let finals = Arc::new(AtomicUsize::new(0));
     let shared = Rc::new(Shared {

@@ -418,7 +418,9 @@ impl Cluster {
             self.start_redis(false);
         }
         for i in 0..self.nodes.len() {
-            self.proxies[i].heal();
+            if *self.proxies[i].state.cut.lock().unwrap() {
+                self.proxies[i].heal();
+            }
             if self.nodes[i].frozen {
                 self.freeze_node(i, false);
             }

@@ -254,6 +254,8 @@ fn http_status(port: u16, path: &str) -> u16 {
         .unwrap_or(0)
 }
 
+const API_KEY: &str = "checker-api-key-0123456789";
+
 struct Cluster {
     dir: PathBuf,
     bin: PathBuf,
@@ -279,6 +281,7 @@ impl Cluster {
             nodes: Vec::new(),
             proxies: Vec::new(),
         };
+        std::fs::write(dir.join("api-key"), API_KEY).expect("api key file");
         c.start_redis(false);
         for _ in 0..nodes {
             let proxy = Proxy::start(c.redis_port);
@@ -372,6 +375,9 @@ impl Cluster {
             .args(["--queue", "1024"])
             .args(["--queue-bytes", "1048576"])
             .args(["--log-level", "info"])
+            .arg("--api-key-file")
+            .arg(self.dir.join("api-key"))
+            .args(["--api-rate-limit", "0"])
             .stdout(log_file(&self.dir, &format!("node{i}.log")))
             .stderr(log_file(&self.dir, &format!("node{i}.log")))
             .spawn()
@@ -655,6 +661,9 @@ enum Ev {
         complete: Option<bool>,
         since: Option<(String, u64)>,
         fin: bool,
+        /// An HTTP API read (`GET ...?since=`), which carries no epoch: `complete` is about
+        /// ids only, and the reader compares epochs itself.
+        api: bool,
     },
     Msg {
         room: String,
@@ -686,6 +695,7 @@ struct Shared {
     finals_done: Arc<AtomicUsize>,
     node_ports: Vec<u16>,
     rooms: Vec<String>,
+    api_key: String,
 }
 
 enum Pending {
@@ -784,6 +794,194 @@ async fn run_client(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
             s.reconnects += 1;
         }
         Timer::after(away).await;
+    }
+}
+
+/// One HTTP call (`Connection: close`) to a node's API: the status and the JSON body.
+async fn http(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: &str,
+    body: Option<&str>,
+) -> Result<(u16, Value), String> {
+    use futures_lite::{AsyncReadExt, AsyncWriteExt};
+    async {
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let mut tcp = Async::<TcpStream>::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {key}\r\nConnection: close\r\n"
+        );
+        if let Some(body) = body {
+            let _ = write!(
+                request,
+                "Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        } else {
+            request.push_str("\r\n");
+        }
+        tcp.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tcp.read_to_end(&mut answer).await.map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&answer);
+        let status = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+        Ok((status, serde_json::from_str(body).unwrap_or(Value::Null)))
+    }
+    .or(async {
+        Timer::after(Duration::from_secs(10)).await;
+        Err("no answer within 10 s".to_string())
+    })
+    .await
+}
+
+/// The HTTP API client: publishes tagged messages (`a-m5`) into `api0`, a room no WebSocket
+/// client is in, and into the members' rooms, on a random node each time; after each publish
+/// it reads the room (`GET ...?since=CURSOR`, on a random node) like a member recovering, and
+/// takes the publish as acknowledged in the epoch of that read if the read holds it.
+async fn run_api(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
+    let mut rng = Rng::new(seed);
+    let mut rooms = vec!["api0".to_string()];
+    rooms.extend(sh.rooms.iter().cloned());
+    let mut final_done = false;
+    loop {
+        let phase = sh.phase.load(SeqCst);
+        if phase == STOP {
+            return;
+        }
+        let reads: Vec<(String, Option<(u64, String)>)> = if phase == RUN {
+            let room = rooms[rng.below(rooms.len())].clone();
+            let text = {
+                let mut s = st.borrow_mut();
+                s.said += 1;
+                format!("a-m{}", s.said)
+            };
+            let node = rng.below(sh.node_ports.len());
+            let body = json!({"text": text, "from": "checker"}).to_string();
+            let path = format!("/api/rooms/{room}/messages");
+            match http(sh.node_ports[node], "POST", &path, &sh.api_key, Some(&body)).await {
+                Ok((201, v)) => {
+                    let id = v["id"].as_u64().unwrap_or(0);
+                    vec![(room, Some((id, text)))]
+                }
+                Ok((status, v)) => {
+                    let code = format!("{status} {}", v["error"].as_str().unwrap_or_default());
+                    let what = format!("publish {room} {text}");
+                    st.borrow_mut().record(&sh, node, Ev::Error { what, code });
+                    vec![(room, None)]
+                }
+                Err(e) => {
+                    let what = format!("publish {room} {text}");
+                    st.borrow_mut()
+                        .record(&sh, node, Ev::Error { what, code: e });
+                    vec![(room, None)]
+                }
+            }
+        } else if phase == FINAL && !final_done {
+            rooms.iter().map(|r| (r.clone(), None)).collect()
+        } else {
+            Vec::new()
+        };
+        let fin = phase == FINAL;
+        let mut all_read = true;
+        for (room, published) in reads {
+            let node = rng.below(sh.node_ports.len());
+            let since = st.borrow().cursor.get(&room).cloned();
+            let path = format!(
+                "/api/rooms/{room}/messages?since={}",
+                since.as_ref().map(|c| c.1).unwrap_or(0)
+            );
+            let answer = http(sh.node_ports[node], "GET", &path, &sh.api_key, None).await;
+            let mut s = st.borrow_mut();
+            let v = match answer {
+                Ok((200, v)) => v,
+                Ok((status, v)) => {
+                    let code = format!("{status} {}", v["error"].as_str().unwrap_or_default());
+                    s.record(
+                        &sh,
+                        node,
+                        Ev::Error {
+                            what: format!("read {room}"),
+                            code,
+                        },
+                    );
+                    all_read = false;
+                    continue;
+                }
+                Err(e) => {
+                    s.record(
+                        &sh,
+                        node,
+                        Ev::Error {
+                            what: format!("read {room}"),
+                            code: e,
+                        },
+                    );
+                    all_read = false;
+                    continue;
+                }
+            };
+            let epoch = v["epoch"].as_str().unwrap_or_default().to_string();
+            let last_id = v["last_id"].as_u64().unwrap_or(0);
+            s.record(
+                &sh,
+                node,
+                Ev::Room {
+                    room: room.clone(),
+                    epoch: epoch.clone(),
+                    last_id,
+                    complete: v["complete"].as_bool(),
+                    since: since.clone(),
+                    fin,
+                    api: true,
+                },
+            );
+            let mut acked = None;
+            for m in v["messages"].as_array().into_iter().flatten() {
+                let id = m["id"].as_u64().unwrap_or(0);
+                let text = m["text"].as_str().unwrap_or_default().to_string();
+                if published.as_ref().is_some_and(|p| p.0 == id && p.1 == text) {
+                    acked = Some((id, text.clone()));
+                }
+                s.record(
+                    &sh,
+                    node,
+                    Ev::Msg {
+                        room: room.clone(),
+                        id,
+                        text,
+                    },
+                );
+            }
+            if let Some((id, text)) = acked {
+                s.record(
+                    &sh,
+                    node,
+                    Ev::Ack {
+                        room: room.clone(),
+                        id,
+                        text,
+                    },
+                );
+            } else if let Some((id, text)) = published {
+                // Answered, but not found by the read that followed: not taken as acknowledged.
+                s.record(
+                    &sh,
+                    node,
+                    Ev::Error {
+                        what: format!("publish {room} {text} as id {id}"),
+                        code: "not found by the next read".into(),
+                    },
+                );
+            }
+            s.cursor.insert(room, (epoch, last_id));
+        }
+        if phase == FINAL && !final_done && all_read {
+            final_done = true;
+            sh.finals_done.fetch_add(1, SeqCst);
+        }
+        Timer::after(rng.secs(0.1, 0.4)).await;
     }
 }
 
@@ -901,6 +1099,7 @@ async fn session(
                                 complete,
                                 since,
                                 fin,
+                                api: false,
                             },
                         );
                     }
@@ -1105,12 +1304,13 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                         complete,
                         since,
                         fin,
+                        api,
                     } if r == room => {
                         if let Some(rc) = recovery.take() {
                             recoveries.push(rc);
                         }
                         let same_epoch = since.as_ref().is_some_and(|s| &s.0 == epoch);
-                        if *complete == Some(true) && since.is_some() && !same_epoch {
+                        if *complete == Some(true) && since.is_some() && !same_epoch && !api {
                             v.add("2", || {
                                 format!(
                                     "{room}: client {client} (node {}) at {} ms: complete:true for epoch {epoch} answering a cursor of epoch {:?}",
@@ -1366,6 +1566,7 @@ fn main() {
         finals_done: finals.clone(),
         node_ports,
         rooms: (0..o.rooms).map(|r| format!("r{r}")).collect(),
+        api_key: API_KEY.into(),
     });
     let aborted = Arc::new(AtomicBool::new(false));
 
@@ -1383,7 +1584,7 @@ fn main() {
             o.duration,
             o.pause,
             o.max_faults,
-            o.clients,
+            o.clients + 1,
         );
         let start = shared.start;
         let dir = dir.clone();
@@ -1454,7 +1655,8 @@ fn main() {
         })
     };
 
-    let states: Vec<Rc<RefCell<ClientState>>> = (0..o.clients)
+    // The WebSocket clients, then the HTTP API client (the last one).
+    let states: Vec<Rc<RefCell<ClientState>>> = (0..=o.clients)
         .map(|id| {
             Rc::new(RefCell::new(ClientState {
                 id,
@@ -1472,11 +1674,12 @@ fn main() {
             .iter()
             .enumerate()
             .map(|(i, st)| {
-                ex.spawn(run_client(
-                    shared.clone(),
-                    st.clone(),
-                    o.seed.wrapping_add(i as u64 * 7919),
-                ))
+                let seed = o.seed.wrapping_add(i as u64 * 7919);
+                if i == o.clients {
+                    ex.spawn(run_api(shared.clone(), st.clone(), seed))
+                } else {
+                    ex.spawn(run_client(shared.clone(), st.clone(), seed))
+                }
             })
             .collect();
         for t in tasks {
@@ -1504,7 +1707,7 @@ fn main() {
             match &r.ev {
                 Ev::Ack { .. } => acked += 1,
                 Ev::Error { what, code } => {
-                    if what.starts_with("say") {
+                    if what.starts_with("say") || what.starts_with("publish") {
                         said += 1;
                     }
                     *errors.entry(code.clone()).or_default() += 1
@@ -1526,14 +1729,18 @@ fn main() {
         }
     }
     said += acked;
-    let (violations, stats) = check(&logs, &shared.rooms);
+    let mut rooms = vec!["api0".to_string()];
+    rooms.extend(shared.rooms.iter().cloned());
+    let (violations, stats) = check(&logs, &rooms);
 
     println!("\nfaults injected:");
     for (f, n) in &counts {
         println!("  {:13} {n}", f.name());
     }
     println!(
-        "client activity: {said} says answered ({acked} acknowledged), errors {errors:?}, connection ends {drops:?}"
+        "client activity (client {} is the HTTP API client): {said} says and publishes answered \
+         ({acked} acknowledged), errors {errors:?}, connection ends {drops:?}",
+        o.clients
     );
     print!("{stats}");
     println!("violations:");

@@ -885,9 +885,15 @@ async fn run_api(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
         };
         let fin = phase == FINAL;
         let mut all_read = true;
-        for (room, published) in reads {
+        let mut reads = reads;
+        let mut next = 0;
+        while next < reads.len() {
+            let (room, published) = reads[next].clone();
+            next += 1;
             let node = rng.below(sh.node_ports.len());
             let since = st.borrow().cursor.get(&room).cloned();
+            // A read from the start of a life is not read again.
+            let since_was_read = since.as_ref().is_some_and(|c| c.1 > 0);
             let path = format!(
                 "/api/rooms/{room}/messages?since={}",
                 since.as_ref().map(|c| c.1).unwrap_or(0)
@@ -954,6 +960,9 @@ async fn run_api(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
                     },
                 );
             }
+            // A new epoch: the cursor is from another life of the room, whose ids mean
+            // nothing now: read this life again from its start (once).
+            let new_life = since.as_ref().is_some_and(|c| c.0 != epoch) && since_was_read;
             if let Some((id, text)) = acked {
                 s.record(
                     &sh,
@@ -964,6 +973,10 @@ async fn run_api(sh: Rc<Shared>, st: Rc<RefCell<ClientState>>, seed: u64) {
                         text,
                     },
                 );
+            } else if new_life {
+                reads.push((room.clone(), published));
+                s.cursor.insert(room, (epoch, 0));
+                continue;
             } else if let Some((id, text)) = published {
                 // Answered, but not found by the read that followed: not taken as acknowledged.
                 s.record(

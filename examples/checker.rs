@@ -1602,6 +1602,14 @@ fn main() {
         let start = shared.start;
         let dir = dir.clone();
         std::thread::spawn(move || {
+            // However this thread ends (a panic included), the clients stop.
+            struct StopOnExit(Arc<AtomicU8>);
+            impl Drop for StopOnExit {
+                fn drop(&mut self) {
+                    self.0.store(STOP, SeqCst);
+                }
+            }
+            let _stop = StopOnExit(phase.clone());
             let mut rng = Rng::new(seed ^ 0xFA17);
             let mut fault_log = log_file(&dir, "faults.log");
             let mut counts: BTreeMap<Fault, u64> = BTreeMap::new();
@@ -1699,7 +1707,11 @@ fn main() {
             t.await;
         }
     }));
-    let counts = orchestrator.join().expect("the fault thread");
+    let Ok(counts) = orchestrator.join() else {
+        eprintln!("checker: the fault thread failed; no verdict");
+        cluster.lock().unwrap_or_else(|e| e.into_inner()).stop();
+        std::process::exit(3);
+    };
     cluster.lock().unwrap().stop();
 
     let logs: Vec<Vec<Rec>> = states.iter().map(|s| s.borrow().log.clone()).collect();

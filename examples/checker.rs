@@ -5,7 +5,10 @@
 //! WebSocket clients spread over the nodes. Every client joins the same few rooms and says
 //! uniquely tagged messages (`c3-m17`); it records every event it receives and every
 //! acknowledgement (its own `message` echo, with its id), reconnects after a drop (to the next
-//! node) and recovers with `join` + `since`/`epoch`. Meanwhile faults are injected, one at a
+//! node) and recovers with `join` + `since`/`epoch`; clients also leave and come back on their
+//! own. One more client uses the HTTP API: it publishes (into the same rooms and into `api0`,
+//! which only the API uses) and reads the rooms back with `?since=`. Meanwhile faults are
+//! injected, one at a
 //! time, chosen at random among `--faults`. At the end the faults stop, every process is back,
 //! the clients stop talking and resync every room once more (the final recovery), and the
 //! history is checked, per room:
@@ -13,7 +16,7 @@
 //! 1. no `(epoch, id)` names two different messages (across all clients), and no message
 //!    shows under two `(epoch, id)`s (1b);
 //! 2. each member sees, within one epoch, ids that only increase, without a gap it was not
-//!    told of (a new chain starts only with a `room` event of another epoch or
+//!    told of (a new view starts only with a `room` event of another epoch or
 //!    `complete: false`);
 //! 3. every recovery answered `complete: true` holds every acknowledged message of its epoch
 //!    with an id in (since, last_id];

@@ -8,8 +8,7 @@
 //! node) and recovers with `join` + `since`/`epoch`; clients also leave and come back on their
 //! own. One more client uses the HTTP API: it publishes (into the same rooms and into `api0`,
 //! which only the API uses) and reads the rooms back with `?since=`. Meanwhile faults are
-//! injected, one at a
-//! time, chosen at random among `--faults`. At the end the faults stop, every process is back,
+//! injected, one at a time, chosen at random among `--faults`. At the end the faults stop, every process is back,
 //! the clients stop talking and resync every room once more (the final recovery), and the
 //! history is checked, per room:
 //!

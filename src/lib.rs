@@ -52,6 +52,8 @@
 //! * `room`: one room: its members, its history ring and the rules for replaying it.
 //! * `cluster`: the Redis authority and its bridge future, for nodes that share rooms
 //!   (feature `redis`).
+//! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
+//!   the local authority's changes to a redb file, and reads them back at start-up.
 //! * `protocol`: protocol v1 on the wire: requests parsed, events encoded once.
 //! * `config`: every setting and limit, from flags and the environment.
 //! * `metrics`: the counters, rendered at `/metrics` as Prometheus text.

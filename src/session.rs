@@ -305,8 +305,8 @@ fn command_for(
             let error = Error::new(
                 ErrorCode::RateLimited,
                 format!(
-                    "slow down: at most {} messages per second (bursts of {}); this one was \
-                     dropped",
+                    "slow down: at most {} frames per second, pings and pongs included (bursts \
+                     of {}); this one was dropped",
                     config.rate_limit, config.rate_burst
                 ),
             );

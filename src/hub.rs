@@ -154,7 +154,9 @@ impl Orphans {
     /// The clients left, if any (one atomic load when there are none: it runs before every
     /// command).
     fn take(&self) -> Vec<ClientId> {
-        if !self.any.swap(false, std::sync::atomic::Ordering::Acquire) {
+        use std::sync::atomic::Ordering::{Acquire, Relaxed};
+        // A plain load first: no read-modify-write on the hub's path while there are none.
+        if !self.any.load(Relaxed) || !self.any.swap(false, Acquire) {
             return Vec::new();
         }
         std::mem::take(&mut *self.clients.lock().unwrap_or_else(|e| e.into_inner()))

@@ -208,8 +208,11 @@ impl Chat {
             let (reports, notices) = async_channel::unbounded();
             // Changes may wait for the writer up to about twice the history itself.
             let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
+            let report = move |r| {
+                let _ = reports.try_send(authority::Notice::Stored(r));
+            };
             let (store, saved, starts) =
-                store::Store::open(dir, config.sync_interval, limit, reports)?;
+                store::Store::open(dir, config.sync_interval, limit, report)?;
             let local = authority::local::Local::with_store(
                 config.clone(),
                 metrics.clone(),

@@ -29,7 +29,6 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use crate::authority::Notice;
 use crate::protocol::Frame;
 
 /// A room as the store kept it.
@@ -150,13 +149,15 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating it 0700 if need be) the database in `dir` and reads every room back,
-    /// then starts the writer, which reports to `notices`. `limit`: the bytes of ops that may
+    /// then starts the writer, which hands each commit's [`Report`] to `report` (the hub's
+    /// notice channel, wrapped by the caller: the store knows nothing of the hub). `limit`: the
+    /// bytes of ops that may
     /// wait for the writer.
     pub fn open(
         dir: &str,
         interval: Duration,
         limit: usize,
-        notices: async_channel::Sender<Notice>,
+        report: impl Fn(Report) + Send + 'static,
     ) -> Result<(Store, Vec<Saved>, u64), String> {
         let mut database = db::Database::open(&PathBuf::from(dir))?;
         let mut saved = database.load()?;
@@ -180,7 +181,7 @@ impl Store {
             let queued = queued.clone();
             std::thread::Builder::new()
                 .name("smolchat-store".into())
-                .spawn(move || writer(database, received, queued, interval, notices))
+                .spawn(move || writer(database, received, queued, interval, report))
                 .map_err(|e| format!("cannot start the store's writer: {e}"))?
         };
         let store = Store {
@@ -309,7 +310,7 @@ fn writer(
     ops: mpsc::Receiver<Op>,
     queued: Arc<AtomicUsize>,
     interval: Duration,
-    notices: async_channel::Sender<Notice>,
+    report: impl Fn(Report),
 ) {
     let mut batch = Batch::default();
     // Bytes of the ops in `batch`: they count against the bound until committed, so a disk
@@ -362,7 +363,7 @@ fn writer(
             true => Ok(()),
             false => database.commit(&batch),
         };
-        let report = match committed {
+        let outcome = match committed {
             Ok(()) => {
                 pending = false;
                 queued.fetch_sub(std::mem::take(&mut held), Relaxed);
@@ -374,9 +375,7 @@ fn writer(
                 Report::Failed(e)
             }
         };
-        // Unbounded: a report is small and there is at most one per commit, and the hub may
-        // be waiting for this thread to end (a clean stop) rather than reading them.
-        let _ = notices.try_send(Notice::Stored(report));
+        report(outcome);
         if !open && pending {
             // The hub is gone and the disk still fails: what is left is lost, and said so.
             log::error!("store: stopping with changes that could not be written");

@@ -630,6 +630,62 @@ impl Local {
         }))
     }
 
+    /// Whoever holds nick `to` (all its connections), if one of them is in a room of `within`
+    /// (sorted, see `crate::access`; `None`: anywhere); else unknown, as a nick nobody holds.
+    fn direct(&self, to: &str, within: Option<Vec<String>>) -> Answer {
+        let lower = to.to_ascii_lowercase();
+        let Some(&target) = self.nicks.get(&lower) else {
+            return Answer::UnknownRecipient;
+        };
+        let mut targets = vec![target];
+        targets.extend(self.more.get(&lower).into_iter().flatten());
+        let reachable = within.is_none_or(|rooms| {
+            targets.iter().any(|t| {
+                let theirs = &self.clients[t].rooms;
+                theirs.iter().any(|r| rooms.binary_search(r).is_ok())
+            })
+        });
+        match reachable {
+            true => Answer::Direct {
+                to: self.clients[&target].nick.clone(),
+                targets,
+            },
+            false => Answer::UnknownRecipient,
+        }
+    }
+
+    /// Which of `names` exist, with their member counts, in the order given.
+    fn sizes(&self, names: Vec<String>) -> Answer {
+        let page: Vec<(String, usize)> = names
+            .into_iter()
+            .filter_map(|name| {
+                let members = self.rooms.get(&name)?.room.members().len();
+                Some((name, members))
+            })
+            .collect();
+        Answer::Rooms {
+            count: page.len(),
+            page,
+        }
+    }
+
+    /// A page of every room, sorted by name, from `offset`.
+    fn rooms_page(&self, offset: usize) -> Answer {
+        // Sorted here rather than kept sorted: a `rooms` request is rare and rate limited,
+        // and a hash map is the cheaper index for every other question.
+        let mut names: Vec<&String> = self.rooms.keys().collect();
+        names.sort_unstable();
+        Answer::Rooms {
+            count: names.len(),
+            page: names
+                .into_iter()
+                .skip(offset)
+                .take(ROOMS_PAGE)
+                .map(|name| (name.clone(), self.rooms[name].room.members().len()))
+                .collect(),
+        }
+    }
+
     /// One page of a room's member nicks: at most `--presence-limit`, from `offset`.
     fn nicks_of(&self, room: &Room, offset: usize) -> Vec<String> {
         room.members()
@@ -683,28 +739,7 @@ impl Authority for Local {
                 }
             }
             Ask::Say { room, text, ts } => return self.say(client, room, text, ts, events),
-            Ask::Direct { to, within, .. } => {
-                let lower = to.to_ascii_lowercase();
-                let Some(&target) = self.nicks.get(&lower) else {
-                    return Some(Answer::UnknownRecipient);
-                };
-                let mut targets = vec![target];
-                targets.extend(self.more.get(&lower).into_iter().flatten());
-                // `within` is sorted (see `crate::access`).
-                let reachable = within.is_none_or(|rooms| {
-                    targets.iter().any(|t| {
-                        let theirs = &self.clients[t].rooms;
-                        theirs.iter().any(|r| rooms.binary_search(r).is_ok())
-                    })
-                });
-                match reachable {
-                    true => Answer::Direct {
-                        to: self.clients[&target].nick.clone(),
-                        targets,
-                    },
-                    false => Answer::UnknownRecipient,
-                }
-            }
+            Ask::Direct { to, within, .. } => self.direct(&to, within),
             Ask::Who { room, offset } => match self.rooms.get(&room) {
                 Some(p) => Answer::Members {
                     count: p.room.members().len(),
@@ -715,34 +750,8 @@ impl Authority for Local {
                     nicks: Vec::new(),
                 },
             },
-            Ask::Sizes(names) => {
-                let page: Vec<(String, usize)> = names
-                    .into_iter()
-                    .filter_map(|name| {
-                        let members = self.rooms.get(&name)?.room.members().len();
-                        Some((name, members))
-                    })
-                    .collect();
-                Answer::Rooms {
-                    count: page.len(),
-                    page,
-                }
-            }
-            Ask::Rooms { offset } => {
-                // Sorted here rather than kept sorted: a `rooms` request is rare and rate
-                // limited, and a hash map is the cheaper index for every other question.
-                let mut names: Vec<&String> = self.rooms.keys().collect();
-                names.sort_unstable();
-                Answer::Rooms {
-                    count: names.len(),
-                    page: names
-                        .into_iter()
-                        .skip(offset)
-                        .take(ROOMS_PAGE)
-                        .map(|name| (name.clone(), self.rooms[name].room.members().len()))
-                        .collect(),
-                }
-            }
+            Ask::Sizes(names) => self.sizes(names),
+            Ask::Rooms { offset } => self.rooms_page(offset),
         })
     }
 

@@ -263,8 +263,20 @@ struct Cluster {
     bin: PathBuf,
     redis_port: u16,
     redis: Option<Child>,
+    /// How Redis keeps its data now; a restart keeps it, as an operator's config file would.
+    persistence: Persistence,
     nodes: Vec<NodeProc>,
     proxies: Vec<Proxy>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Persistence {
+    /// AOF, fsynced before every reply: a restart loses no acknowledged write.
+    AofAlways,
+    /// AOF, fsynced once a second: a power loss loses up to a second of writes.
+    AofEverysec,
+    /// RDB snapshots only (after a rollback, until the next AOF fault turns AOF on).
+    Rdb,
 }
 
 struct NodeProc {
@@ -280,11 +292,12 @@ impl Cluster {
             bin: bin.to_path_buf(),
             redis_port: free_port(),
             redis: None,
+            persistence: Persistence::AofAlways,
             nodes: Vec::new(),
             proxies: Vec::new(),
         };
         std::fs::write(dir.join("api-key"), API_KEY).expect("api key file");
-        c.start_redis(false);
+        c.start_redis();
         for _ in 0..nodes {
             let proxy = Proxy::start(c.redis_port);
             c.proxies.push(proxy);
@@ -303,16 +316,20 @@ impl Cluster {
         c
     }
 
-    /// Starts Redis with AOF fsynced on every write. `from_rdb`: load `dump.rdb` (AOF off at
-    /// start, since Redis with AOF on and no AOF starts empty), then turn AOF on.
-    fn start_redis(&mut self, from_rdb: bool) {
+    /// Starts Redis with the persistence it had (RDB: it loads `dump.rdb`).
+    fn start_redis(&mut self) {
         assert!(self.redis.is_none());
+        let (aof, fsync) = match self.persistence {
+            Persistence::AofAlways => ("yes", "always"),
+            Persistence::AofEverysec => ("yes", "everysec"),
+            Persistence::Rdb => ("no", "always"),
+        };
         let child = Command::new("redis-server")
             .args(["--port", &self.redis_port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", if from_rdb { "no" } else { "yes" }])
-            .args(["--appendfsync", "always"])
+            .args(["--appendonly", aof])
+            .args(["--appendfsync", fsync])
             .arg("--dir")
             .arg(&self.dir)
             .stdout(log_file(&self.dir, "redis.log"))
@@ -328,10 +345,25 @@ impl Cluster {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        if from_rdb {
+    }
+
+    /// Switches the running Redis to `p` (AOF on first, if it was off: the rewrite writes
+    /// the whole data set).
+    fn set_persistence(&mut self, p: Persistence) {
+        if self.persistence == Persistence::Rdb && p != Persistence::Rdb {
             redis_command(self.redis_port, "CONFIG SET appendonly yes");
             self.wait_aof_rewritten();
         }
+        match p {
+            Persistence::AofAlways => {
+                redis_command(self.redis_port, "CONFIG SET appendfsync always")
+            }
+            Persistence::AofEverysec => {
+                redis_command(self.redis_port, "CONFIG SET appendfsync everysec")
+            }
+            Persistence::Rdb => redis_command(self.redis_port, "CONFIG SET appendonly no"),
+        };
+        self.persistence = p;
     }
 
     fn wait_aof_rewritten(&self) {
@@ -423,7 +455,7 @@ impl Cluster {
     /// open.
     fn heal_all(&mut self) {
         if self.redis.is_none() {
-            self.start_redis(false);
+            self.start_redis();
         }
         for i in 0..self.nodes.len() {
             if *self.proxies[i].state.cut.lock().unwrap() {
@@ -554,10 +586,10 @@ fn pump(mut from: TcpStream, mut to: TcpStream, state: &ProxyState) {
 fn inject(c: &mut Cluster, fault: Fault, rng: &mut Rng) -> String {
     match fault {
         Fault::AofAlways => {
-            redis_command(c.redis_port, "CONFIG SET appendfsync always");
+            c.set_persistence(Persistence::AofAlways);
             c.kill_redis();
             std::thread::sleep(rng.secs(0.5, 3.0));
-            c.start_redis(false);
+            c.start_redis();
             "redis SIGKILL, restart (appendfsync always)".into()
         }
         Fault::AofEverysec => {
@@ -565,7 +597,7 @@ fn inject(c: &mut Cluster, fault: Fault, rng: &mut Rng) -> String {
             // nothing. What `everysec` risks is a power loss, which keeps only what was
             // fsynced: about one second less. So: SIGKILL, and cut the AOF back to its length
             // of a second before.
-            redis_command(c.redis_port, "CONFIG SET appendfsync everysec");
+            c.set_persistence(Persistence::AofEverysec);
             std::thread::sleep(rng.secs(0.5, 2.0));
             let aof = c.incr_aof();
             let synced = aof
@@ -583,7 +615,7 @@ fn inject(c: &mut Cluster, fault: Fault, rng: &mut Rng) -> String {
                 }
             }
             std::thread::sleep(rng.secs(0.5, 2.0));
-            c.start_redis(false);
+            c.start_redis();
             format!(
                 "redis SIGKILL, AOF cut back by {lost} bytes (the last second of appendfsync everysec), restart"
             )
@@ -602,7 +634,9 @@ fn inject(c: &mut Cluster, fault: Fault, rng: &mut Rng) -> String {
             let _ = std::fs::remove_dir_all(c.dir.join("appendonlydir"));
             let _ = std::fs::copy(&snapshot, c.dir.join("dump.rdb"));
             std::thread::sleep(rng.secs(0.2, 1.0));
-            c.start_redis(true);
+            // An RDB user's Redis: it stays on snapshots until an AOF fault turns AOF on.
+            c.persistence = Persistence::Rdb;
+            c.start_redis();
             format!(
                 "redis SIGKILL, restarted from the RDB snapshot of {:.1} s before",
                 wait.as_secs_f64()

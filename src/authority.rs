@@ -262,7 +262,10 @@ pub enum Notice {
     /// A new connection to the store: hold room events until each room's [`Notice::Resync`],
     /// and hand the authority this node's members ([`Authority::restore`]).
     Resyncing,
-    /// A room's state after a reconnect.
+    /// A room changed epoch under this node (its events showed a new one): hold its events
+    /// until its [`Notice::Resync`].
+    Hold(String),
+    /// A room's state after a reconnect, or after a [`Notice::Hold`].
     Resync {
         room: String,
         epoch: String,
@@ -270,6 +273,10 @@ pub enum Notice {
         ev: u64,
         /// The retained messages, oldest first, the newest with id `last_id`.
         history: Vec<Frame>,
+        /// How many members the room has, and the first `--presence-limit` nicks: what the
+        /// local members are told if the room's epoch changed.
+        count: usize,
+        nicks: Vec<String>,
     },
     /// The store no longer knows these clients (their node was taken for lost while it was cut
     /// off, and others may hold their nicks now): they must reconnect.

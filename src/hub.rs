@@ -344,13 +344,16 @@ impl Hub {
                 }
             }
             Notice::Resyncing => self.resyncing(),
+            Notice::Hold(room) => self.hold(&room),
             Notice::Resync {
                 room,
                 epoch,
                 last_id,
                 ev,
                 history,
-            } => self.resync(&room, epoch, last_id, ev, history),
+                count,
+                nicks,
+            } => self.resync(&room, (epoch, last_id, ev), history, (count, nicks)),
             Notice::Lost(clients) => {
                 for client in clients {
                     if let Some(key) = self.key(client) {

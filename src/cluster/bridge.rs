@@ -336,6 +336,9 @@ impl Bridge {
         if fresh {
             log::warn!("redis: Redis lost its data; registering this node's members again");
         }
+        if !self.witness(&mut s).await {
+            return Ended::Lost;
+        }
         if let Some(ended) = self.resync(&mut s, beat.life).await {
             return ended;
         }
@@ -400,6 +403,9 @@ impl Bridge {
         let wanted: Vec<String> = {
             let mut c = self.shared.lock();
             c.dropped.clear();
+            // This resync reads every room again.
+            c.stale.clear();
+            c.epochs.clear();
             c.wanted.iter().cloned().collect()
         };
         for chunk in wanted.chunks(BATCH) {
@@ -462,9 +468,63 @@ impl Bridge {
         )
     }
 
+    /// Tells Redis which run it is and whether that run keeps every acknowledged write, so
+    /// that a data set that came back older than it was starts a new era (scripts.rs's
+    /// WITNESS): no id is then handed out twice, and every room's members are told of its new
+    /// epoch at their resync. Persistence counts as safe only with AOF and `appendfsync
+    /// always`; a Redis that will not say (`CONFIG` renamed away) counts as unsafe. False if
+    /// the connection failed.
+    async fn witness(&mut self, s: &mut Session) -> bool {
+        let mut info = redis::cmd("INFO");
+        info.arg("server");
+        let run = match within(CALL_TIMEOUT, info.query_async::<String>(&mut s.conn)).await {
+            Some(Ok(info)) => info_field(&info, "run_id").unwrap_or_default().to_string(),
+            Some(Err(e)) => {
+                log::warn!("redis: INFO server failed: {e}");
+                return false;
+            }
+            None => return false,
+        };
+        let mut config = redis::cmd("CONFIG");
+        config.arg("GET").arg("append*");
+        let safe = match within(CALL_TIMEOUT, config.query_async::<Vec<String>>(&mut s.conn)).await
+        {
+            Some(Ok(pairs)) => {
+                let get = |name: &str| {
+                    let at = pairs.iter().position(|p| p == name)?;
+                    pairs.get(at + 1).map(String::as_str)
+                };
+                get("appendonly") == Some("yes") && get("appendfsync") == Some("always")
+            }
+            Some(Err(_)) => false,
+            None => return false,
+        };
+        let era = self.next_epoch();
+        let mut call = self.scripts.witness.prepare_invoke();
+        call.arg(&run).arg(if safe { "1" } else { "0" }).arg(era);
+        match within(CALL_TIMEOUT, call.invoke_async::<u64>(&mut s.conn)).await {
+            Some(Ok(began)) => {
+                if began == 1 {
+                    log::warn!(
+                        "redis: Redis restarted (run {run}) with persistence that may have lost \
+                         acknowledged writes (not AOF with appendfsync always); every room \
+                         starts a new epoch"
+                    );
+                }
+                true
+            }
+            Some(Err(e)) => {
+                log::warn!("redis: checking Redis's run failed: {e}");
+                false
+            }
+            None => false,
+        }
+    }
+
     /// A room's state, as the hub's [`Notice::Resync`]; `None` if the call failed.
     async fn state(&mut self, s: &mut Session, room: String) -> Option<Notice> {
-        let invocation = self.scripts.state.arg(&room);
+        let mut invocation = self.scripts.state.prepare_invoke();
+        invocation.arg(&room).arg(self.config.presence_limit);
         let reply: Value = match within(CALL_TIMEOUT, invocation.invoke_async(&mut s.conn)).await {
             Some(Ok(v)) => v,
             Some(Err(e)) => {
@@ -476,11 +536,18 @@ impl Bridge {
         let v = items(reply);
         let last_id = int(v.get(1));
         let history = wire::history(&room, last_id, &texts(v.get(3)));
+        let epoch = text(v.first());
+        self.shared
+            .lock()
+            .epochs
+            .insert(room.clone(), epoch.clone());
         Some(Notice::Resync {
-            epoch: text(v.first()),
+            epoch,
             last_id,
             ev: int(v.get(2)),
             history,
+            count: int(v.get(4)) as usize,
+            nicks: texts(v.get(5)),
             room,
         })
     }
@@ -508,6 +575,9 @@ impl Bridge {
             let work = self.take(&s.subscribed);
             if work.shutdown {
                 return self.goodbye(s).await;
+            }
+            if let Some(ended) = self.reread(s, work.stale).await {
+                return ended;
             }
             if work.ops.is_empty() && work.byes.is_empty() && work.unsubscribe.is_empty() {
                 let calls = &mut self.calls;
@@ -567,6 +637,21 @@ impl Bridge {
         }
     }
 
+    /// Reads again the rooms whose channel showed a new epoch, for the hub (which holds
+    /// their events meanwhile). `Some` if the connection or the hub is gone.
+    async fn reread(&mut self, s: &mut Session, stale: Vec<String>) -> Option<Ended> {
+        for room in stale {
+            log::warn!("redis: room {room:?} has a new epoch; reading it again");
+            let Some(notice) = self.state(s, room).await else {
+                return Some(Ended::Lost);
+            };
+            if self.notices.send(notice).await.is_err() {
+                return Some(Ended::Shutdown);
+            }
+        }
+        None
+    }
+
     /// Takes the work waiting in the control state: questions (while fewer than
     /// [`MAX_IN_FLIGHT`] calls run), departures of clients with nothing running, rooms to
     /// unsubscribe.
@@ -579,6 +664,7 @@ impl Bridge {
                 ops: Vec::new(),
                 byes: Vec::new(),
                 unsubscribe: Vec::new(),
+                stale: Vec::new(),
             };
         }
         let room = MAX_IN_FLIGHT.saturating_sub(self.calls.len());
@@ -596,10 +682,14 @@ impl Bridge {
             }
         }
         let dropped = std::mem::take(&mut c.dropped);
-        let unsubscribe = dropped
+        let unsubscribe: Vec<String> = dropped
             .into_iter()
             .filter(|r| !c.wanted.contains(r) && subscribed.contains(r))
             .collect();
+        for room in &unsubscribe {
+            c.epochs.remove(room);
+        }
+        let stale = std::mem::take(&mut c.stale);
         // A restore for an earlier Resyncing that arrived after this session's resync.
         c.members = None;
         Work {
@@ -607,6 +697,7 @@ impl Bridge {
             ops,
             byes,
             unsubscribe,
+            stale,
         }
     }
 
@@ -816,12 +907,21 @@ impl Bridge {
     }
 }
 
+/// The value of `name` in an `INFO` reply (`name:value` lines).
+fn info_field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+    info.lines()
+        .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+        .map(str::trim)
+}
+
 /// Work taken from the control state in one look.
 struct Work {
     shutdown: bool,
     ops: Vec<(ClientId, Ask)>,
     byes: Vec<(ClientId, LeaveReason)>,
     unsubscribe: Vec<String>,
+    /// Rooms whose channel showed a new epoch, to read again.
+    stale: Vec<String>,
 }
 
 fn failure(e: &RedisError) -> Outcome {
@@ -931,7 +1031,9 @@ impl Pushes {
             };
         }
         let room = channel.strip_prefix(ROOM_CHANNEL)?;
-        match wire::room_event(room, payload, &self.node) {
+        // `EPOCH EV ...`: the epoch is the bridge's ([`Pushes::epoch_changed`]), the rest wire's.
+        let event = payload.split_once(' ').map_or("", |(_, rest)| rest);
+        match wire::room_event(room, event, &self.node) {
             Some(event) => Some(Notice::Room(event)),
             None => {
                 log::warn!("redis: malformed event on {channel}");
@@ -967,6 +1069,39 @@ impl AsyncPushSender for Pushes {
         let Some(notice) = self.notice(channel, payload) else {
             return Ok(());
         };
+        if let Notice::Room(event) = &notice
+            && self.epoch_changed(&event.room, payload)
+        {
+            // Held until the bridge has read the room again ([`Bridge::reread`]).
+            self.forward(Notice::Hold(event.room.clone()))?;
+            self.shared.wake.notify(1);
+        }
+        self.forward(notice)
+    }
+}
+
+impl Pushes {
+    /// Whether a room event's epoch (the payload's first field) differs from the one this
+    /// node last knew for the room: Redis lost the room or came back older, and this node
+    /// has not read it since. The room is then queued to be read again.
+    fn epoch_changed(&self, room: &str, payload: &str) -> bool {
+        let epoch = payload.split_once(' ').map_or("", |(e, _)| e);
+        let mut c = self.shared.lock();
+        match c.epochs.get_mut(room) {
+            Some(known) if known != epoch => {
+                *known = epoch.to_string();
+                c.stale.push(room.to_string());
+                true
+            }
+            Some(_) => false,
+            None => {
+                c.epochs.insert(room.to_string(), epoch.to_string());
+                false
+            }
+        }
+    }
+
+    fn forward(&self, notice: Notice) -> Result<(), SendError> {
         match self.notices.try_send(notice) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {

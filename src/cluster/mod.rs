@@ -110,6 +110,10 @@ struct Control {
     restores: u64,
     /// The node is shutting down (or the hub is gone).
     shutdown: bool,
+    /// Per subscribed room, the epoch this node last knew it under (from its last read or its
+    /// channel's events), and the rooms whose channel showed another one since, to read again.
+    epochs: HashMap<String, String>,
+    stale: Vec<String>,
 }
 
 /// [`Control`] and the event that wakes the bridge when it changes.

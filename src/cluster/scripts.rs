@@ -17,7 +17,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `room:R` | hash | `epoch`, `seq` (last message id), `ev` (last room event), `joins` (join counter), `bytes` (history bytes), `holder` (address holding it, while it has members) |
+//! | `room:R` | hash | `epoch`, `seq` (last message id), `ev` (last room event), `joins` (join counter), `bytes` (history bytes), `holder` (address holding it, while it has members), `era` (the era its ids belong to) |
 //! | `room:R:history` | list | records `ID TS SIZE NICK TEXT`, oldest first, within `--history` and `--history-bytes` |
 //! | `room:R:members` | sorted set | member ids by join order, each user once (through one of its connections) |
 //! | `room:R:extra` | set | the user's other connections in the room, besides the one in `members` |
@@ -32,8 +32,10 @@
 //! | `node:N:alive` | string, expires | N's heartbeat |
 //! | `node:N:members` | set | N's members |
 //! | `nodes` | set | nodes with members or a heartbeat |
-//! | `counters` | hash | `guest`, `rename`, `emptied` |
+//! | `counters` | hash | `guest`, `rename`, `emptied`, `epochs` (epochs begun by `current` in this era) |
 //! | `life` | string | an id of this Redis data set, set by the first node to see it empty |
+//! | `run` | string | the Redis `run_id` this data set was last written under (WITNESS) |
+//! | `era` | string | set when Redis came back from a restart that may have lost writes; a room whose `era` field differs starts a new epoch |
 //!
 //! Channels: `smolchat:room:R` (room events), `smolchat:node:N` (direct messages for N's
 //! clients, and N's heartbeat echo).
@@ -51,13 +53,6 @@ local P = 'smolchat:'
 -- A number as digits: Lua's own conversion switches to exponents above 1e14.
 local function int(n) return string.format('%d', n) end
 
--- Announces `fields` in `room` under the room's next event number.
-local function publish(room, fields)
-  local ev = redis.call('HINCRBY', P..'room:'..room, 'ev', 1)
-  redis.call('PUBLISH', P..'room:'..room, int(ev)..' '..fields)
-  return ev
-end
-
 -- Adds `n` to the rooms address `addr` holds.
 local function hold(addr, n)
   local k = P..'address:'..addr
@@ -69,8 +64,34 @@ local function exists(room)
 end
 
 local function create(room, epoch)
-  redis.call('HSET', P..'room:'..room, 'epoch', epoch)
+  redis.call('HSET', P..'room:'..room, 'epoch', epoch, 'era', redis.call('GET', P..'era') or '')
   redis.call('ZADD', P..'rooms', 0, room)
+end
+
+-- Brings an existing room into the current era (see WITNESS): a room last written before
+-- Redis came back from an older state may have handed out ids that Redis no longer knows, so
+-- it starts a new epoch, with an empty history, before anything reads or writes its ids.
+-- Every script that reads or gives a room's ids calls this first. Returns the room's key.
+local function current(room)
+  local rk = P..'room:'..room
+  local era = redis.call('GET', P..'era')
+  if era and exists(room) and redis.call('HGET', rk, 'era') ~= era then
+    local n = redis.call('HINCRBY', P..'counters', 'epochs', 1)
+    redis.call('HSET', rk, 'epoch', era..'-'..int(n), 'seq', 0, 'bytes', 0, 'era', era)
+    redis.call('DEL', rk..':history')
+  end
+  return rk
+end
+
+-- Announces `fields` in `room` under the room's epoch and next event number. The epoch lets
+-- a node that still knows the room under an older one (Redis lost it, or came back older)
+-- find out from the first event and read the room again.
+local function publish(room, fields)
+  local rk = current(room)
+  local ev = redis.call('HINCRBY', rk, 'ev', 1)
+  local epoch = redis.call('HGET', rk, 'epoch') or ''
+  redis.call('PUBLISH', rk, epoch..' '..int(ev)..' '..fields)
+  return ev
 end
 
 -- The key of the connections of member `mid`'s user, if `mid` is a user's connection.
@@ -141,7 +162,7 @@ end
 -- `base`: the size of the message's event with an empty nick and id 0; `api`: published
 -- through the HTTP API, which the record marks on the nick (`wire::API_MARK`). Returns the id.
 local function post(room, ts, nick, text, base, cap, max, api)
-  local rk = P..'room:'..room
+  local rk = current(room)
   local id = redis.call('HINCRBY', rk, 'seq', 1)
   local size = tonumber(base) + #nick + #int(id) - 1
   cap, max = tonumber(cap), tonumber(max)
@@ -298,7 +319,7 @@ local mid, room, default = ARGV[1], ARGV[2], ARGV[5]
 local member = P..'member:'..mid
 local addr = redis.call('HGET', member, 'addr')
 if not addr then return {'gone'} end
-local rk = P..'room:'..room
+local rk = current(room)
 local mk = rk..':members'
 local ev
 if redis.call('SISMEMBER', member..':rooms', room) == 1 or accompany(room, mid) then
@@ -454,14 +475,24 @@ end
 return {names, counts}
 "#;
 
-/// ARGV: room. Returns `{epoch, last id, event, history records}`; epoch `''` if there is no
-/// such room. For a resync, and for the HTTP API's history.
+/// ARGV: room, presence limit (optional, 0 if absent). Returns `{epoch, last id, event,
+/// history records, member count, first nicks}`; epoch `''` if there is no such room. For a
+/// resync (the count and nicks tell the members of a room whose epoch changed), and for the
+/// HTTP API's history.
 pub const STATE: &str = r#"
-if not exists(ARGV[1]) then return {'', 0, 0, {}} end
-local rk = P..'room:'..ARGV[1]
+if not exists(ARGV[1]) then return {'', 0, 0, {}, 0, {}} end
+local rk = current(ARGV[1])
+local mk = rk..':members'
 local s = redis.call('HMGET', rk, 'epoch', 'seq', 'ev')
+local nicks = {}
+local limit = tonumber(ARGV[2] or '0')
+if limit > 0 then
+  for i, m in ipairs(redis.call('ZRANGE', mk, 0, limit - 1)) do
+    nicks[i] = redis.call('HGET', P..'member:'..m, 'nick') or ''
+  end
+end
 return {s[1] or '', tonumber(s[2] or '0'), tonumber(s[3] or '0'),
-  redis.call('LRANGE', rk..':history', 0, -1)}
+  redis.call('LRANGE', rk..':history', 0, -1), redis.call('ZCARD', mk), nicks}
 "#;
 
 /// ARGV: default room, then pairs of member id and leave reason. The members are gone: each
@@ -547,6 +578,24 @@ redis.call('PUBLISH', P..'node:'..ARGV[1], 'beat')
 return {was, redis.call('GET', P..'life'), redis.call('ZCARD', P..'rooms')}
 "#;
 
+/// ARGV: Redis's `run_id` now, `'1'` if its persistence now keeps every acknowledged write
+/// (AOF with `appendfsync always`), a new era id. Run once per connection, before anything
+/// else reads the rooms. Redis's `run_id` changes at every restart; the one this data set was
+/// last written under is kept in `run`. A data set written under another run came back from
+/// a restart, and unless its persistence keeps every acknowledged write it may be older than
+/// what the nodes and clients saw: ids it had handed out may be handed out again. So it
+/// starts a new era, and every room starts a new epoch when it is next touched (`current`).
+/// A flushed data set has no `run` (nor rooms): nothing to do. Returns 1 if a new era began.
+pub const WITNESS: &str = r#"
+local known = redis.call('GET', P..'run')
+redis.call('SET', P..'run', ARGV[1])
+if known and known ~= ARGV[1] and ARGV[2] ~= '1' then
+  redis.call('SET', P..'era', ARGV[3])
+  return 1
+end
+return 0
+"#;
+
 /// ARGV: this node, default room, batch size. Removes up to a batch of the members of other
 /// nodes whose heartbeat expired, with leave reason `node_lost`. Returns how many it removed
 /// (a full batch: call again).
@@ -600,6 +649,7 @@ pub struct Scripts {
     pub bye: redis::Script,
     pub restore: redis::Script,
     pub heartbeat: redis::Script,
+    pub witness: redis::Script,
     pub reap: redis::Script,
     pub goodbye: redis::Script,
 }
@@ -622,6 +672,7 @@ impl Scripts {
             bye: s(BYE),
             restore: s(RESTORE),
             heartbeat: s(HEARTBEAT),
+            witness: s(WITNESS),
             reap: s(REAP),
             goodbye: s(GOODBYE),
         }

@@ -206,29 +206,29 @@ impl Hub {
         self.authority.restore(members);
     }
 
-    /// A room's state after a reconnect: deliver what was said while this node was cut off
-    /// (as far as the history still has it), then the events held back since.
+    /// One room changed epoch under this node: hold its events until its resync.
+    pub(super) fn hold(&mut self, room: &str) {
+        if let Some(audience) = self.audiences.get_mut(room) {
+            audience.held.get_or_insert_with(VecDeque::new);
+        }
+    }
+
+    /// A room's state after a reconnect or a [`Hub::hold`]: `(epoch, last id, last event)`,
+    /// its history and `(member count, first nicks)`. Delivers what was said while this node
+    /// was cut off (as far as the history still has it), then the events held back since; or,
+    /// if the room's epoch changed, tells every member so ([`Hub::new_epoch`]).
     pub(super) fn resync(
         &mut self,
         room: &str,
-        epoch: String,
-        last_id: u64,
-        ev: u64,
+        (epoch, last_id, ev): (String, u64, u64),
         history: Vec<Frame>,
+        (count, nicks): (usize, Vec<String>),
     ) {
-        let Hub {
-            audiences,
-            clients,
-            slow,
-            metrics,
-            ..
-        } = self;
-        let Some(audience) = audiences.get_mut(room) else {
+        let Some(audience) = self.audiences.get_mut(room) else {
             return;
         };
         let held = audience.held.take().unwrap_or_default();
         let floors = std::mem::take(&mut audience.floors);
-        let mut lost_waiters = Vec::new();
         if audience.epoch == epoch || audience.epoch.is_empty() {
             let first = (last_id + 1).saturating_sub(history.len() as u64);
             if first > audience.last_id + 1 && !audience.epoch.is_empty() {
@@ -238,6 +238,12 @@ impl Hub {
                     first - 1
                 );
             }
+            let Hub {
+                clients,
+                slow,
+                metrics,
+                ..
+            } = self;
             for (id, frame) in (first..).zip(&history) {
                 if id <= audience.last_id {
                     continue;
@@ -250,24 +256,71 @@ impl Hub {
                     }
                 }
             }
+            audience.epoch = epoch;
+            audience.last_id = audience.last_id.max(last_id);
         } else {
-            // The store lost the room's history: a new life. Senders still waiting for a
-            // message of the old life will never see it.
-            lost_waiters = audience.waiters.drain(..).map(|(k, _)| k).collect();
-            audience.fresh.clear();
-            audience.last_id = last_id;
-        }
-        audience.epoch = epoch;
-        audience.last_id = audience.last_id.max(last_id);
-        for key in lost_waiters {
-            self.fail(key, Waiting::Done);
-            self.finish(key);
+            let presence = (count, nicks.iter().map(String::as_str).collect());
+            self.new_epoch(room, &epoch, last_id, &history, presence);
         }
         self.message_back(room, last_id);
         for event in held {
             if event.ev > ev {
                 self.room_event(event);
             }
+        }
+    }
+
+    /// `room` has a new epoch: the store lost the room (Redis flushed) or came back older
+    /// than it was (a restart that may have lost writes starts a new era, see scripts.rs's
+    /// WITNESS), and this node learned it from a resync or from a join's answer. Senders
+    /// still waiting for a message of the old epoch will never see it. Every member is told,
+    /// as if it had joined again with a cursor of the old epoch: `room` with the new epoch
+    /// and `complete: false`, then `replay`, the new epoch's history.
+    pub(super) fn new_epoch(
+        &mut self,
+        room: &str,
+        epoch: &str,
+        last_id: u64,
+        replay: &[Frame],
+        (count, members): (usize, Vec<&str>),
+    ) {
+        let Hub {
+            audiences,
+            clients,
+            slow,
+            metrics,
+            ..
+        } = self;
+        let Some(audience) = audiences.get_mut(room) else {
+            return;
+        };
+        log::warn!(
+            "room {room}: epoch {} became {epoch}; telling its {} members here",
+            audience.epoch,
+            audience.members.len()
+        );
+        let told = Event::Room {
+            room,
+            epoch,
+            members,
+            count,
+            last_id,
+            complete: Some(false),
+        }
+        .encode();
+        for &k in &audience.members {
+            deliver(clients, slow, metrics, k, &told);
+            for frame in replay {
+                deliver(clients, slow, metrics, k, frame);
+            }
+        }
+        let lost_waiters: Vec<usize> = audience.waiters.drain(..).map(|(k, _)| k).collect();
+        audience.fresh.clear();
+        audience.epoch = epoch.to_string();
+        audience.last_id = last_id;
+        for key in lost_waiters {
+            self.fail(key, Waiting::Done);
+            self.finish(key);
         }
     }
 }

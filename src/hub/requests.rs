@@ -405,6 +405,21 @@ impl Hub {
         for message in &joined.replay {
             self.send(key, message);
         }
+        let audience = &self.audiences[&room];
+        if !audience.epoch.is_empty() && audience.epoch != joined.epoch {
+            // The join's answer is the first sign of a new epoch: the others are told too.
+            let presence = (
+                joined.count,
+                joined.nicks.iter().map(String::as_str).collect(),
+            );
+            self.new_epoch(
+                &room,
+                &joined.epoch,
+                joined.last_id,
+                &joined.replay,
+                presence,
+            );
+        }
         let audience = self.audiences.get_mut(&room).expect("pending join");
         let i = audience
             .pending

@@ -343,6 +343,8 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
         last_id: 4,
         ev,
         history,
+        count: 5,
+        nicks: Vec::new(),
     });
     wire.deliver_all(&mut hub);
     for x in [&a, &b, &d, &e] {
@@ -366,6 +368,95 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
     b.say(&mut hub, "lobby", "5");
     wire.deliver_all(&mut hub);
     assert_eq!(messages(&c.events()), [5]);
+}
+
+/// The `message` event of id `id` in `lobby`, as the store would replay it.
+fn lobby_message(id: u64) -> Frame {
+    Event::Message {
+        room: "lobby",
+        id,
+        from: "someone",
+        text: &id.to_string(),
+        ts: 0,
+        api: false,
+    }
+    .encode()
+}
+
+#[test]
+fn a_room_whose_epoch_changed_is_announced_to_every_member_with_its_history() {
+    let (mut hub, wire) = late_hub(Config::default());
+    let [a, b] = [(); 2].map(|_| connect(&mut hub, &wire));
+    b.say(&mut hub, "lobby", "1");
+    wire.deliver_all(&mut hub);
+    // b's next message waits for its echo when the store loses the room (Redis flushed, or
+    // came back older): the bridge sees an event of another epoch, holds and rereads it.
+    b.say(&mut hub, "lobby", "2");
+    wire.take(room_event).unwrap();
+    wire.deliver_all(&mut hub);
+    for c in [&a, &b] {
+        c.drain();
+    }
+    hub.notice(Notice::Hold("lobby".into()));
+    hub.notice(Notice::Resync {
+        room: "lobby".into(),
+        epoch: "era-1".into(),
+        last_id: 1,
+        ev: 3,
+        history: vec![lobby_message(1)],
+        count: 2,
+        nicks: vec!["x".into(), "y".into()],
+    });
+    for c in [&a, &b] {
+        let got = c.events();
+        let room = got.iter().find(|e| e["type"] == "room").expect("told");
+        assert_eq!(room["epoch"], "era-1");
+        assert_eq!(
+            room["complete"], false,
+            "a new epoch: they may have missed some"
+        );
+        assert_eq!(room["last_id"], 1);
+        assert_eq!(room["members"], serde_json::json!(["x", "y"]));
+        assert_eq!(messages(&got), [1], "then the new epoch's history");
+    }
+    assert_eq!(hub.audiences["lobby"].epoch, "era-1");
+    // b's message of the old epoch will never come back: b was told and may speak again.
+    assert!(hub.audiences["lobby"].waiters.is_empty());
+}
+
+#[test]
+fn a_join_answered_in_a_new_epoch_tells_the_members_already_there() {
+    let (mut hub, wire) = late_hub(Config::default());
+    let [a, c] = [(); 2].map(|_| connect(&mut hub, &wire));
+    assert!(!hub.audiences["lobby"].epoch.is_empty());
+    // The store lost the room and made it again; this node has not heard of it yet when a
+    // new client's join is answered in the new epoch.
+    let (tx, _rx) = queue::bounded(100, usize::MAX);
+    let d = hub.connect(tx, Address::of("127.0.0.1:1"), None);
+    wire.deliver(&mut hub, answer); // registered: d asks to join the lobby
+    wire.take(answer)
+        .expect("d's join, answered below in the new epoch");
+    let joined = Joined {
+        epoch: "era-2".into(),
+        last_id: 0,
+        ev: 100,
+        count: 3,
+        nicks: vec!["a".into(), "c".into(), "d".into()],
+        replay: Vec::new(),
+        complete: None,
+    };
+    hub.notice(Notice::Answer {
+        client: d,
+        answer: Answer::Joined(joined),
+    });
+    for x in [&a, &c] {
+        let got = x.events();
+        let room = got.iter().find(|e| e["type"] == "room");
+        let room = room.expect("told of the new epoch");
+        assert_eq!(room["epoch"], "era-2");
+        assert_eq!(room["complete"], false);
+    }
+    assert_eq!(hub.audiences["lobby"].epoch, "era-2");
 }
 
 #[test]

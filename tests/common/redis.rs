@@ -19,6 +19,9 @@ pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
     dir: PathBuf,
+    /// AOF fsynced on every write (the default), or RDB snapshots only (after
+    /// [`RedisServer::restart_from`]).
+    aof: bool,
 }
 
 impl RedisServer {
@@ -35,6 +38,7 @@ impl RedisServer {
             child: None,
             port,
             dir,
+            aof: true,
         };
         server.restart();
         server
@@ -67,6 +71,25 @@ impl RedisServer {
         self.restart();
     }
 
+    /// Writes an RDB snapshot of the data now and returns a copy of it, for
+    /// [`RedisServer::restart_from`].
+    pub fn snapshot(&self) -> PathBuf {
+        assert!(self.command("SAVE").starts_with("+OK"), "SAVE");
+        let copy = self.dir.with_extension("snapshot.rdb");
+        std::fs::copy(self.dir.join("dump.rdb"), &copy).expect("copy the snapshot");
+        copy
+    }
+
+    /// Kills the server and starts it again from `snapshot` (older than what it had), with
+    /// RDB persistence only: a Redis that came back from an older snapshot after a crash.
+    pub fn restart_from(&mut self, snapshot: &PathBuf) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(self.dir.join("appendonlydir"));
+        std::fs::copy(snapshot, self.dir.join("dump.rdb")).expect("restore the snapshot");
+        self.aof = false;
+        self.restart();
+    }
+
     /// The value of `field` in the `INFO` section `section`, as text ("" if absent).
     pub fn info(&self, section: &str, field: &str) -> String {
         let reply = self.command(&format!("INFO {section}"));
@@ -84,7 +107,7 @@ impl RedisServer {
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1"])
             .args(["--save", ""])
-            .args(["--appendonly", "yes"])
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
             .args(["--appendfsync", "always"])
             .arg("--dir")
             .arg(&self.dir)
@@ -128,6 +151,7 @@ impl RedisServer {
 impl Drop for RedisServer {
     fn drop(&mut self) {
         self.kill();
+        let _ = std::fs::remove_file(self.dir.with_extension("snapshot.rdb"));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

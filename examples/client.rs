@@ -426,7 +426,10 @@ fn show_event(text: &str, state: &RefCell<State>, signal: &Sender<Signal>) {
                     last_id: 0,
                 },
             };
-            if entry.epoch != epoch {
+            // A new epoch: the server lost the room's history (or part of it) and its ids
+            // start again. It says so unasked, too, to members who stayed connected.
+            let renewed = entry.epoch != epoch;
+            if renewed {
                 entry.epoch = epoch;
                 entry.last_id = 0;
             }
@@ -436,7 +439,13 @@ fn show_event(text: &str, state: &RefCell<State>, signal: &Sender<Signal>) {
                 "* you are in {room}; members: {}",
                 member_list(&members, count)
             );
-            if complete == Some(false) {
+            if complete == Some(false) && renewed {
+                println!(
+                    "* the server lost part of {room}'s history (its store restarted from an \
+                     older copy or was emptied): some messages may be missing, and message \
+                     ids start again"
+                );
+            } else if complete == Some(false) {
                 println!(
                     "* some messages in {room} were missed while you were away \
                      (the server restarted or its history ran out)"

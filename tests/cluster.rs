@@ -790,6 +790,8 @@ fn defect_7_a_restore_never_gives_back_a_nick_someone_else_holds() {
                 > 0
                 && !metrics.redis_down()
         });
+        // Redis lost the lobby: b is told of its new epoch.
+        assert_eq!(next_room(&mut b, "lobby").await["complete"], false);
         let eve = join_as(other.addr, "ada", &mut [&mut b]).await;
 
         proxy.heal();
@@ -1075,6 +1077,10 @@ fn a_users_connections_are_restored_together_after_redis_lost_its_data() {
                     && !metrics.redis_down()
             })
         });
+        for c in [&mut bob, &mut ada1, &mut ada2] {
+            // Redis lost the lobby: every live member is told of its new epoch.
+            assert_eq!(next_room(c, "lobby").await["complete"], false);
+        }
         bob.send(json!({"type": "who", "room": "lobby"})).await;
         let who = bob.expect("members").await;
         let mut members: Vec<&str> = who["members"]
@@ -1245,6 +1251,7 @@ fn a_node_that_finds_redis_empty_again_registers_its_members_again() {
                 > 0
                 && !metrics.redis_down()
         });
+        assert_eq!(next_room(&mut a, "lobby").await["complete"], false);
         a.send(json!({"type": "who", "room": "lobby"})).await;
         a.expect_exact(members_event("lobby", &["ada"])).await;
         a.say("lobby", "still here").await;

@@ -25,7 +25,7 @@
 //! accepted). Any failure before that, like any later loss, ends the session: the next one
 //! starts with a new `Resyncing`, so no room stays held.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -487,16 +487,17 @@ impl Bridge {
         };
         let mut config = redis::cmd("CONFIG");
         config.arg("GET").arg("append*");
-        let safe = match within(CALL_TIMEOUT, config.query_async::<Vec<String>>(&mut s.conn)).await
-        {
-            Some(Ok(pairs)) => {
-                let get = |name: &str| {
-                    let at = pairs.iter().position(|p| p == name)?;
-                    pairs.get(at + 1).map(String::as_str)
-                };
+        // A map in RESP3, pairs in an array in RESP2: redis-rs reads either into a HashMap.
+        let reply = config.query_async::<HashMap<String, String>>(&mut s.conn);
+        let safe = match within(CALL_TIMEOUT, reply).await {
+            Some(Ok(settings)) => {
+                let get = |name: &str| settings.get(name).map(String::as_str);
                 get("appendonly") == Some("yes") && get("appendfsync") == Some("always")
             }
-            Some(Err(_)) => false,
+            Some(Err(e)) => {
+                log::warn!("redis: CONFIG GET failed ({e}); taking persistence for unsafe");
+                false
+            }
             None => return false,
         };
         let era = self.next_epoch();
@@ -1183,7 +1184,7 @@ mod tests {
         let (p, rx) = pushes(2);
         p.send(message(
             "smolchat:room:dev",
-            "1 m 1 5 n1x0.0.1 ada hi there",
+            "e1 1 m 1 5 n1x0.0.1 ada hi there",
         ))
         .unwrap();
         p.send(message("smolchat:node:n1x0", "beat")).unwrap();
@@ -1212,16 +1213,42 @@ mod tests {
         // Two fit; the third finds the channel full: the link is lost, and nothing after it
         // overtakes the dropped event.
         for ev in 2..=4 {
-            let _ = p.send(message("smolchat:room:dev", &format!("{ev} j 2 x.1.1 bob")));
+            let _ = p.send(message(
+                "smolchat:room:dev",
+                &format!("e1 {ev} j 2 x.1.1 bob"),
+            ));
         }
         assert!(p.link.lost());
         rx.try_recv().unwrap();
         rx.try_recv().unwrap();
         assert!(
-            p.send(message("smolchat:room:dev", "5 j 2 x.1.1 bob"))
+            p.send(message("smolchat:room:dev", "e1 5 j 2 x.1.1 bob"))
                 .is_err()
         );
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn an_event_of_another_epoch_holds_the_room_and_queues_it_to_be_read_again() {
+        let (p, rx) = pushes(10);
+        p.send(message("smolchat:room:dev", "e1 1 j 1 x.1.1 bob"))
+            .unwrap();
+        assert!(matches!(rx.try_recv().unwrap(), Notice::Room(_)));
+        // Redis lost the room and made it again: the next event shows a new epoch.
+        p.send(message("smolchat:room:dev", "e2 1 m 1 5 x.1.1 bob hi"))
+            .unwrap();
+        assert!(matches!(rx.try_recv().unwrap(), Notice::Hold(ref r) if r == "dev"));
+        assert!(
+            matches!(rx.try_recv().unwrap(), Notice::Room(_)),
+            "held by the hub"
+        );
+        assert_eq!(p.shared.lock().stale, ["dev"]);
+        // Later events of the new epoch are plain events.
+        p.send(message("smolchat:room:dev", "e2 2 m 2 5 x.1.1 bob again"))
+            .unwrap();
+        assert!(matches!(rx.try_recv().unwrap(), Notice::Room(_)));
+        assert!(rx.try_recv().is_err());
+        assert_eq!(p.shared.lock().stale.len(), 1);
     }
 
     #[test]

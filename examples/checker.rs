@@ -98,12 +98,15 @@ struct Options {
     max_faults: usize,
     bin: PathBuf,
     keep: bool,
+    /// One node with durable history (`--data-dir`) instead of nodes sharing Redis.
+    store: bool,
 }
 
 const USAGE: &str = "options: --duration SECS (120) --faults LIST|all|none (all: aof-always,\
 aof-everysec,rollback,flush,node-kill,node-freeze,link-cut) --seed N (time) --nodes N (2) \
 --clients N (6) --rooms N (3) --pause SECS (6) --max-faults N (1000) \
---bin PATH (target/debug/smolchat) --keep (keep the run directory)";
+--bin PATH (target/debug/smolchat) --keep (keep the run directory) \
+--store (one node with --data-dir, no Redis; faults: node-kill,node-freeze)";
 
 fn options() -> Options {
     let mut o = Options {
@@ -120,6 +123,7 @@ fn options() -> Options {
         max_faults: 1000,
         bin: PathBuf::from("target/debug/smolchat"),
         keep: false,
+        store: false,
     };
     let mut args = std::env::args().skip(1);
     let usage = |what: &str| -> ! {
@@ -129,6 +133,10 @@ fn options() -> Options {
     while let Some(flag) = args.next() {
         if flag == "--keep" {
             o.keep = true;
+            continue;
+        }
+        if flag == "--store" {
+            o.store = true;
             continue;
         }
         if flag == "-h" || flag == "--help" {
@@ -171,6 +179,16 @@ fn options() -> Options {
                 }
             }
             other => usage(&format!("unknown option {other}")),
+        }
+    }
+    if o.store {
+        // A single node and its store: the faults that are not about Redis.
+        o.nodes = 1;
+        let redis = |f: &Fault| !matches!(f, Fault::NodeKill | Fault::NodeFreeze);
+        if o.faults.len() == ALL_FAULTS.len() {
+            o.faults.retain(|f| !redis(f));
+        } else if o.faults.iter().any(redis) {
+            usage("--store takes only the faults node-kill and node-freeze");
         }
     }
     o
@@ -263,10 +281,14 @@ struct Cluster {
     bin: PathBuf,
     redis_port: u16,
     redis: Option<Child>,
+    /// `--store`: one node with `--data-dir`, no Redis and no proxies.
+    store: bool,
     /// How Redis keeps its data now; a restart keeps it, as an operator's config file would.
     persistence: Persistence,
     nodes: Vec<NodeProc>,
     proxies: Vec<Proxy>,
+    /// Nodes started so far (`--store` alternates the sync interval).
+    restarts: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -286,21 +308,26 @@ struct NodeProc {
 }
 
 impl Cluster {
-    fn start(dir: &Path, bin: &Path, nodes: usize) -> Cluster {
+    fn start(dir: &Path, bin: &Path, nodes: usize, store: bool) -> Cluster {
         let mut c = Cluster {
             dir: dir.to_path_buf(),
             bin: bin.to_path_buf(),
             redis_port: free_port(),
             redis: None,
+            store,
             persistence: Persistence::AofAlways,
             nodes: Vec::new(),
             proxies: Vec::new(),
+            restarts: 0,
         };
         std::fs::write(dir.join("api-key"), API_KEY).expect("api key file");
-        c.start_redis();
+        if !store {
+            c.start_redis();
+        }
         for _ in 0..nodes {
-            let proxy = Proxy::start(c.redis_port);
-            c.proxies.push(proxy);
+            if !store {
+                c.proxies.push(Proxy::start(c.redis_port));
+            }
             c.nodes.push(NodeProc {
                 port: free_port(),
                 child: None,
@@ -397,12 +424,24 @@ impl Cluster {
     }
 
     fn start_node(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none());
+        let mut command = Command::new(&self.bin);
+        if self.store {
+            // A commit every 100 ms, or every one back to back: both ways of keeping up.
+            let sync = if self.restarts % 2 == 0 { "100ms" } else { "0" };
+            self.restarts += 1;
+            command
+                .arg("--data-dir")
+                .arg(self.dir.join("store"))
+                .args(["--sync-interval", sync]);
+        } else {
+            command
+                .args(["--redis", &self.proxies[i].url()])
+                .args(["--redis-heartbeat", "1s"]);
+        }
         let node = &mut self.nodes[i];
-        assert!(node.child.is_none());
-        let child = Command::new(&self.bin)
+        let child = command
             .args(["--listen", &format!("127.0.0.1:{}", node.port)])
-            .args(["--redis", &self.proxies[i].url()])
-            .args(["--redis-heartbeat", "1s"])
             .args(["--rate-limit", "0"])
             .args(["--history", "200"])
             .args(["--history-bytes", "262144"])
@@ -454,11 +493,11 @@ impl Cluster {
     /// Undoes every fault still in effect: Redis up, every node running and awake, every link
     /// open.
     fn heal_all(&mut self) {
-        if self.redis.is_none() {
+        if self.redis.is_none() && !self.store {
             self.start_redis();
         }
         for i in 0..self.nodes.len() {
-            if *self.proxies[i].state.cut.lock().unwrap() {
+            if !self.store && *self.proxies[i].state.cut.lock().unwrap() {
                 self.proxies[i].heal();
             }
             if self.nodes[i].frozen {
@@ -1344,6 +1383,9 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
             let mut expected: Option<u64> = None;
             let mut recovery: Option<Recovery> = None;
             let mut first_in_chain = true;
+            // The last id of a replay answered `complete: false`: a gap in it is told (the
+            // messages there were lost: a single node's crash loses its last unstored ones).
+            let mut told_until: Option<u64> = None;
             for rec in log {
                 match &rec.ev {
                     Ev::Room {
@@ -1358,6 +1400,7 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                         if let Some(rc) = recovery.take() {
                             recoveries.push(rc);
                         }
+                        told_until = (*complete == Some(false)).then_some(*last_id);
                         let same_epoch = since.as_ref().is_some_and(|s| &s.0 == epoch);
                         if *complete == Some(true) && since.is_some() && !same_epoch && !api {
                             v.add("2", || {
@@ -1407,6 +1450,21 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                         }
                     }
                     Ev::Msg { room: r, id, text } if r == room => {
+                        if let (Some(x), Some(c)) = (expected, chain.as_ref())
+                            && *id > x
+                            && told_until.is_some_and(|l| *id <= l)
+                        {
+                            // A told gap: the view goes on after it as a new one.
+                            let next = Chain {
+                                client,
+                                epoch: c.epoch.clone(),
+                                ids: HashMap::new(),
+                                start: *id,
+                                open_ended: c.open_ended,
+                            };
+                            chains.extend(chain.replace(next));
+                            expected = None;
+                        }
                         let Some(c) = chain.as_mut() else { continue };
                         let key = (c.epoch.clone(), *id);
                         match named.get(&key) {
@@ -1599,7 +1657,7 @@ fn main() {
         dir.display()
     );
 
-    let cluster = Arc::new(Mutex::new(Cluster::start(&dir, &o.bin, o.nodes)));
+    let cluster = Arc::new(Mutex::new(Cluster::start(&dir, &o.bin, o.nodes, o.store)));
     let node_ports: Vec<u16> = cluster
         .lock()
         .unwrap()

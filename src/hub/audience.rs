@@ -231,19 +231,37 @@ impl Hub {
         let floors = std::mem::take(&mut audience.floors);
         if audience.epoch == epoch || audience.epoch.is_empty() {
             let first = (last_id + 1).saturating_sub(history.len() as u64);
-            if first > audience.last_id + 1 && !audience.epoch.is_empty() {
-                log::warn!(
-                    "room {room}: messages {}..{} were evicted before this node could deliver them",
-                    audience.last_id + 1,
-                    first - 1
-                );
-            }
             let Hub {
                 clients,
                 slow,
                 metrics,
                 ..
             } = self;
+            if first > audience.last_id + 1 && !audience.epoch.is_empty() {
+                // Messages were forgotten before this node could deliver them: the members
+                // that missed them are told, as a recovery would tell them (`complete:
+                // false`), and get what is left.
+                log::warn!(
+                    "room {room}: messages {}..{} were evicted before this node could deliver them",
+                    audience.last_id + 1,
+                    first - 1
+                );
+                let told = Event::Room {
+                    room,
+                    epoch: &epoch,
+                    members: nicks.iter().map(String::as_str).collect(),
+                    count,
+                    last_id,
+                    complete: Some(false),
+                }
+                .encode();
+                for &k in &audience.members {
+                    let floor = floors.iter().find(|&&(f, _)| f == k).map(|&(_, l)| l);
+                    if floor.unwrap_or(audience.last_id) + 1 < first {
+                        deliver(clients, slow, metrics, k, &told);
+                    }
+                }
+            }
             for (id, frame) in (first..).zip(&history) {
                 if id <= audience.last_id {
                     continue;

@@ -425,6 +425,36 @@ fn a_room_whose_epoch_changed_is_announced_to_every_member_with_its_history() {
 }
 
 #[test]
+fn messages_evicted_before_a_resync_could_deliver_them_are_told() {
+    let (mut hub, wire) = late_hub(Config::default());
+    let [a, b] = [(); 2].map(|_| connect(&mut hub, &wire));
+    b.say(&mut hub, "lobby", "1");
+    wire.deliver_all(&mut hub);
+    for c in [&a, &b] {
+        c.drain();
+    }
+    // Cut off while messages 2 to 4 were said elsewhere; the history kept only 3 and 4.
+    hub.notice(Notice::Resyncing);
+    let epoch = hub.audiences["lobby"].epoch.clone();
+    hub.notice(Notice::Resync {
+        room: "lobby".into(),
+        epoch: epoch.clone(),
+        last_id: 4,
+        ev: 9,
+        history: vec![lobby_message(3), lobby_message(4)],
+        count: 2,
+        nicks: vec!["x".into(), "y".into()],
+    });
+    for c in [&a, &b] {
+        let got = c.events();
+        assert_eq!(got[0]["type"], "room", "told first: {got:?}");
+        assert_eq!(got[0]["epoch"], epoch.as_str(), "the same epoch");
+        assert_eq!(got[0]["complete"], false, "message 2 is missing");
+        assert_eq!(messages(&got), [3, 4], "then what is left");
+    }
+}
+
+#[test]
 fn a_join_answered_in_a_new_epoch_tells_the_members_already_there() {
     let (mut hub, wire) = late_hub(Config::default());
     let [a, c] = [(); 2].map(|_| connect(&mut hub, &wire));

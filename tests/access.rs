@@ -12,10 +12,14 @@ mod common;
 #[cfg(feature = "redis")]
 #[path = "common/redis.rs"]
 mod redis_server;
+#[macro_use]
+#[path = "common/authority.rs"]
+mod authority;
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
+use authority::{Authority, Setup};
 use common::raw::{request_head, status, upgrade_request};
 use common::*;
 use serde_json::{Value, json};
@@ -24,55 +28,16 @@ use smolchat::token::Secret;
 
 const SECRET: &[u8] = b"a test secret of at least 32 bytes, for HS256";
 
-/// Which authority decides: the suite runs against each.
-#[derive(Clone, Copy, Debug)]
-enum Authority {
-    Local,
-    #[cfg(feature = "redis")]
-    Redis,
-}
-
-/// A server (a node, for Redis) that checks tokens, with its Redis if it has one.
-struct Setup {
-    server: TestServer,
-    #[cfg(feature = "redis")]
-    _redis: Option<redis_server::RedisServer>,
-}
-
+/// A server (a node, for Redis) that checks tokens, deciding through `authority`.
 fn setup(authority: Authority, change: impl FnOnce(&mut smolchat::Config)) -> Setup {
-    let auth = |c: &mut smolchat::Config| {
+    authority::setup(authority, |c| {
         c.auth = Some(Auth {
             secret: Secret::new(SECRET.to_vec()),
             guests: false,
         });
         c.rate_limit = 0;
         change(c);
-    };
-    match authority {
-        Authority::Local => Setup {
-            server: server_with(auth),
-            #[cfg(feature = "redis")]
-            _redis: None,
-        },
-        #[cfg(feature = "redis")]
-        Authority::Redis => {
-            let redis = redis_server::RedisServer::start();
-            let server = server_with(|c| {
-                c.redis = Some(redis.url());
-                c.redis_heartbeat = std::time::Duration::from_secs(1);
-                auth(c);
-            });
-            let deadline = Instant::now() + DEADLINE;
-            while server.running().chat().metrics().redis_down() {
-                assert!(Instant::now() < deadline, "the node never reached Redis");
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Setup {
-                server,
-                _redis: Some(redis),
-            }
-        }
-    }
+    })
 }
 
 /// A token for `sub`, valid for an hour, limited to `rooms` if given.
@@ -111,24 +76,6 @@ async fn unlimited(addr: SocketAddr, name: &str) -> Client {
 /// in the name asked for read the same.
 fn template(error: &Value, name: &str) -> String {
     error["message"].as_str().unwrap().replace(name, "NAME")
-}
-
-/// Runs each scenario against every authority: `NAME::local` and, with the `redis` feature,
-/// `NAME::redis`.
-macro_rules! on_every_authority {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[test]
-            fn local() {
-                super::$name(super::Authority::Local);
-            }
-            #[cfg(feature = "redis")]
-            #[test]
-            fn redis() {
-                super::$name(super::Authority::Redis);
-            }
-        }
-    )*};
 }
 
 on_every_authority!(

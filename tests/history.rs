@@ -4,17 +4,28 @@
 //!
 //! Most tests keep 3 messages per room so that eviction is easy to reach. Events reach each
 //! client in order, so "nothing more was replayed" is proven by a marker that must come next.
+//!
+//! Part of the conformance suite (tests/common/authority.rs): every scenario but the restart
+//! of a single server runs against the in-memory authority (`NAME::local`) and, with
+//! `--features redis`, against Redis (`NAME::redis`).
 
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
+#[macro_use]
+#[path = "common/authority.rs"]
+mod authority;
 
 use std::net::SocketAddr;
 
+use authority::{Authority, Setup, setup};
 use common::*;
 use serde_json::json;
 
 /// Rooms remember `history` messages; no rate limit, so a client may say many things quickly.
-fn server_keeping(history: usize) -> TestServer {
-    server_with(|c| {
+fn server_keeping(authority: Authority, history: usize) -> Setup {
+    setup(authority, |c| {
         c.history = history;
         c.rate_limit = 0;
     })
@@ -62,9 +73,8 @@ async fn join_with(c: &mut Client, room: &str, since: Option<u64>, epoch: Option
     c.send(join).await;
 }
 
-#[test]
-fn connecting_replays_the_lobby_history_that_is_retained() {
-    let server = server_keeping(3);
+fn connecting_replays_the_lobby_history_that_is_retained(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let mut a = Client::connect(server.addr).await;
         say_many(&mut a, "lobby", 5).await;
@@ -87,9 +97,8 @@ fn connecting_replays_the_lobby_history_that_is_retained() {
     });
 }
 
-#[test]
-fn join_without_since_replays_what_is_retained() {
-    let server = server_keeping(3);
+fn join_without_since_replays_what_is_retained(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         a.join("small").await;
@@ -120,9 +129,8 @@ fn join_without_since_replays_what_is_retained() {
     });
 }
 
-#[test]
-fn ids_keep_counting_while_a_room_is_empty() {
-    let server = server_keeping(3);
+fn ids_keep_counting_while_a_room_is_empty(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         a.join("dev").await;
@@ -138,9 +146,8 @@ fn ids_keep_counting_while_a_room_is_empty() {
     });
 }
 
-#[test]
-fn since_with_the_current_epoch_replays_exactly_the_missed_messages() {
-    let server = server_keeping(3);
+fn since_with_the_current_epoch_replays_exactly_the_missed_messages(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         a.join("dev").await;
@@ -184,9 +191,8 @@ fn since_with_the_current_epoch_replays_exactly_the_missed_messages() {
     });
 }
 
-#[test]
-fn complete_is_false_exactly_when_missed_messages_were_evicted() {
-    let server = server_keeping(3);
+fn complete_is_false_exactly_when_missed_messages_were_evicted(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         a.join("dev").await;
@@ -230,9 +236,8 @@ fn complete_is_false_exactly_when_missed_messages_were_evicted() {
     });
 }
 
-#[test]
-fn since_without_an_epoch_uses_the_current_life() {
-    let server = server_keeping(3);
+fn since_without_an_epoch_uses_the_current_life(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let mut a = Client::connect(server.addr).await;
         a.join("dev").await;
@@ -248,9 +253,8 @@ fn since_without_an_epoch_uses_the_current_life() {
     });
 }
 
-#[test]
-fn the_current_epoch_without_since_counts_as_since_zero() {
-    let server = server_keeping(3);
+fn the_current_epoch_without_since_counts_as_since_zero(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let mut a = Client::connect(server.addr).await;
         let epoch = a.join("dev").await["epoch"].as_str().unwrap().to_string();
@@ -276,9 +280,8 @@ fn the_current_epoch_without_since_counts_as_since_zero() {
     });
 }
 
-#[test]
-fn a_different_epoch_gets_everything_retained_and_complete_false() {
-    let server = server_keeping(3);
+fn a_different_epoch_gets_everything_retained_and_complete_false(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         a.join("dev").await;
@@ -312,9 +315,8 @@ fn a_different_epoch_gets_everything_retained_and_complete_false() {
     });
 }
 
-#[test]
-fn rejoining_a_room_is_a_resync_that_nobody_else_hears() {
-    let server = server_keeping(3);
+fn rejoining_a_room_is_a_resync_that_nobody_else_hears(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         say_many(&mut a, "lobby", 4).await;
@@ -356,9 +358,8 @@ fn rejoining_a_room_is_a_resync_that_nobody_else_hears() {
     });
 }
 
-#[test]
-fn a_reconnecting_client_recovers_the_lobby_with_its_cursor() {
-    let server = server_keeping(3);
+fn a_reconnecting_client_recovers_the_lobby_with_its_cursor(authority: Authority) {
+    let server = server_keeping(authority, 3);
     run(async {
         let mut a = Client::connect_raw(server.addr).await;
         a.nick = a.expect("welcome").await["nick"]
@@ -415,7 +416,7 @@ fn a_reconnecting_client_recovers_the_lobby_with_its_cursor() {
 #[test]
 fn a_restarted_server_has_new_epochs_and_stale_cursors_are_incomplete() {
     let (epoch, old_nick) = {
-        let first = server_keeping(3);
+        let first = server_keeping(Authority::Local, 3);
         let mut cursor = (String::new(), String::new());
         run(async {
             let mut a = Client::connect(first.addr).await;
@@ -424,12 +425,12 @@ fn a_restarted_server_has_new_epochs_and_stale_cursors_are_incomplete() {
             say_many(&mut a, "lobby", 4).await;
             a.close().await;
         });
-        first.shutdown();
+        first.server.shutdown();
         cursor
     };
     assert!(!epoch.is_empty(), "{old_nick} read an epoch");
 
-    let second = server_keeping(3);
+    let second = server_keeping(Authority::Local, 3);
     run(async {
         let mut a = Client::connect(second.addr).await;
         say_own(&mut a, "lobby", 1, "after the restart").await;
@@ -449,10 +450,9 @@ fn a_restarted_server_has_new_epochs_and_stale_cursors_are_incomplete() {
     });
 }
 
-#[test]
-fn a_room_evicted_and_created_again_starts_a_new_epoch() {
+fn a_room_evicted_and_created_again_starts_a_new_epoch(authority: Authority) {
     // One room besides the lobby: creating a second evicts the empty one used longest ago.
-    let server = server_with(|c| {
+    let server = setup(authority, |c| {
         c.history = 3;
         c.max_rooms = 1;
     });
@@ -475,9 +475,8 @@ fn a_room_evicted_and_created_again_starts_a_new_epoch() {
     });
 }
 
-#[test]
-fn with_no_history_last_id_still_counts_and_nothing_is_replayed() {
-    let server = server_keeping(0);
+fn with_no_history_last_id_still_counts_and_nothing_is_replayed(authority: Authority) {
+    let server = server_keeping(authority, 0);
     run(async {
         let (mut a, mut b) = two(server.addr).await;
         say_many(&mut a, "lobby", 2).await;
@@ -495,3 +494,18 @@ fn with_no_history_last_id_still_counts_and_nothing_is_replayed() {
         a.expect_exact(message("lobby", 3, &b.nick, "marker")).await;
     });
 }
+
+on_every_authority!(
+    connecting_replays_the_lobby_history_that_is_retained,
+    join_without_since_replays_what_is_retained,
+    ids_keep_counting_while_a_room_is_empty,
+    since_with_the_current_epoch_replays_exactly_the_missed_messages,
+    complete_is_false_exactly_when_missed_messages_were_evicted,
+    since_without_an_epoch_uses_the_current_life,
+    the_current_epoch_without_since_counts_as_since_zero,
+    a_different_epoch_gets_everything_retained_and_complete_false,
+    rejoining_a_room_is_a_resync_that_nobody_else_hears,
+    a_reconnecting_client_recovers_the_lobby_with_its_cursor,
+    a_room_evicted_and_created_again_starts_a_new_epoch,
+    with_no_history_last_id_still_counts_and_nothing_is_replayed,
+);

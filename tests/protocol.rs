@@ -3,18 +3,24 @@
 //!
 //! Events reach each client in the order the hub produced them, so "X did not arrive" is proven
 //! by making something later arrive (a marker) and checking that it is the very next event.
+//!
+//! Part of the conformance suite (tests/common/authority.rs): every scenario runs against the
+//! in-memory authority (`NAME::local`) and, with `--features redis`, against Redis
+//! (`NAME::redis`).
 
 mod common;
+#[cfg(feature = "redis")]
+#[path = "common/redis.rs"]
+mod redis_server;
+#[macro_use]
+#[path = "common/authority.rs"]
+mod authority;
 
 use std::net::SocketAddr;
 
+use authority::{Authority, setup};
 use common::*;
 use serde_json::{Value, json};
-
-/// A server without the rate limit, for tests that send many frames from one client.
-fn unlimited() -> TestServer {
-    server_with(|c| c.rate_limit = 0)
-}
 
 /// Connects `N` clients in order; every earlier client sees each later one's `join`.
 async fn clients<const N: usize>(addr: SocketAddr) -> [Client; N] {
@@ -65,9 +71,8 @@ async fn rename(c: &mut Client, nick: &str) -> Value {
 
 // ---------------------------------------------------------------- welcome, room, join
 
-#[test]
-fn connect_sends_welcome_then_the_lobby_room_event() {
-    let server = server();
+fn connect_sends_welcome_then_the_lobby_room_event(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let mut a = Client::connect_raw(server.addr).await;
         let welcome = a.next().await;
@@ -111,9 +116,8 @@ fn connect_sends_welcome_then_the_lobby_room_event() {
     });
 }
 
-#[test]
-fn welcome_reports_the_configured_limits() {
-    let server = server_with(|c| {
+fn welcome_reports_the_configured_limits(authority: Authority) {
+    let server = setup(authority, |c| {
         c.history = 7;
         c.max_message_bytes = 1000;
         c.rate_limit = 3;
@@ -138,9 +142,8 @@ fn welcome_reports_the_configured_limits() {
     });
 }
 
-#[test]
-fn join_sends_room_to_the_joiner_and_join_to_the_members_only() {
-    let server = server();
+fn join_sends_room_to_the_joiner_and_join_to_the_members_only(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         a.send(json!({"type": "join", "room": "dev"})).await;
@@ -160,9 +163,8 @@ fn join_sends_room_to_the_joiner_and_join_to_the_members_only() {
     });
 }
 
-#[test]
-fn unknown_fields_in_commands_are_ignored() {
-    let server = server();
+fn unknown_fields_in_commands_are_ignored(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         a.send(json!({"type": "say", "room": "lobby", "text": "hi", "extra": {"x": [1]}}))
@@ -179,9 +181,8 @@ fn unknown_fields_in_commands_are_ignored() {
 
 // ---------------------------------------------------------------- leave
 
-#[test]
-fn leave_tells_the_others_with_reason_left_and_not_the_leaver() {
-    let server = server();
+fn leave_tells_the_others_with_reason_left_and_not_the_leaver(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         b.join("dev").await;
@@ -213,9 +214,8 @@ fn leave_tells_the_others_with_reason_left_and_not_the_leaver() {
     });
 }
 
-#[test]
-fn leaving_the_lobby_is_allowed_and_announced() {
-    let server = server();
+fn leaving_the_lobby_is_allowed_and_announced(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         a.send(json!({"type": "leave", "room": "lobby"})).await;
@@ -230,9 +230,8 @@ fn leaving_the_lobby_is_allowed_and_announced() {
     });
 }
 
-#[test]
-fn closing_the_connection_announces_leave_disconnected_in_every_room() {
-    let server = server();
+fn closing_the_connection_announces_leave_disconnected_in_every_room(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         b.join("dev").await;
@@ -263,9 +262,8 @@ fn closing_the_connection_announces_leave_disconnected_in_every_room() {
     });
 }
 
-#[test]
-fn dropping_the_socket_without_a_close_frame_is_a_disconnect_too() {
-    let server = server();
+fn dropping_the_socket_without_a_close_frame_is_a_disconnect_too(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [a, mut b] = clients(server.addr).await;
         let gone = a.nick.clone();
@@ -280,9 +278,8 @@ fn dropping_the_socket_without_a_close_frame_is_a_disconnect_too() {
 
 // ---------------------------------------------------------------- say, message, plain text
 
-#[test]
-fn message_ids_start_at_one_per_room_and_increase() {
-    let server = server();
+fn message_ids_start_at_one_per_room_and_increase(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         a.join("dev").await;
@@ -298,9 +295,8 @@ fn message_ids_start_at_one_per_room_and_increase() {
     });
 }
 
-#[test]
-fn plain_text_frames_go_to_the_most_recently_joined_room() {
-    let server = server();
+fn plain_text_frames_go_to_the_most_recently_joined_room(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         b.join("dev").await;
@@ -361,9 +357,8 @@ fn plain_text_frames_go_to_the_most_recently_joined_room() {
     });
 }
 
-#[test]
-fn a_resync_makes_the_room_current_again() {
-    let server = server();
+fn a_resync_makes_the_room_current_again(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a] = clients(server.addr).await;
         a.join("dev").await;
@@ -377,9 +372,8 @@ fn a_resync_makes_the_room_current_again() {
     });
 }
 
-#[test]
-fn a_message_in_one_room_never_reaches_a_client_only_in_another() {
-    let server = server();
+fn a_message_in_one_room_never_reaches_a_client_only_in_another(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         // a ends up only in alpha, b only in beta, c in lobby, alpha and beta.
@@ -432,9 +426,8 @@ fn a_message_in_one_room_never_reaches_a_client_only_in_another() {
 
 // ---------------------------------------------------------------- nick
 
-#[test]
-fn nick_goes_to_the_renamed_client_and_each_room_mate_once() {
-    let server = server();
+fn nick_goes_to_the_renamed_client_and_each_room_mate_once(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c, mut d] = clients(server.addr).await;
         // c: only in ops. d: only in zed. b: lobby and dev. a: lobby, dev and ops.
@@ -482,9 +475,8 @@ fn nick_goes_to_the_renamed_client_and_each_room_mate_once() {
     });
 }
 
-#[test]
-fn a_client_alone_gets_its_own_nick_event() {
-    let server = server();
+fn a_client_alone_gets_its_own_nick_event(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a] = clients(server.addr).await;
         rename(&mut a, "solo").await;
@@ -492,9 +484,8 @@ fn a_client_alone_gets_its_own_nick_event() {
     });
 }
 
-#[test]
-fn nick_taken_ignores_case_and_leaves_the_nick_unchanged() {
-    let server = unlimited();
+fn nick_taken_ignores_case_and_leaves_the_nick_unchanged(authority: Authority) {
+    let server = setup(authority, |c| c.rate_limit = 0);
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         let renamed = rename(&mut a, "Ada").await;
@@ -521,9 +512,8 @@ fn nick_taken_ignores_case_and_leaves_the_nick_unchanged() {
     });
 }
 
-#[test]
-fn invalid_nicks_are_refused_and_the_connection_keeps_working() {
-    let server = unlimited();
+fn invalid_nicks_are_refused_and_the_connection_keeps_working(authority: Authority) {
+    let server = setup(authority, |c| c.rate_limit = 0);
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         let too_long = "x".repeat(33);
@@ -551,9 +541,8 @@ fn invalid_nicks_are_refused_and_the_connection_keeps_working() {
     });
 }
 
-#[test]
-fn a_nick_is_freed_when_its_owner_disconnects() {
-    let server = server();
+fn a_nick_is_freed_when_its_owner_disconnects(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         let renamed = rename(&mut a, "ada").await;
@@ -588,9 +577,8 @@ fn a_nick_is_freed_when_its_owner_disconnects() {
     });
 }
 
-#[test]
-fn renaming_frees_the_old_nick_and_new_guests_avoid_taken_nicks() {
-    let server = server();
+fn renaming_frees_the_old_nick_and_new_guests_avoid_taken_nicks(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         let old = a.nick.clone();
@@ -623,9 +611,8 @@ fn renaming_frees_the_old_nick_and_new_guests_avoid_taken_nicks() {
 
 // ---------------------------------------------------------------- direct
 
-#[test]
-fn direct_reaches_the_recipient_and_comes_back_to_the_sender_only() {
-    let server = server();
+fn direct_reaches_the_recipient_and_comes_back_to_the_sender_only(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         a.send(json!({"type": "direct", "to": b.nick, "text": "psst"}))
@@ -668,9 +655,8 @@ fn direct_reaches_the_recipient_and_comes_back_to_the_sender_only() {
     });
 }
 
-#[test]
-fn a_direct_message_to_oneself_arrives_once() {
-    let server = server();
+fn a_direct_message_to_oneself_arrives_once(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         a.send(json!({"type": "direct", "to": a.nick, "text": "note to self"}))
@@ -683,9 +669,8 @@ fn a_direct_message_to_oneself_arrives_once() {
     });
 }
 
-#[test]
-fn direct_to_an_unknown_nick_is_unknown_recipient() {
-    let server = server();
+fn direct_to_an_unknown_nick_is_unknown_recipient(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, b, mut c] = clients(server.addr).await;
         let gone = b.nick.clone();
@@ -709,9 +694,8 @@ fn direct_to_an_unknown_nick_is_unknown_recipient() {
 
 // ---------------------------------------------------------------- who, rooms
 
-#[test]
-fn who_lists_a_rooms_members_in_join_order() {
-    let server = server();
+fn who_lists_a_rooms_members_in_join_order(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         a.send(json!({"type": "who", "room": "lobby"})).await;
@@ -740,9 +724,8 @@ fn who_lists_a_rooms_members_in_join_order() {
     });
 }
 
-#[test]
-fn rooms_lists_every_room_with_its_member_count() {
-    let server = server();
+fn rooms_lists_every_room_with_its_member_count(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b, mut c] = clients(server.addr).await;
         b.join("dev").await;
@@ -772,9 +755,8 @@ fn rooms_lists_every_room_with_its_member_count() {
 
 // ---------------------------------------------------------------- errors
 
-#[test]
-fn bad_requests_are_refused_and_the_connection_keeps_working() {
-    let server = unlimited();
+fn bad_requests_are_refused_and_the_connection_keeps_working(authority: Authority) {
+    let server = setup(authority, |c| c.rate_limit = 0);
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         let frames = [
@@ -836,9 +818,8 @@ fn bad_requests_are_refused_and_the_connection_keeps_working() {
     });
 }
 
-#[test]
-fn invalid_room_names_are_refused_for_every_command() {
-    let server = unlimited();
+fn invalid_room_names_are_refused_for_every_command(authority: Authority) {
+    let server = setup(authority, |c| c.rate_limit = 0);
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         let too_long = "r".repeat(33);
@@ -874,9 +855,8 @@ fn invalid_room_names_are_refused_for_every_command() {
     });
 }
 
-#[test]
-fn say_or_leave_in_a_room_not_joined_is_not_member() {
-    let server = server();
+fn say_or_leave_in_a_room_not_joined_is_not_member(authority: Authority) {
+    let server = setup(authority, |_| {});
     run(async {
         let [mut a, mut b] = clients(server.addr).await;
         b.join("dev").await;
@@ -897,3 +877,32 @@ fn say_or_leave_in_a_room_not_joined_is_not_member() {
         say_and_see(&mut b, &mut [], "dev", 1, "first in dev").await;
     });
 }
+
+on_every_authority!(
+    connect_sends_welcome_then_the_lobby_room_event,
+    welcome_reports_the_configured_limits,
+    join_sends_room_to_the_joiner_and_join_to_the_members_only,
+    unknown_fields_in_commands_are_ignored,
+    leave_tells_the_others_with_reason_left_and_not_the_leaver,
+    leaving_the_lobby_is_allowed_and_announced,
+    closing_the_connection_announces_leave_disconnected_in_every_room,
+    dropping_the_socket_without_a_close_frame_is_a_disconnect_too,
+    message_ids_start_at_one_per_room_and_increase,
+    plain_text_frames_go_to_the_most_recently_joined_room,
+    a_resync_makes_the_room_current_again,
+    a_message_in_one_room_never_reaches_a_client_only_in_another,
+    nick_goes_to_the_renamed_client_and_each_room_mate_once,
+    a_client_alone_gets_its_own_nick_event,
+    nick_taken_ignores_case_and_leaves_the_nick_unchanged,
+    invalid_nicks_are_refused_and_the_connection_keeps_working,
+    a_nick_is_freed_when_its_owner_disconnects,
+    renaming_frees_the_old_nick_and_new_guests_avoid_taken_nicks,
+    direct_reaches_the_recipient_and_comes_back_to_the_sender_only,
+    a_direct_message_to_oneself_arrives_once,
+    direct_to_an_unknown_nick_is_unknown_recipient,
+    who_lists_a_rooms_members_in_join_order,
+    rooms_lists_every_room_with_its_member_count,
+    bad_requests_are_refused_and_the_connection_keeps_working,
+    invalid_room_names_are_refused_for_every_command,
+    say_or_leave_in_a_room_not_joined_is_not_member,
+);

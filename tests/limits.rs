@@ -853,7 +853,7 @@ fn room_limits_and_lru_eviction_of_empty_rooms(authority: Authority) {
         c.say("r3", "in r3").await;
         assert_eq!(c.expect("message").await["text"], "in r3");
         chat_still_works(&mut b, &mut [&mut a, &mut c], "rooms checked").await;
-        if let Authority::Local = authority {
+        if matches!(authority, Authority::Local) {
             // (With Redis the gauge is refreshed by the heartbeat, every second.)
             let m = raw::metrics(addr).await;
             assert_eq!(metric(&m, "smolchat_rooms"), 3);

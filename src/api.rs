@@ -25,15 +25,45 @@ use serde::Deserialize;
 
 use crate::Chat;
 use crate::bucket::TokenBucket;
-use crate::config::Config;
+use crate::config::{self, Config, Invalid, Protocol, Section, err, flags, put};
 use crate::handshake::respond;
 use crate::http::{Head, Response, query_param};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
 use crate::protocol::{check_text, valid_nick, valid_room};
+use crate::secret::Secret;
 
 /// The name an API message is from when the call names nobody.
 pub const DEFAULT_FROM: &str = "api";
+
+/// The HTTP API's flags (feature `api`), for the flag table (`crate::config`).
+pub(crate) const FLAGS: Section = Section {
+    heading: "\nHTTP API (the api feature; see docs/protocol.md#the-http-api):\n",
+    flags: flags! {
+        "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/" => key_file;
+        "api-rate-limit" "N" = "20": "API calls per second, 0 = off"
+            => |c, v| put(&mut c.api_rate_limit, config::number(v, 0, 1_000_000));
+    },
+    footer: &[],
+    // The API publishes messages and reads history: raw groups have neither.
+    check: |c| match c.api_key {
+        Some(_) if c.protocol == Protocol::Raw => Err(err(
+            "--api-key-file",
+            "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
+        )),
+        _ => Ok(()),
+    },
+};
+
+/// `--api-key-file`: reads the key, which must not be short enough to guess.
+fn key_file(config: &mut Config, path: &str) -> Result<(), Invalid> {
+    let key = Secret::read(path)?;
+    if key.bytes().len() < crate::secret::MIN_API_KEY_BYTES {
+        return Err("the API key must be at least 16 bytes".into());
+    }
+    config.api_key = Some(key);
+    Ok(())
+}
 
 /// The key's rate limit: `--api-rate-limit` calls a second, bursts of as many.
 pub(crate) fn bucket(config: &Config) -> Arc<Mutex<TokenBucket>> {

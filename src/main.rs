@@ -9,17 +9,15 @@ use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
+use smolchat::config::{Action, Config, Protocol};
 #[cfg(feature = "auth")]
-use smolchat::config::TOKEN_HELP;
-use smolchat::config::{
-    Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_STORE, HELP_TLS, Protocol,
-};
+use smolchat::token::TOKEN_HELP;
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_STORE}{HELP_REDIS}{HELP_TLS}");
+            print!("{}", smolchat::config::help());
             return ExitCode::SUCCESS;
         }
         Ok(Action::Check(config)) => return check(*config),

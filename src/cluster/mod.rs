@@ -29,6 +29,7 @@
 
 mod bridge;
 mod call;
+pub(crate) mod config;
 mod scripts;
 mod wire;
 

@@ -1,7 +1,7 @@
 //! The HTTP API (`/api/`): applications and scripts publish into rooms and read their history
 //! over plain HTTP, with one `curl`.
 //!
-//! A request enters from `crate::handshake` once its head is read, within the connection's
+//! A request enters from `crate::route` once its head is read, within the connection's
 //! one `--handshake-timeout`. Everything that needs no hub is checked here, cheapest first:
 //! the key (`Authorization: Bearer`, compared in constant time; without `--api-key-file`
 //! the router never gets here and `/api/` is 404), the rate limit of the key
@@ -17,17 +17,14 @@
 //! | `GET /api/rooms/{room}/messages?since=ID` | 200 `{"room", "epoch", "last_id", "complete", "messages"}` |
 //! | `GET /api/rooms?offset=N` | 200 `{"rooms": [{"name", "members"}], "count", "next"?}` |
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use serde::Deserialize;
 
-use crate::Chat;
-use crate::bucket::TokenBucket;
+use crate::Front;
 use crate::config::{self, Config, Invalid, Protocol, Section, err, flags, put};
-use crate::handshake::respond;
-use crate::http::{Head, Response, query_param};
+use crate::http::{Head, Response, query_param, respond};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
 use crate::protocol::{check_text, valid_nick, valid_room};
@@ -65,12 +62,6 @@ fn key_file(config: &mut Config, path: &str) -> Result<(), Invalid> {
     Ok(())
 }
 
-/// The key's rate limit: `--api-rate-limit` calls a second, bursts of as many.
-pub(crate) fn bucket(config: &Config) -> Arc<Mutex<TokenBucket>> {
-    let rate = config.api_rate_limit;
-    Arc::new(Mutex::new(TokenBucket::new(rate, rate.max(1))))
-}
-
 /// A publish call's body.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,7 +72,7 @@ struct Publish {
 
 /// Answers one API request on `stream`; `leftover` holds the bytes read after its head.
 pub(crate) async fn serve<S>(
-    chat: &Chat,
+    front: Front<'_>,
     stream: &mut S,
     head: &Head,
     leftover: Vec<u8>,
@@ -89,8 +80,8 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (endpoint, reply) = answer(chat, stream, head, leftover, peer).await;
-    chat.metrics.api_call(endpoint, reply.status);
+    let (endpoint, reply) = answer(front, stream, head, leftover, peer).await;
+    front.metrics.api_call(endpoint, reply.status);
     let mut response = Response::text(reply.status, "");
     response.content_type = "application/json";
     response.body = (reply.body + "\n").into_bytes().into();
@@ -106,7 +97,7 @@ pub(crate) async fn serve<S>(
 
 /// The endpoint a request is for (its `/metrics` label) and its reply.
 async fn answer<S>(
-    chat: &Chat,
+    front: Front<'_>,
     stream: &mut S,
     head: &Head,
     leftover: Vec<u8>,
@@ -115,7 +106,7 @@ async fn answer<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let config = &chat.config;
+    let config = front.config;
     let key = config
         .api_key
         .as_ref()
@@ -133,7 +124,8 @@ where
         );
         return ("other", reply);
     }
-    let allowed = chat
+    let allowed = front
+        .admission
         .api_calls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -201,7 +193,7 @@ where
             return ("other", reply);
         }
     };
-    (endpoint, call_hub(chat, call).await)
+    (endpoint, call_hub(front, call).await)
 }
 
 /// Checks a publish call's head and reads its body.
@@ -286,9 +278,9 @@ async fn publish<S: AsyncRead + Unpin>(
 }
 
 /// Hands `call` to the hub and waits for its reply.
-async fn call_hub(chat: &Chat, call: ApiCall) -> ApiReply {
+async fn call_hub(front: Front<'_>, call: ApiCall) -> ApiReply {
     let (reply, answer) = async_channel::bounded(1);
-    if chat.inbox.send(Command::Api { call, reply }).await.is_ok()
+    if front.inbox.send(Command::Api { call, reply }).await.is_ok()
         && let Ok(reply) = answer.recv().await
     {
         return reply;

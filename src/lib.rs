@@ -80,10 +80,12 @@
 pub struct ReadmeDoctests;
 
 pub mod access;
+pub mod admission;
 #[cfg(feature = "api")]
 mod api;
 pub mod authority;
 mod bucket;
+pub mod cli;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
@@ -99,6 +101,7 @@ pub mod protocol;
 pub mod queue;
 mod race;
 pub mod room;
+pub mod route;
 #[cfg(any(feature = "auth", feature = "api"))]
 pub mod secret;
 #[cfg(feature = "smol")]
@@ -110,16 +113,17 @@ pub mod store;
 pub mod tls;
 #[cfg(feature = "auth")]
 pub mod token;
+mod upgrade;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use async_channel::Sender;
 use futures_lite::{AsyncRead, AsyncWrite};
 
+use admission::Admission;
 pub use config::Config;
-use hub::{Address, Command, Hub};
+use hub::{Command, Hub};
 use meter::Metered;
 pub use metrics::Metrics;
 
@@ -150,14 +154,92 @@ pub struct Chat {
     metrics: Arc<Metrics>,
     /// Clients whose handshake failed after the hub registered them (see [`hub::Orphans`]).
     orphans: Arc<hub::Orphans>,
-    /// Pending connections per address, for each address's share of `--max-pending`.
-    pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
-    /// The HTTP API key's rate limit (`--api-rate-limit`).
-    #[cfg(feature = "api")]
-    api_calls: Arc<std::sync::Mutex<bucket::TokenBucket>>,
+    /// The front door's limits: pending connections, sessions, the API's rate.
+    admission: Arc<Admission>,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
     bridge_stopped: Option<async_channel::Receiver<()>>,
+}
+
+/// What the front door (`handshake`, `route`, `upgrade`, `api`) sees of the chat: the
+/// settings, the counters, admission, and the way to the hub. Borrowed from a [`Chat`] for
+/// one connection's handshake.
+#[derive(Clone, Copy)]
+pub(crate) struct Front<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) admission: &'a Admission,
+    /// The hub's inbox: registrations and API calls.
+    pub(crate) inbox: &'a Sender<Command>,
+    /// Where a registered client whose `Disconnect` did not fit the inbox is left.
+    pub(crate) orphans: &'a hub::Orphans,
+}
+
+/// The authority a configuration asks for, as [`Backend::choose`] starts it: the hub that asks
+/// it, what it tells the hub later (`notices`), what runs beside the hub (the Redis bridge),
+/// and whether it takes new sessions now.
+pub(crate) struct Backend {
+    pub(crate) hub: Hub,
+    pub(crate) notices: Option<async_channel::Receiver<authority::Notice>>,
+    pub(crate) beside: Option<HubFuture>,
+    pub(crate) up: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Scale-out: closed when the bridge has said goodbye.
+    #[cfg(feature = "redis")]
+    pub(crate) stopped: Option<async_channel::Receiver<()>>,
+}
+
+impl Backend {
+    /// The one place the backend is chosen: Redis with `--redis` (feature `redis`), the local
+    /// authority with its durable store with `--data-dir` (feature `store`), else the local
+    /// authority in memory.
+    fn choose(config: &Arc<Config>, metrics: &Arc<Metrics>) -> Result<Backend, String> {
+        #[cfg(feature = "redis")]
+        if config.redis.is_some() {
+            return Ok(cluster::backend::start(config.clone(), metrics.clone()));
+        }
+        #[cfg(feature = "store")]
+        if let Some(dir) = &config.data_dir {
+            return Backend::stored(config, metrics, dir);
+        }
+        Ok(Backend::local(Hub::new(config.clone(), metrics.clone())))
+    }
+
+    /// A backend that decides at once, in this process: always up, nothing beside the hub.
+    fn local(hub: Hub) -> Backend {
+        Backend {
+            hub,
+            notices: None,
+            beside: None,
+            up: Box::new(|| true),
+            #[cfg(feature = "redis")]
+            stopped: None,
+        }
+    }
+
+    /// The local authority with its durable store in `dir` (`--data-dir`).
+    #[cfg(feature = "store")]
+    fn stored(config: &Arc<Config>, metrics: &Arc<Metrics>, dir: &str) -> Result<Backend, String> {
+        // The writer reports each commit (one at most per commit, small): unbounded, so
+        // that it never waits on a hub that is waiting for it to end (a clean stop).
+        let (reports, notices) = async_channel::unbounded();
+        // Changes may wait for the writer up to about twice the history itself.
+        let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
+        let report = move |r| {
+            let _ = reports.try_send(authority::Notice::Stored(r));
+        };
+        let (store, saved, starts) = store::Store::open(dir, config.sync_interval, limit, report)?;
+        let local = authority::local::Local::with_store(
+            config.clone(),
+            metrics.clone(),
+            store,
+            (saved, starts),
+        );
+        let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
+        Ok(Backend {
+            notices: Some(notices),
+            ..Backend::local(hub)
+        })
+    }
 }
 
 impl Chat {
@@ -182,72 +264,39 @@ impl Chat {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
-        #[cfg(feature = "redis")]
-        if config.redis.is_some() {
-            let (done, stopped) = async_channel::bounded(1);
-            let (authority, notices, bridge) =
-                cluster::start(config.clone(), metrics.clone(), done);
-            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
-            let mut chat = Chat::handle(inbox, &hub, config, metrics);
-            chat.bridge_stopped = Some(stopped);
-            // The bridge is part of the hub's future: the embedder's executor runs both, and
-            // the library spawns nothing of its own.
-            let run =
-                futures_lite::future::zip(hub::run_with_notices(hub, commands, notices), bridge);
-            return Ok((
-                chat,
-                Box::pin(async move {
-                    run.await;
-                }),
-            ));
-        }
-        #[cfg(feature = "store")]
-        if let Some(dir) = &config.data_dir {
-            // The writer reports each commit (one at most per commit, small): unbounded, so
-            // that it never waits on a hub that is waiting for it to end (a clean stop).
-            let (reports, notices) = async_channel::unbounded();
-            // Changes may wait for the writer up to about twice the history itself.
-            let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
-            let report = move |r| {
-                let _ = reports.try_send(authority::Notice::Stored(r));
-            };
-            let (store, saved, starts) =
-                store::Store::open(dir, config.sync_interval, limit, report)?;
-            let local = authority::local::Local::with_store(
-                config.clone(),
-                metrics.clone(),
-                store,
-                (saved, starts),
-            );
-            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
-            let chat = Chat::handle(inbox, &hub, config, metrics);
-            return Ok((
-                chat,
-                Box::pin(hub::run_with_notices(hub, commands, notices)),
-            ));
-        }
-        let hub = Hub::new(config.clone(), metrics.clone());
-        let chat = Chat::handle(inbox, &hub, config, metrics);
-        Ok((chat, Box::pin(hub::run(hub, commands))))
-    }
-
-    /// The handle to `hub`, which takes commands from `inbox`.
-    fn handle(
-        inbox: Sender<Command>,
-        hub: &Hub,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> Chat {
-        Chat {
+        let backend = Backend::choose(&config, &metrics)?;
+        let chat = Chat {
             inbox,
-            orphans: hub.orphans(),
-            #[cfg(feature = "api")]
-            api_calls: api::bucket(&config),
+            orphans: backend.hub.orphans(),
+            admission: Arc::new(Admission::new(&config, backend.up)),
             config,
             metrics,
-            pending: Arc::default(),
             #[cfg(feature = "redis")]
-            bridge_stopped: None,
+            bridge_stopped: backend.stopped,
+        };
+        let hub: HubFuture = match backend.notices {
+            Some(notices) => Box::pin(hub::run_with_notices(backend.hub, commands, notices)),
+            None => Box::pin(hub::run(backend.hub, commands)),
+        };
+        // What runs beside the hub is part of the hub's future: the embedder's executor runs
+        // both, and the library spawns nothing of its own.
+        let run: HubFuture = match backend.beside {
+            Some(beside) => Box::pin(async move {
+                futures_lite::future::zip(hub, beside).await;
+            }),
+            None => hub,
+        };
+        Ok((chat, run))
+    }
+
+    /// The view of the chat the front door gets.
+    fn front(&self) -> Front<'_> {
+        Front {
+            config: &self.config,
+            metrics: &self.metrics,
+            admission: &self.admission,
+            inbox: &self.inbox,
+            orphans: &self.orphans,
         }
     }
 
@@ -268,6 +317,16 @@ impl Chat {
     /// The server's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The front door's limits, and how many of each are taken now.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The `/metrics` text: the counters, and the admission gauges.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.admission)
     }
 
     /// Asks the hub to close every client with 1001 and to accept no new ones.
@@ -306,7 +365,7 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
-        let tls = move |stream| handshake::tls(self, stream, peer, acceptor);
+        let tls = move |stream| handshake::tls(self.front(), stream, peer, acceptor);
         // No plain-HTTP 503 on a TLS port: the client could not read it.
         self.serve_over(stream, peer, tls, false)
     }
@@ -337,13 +396,13 @@ impl Chat {
                 progress,
                 client,
                 expires,
-                slot,
-            }) = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await
+                permit,
+            }) = Box::pin(handshake::admit(self.front(), stream, peer, wrap, plain)).await
             else {
                 return;
             };
             session::run(self, halves, &progress, client, expires, peer).await;
-            drop(slot);
+            drop(permit);
         }
     }
 }

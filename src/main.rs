@@ -9,15 +9,16 @@ use std::process::ExitCode;
 
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
-use smolchat::config::{Action, Config, Protocol};
 #[cfg(feature = "auth")]
-use smolchat::token::TOKEN_HELP;
+use smolchat::cli::TOKEN_HELP;
+use smolchat::cli::{self, Action};
+use smolchat::config::{Config, Protocol};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
         Ok(Action::Help) => {
-            print!("{}", smolchat::config::help());
+            print!("{}", cli::help());
             return ExitCode::SUCCESS;
         }
         Ok(Action::Check(config)) => return check(*config),

@@ -20,14 +20,8 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::client::{User, Verified};
+use crate::config::{Auth, Config, Invalid, Section, flags, number, put};
 use crate::protocol::{valid_nick, valid_room};
-use std::ffi::OsString;
-use std::time::Duration;
-
-use crate::config::{
-    Action, Auth, Config, ConfigError, Invalid, MAX_TOKEN_TTL, Section, duration_up_to, err, flags,
-    lex_error, number, put,
-};
 pub use crate::secret::Secret;
 
 /// The least secret length accepted, in bytes: HS256's key should be as long as its output.
@@ -295,108 +289,6 @@ fn guests(config: &mut Config, value: &str) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// What `smolchat token --sub NAME [--ttl DUR] [--rooms a,b]` asks for.
-#[derive(Debug, Clone)]
-pub struct TokenRequest {
-    pub secret: Secret,
-    pub sub: String,
-    pub ttl: Duration,
-    pub rooms: Option<Vec<String>>,
-}
-
-/// The help text of `smolchat token`.
-pub const TOKEN_HELP: &str = "\
-smolchat token: print a token signed with the server's secret
-
-Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file PATH]
-
-  --sub NAME                  the user: 1-32 letters, digits, '_', '-', '.'; not guest-...
-  --ttl DUR                   how long the token is valid: 30m, 8h, 14d; at most 90d
-                              (a token cannot be revoked before it expires) [default: 1h]
-  --rooms a,b                 the only rooms the user may join [default: any]
-  --auth-secret-file PATH     the server's HS256 secret (env SMOLCHAT_AUTH_SECRET_FILE)
-";
-
-/// Reads `smolchat token`'s options (the arguments after `token`).
-pub(crate) fn request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
-where
-    I: IntoIterator<Item = OsString>,
-    E: Fn(&str) -> Option<String>,
-{
-    use lexopt::Arg;
-
-    let mut parser = lexopt::Parser::from_args(args);
-    let (mut sub, mut ttl, mut rooms) = (None, Duration::from_secs(3600), None);
-    let mut secret_file = env("SMOLCHAT_AUTH_SECRET_FILE");
-    let mut from_env = secret_file.is_some();
-    while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
-        let flag = match arg {
-            Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
-            Arg::Long(name) => format!("--{name}"),
-            _ => {
-                return Err(err(
-                    "token",
-                    "unexpected argument; see smolchat token --help",
-                ));
-            }
-        };
-        let value = parser.value().map_err(|e| lex_error(&e))?;
-        let value = value.to_string_lossy().into_owned();
-        let bad = |what: &str| err(&flag, &format!("{what}, got {value:?}"));
-        match flag.as_str() {
-            "--sub" if valid_user_name(&value) => sub = Some(value),
-            "--sub" => {
-                return Err(bad(
-                    "expected 1-32 letters, digits, '_', '-' or '.', not starting with guest-",
-                ));
-            }
-            "--ttl" => {
-                let expected = "expected a positive duration up to 90 days, like 30m, 8h or 14d";
-                ttl = duration_up_to(&value, MAX_TOKEN_TTL, expected).map_err(|m| bad(&m))?;
-                if ttl.as_secs() == 0 {
-                    return Err(bad("expected at least 1s (tokens count whole seconds)"));
-                }
-            }
-            "--rooms" => {
-                let list: Vec<String> = value.split(',').map(|r| r.trim().to_string()).collect();
-                if !list.iter().all(|r| valid_room(r)) {
-                    return Err(bad(
-                        "expected room names (a-z, 0-9, _ or -) separated by commas",
-                    ));
-                }
-                rooms = Some(list);
-            }
-            "--auth-secret-file" => {
-                secret_file = Some(value);
-                from_env = false;
-            }
-            _ => return Err(err(&flag, "unknown option; see smolchat token --help")),
-        }
-    }
-    let sub = sub.ok_or_else(|| err("--sub", "is required: the user the token is for"))?;
-    let path = secret_file.ok_or_else(|| {
-        err(
-            "--auth-secret-file",
-            "is required (or SMOLCHAT_AUTH_SECRET_FILE): the secret to sign with",
-        )
-    })?;
-    let mut config = Config::default();
-    config.set("auth-secret-file", &path).map_err(|e| {
-        if from_env {
-            e.named_by("SMOLCHAT_AUTH_SECRET_FILE")
-        } else {
-            e
-        }
-    })?;
-    let secret = config.auth.expect("set above").secret;
-    Ok(Action::Token(TokenRequest {
-        secret,
-        sub,
-        ttl,
-        rooms,
-    }))
 }
 
 #[cfg(test)]

@@ -1,10 +1,36 @@
-//! The Redis backend's flags (`--redis`, `--redis-heartbeat`) and their checks, declared in the
-//! flag table's style (`crate::config::Section`) and plugged into it by one line there.
+//! The Redis backend as the rest of the server sees it: its flags and their checks, its start
+//! and its health.
 //!
-//! Values enter as text from the command line or the environment and leave as the fields
-//! `Config::redis` and `Config::redis_heartbeat`, which the bridge reads.
+//! Its flags (`--redis`, `--redis-heartbeat`) are a section of the flag table
+//! (`crate::config::Section`), plugged in by one line there: values enter as text from the
+//! command line or the environment and leave as the fields `Config::redis` and
+//! `Config::redis_heartbeat`, which the bridge reads. [`start`] is what `Backend::choose`
+//! (lib.rs) calls with `--redis`: it starts the authority and its bridge and hands them over
+//! as a `Backend`, whose health says whether Redis can be reached (new sessions and
+//! `/healthz` wait for it).
 
+use std::sync::Arc;
+
+use crate::Backend;
 use crate::config::{Config, ConfigError, Protocol, Section, duration, err, flags, put};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+
+/// Starts the Redis authority (see [`super::start`]) and the hub that asks it.
+pub(crate) fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Backend {
+    let (done, stopped) = async_channel::bounded(1);
+    let (authority, notices, bridge) = super::start(config.clone(), metrics.clone(), done);
+    let hub = Hub::with_authority(config, metrics.clone(), Box::new(authority));
+    Backend {
+        hub,
+        notices: Some(notices),
+        beside: Some(Box::pin(bridge)),
+        // The bridge keeps the `redis_up` gauge; a node that cannot reach Redis could
+        // answer no command, so it takes no session.
+        up: Box::new(move || !metrics.redis_down()),
+        stopped: Some(stopped),
+    }
+}
 
 /// Scale-out's flags (feature `redis`).
 pub(crate) const FLAGS: Section = Section {

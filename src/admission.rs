@@ -8,7 +8,7 @@
 //! ([`Admission::backend_up`], which the backend chose at start-up: Redis must be reachable)
 //! and, with the HTTP API, the key's `--api-rate-limit`.
 //!
-//! A permit is taken by the handshake ([`crate::handshake`], [`crate::upgrade`]) and given back
+//! A permit is taken by the handshake (`crate::handshake`, `crate::upgrade`) and given back
 //! when it is dropped, whatever way the connection ends. Nothing else changes the counts;
 //! `/metrics` reads them ([`Slots::taken`]) as its `connections` and `pending_connections`
 //! gauges.

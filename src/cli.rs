@@ -4,7 +4,7 @@
 //! Data enters as the process's arguments and environment ([`Config::from_env`], or
 //! [`Config::from_args`] with any of both) and leaves as an [`Action`]: a validated [`Config`]
 //! to run or `--check`, a token to print, or a text to print. Each flag is declared once, in a
-//! [`crate::config::Section`] beside the code it configures; [`SECTIONS`] plugs them in, one
+//! [`crate::config::Section`] beside the code it configures; `SECTIONS` plugs them in, one
 //! line each, in `--help`'s order, which is also the order flags are applied in. Sections
 //! lower in the crate (config, token, api, tls, cluster) never name this module, so adding
 //! one makes no import cycle.
@@ -58,7 +58,7 @@ const SECTIONS: &[&Section] = &[
 /// Where `--help`'s text starts: the column after the widest common flag.
 const HELP_COLUMN: usize = 30;
 
-/// The text of `smolchat --help`, from [`SECTIONS`].
+/// The text of `smolchat --help`, from `SECTIONS`.
 pub fn help() -> String {
     let mut out = String::new();
     for section in SECTIONS {
@@ -251,7 +251,7 @@ impl Config {
         Ok(())
     }
 
-    /// Checks the settings against each other: every section's checks, in [`SECTIONS`]'s
+    /// Checks the settings against each other: every section's checks, in `SECTIONS`'s
     /// order. The first that fails names the flag to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
         SECTIONS

@@ -6,13 +6,13 @@
 //! Everything else receives a finished `Config` (shared behind an `Arc`) and only reads it.
 //! Tests and embedders build one with [`Config::default`] and change the fields they care about.
 //!
-//! A flag is declared once, as one [`Flag`] of a [`Section`] (see [`flags!`]): its name, the
+//! A flag is declared once, as one [`Flag`] of a [`Section`] (see `flags!`): its name, the
 //! text and default `--help` shows, and how its text becomes a field. `--help`, the parsing of
 //! flags and of their environment variables all read that table, and a section's checks
 //! against other settings run in one validation step ([`Config::validate`]). The flags every
 //! build has are declared here; an optional part of the server declares its own section
 //! beside its code (`token.rs`, `api.rs`, `tls.rs`, `cluster/backend.rs`), plugged in by one
-//! line of [`SECTIONS`]. To add a limit: a field with its default below, and one line in a
+//! line of `cli::SECTIONS`. To add a limit: a field with its default below, and one line in a
 //! table.
 
 use std::fmt;
@@ -239,7 +239,7 @@ impl ConfigError {
 
 /// One command-line flag, declared once: its name (`--history`; the environment variable
 /// `SMOLCHAT_HISTORY` is derived from it), the placeholder and text `--help` shows, the default
-/// `--help` names, and how its text becomes a [`Config`] field. Declared with [`flags!`], one
+/// `--help` names, and how its text becomes a [`Config`] field. Declared with `flags!`, one
 /// line each, in the [`Section`] of the part of the server (or cargo feature) it belongs to.
 pub struct Flag {
     pub(crate) name: &'static str,
@@ -298,7 +298,7 @@ pub(crate) use flags;
 
 /// A group of flags, as `--help` prints them, with the checks that relate them to other
 /// settings. Each optional part of the server declares its own (`crate::token::FLAGS`,
-/// `crate::cluster::backend::FLAGS`...); [`SECTIONS`] lists them in `--help`'s order, which is
+/// `crate::cluster::backend::FLAGS`...); `cli::SECTIONS` lists them in `--help`'s order, which is
 /// also the order flags are applied in.
 pub struct Section {
     /// Printed before the flags (a blank line and a title, for the optional parts).

@@ -3,7 +3,7 @@
 //! A connection enters as any `AsyncRead + AsyncWrite` byte stream. [`read_head`] reads up to
 //! [`MAX_HEAD_BYTES`] and parses them with `httparse` into a [`Head`], which
 //! [`crate::route`] decides on. Plain answers leave as a complete HTTP response
-//! ([`respond`]: written, then what the client still sends is drained; [`refuse`] also counts
+//! (`respond`: written, then what the client still sends is drained; `refuse` also counts
 //! and logs it); an accepted upgrade leaves as the `101` ([`switching_protocols`]) plus
 //! whatever bytes the client already sent after its head, which `crate::upgrade` hands to
 //! tungstenite. Nothing here knows about rooms.

@@ -3,10 +3,11 @@
 //! ```text
 //!  accepted socket (server.rs's accept loop, or an embedder's) → Chat::serve / serve_tls
 //!    1. handshake.rs, all within one --handshake-timeout:
-//!         --max-pending slot → [TLS, tls.rs] → read head, route (http.rs)
+//!         --max-pending permit (admission.rs) → [TLS, tls.rs] → read head (http.rs)
+//!         → token (token.rs; 401), route (route.rs):
 //!           ├─ GET /, /healthz, /metrics; 400, 403, 404, 405, 431, 503 → answered, dropped
 //!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
-//!           └─ /ws → token (token.rs; 401) → host, origin, --max-connections → 101 → WebSocket
+//!           └─ /ws → host, origin → upgrade.rs: --max-connections permit, register → 101
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
 //!         reader:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
@@ -23,10 +24,17 @@
 //!
 //! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
 //!   threads and the graceful shutdown.
-//! * `handshake`: everything between an accepted socket and a WebSocket session: the
-//!   `--max-pending` slots, the one `--handshake-timeout` deadline, HTTP routing, the `101`,
-//!   and tungstenite's buffers.
-//! * `http`: HTTP/1.1 request heads, the routing decision, plain responses, the built-in page.
+//! * `admission`: the front door's limits as counting semaphores with RAII permits
+//!   (`--max-pending` and each address's share, `--max-connections`), the API key's rate, and
+//!   whether the backend takes sessions. `/metrics` reads them; nothing else counts them.
+//! * `handshake`: everything between an accepted socket and a routed request: the pending
+//!   permit, the one `--handshake-timeout` deadline, TLS, the request head. It sees the chat
+//!   through `Front`, a narrow view: settings, counters, admission, the hub's inbox.
+//! * `route`: what each request gets, decided in one place (page, `/healthz`, `/metrics`,
+//!   `/api/`, the upgrade, refusals), the token checked first.
+//! * `upgrade`: the WebSocket upgrade: the session permit, the registration with the hub, the
+//!   `101`, and tungstenite's buffers.
+//! * `http`: HTTP/1.1 request heads, plain responses (and refusals), the built-in page.
 //! * `token`: signed tokens (HS256 JWTs): who a client is, checked at the upgrade.
 //! * `api`: the HTTP API's requests (`/api/`), from head and body to a call for the hub.
 //! * `bucket`: the token bucket behind the clients' and the API's rate limits.
@@ -51,12 +59,18 @@
 //! * `client`: a client's id, the address it connects from, and the user its token proved.
 //! * `room`: one room: its members, its history ring and the rules for replaying it.
 //! * `cluster`: the Redis authority and its bridge future, for nodes that share rooms
-//!   (feature `redis`).
+//!   (feature `redis`); `cluster::backend` is what the rest of the server sees of it: its
+//!   flags, its start and its health. The backend is chosen in one place, `Backend::choose`.
 //! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
 //!   the local authority's changes to a redb file, and reads them back at start-up.
 //! * `protocol`: protocol v1 on the wire: requests parsed, events encoded once.
-//! * `config`: every setting and limit, from flags and the environment.
-//! * `metrics`: the counters, rendered at `/metrics` as Prometheus text.
+//! * `config`: every setting and limit with its default, and the flag table's parts: `Flag`,
+//!   `Section`, the `flags!` macro, the flags every build has. Optional parts declare their
+//!   own section beside their code (`token`, `api`, `tls`, `cluster::backend`).
+//! * `cli`: the command line: the sections this build has, `--help`, flags and environment
+//!   into a validated `Config`, and `smolchat token`.
+//! * `metrics`: the counters, rendered at `/metrics` as Prometheus text with the admission
+//!   gauges.
 //! * `logger`: a small stderr logger, and the rate limit on refusal lines.
 //!
 //! Everything but `server` and `cluster` (whose Redis client, redis-rs, runs on smol) is

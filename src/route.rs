@@ -1,11 +1,11 @@
 //! Routing: what each request gets, decided in one place, and the plain answers.
 //!
-//! A request enters once its head is read ([`crate::handshake`] reads it within the
-//! connection's deadline), as a [`Head`] and the bytes read after it. [`serve`] checks its
+//! A request enters once its head is read (`crate::handshake` reads it within the
+//! connection's deadline), as a [`Head`] and the bytes read after it. `serve` checks its
 //! token first, if the server checks tokens (a `/ws` request without a valid one gets `401`,
 //! upgrade or not, so that a page can learn why its WebSocket failed), then [`route`] decides
 //! from the head alone: the built-in page, `/healthz`, `/metrics`, the HTTP API (`/api/`,
-//! [`crate::api`]), the WebSocket upgrade ([`crate::upgrade`]), or a refusal. Every answer
+//! `crate::api`), the WebSocket upgrade (`crate::upgrade`), or a refusal. Every answer
 //! but the upgrade leaves here as a plain response; the upgrade leaves as the WebSocket.
 
 use futures_lite::{AsyncRead, AsyncWrite};
@@ -139,7 +139,7 @@ pub enum Route {
 }
 
 /// Decides what a request gets, from its head alone. Capacity is checked when the upgrade is
-/// answered ([`crate::upgrade`]), by the admission semaphore.
+/// answered (`crate::upgrade`), by the admission semaphore.
 pub fn route(head: &Head, config: &Config) -> Route {
     #[cfg(feature = "api")]
     if head.path == "/api" || head.path.starts_with("/api/") {

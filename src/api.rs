@@ -106,6 +106,43 @@ async fn answer<S>(
 where
     S: AsyncRead + Unpin,
 {
+    if let Err(reply) = admit(front, head, peer) {
+        return ("other", reply);
+    }
+    let segments: Vec<&str> = head.path.split('/').collect();
+    let (endpoint, call) = match (head.method.as_str(), segments.as_slice()) {
+        ("GET", ["", "api", "rooms"]) => match number(head, "offset") {
+            Ok(n) => {
+                let offset = n.unwrap_or(0) as usize;
+                ("rooms", Ok(ApiCall::Rooms { offset }))
+            }
+            Err(reply) => ("rooms", Err(reply)),
+        },
+        (_, ["", "api", "rooms"]) => ("rooms", Err(method_not_allowed())),
+        (method, ["", "api", "rooms", room, "messages"]) => {
+            let call = room_call(front.config, stream, head, leftover, method, room).await;
+            match method {
+                "POST" => ("publish", call),
+                _ => ("history", call),
+            }
+        }
+        _ => {
+            let reply = ApiReply::error(
+                404,
+                "not_found",
+                "no such API path; see /api/rooms and /api/rooms/{room}/messages",
+            );
+            ("other", Err(reply))
+        }
+    };
+    match call {
+        Ok(call) => (endpoint, call_hub(front, call).await),
+        Err(reply) => (endpoint, reply),
+    }
+}
+
+/// The key (401 without it) and its rate limit (429 past it), checked before the path.
+fn admit(front: Front<'_>, head: &Head, peer: &str) -> Result<(), ApiReply> {
     let config = front.config;
     let key = config
         .api_key
@@ -117,12 +154,11 @@ where
         .is_some_and(|b| key.matches(b.as_bytes()))
     {
         logger::refusal(peer, "refused: API call without a valid key (401)");
-        let reply = ApiReply::error(
+        return Err(ApiReply::error(
             401,
             "unauthorized",
             "an API key is required: Authorization: Bearer KEY",
-        );
-        return ("other", reply);
+        ));
     }
     let allowed = front
         .admission
@@ -131,69 +167,41 @@ where
         .unwrap_or_else(|e| e.into_inner())
         .take(Instant::now());
     if !allowed {
-        let reply = ApiReply::error(
+        return Err(ApiReply::error(
             429,
             "rate_limited",
             &format!("at most {} API calls a second", config.api_rate_limit),
-        );
-        return ("other", reply);
+        ));
     }
-    let segments: Vec<&str> = head.path.split('/').collect();
-    let (endpoint, call) = match (head.method.as_str(), segments.as_slice()) {
-        ("GET", ["", "api", "rooms"]) => {
-            let offset = match number(head, "offset") {
-                Ok(n) => n.unwrap_or(0),
-                Err(reply) => return ("rooms", reply),
-            };
-            (
-                "rooms",
-                ApiCall::Rooms {
-                    offset: offset as usize,
-                },
-            )
-        }
-        (_, ["", "api", "rooms"]) => return ("rooms", method_not_allowed()),
-        (method, ["", "api", "rooms", room, "messages"]) => {
-            let endpoint = if method == "POST" {
-                "publish"
-            } else {
-                "history"
-            };
-            if !valid_room(room) {
-                let reply = ApiReply::error(
-                    400,
-                    "invalid_room",
-                    "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
-                );
-                return (endpoint, reply);
-            }
-            let room = room.to_string();
-            let call = match method {
-                "GET" => match number(head, "since") {
-                    Ok(since) => ApiCall::History {
-                        room,
-                        since: since.unwrap_or(0),
-                    },
-                    Err(reply) => return (endpoint, reply),
-                },
-                "POST" => match publish(config, stream, head, leftover, room).await {
-                    Ok(call) => call,
-                    Err(reply) => return (endpoint, reply),
-                },
-                _ => return ("history", method_not_allowed()),
-            };
-            (endpoint, call)
-        }
-        _ => {
-            let reply = ApiReply::error(
-                404,
-                "not_found",
-                "no such API path; see /api/rooms and /api/rooms/{room}/messages",
-            );
-            return ("other", reply);
-        }
-    };
-    (endpoint, call_hub(front, call).await)
+    Ok(())
+}
+
+/// A call on one room's messages: `GET` reads its history, `POST` publishes (reading the
+/// body).
+async fn room_call<S: AsyncRead + Unpin>(
+    config: &Config,
+    stream: &mut S,
+    head: &Head,
+    leftover: Vec<u8>,
+    method: &str,
+    room: &str,
+) -> Result<ApiCall, ApiReply> {
+    if !valid_room(room) {
+        return Err(ApiReply::error(
+            400,
+            "invalid_room",
+            "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
+        ));
+    }
+    let room = room.to_string();
+    match method {
+        "GET" => number(head, "since").map(|since| ApiCall::History {
+            room,
+            since: since.unwrap_or(0),
+        }),
+        "POST" => publish(config, stream, head, leftover, room).await,
+        _ => Err(method_not_allowed()),
+    }
 }
 
 /// Checks a publish call's head and reads its body.

@@ -252,73 +252,19 @@ impl Metrics {
         let sessions = admission.sessions.taken() as u64;
         let pending = admission.pending.taken() as u64;
         let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
         let families = [
-            (
-                "connections",
-                GAUGE,
-                "WebSocket sessions open now.",
-                sessions,
-            ),
-            (
-                "connections_total",
-                COUNTER,
-                "WebSocket sessions opened.",
-                load(&self.connections_total),
-            ),
-            (
-                "pending_connections",
-                GAUGE,
-                "Connections reading a request head or writing a plain response.",
-                pending,
-            ),
-            (
-                "history_bytes",
-                GAUGE,
-                "Bytes of messages all rooms remember.",
-                load(&self.history_bytes),
-            ),
-            (
-                "rooms",
-                GAUGE,
-                "Rooms held, empty ones with history included.",
-                load(&self.rooms),
-            ),
-            (
-                "messages_received_total",
-                COUNTER,
-                "Chat and direct messages accepted.",
-                load(&self.messages_received),
-            ),
-            (
-                "events_delivered_total",
-                COUNTER,
-                "Events queued to clients.",
-                load(&self.events_delivered),
-            ),
-            (
-                "bytes_in_total",
-                COUNTER,
-                "WebSocket payload bytes received.",
-                load(&self.bytes_in),
-            ),
-            (
-                "bytes_out_total",
-                COUNTER,
-                "WebSocket payload bytes sent.",
-                load(&self.bytes_out),
-            ),
-            (
-                "slow_consumers_total",
-                COUNTER,
-                "Clients disconnected because their queue filled.",
-                load(&self.slow_consumers),
-            ),
-            (
-                "rate_limited_total",
-                COUNTER,
-                "Messages refused by the rate limit.",
-                load(&self.rate_limited),
-            ),
+            ("connections", GAUGE, "WebSocket sessions open now.", sessions),
+            ("connections_total", COUNTER, "WebSocket sessions opened.", load(&self.connections_total)),
+            ("pending_connections", GAUGE, "Connections reading a request head or writing a plain response.", pending),
+            ("history_bytes", GAUGE, "Bytes of messages all rooms remember.", load(&self.history_bytes)),
+            ("rooms", GAUGE, "Rooms held, empty ones with history included.", load(&self.rooms)),
+            ("messages_received_total", COUNTER, "Chat and direct messages accepted.", load(&self.messages_received)),
+            ("events_delivered_total", COUNTER, "Events queued to clients.", load(&self.events_delivered)),
+            ("bytes_in_total", COUNTER, "WebSocket payload bytes received.", load(&self.bytes_in)),
+            ("bytes_out_total", COUNTER, "WebSocket payload bytes sent.", load(&self.bytes_out)),
+            ("slow_consumers_total", COUNTER, "Clients disconnected because their queue filled.", load(&self.slow_consumers)),
+            ("rate_limited_total", COUNTER, "Messages refused by the rate limit.", load(&self.rate_limited)),
         ];
         families.iter().for_each(|family| scalar(&mut out, family));
         #[cfg(feature = "redis")]
@@ -359,25 +305,11 @@ impl Metrics {
             return;
         }
         let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
         let families = [
-            (
-                "redis_up",
-                GAUGE,
-                "1 while the node is connected to Redis, else 0.",
-                load(&self.redis_up),
-            ),
-            (
-                "redis_reconnects_total",
-                COUNTER,
-                "Connections to Redis made after the first.",
-                load(&self.redis_reconnects),
-            ),
-            (
-                "redis_unavailable_total",
-                COUNTER,
-                "Commands answered with error unavailable.",
-                load(&self.backend_unavailable),
-            ),
+            ("redis_up", GAUGE, "1 while the node is connected to Redis, else 0.", load(&self.redis_up)),
+            ("redis_reconnects_total", COUNTER, "Connections to Redis made after the first.", load(&self.redis_reconnects)),
+            ("redis_unavailable_total", COUNTER, "Commands answered with error unavailable.", load(&self.backend_unavailable)),
         ];
         families.iter().for_each(|family| scalar(out, family));
     }
@@ -386,25 +318,11 @@ impl Metrics {
     #[cfg(feature = "store")]
     fn render_store(&self, out: &mut String) {
         let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
         let families = [
-            (
-                "store_commits_total",
-                COUNTER,
-                "Commits of the durable history store.",
-                load(&self.store_commits),
-            ),
-            (
-                "store_failures_total",
-                COUNTER,
-                "Commits of the store that failed (tried again).",
-                load(&self.store_failures),
-            ),
-            (
-                "store_reserved_ahead",
-                GAUGE,
-                "Message ids reserved ahead of use, all rooms together.",
-                load(&self.store_reserved_ahead),
-            ),
+            ("store_commits_total", COUNTER, "Commits of the durable history store.", load(&self.store_commits)),
+            ("store_failures_total", COUNTER, "Commits of the store that failed (tried again).", load(&self.store_failures)),
+            ("store_reserved_ahead", GAUGE, "Message ids reserved ahead of use, all rooms together.", load(&self.store_reserved_ahead)),
         ];
         families.iter().for_each(|family| scalar(out, family));
     }

@@ -1,7 +1,7 @@
 //! The HTTP API (`/api/`): applications and scripts publish into rooms and read their history
 //! over plain HTTP, with one `curl`.
 //!
-//! A request enters from `crate::handshake` once its head is read, within the connection's
+//! A request enters from `crate::route` once its head is read, within the connection's
 //! one `--handshake-timeout`. Everything that needs no hub is checked here, cheapest first:
 //! the key (`Authorization: Bearer`, compared in constant time; without `--api-key-file`
 //! the router never gets here and `/api/` is 404), the rate limit of the key
@@ -17,28 +17,49 @@
 //! | `GET /api/rooms/{room}/messages?since=ID` | 200 `{"room", "epoch", "last_id", "complete", "messages"}` |
 //! | `GET /api/rooms?offset=N` | 200 `{"rooms": [{"name", "members"}], "count", "next"?}` |
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use serde::Deserialize;
 
-use crate::Chat;
-use crate::bucket::TokenBucket;
-use crate::config::Config;
-use crate::handshake::respond;
-use crate::http::{Head, Response, query_param};
+use crate::Front;
+use crate::config::{self, Config, Invalid, Protocol, Section, err, flags, put};
+use crate::http::{Head, Response, query_param, respond};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
 use crate::protocol::{check_text, valid_nick, valid_room};
+use crate::secret::Secret;
 
 /// The name an API message is from when the call names nobody.
 pub const DEFAULT_FROM: &str = "api";
 
-/// The key's rate limit: `--api-rate-limit` calls a second, bursts of as many.
-pub(crate) fn bucket(config: &Config) -> Arc<Mutex<TokenBucket>> {
-    let rate = config.api_rate_limit;
-    Arc::new(Mutex::new(TokenBucket::new(rate, rate.max(1))))
+/// The HTTP API's flags (feature `api`), for the flag table (`crate::config`).
+pub(crate) const FLAGS: Section = Section {
+    heading: "\nHTTP API (the api feature; see docs/protocol.md#the-http-api):\n",
+    flags: flags! {
+        "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/" => key_file;
+        "api-rate-limit" "N" = "20": "API calls per second, 0 = off"
+            => |c, v| put(&mut c.api_rate_limit, config::number(v, 0, 1_000_000));
+    },
+    footer: &[],
+    // The API publishes messages and reads history: raw groups have neither.
+    check: |c| match c.api_key {
+        Some(_) if c.protocol == Protocol::Raw => Err(err(
+            "--api-key-file",
+            "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
+        )),
+        _ => Ok(()),
+    },
+};
+
+/// `--api-key-file`: reads the key, which must not be short enough to guess.
+fn key_file(config: &mut Config, path: &str) -> Result<(), Invalid> {
+    let key = Secret::read(path)?;
+    if key.bytes().len() < crate::secret::MIN_API_KEY_BYTES {
+        return Err("the API key must be at least 16 bytes".into());
+    }
+    config.api_key = Some(key);
+    Ok(())
 }
 
 /// A publish call's body.
@@ -51,7 +72,7 @@ struct Publish {
 
 /// Answers one API request on `stream`; `leftover` holds the bytes read after its head.
 pub(crate) async fn serve<S>(
-    chat: &Chat,
+    front: Front<'_>,
     stream: &mut S,
     head: &Head,
     leftover: Vec<u8>,
@@ -59,8 +80,8 @@ pub(crate) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let (endpoint, reply) = answer(chat, stream, head, leftover, peer).await;
-    chat.metrics.api_call(endpoint, reply.status);
+    let (endpoint, reply) = answer(front, stream, head, leftover, peer).await;
+    front.metrics.api_call(endpoint, reply.status);
     let mut response = Response::text(reply.status, "");
     response.content_type = "application/json";
     response.body = (reply.body + "\n").into_bytes().into();
@@ -76,7 +97,7 @@ pub(crate) async fn serve<S>(
 
 /// The endpoint a request is for (its `/metrics` label) and its reply.
 async fn answer<S>(
-    chat: &Chat,
+    front: Front<'_>,
     stream: &mut S,
     head: &Head,
     leftover: Vec<u8>,
@@ -85,7 +106,44 @@ async fn answer<S>(
 where
     S: AsyncRead + Unpin,
 {
-    let config = &chat.config;
+    if let Err(reply) = admit(front, head, peer) {
+        return ("other", reply);
+    }
+    let segments: Vec<&str> = head.path.split('/').collect();
+    let (endpoint, call) = match (head.method.as_str(), segments.as_slice()) {
+        ("GET", ["", "api", "rooms"]) => match number(head, "offset") {
+            Ok(n) => {
+                let offset = n.unwrap_or(0) as usize;
+                ("rooms", Ok(ApiCall::Rooms { offset }))
+            }
+            Err(reply) => ("rooms", Err(reply)),
+        },
+        (_, ["", "api", "rooms"]) => ("rooms", Err(method_not_allowed())),
+        (method, ["", "api", "rooms", room, "messages"]) => {
+            let call = room_call(front.config, stream, head, leftover, method, room).await;
+            match method {
+                "POST" => ("publish", call),
+                _ => ("history", call),
+            }
+        }
+        _ => {
+            let reply = ApiReply::error(
+                404,
+                "not_found",
+                "no such API path; see /api/rooms and /api/rooms/{room}/messages",
+            );
+            ("other", Err(reply))
+        }
+    };
+    match call {
+        Ok(call) => (endpoint, call_hub(front, call).await),
+        Err(reply) => (endpoint, reply),
+    }
+}
+
+/// The key (401 without it) and its rate limit (429 past it), checked before the path.
+fn admit(front: Front<'_>, head: &Head, peer: &str) -> Result<(), ApiReply> {
+    let config = front.config;
     let key = config
         .api_key
         .as_ref()
@@ -96,82 +154,54 @@ where
         .is_some_and(|b| key.matches(b.as_bytes()))
     {
         logger::refusal(peer, "refused: API call without a valid key (401)");
-        let reply = ApiReply::error(
+        return Err(ApiReply::error(
             401,
             "unauthorized",
             "an API key is required: Authorization: Bearer KEY",
-        );
-        return ("other", reply);
+        ));
     }
-    let allowed = chat
+    let allowed = front
+        .admission
         .api_calls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .take(Instant::now());
     if !allowed {
-        let reply = ApiReply::error(
+        return Err(ApiReply::error(
             429,
             "rate_limited",
             &format!("at most {} API calls a second", config.api_rate_limit),
-        );
-        return ("other", reply);
+        ));
     }
-    let segments: Vec<&str> = head.path.split('/').collect();
-    let (endpoint, call) = match (head.method.as_str(), segments.as_slice()) {
-        ("GET", ["", "api", "rooms"]) => {
-            let offset = match number(head, "offset") {
-                Ok(n) => n.unwrap_or(0),
-                Err(reply) => return ("rooms", reply),
-            };
-            (
-                "rooms",
-                ApiCall::Rooms {
-                    offset: offset as usize,
-                },
-            )
-        }
-        (_, ["", "api", "rooms"]) => return ("rooms", method_not_allowed()),
-        (method, ["", "api", "rooms", room, "messages"]) => {
-            let endpoint = if method == "POST" {
-                "publish"
-            } else {
-                "history"
-            };
-            if !valid_room(room) {
-                let reply = ApiReply::error(
-                    400,
-                    "invalid_room",
-                    "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
-                );
-                return (endpoint, reply);
-            }
-            let room = room.to_string();
-            let call = match method {
-                "GET" => match number(head, "since") {
-                    Ok(since) => ApiCall::History {
-                        room,
-                        since: since.unwrap_or(0),
-                    },
-                    Err(reply) => return (endpoint, reply),
-                },
-                "POST" => match publish(config, stream, head, leftover, room).await {
-                    Ok(call) => call,
-                    Err(reply) => return (endpoint, reply),
-                },
-                _ => return ("history", method_not_allowed()),
-            };
-            (endpoint, call)
-        }
-        _ => {
-            let reply = ApiReply::error(
-                404,
-                "not_found",
-                "no such API path; see /api/rooms and /api/rooms/{room}/messages",
-            );
-            return ("other", reply);
-        }
-    };
-    (endpoint, call_hub(chat, call).await)
+    Ok(())
+}
+
+/// A call on one room's messages: `GET` reads its history, `POST` publishes (reading the
+/// body).
+async fn room_call<S: AsyncRead + Unpin>(
+    config: &Config,
+    stream: &mut S,
+    head: &Head,
+    leftover: Vec<u8>,
+    method: &str,
+    room: &str,
+) -> Result<ApiCall, ApiReply> {
+    if !valid_room(room) {
+        return Err(ApiReply::error(
+            400,
+            "invalid_room",
+            "a room name is 1-32 characters: a-z, 0-9, '_' or '-'",
+        ));
+    }
+    let room = room.to_string();
+    match method {
+        "GET" => number(head, "since").map(|since| ApiCall::History {
+            room,
+            since: since.unwrap_or(0),
+        }),
+        "POST" => publish(config, stream, head, leftover, room).await,
+        _ => Err(method_not_allowed()),
+    }
 }
 
 /// Checks a publish call's head and reads its body.
@@ -256,9 +286,9 @@ async fn publish<S: AsyncRead + Unpin>(
 }
 
 /// Hands `call` to the hub and waits for its reply.
-async fn call_hub(chat: &Chat, call: ApiCall) -> ApiReply {
+async fn call_hub(front: Front<'_>, call: ApiCall) -> ApiReply {
     let (reply, answer) = async_channel::bounded(1);
-    if chat.inbox.send(Command::Api { call, reply }).await.is_ok()
+    if front.inbox.send(Command::Api { call, reply }).await.is_ok()
         && let Ok(reply) = answer.recv().await
     {
         return reply;

@@ -1,11 +1,20 @@
-//! Every setting and limit of the server, in one struct, with its default.
+//! Every setting and limit of the server, in one struct, with its default; and every flag, in
+//! one table.
 //!
 //! Data enters here once, at startup: [`Config::from_args`] reads command-line flags and their
 //! `SMOLCHAT_*` environment equivalents (a flag wins over the environment) and validates them.
 //! Everything else receives a finished `Config` (shared behind an `Arc`) and only reads it.
 //! Tests and embedders build one with [`Config::default`] and change the fields they care about.
+//!
+//! A flag is declared once, as one [`Flag`] of a [`Section`] (see `flags!`): its name, the
+//! text and default `--help` shows, and how its text becomes a field. `--help`, the parsing of
+//! flags and of their environment variables all read that table, and a section's checks
+//! against other settings run in one validation step ([`Config::validate`]). The flags every
+//! build has are declared here; an optional part of the server declares its own section
+//! beside its code (`token.rs`, `api.rs`, `tls.rs`, `cluster/backend.rs`), plugged in by one
+//! line of `cli::SECTIONS`. To add a limit: a field with its default below, and one line in a
+//! table.
 
-use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -200,49 +209,6 @@ pub struct Auth {
     pub guests: bool,
 }
 
-/// What the command line asked for: run with a configuration, or print something and exit.
-#[derive(Debug)]
-pub enum Action {
-    /// Start the server.
-    Run(Box<Config>),
-    /// Print the help text (`--help`).
-    Help,
-    /// Print the version (`--version`).
-    Version,
-    /// Validate the configuration, print it and the worst-case memory, and exit (`--check`).
-    Check(Box<Config>),
-    /// Print a signed token (`smolchat token`, feature `auth`).
-    #[cfg(feature = "auth")]
-    Token(TokenRequest),
-    /// Print `smolchat token --help`.
-    #[cfg(feature = "auth")]
-    TokenHelp,
-}
-
-/// What `smolchat token --sub NAME [--ttl DUR] [--rooms a,b]` asks for.
-#[cfg(feature = "auth")]
-#[derive(Debug, Clone)]
-pub struct TokenRequest {
-    pub secret: Secret,
-    pub sub: String,
-    pub ttl: Duration,
-    pub rooms: Option<Vec<String>>,
-}
-
-/// The help text of `smolchat token`.
-#[cfg(feature = "auth")]
-pub const TOKEN_HELP: &str = "\
-smolchat token: print a token signed with the server's secret
-
-Usage: smolchat token --sub NAME [--ttl DUR] [--rooms a,b] [--auth-secret-file PATH]
-
-  --sub NAME                  the user: 1-32 letters, digits, '_', '-', '.'; not guest-...
-  --ttl DUR                   how long the token is valid: 30m, 8h, 14d; at most 90d
-                              (a token cannot be revoked before it expires) [default: 1h]
-  --rooms a,b                 the only rooms the user may join [default: any]
-  --auth-secret-file PATH     the server's HS256 secret (env SMOLCHAT_AUTH_SECRET_FILE)
-";
-
 /// A flag or environment variable had a value the server cannot use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -263,7 +229,7 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     /// The same error, named after the environment variable the value came from.
-    fn named_by(self, var: &str) -> ConfigError {
+    pub(crate) fn named_by(self, var: &str) -> ConfigError {
         ConfigError {
             flag: var.to_string(),
             ..self
@@ -271,8 +237,82 @@ impl ConfigError {
     }
 }
 
-/// The help text printed by `smolchat --help`.
-pub const HELP: &str = "\
+/// One command-line flag, declared once: its name (`--history`; the environment variable
+/// `SMOLCHAT_HISTORY` is derived from it), the placeholder and text `--help` shows, the default
+/// `--help` names, and how its text becomes a [`Config`] field. Declared with `flags!`, one
+/// line each, in the [`Section`] of the part of the server (or cargo feature) it belongs to.
+pub struct Flag {
+    pub(crate) name: &'static str,
+    /// `N`, `DUR`, `PATH`...: what `--help` shows after the flag.
+    pub(crate) value: &'static str,
+    /// `--help`'s text; a `\n` starts a new, indented line.
+    pub(crate) help: &'static str,
+    /// The default as `--help` shows it (and as the flag would take it; a test checks that
+    /// it gives [`Config::default`]'s value); empty: none.
+    pub(crate) default: &'static str,
+    /// Repeatable: the environment variable holds a comma-separated list.
+    pub(crate) list: bool,
+    pub(crate) set: fn(&mut Config, &str) -> Result<(), Invalid>,
+}
+
+/// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
+/// message that says everything itself.
+pub enum Invalid {
+    Expected(String),
+    Said(String),
+}
+
+impl From<String> for Invalid {
+    fn from(expected: String) -> Invalid {
+        Invalid::Expected(expected)
+    }
+}
+
+impl From<&str> for Invalid {
+    fn from(expected: &str) -> Invalid {
+        Invalid::Expected(expected.to_string())
+    }
+}
+
+/// Declares a table of [`Flag`]s, one line each:
+/// `"name" "VALUE" = "default", list: "help" => |config, text| setter;`
+/// (`= "default"` and `, list` are optional).
+macro_rules! flags {
+    ($($name:literal $value:literal $(= $default:literal)? $(, $list:ident)?: $help:literal
+        => $set:expr;)*) => {
+        &[$($crate::config::Flag {
+            name: $name,
+            value: $value,
+            help: $help,
+            default: $crate::config::flags!(@default $($default)?),
+            list: $crate::config::flags!(@list $($list)?),
+            set: $set,
+        },)*]
+    };
+    (@default) => { "" };
+    (@default $default:literal) => { $default };
+    (@list) => { false };
+    (@list $list:ident) => { true };
+}
+pub(crate) use flags;
+
+/// A group of flags, as `--help` prints them, with the checks that relate them to other
+/// settings. Each optional part of the server declares its own (`crate::token::FLAGS`,
+/// `crate::cluster::backend::FLAGS`...); `cli::SECTIONS` lists them in `--help`'s order, which is
+/// also the order flags are applied in.
+pub struct Section {
+    /// Printed before the flags (a blank line and a title, for the optional parts).
+    pub(crate) heading: &'static str,
+    pub(crate) flags: &'static [Flag],
+    /// Lines printed after the flags, as `(synopsis, text)`: what is not a flag with a value.
+    pub(crate) footer: &'static [(&'static str, &'static str)],
+    /// The section's checks against other settings, run by [`Config::validate`].
+    pub(crate) check: fn(&Config) -> Result<(), ConfigError>,
+}
+
+/// The flags every build has.
+pub(crate) const MAIN: Section = Section {
+    heading: "\
 smolchat: a small WebSocket chat server
 
 Usage: smolchat [OPTIONS]
@@ -282,259 +322,219 @@ Every option can also be set through the environment variable named after it
 Durations are whole seconds, or take a unit: 500ms, 10s, 2m, 1h (at most 1d).
 
 Options:
-  --protocol v1|raw           v1: rooms, nicks, history (docs/protocol.md); raw: the Go hub's
-                              protocol, every frame to every client of the group [default: v1]
-  --listen ADDR               address to listen on [default: 127.0.0.1:8080]
-  --history N                 messages each room keeps for replay [default: 100]
-  --history-bytes N           bytes of messages each room keeps [default: 65536]
-  --history-total-bytes N     bytes of messages all rooms keep together [default: 16777216]
-  --threads N                 executor threads, 0 = one per core [default: 0]
-  --default-room NAME         room every client joins on connect [default: lobby]
-  --log-level LEVEL           off, error, warn, info, debug, trace [default: info]
-  --max-message-bytes N       largest message or frame a client may send [default: 4096]
-  --queue N                   events queued per client before it is a slow consumer [default: 256]
-  --queue-bytes N             bytes queued per client before it is a slow consumer [default: 131072]
-  --max-connections N         concurrent WebSocket connections [default: 10000]
-  --handshake-timeout DUR     time for a whole plain HTTP exchange or upgrade [default: 10s]
-  --max-pending N             connections not yet WebSocket sessions [default: 512]
-  --max-pending-per-address N   of those, from one address (IPv6: /64) [default: 64]
-  --allow-host NAME           host name /ws may be reached by besides IP literals and
-                              localhost; repeatable; * = any
-  --allow-origin ORIGIN       browser origin allowed besides our own; repeatable; * = any
-  --rate-limit N              frames per second per client, pings and pongs included,
-                              0 = off [default: 10]
-  --rate-burst N              burst allowance above the rate [default: 20]
-  --ping-interval DUR         interval between server pings [default: 30s]
-  --idle-timeout DUR          close a client silent for this long [default: 75s]
-  --write-timeout DUR         close a client whose writes stall this long [default: 10s]
-  --coalesce DUR              hold a bursting client's frames this long after its last write, to
-                              write them together; 0 = never hold [default: 0]
-  --max-rooms N               rooms the server keeps [default: 1000]
-  --max-rooms-per-client N    rooms one client may be in [default: 32]
-  --max-rooms-per-address N   existing rooms created from one address (IPv6: /64) [default: 100]
-  --presence-limit N          largest room with join/leave events and full member lists [default: 100]
-  --shutdown-timeout DUR      time writers get to flush on shutdown [default: 5s]
-  --check                     validate, print the limits and worst-case memory, and exit
-  -h, --help                  print this help
-  -V, --version               print the version and enabled features
-";
-
-/// The token options, printed after [`HELP`] in builds with the `auth` feature.
-pub const HELP_AUTH: &str = if cfg!(feature = "auth") {
-    "
-Tokens (the auth feature; see docs/protocol.md#authentication):
-  --auth-secret-file PATH     HS256 secret (at least 32 bytes) in a file: /ws then needs a
-                              signed token (query ?token= or Authorization: Bearer)
-  --auth required|optional    optional also admits guests without a token [default: required]
-  --max-connections-per-user N  connections one user may have at once; one more is closed
-                              with 4002 [default: 16]
-  smolchat token --sub NAME   print a signed token for user NAME (see smolchat token --help)
-"
-} else {
-    ""
+",
+    flags: flags! {
+        "protocol" "v1|raw" = "v1": "v1: rooms, nicks, history (docs/protocol.md); raw: the Go hub's\nprotocol, every frame to every client of the group"
+            => |c, v| put(&mut c.protocol, one_of(v, &[("v1", Protocol::V1), ("raw", Protocol::Raw)], "expected v1 or raw"));
+        "listen" "ADDR" = "127.0.0.1:8080": "address to listen on"
+            => |c, v| put(&mut c.listen, parsed(v, "expected an address like 127.0.0.1:8080 or [::1]:8080"));
+        "history" "N" = "100": "messages each room keeps for replay"
+            => |c, v| put(&mut c.history, number(v, 0, 1_000_000));
+        "history-bytes" "N" = "65536": "bytes of messages each room keeps"
+            => |c, v| put(&mut c.history_bytes, number(v, 0, 1 << 30));
+        "history-total-bytes" "N" = "16777216": "bytes of messages all rooms keep together"
+            => |c, v| put(&mut c.history_total_bytes, number(v, 0, 1 << 30));
+        "threads" "N" = "0": "executor threads, 0 = one per core"
+            => |c, v| put(&mut c.threads, number(v, 0, 1024));
+        "default-room" "NAME" = "lobby": "room every client joins on connect"
+            => |c, v| put(&mut c.default_room, checked(v, crate::protocol::valid_room, "expected a room name of 1-32 characters a-z, 0-9, _ or -"));
+        "log-level" "LEVEL" = "info": "off, error, warn, info, debug, trace"
+            => |c, v| put(&mut c.log_level, parsed(v, "expected off, error, warn, info, debug or trace"));
+        "max-message-bytes" "N" = "4096": "largest message or frame a client may send"
+            => |c, v| put(&mut c.max_message_bytes, number(v, 64, 16 << 20));
+        "queue" "N" = "256": "events queued per client before it is a slow consumer"
+            => |c, v| put(&mut c.queue, number(v, 1, 1 << 20));
+        "queue-bytes" "N" = "131072": "bytes queued per client before it is a slow consumer"
+            => |c, v| put(&mut c.queue_bytes, number(v, 1, 1 << 30));
+        "max-connections" "N" = "10000": "concurrent WebSocket connections"
+            => |c, v| put(&mut c.max_connections, number(v, 1, 10_000_000));
+        "handshake-timeout" "DUR" = "10s": "time for a whole plain HTTP exchange or upgrade"
+            => |c, v| put(&mut c.handshake_timeout, duration(v));
+        "max-pending" "N" = "512": "connections not yet WebSocket sessions"
+            => |c, v| put(&mut c.max_pending, number(v, 1, 1_000_000));
+        "max-pending-per-address" "N" = "64": "of those, from one address (IPv6: /64)"
+            => |c, v| put(&mut c.max_pending_per_address, number(v, 1, 1_000_000));
+        "allow-host" "NAME", list: "host name /ws may be reached by besides IP literals and\nlocalhost; repeatable; * = any"
+            => allow_host;
+        "allow-origin" "ORIGIN", list: "browser origin allowed besides our own; repeatable; * = any"
+            => allow_origin;
+        "rate-limit" "N" = "10": "frames per second per client, pings and pongs included,\n0 = off"
+            => |c, v| put(&mut c.rate_limit, number(v, 0, 1_000_000));
+        "rate-burst" "N" = "20": "burst allowance above the rate"
+            => |c, v| put(&mut c.rate_burst, number(v, 1, 1_000_000));
+        "ping-interval" "DUR" = "30s": "interval between server pings"
+            => |c, v| put(&mut c.ping_interval, duration(v));
+        "idle-timeout" "DUR" = "75s": "close a client silent for this long"
+            => |c, v| put(&mut c.idle_timeout, duration(v));
+        "write-timeout" "DUR" = "10s": "close a client whose writes stall this long"
+            => |c, v| put(&mut c.write_timeout, duration(v));
+        "coalesce" "DUR" = "0": "hold a bursting client's frames this long after its last write, to\nwrite them together; 0 = never hold"
+            => |c, v| put(&mut c.coalesce, duration_or_zero(v));
+        "max-rooms" "N" = "1000": "rooms the server keeps"
+            => |c, v| put(&mut c.max_rooms, number(v, 1, 10_000_000));
+        "max-rooms-per-client" "N" = "32": "rooms one client may be in"
+            => |c, v| put(&mut c.max_rooms_per_client, number(v, 1, 100_000));
+        "max-rooms-per-address" "N" = "100": "existing rooms created from one address (IPv6: /64)"
+            => |c, v| put(&mut c.max_rooms_per_address, number(v, 1, 10_000_000));
+        "presence-limit" "N" = "100": "largest room with join/leave events and full member lists"
+            => |c, v| put(&mut c.presence_limit, number(v, 1, 1_000_000));
+        "shutdown-timeout" "DUR" = "5s": "time writers get to flush on shutdown"
+            => |c, v| put(&mut c.shutdown_timeout, duration(v));
+    },
+    footer: &[
+        (
+            "--check",
+            "validate, print the limits and worst-case memory, and exit",
+        ),
+        ("-h, --help", "print this help"),
+        ("-V, --version", "print the version and enabled features"),
+    ],
+    check: Config::check_main,
 };
 
-/// The HTTP API's options, printed after [`HELP`] in builds with the `api` feature.
-pub const HELP_API: &str = if cfg!(feature = "api") {
-    "
-HTTP API (the api feature; see docs/protocol.md#the-http-api):
-  --api-key-file PATH         API key in a file: enables the HTTP API at /api/
-  --api-rate-limit N          API calls per second, 0 = off [default: 20]
-"
-} else {
-    ""
+/// Durable history's flags (feature `store`).
+#[cfg(feature = "store")]
+pub(crate) const STORE: Section = Section {
+    heading: "\nDurable history (the store feature; see docs/durability.md):\n",
+    flags: flags! {
+        "data-dir" "DIR": "keep every room's history, ids and epoch in DIR across restarts"
+            => |c, v| put(&mut c.data_dir, Ok(Some(v.to_string())));
+        "sync-interval" "DUR" = "1s": "gather changes this long per commit; 0 = commit as soon as the\nprevious commit ends"
+            => |c, v| put(&mut c.sync_interval, duration_or_zero(v));
+    },
+    footer: &[],
+    check: |c| match &c.data_dir {
+        Some(_) if c.protocol == Protocol::Raw => Err(err(
+            "--data-dir",
+            "raw mode keeps no history, so there is nothing to store; leave --data-dir out",
+        )),
+        _ => Ok(()),
+    },
 };
 
-/// The scale-out options, printed after [`HELP`] in builds with the `redis` feature.
-pub const HELP_REDIS: &str = if cfg!(feature = "redis") {
-    "
-Scale-out (the redis feature; see docs/scale-out.md):
-  --redis URL                 share rooms with other nodes through Redis (redis://host:6379)
-  --redis-heartbeat DUR       node heartbeat; a node silent for 3 beats is lost [default: 5s]
-"
-} else {
-    ""
-};
+/// Stores a flag's parsed value, or passes its error on.
+pub(crate) fn put<T>(field: &mut T, value: Result<T, String>) -> Result<(), Invalid> {
+    *field = value?;
+    Ok(())
+}
 
-/// The durable history's options, printed after [`HELP`] in builds with the `store` feature.
-pub const HELP_STORE: &str = if cfg!(feature = "store") {
-    "
-Durable history (the store feature; see docs/durability.md):
-  --data-dir DIR              keep every room's history, ids and epoch in DIR across restarts
-  --sync-interval DUR         gather changes this long per commit; 0 = commit as soon as the
-                              previous commit ends [default: 1s]
-"
-} else {
-    ""
-};
+/// One of the words in `choices`.
+fn one_of<T: Copy>(value: &str, choices: &[(&str, T)], expected: &str) -> Result<T, String> {
+    match choices.iter().find(|(word, _)| *word == value) {
+        Some((_, chosen)) => Ok(*chosen),
+        None => Err(expected.to_string()),
+    }
+}
 
-/// The TLS options, printed after [`HELP`] in builds with the `tls` feature.
-pub const HELP_TLS: &str = if cfg!(feature = "tls") {
-    "
-TLS (the tls feature; SIGHUP reloads both files):
-  --tls-cert PATH             certificate chain, PEM; with --tls-key the port serves https/wss only
-  --tls-key PATH              private key, PEM
-"
-} else {
-    ""
-};
+/// The value, parsed with its `FromStr`.
+fn parsed<T: std::str::FromStr>(value: &str, expected: &str) -> Result<T, String> {
+    value.parse().map_err(|_| expected.to_string())
+}
 
-/// Every option that takes a value, as `(flag, environment variable)`.
-const OPTIONS: &[(&str, &str)] = &[
-    ("protocol", "SMOLCHAT_PROTOCOL"),
-    ("listen", "SMOLCHAT_LISTEN"),
-    ("history", "SMOLCHAT_HISTORY"),
-    ("history-bytes", "SMOLCHAT_HISTORY_BYTES"),
-    ("history-total-bytes", "SMOLCHAT_HISTORY_TOTAL_BYTES"),
-    ("threads", "SMOLCHAT_THREADS"),
-    ("default-room", "SMOLCHAT_DEFAULT_ROOM"),
-    ("log-level", "SMOLCHAT_LOG_LEVEL"),
-    ("max-message-bytes", "SMOLCHAT_MAX_MESSAGE_BYTES"),
-    ("queue", "SMOLCHAT_QUEUE"),
-    ("queue-bytes", "SMOLCHAT_QUEUE_BYTES"),
-    ("max-connections", "SMOLCHAT_MAX_CONNECTIONS"),
-    ("handshake-timeout", "SMOLCHAT_HANDSHAKE_TIMEOUT"),
-    ("max-pending", "SMOLCHAT_MAX_PENDING"),
-    (
-        "max-pending-per-address",
-        "SMOLCHAT_MAX_PENDING_PER_ADDRESS",
-    ),
-    ("allow-host", "SMOLCHAT_ALLOW_HOST"),
-    ("allow-origin", "SMOLCHAT_ALLOW_ORIGIN"),
-    ("rate-limit", "SMOLCHAT_RATE_LIMIT"),
-    ("rate-burst", "SMOLCHAT_RATE_BURST"),
-    ("ping-interval", "SMOLCHAT_PING_INTERVAL"),
-    ("idle-timeout", "SMOLCHAT_IDLE_TIMEOUT"),
-    ("write-timeout", "SMOLCHAT_WRITE_TIMEOUT"),
-    ("coalesce", "SMOLCHAT_COALESCE"),
-    ("max-rooms", "SMOLCHAT_MAX_ROOMS"),
-    ("max-rooms-per-client", "SMOLCHAT_MAX_ROOMS_PER_CLIENT"),
-    ("max-rooms-per-address", "SMOLCHAT_MAX_ROOMS_PER_ADDRESS"),
-    ("presence-limit", "SMOLCHAT_PRESENCE_LIMIT"),
-    ("shutdown-timeout", "SMOLCHAT_SHUTDOWN_TIMEOUT"),
-    #[cfg(feature = "auth")]
-    ("auth-secret-file", "SMOLCHAT_AUTH_SECRET_FILE"),
-    #[cfg(feature = "auth")]
-    (
-        "max-connections-per-user",
-        "SMOLCHAT_MAX_CONNECTIONS_PER_USER",
-    ),
-    #[cfg(feature = "auth")]
-    ("auth", "SMOLCHAT_AUTH"),
-    #[cfg(feature = "api")]
-    ("api-key-file", "SMOLCHAT_API_KEY_FILE"),
-    #[cfg(feature = "api")]
-    ("api-rate-limit", "SMOLCHAT_API_RATE_LIMIT"),
-    #[cfg(feature = "store")]
-    ("data-dir", "SMOLCHAT_DATA_DIR"),
-    #[cfg(feature = "store")]
-    ("sync-interval", "SMOLCHAT_SYNC_INTERVAL"),
-    #[cfg(feature = "redis")]
-    ("redis", "SMOLCHAT_REDIS"),
-    #[cfg(feature = "redis")]
-    ("redis-heartbeat", "SMOLCHAT_REDIS_HEARTBEAT"),
-    #[cfg(feature = "tls")]
-    ("tls-cert", "SMOLCHAT_TLS_CERT"),
-    #[cfg(feature = "tls")]
-    ("tls-key", "SMOLCHAT_TLS_KEY"),
-];
+/// The value itself, if `valid` says it is.
+fn checked(value: &str, valid: fn(&str) -> bool, expected: &str) -> Result<String, String> {
+    match valid(value) {
+        true => Ok(value.to_string()),
+        false => Err(expected.to_string()),
+    }
+}
+
+/// `--allow-host`: one more host name, in lower case.
+fn allow_host(config: &mut Config, value: &str) -> Result<(), Invalid> {
+    let host = value.to_ascii_lowercase();
+    let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
+    if host != "*" && (host.is_empty() || !host.chars().all(name_char)) {
+        return Err("expected a host name like chat.example.com (no port), or *".into());
+    }
+    config.allow_hosts.push(host);
+    Ok(())
+}
+
+/// `--allow-origin`: one more origin, in lower case, without a trailing `/`.
+fn allow_origin(config: &mut Config, value: &str) -> Result<(), Invalid> {
+    let origin = value.trim_end_matches('/');
+    if origin != "*" && !origin.contains("://") {
+        return Err("expected an origin like https://chat.example.com, or *".into());
+    }
+    config.allow_origins.push(origin.to_ascii_lowercase());
+    Ok(())
+}
 
 impl Config {
-    /// Reads the process's command line and environment.
-    pub fn from_env() -> Result<Action, ConfigError> {
-        Self::from_args(std::env::args_os().skip(1), |key| std::env::var(key).ok())
+    /// The checks that relate the flags every build has.
+    pub(crate) fn check_main(&self) -> Result<(), ConfigError> {
+        if self.ping_interval >= self.idle_timeout {
+            return Err(err(
+                "--ping-interval",
+                &format!(
+                    "must be shorter than --idle-timeout ({:?}), or idle clients that only answer \
+                     pings are closed; got {:?}",
+                    self.idle_timeout, self.ping_interval
+                ),
+            ));
+        }
+        self.check_history()?;
+        self.check_queue()
     }
 
-    /// Reads `args` (without the program name), falling back to `env` for options not given.
-    /// `--allow-origin` and `--allow-host` in the environment are comma-separated lists.
-    pub fn from_args<I, E>(args: I, env: E) -> Result<Action, ConfigError>
-    where
-        I: IntoIterator<Item = OsString>,
-        E: Fn(&str) -> Option<String>,
-    {
-        use lexopt::Arg;
+    /// History must hold one message (or none at all), and all rooms' at least one room's.
+    fn check_history(&self) -> Result<(), ConfigError> {
+        if self.protocol == Protocol::V1
+            && self.history_bytes != 0
+            && self.history_bytes < self.max_message_event_bytes()
+        {
+            return Err(err(
+                "--history-bytes",
+                &format!(
+                    "must be 0 (no history) or hold one message of --max-message-bytes: at \
+                     least {}, got {}",
+                    self.max_message_event_bytes(),
+                    self.history_bytes
+                ),
+            ));
+        }
+        if self.history_total_bytes < self.history_bytes {
+            return Err(err(
+                "--history-total-bytes",
+                &format!(
+                    "must be at least --history-bytes ({}), got {}",
+                    self.history_bytes, self.history_total_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
 
-        #[cfg(feature = "auth")]
-        let mut args = args.into_iter().peekable();
-        #[cfg(feature = "auth")]
-        if args.peek().is_some_and(|a| a == "token") {
-            args.next();
-            return token_request(args, env);
+    /// A client's queue must take what the server may send it at once.
+    fn check_queue(&self) -> Result<(), ConfigError> {
+        // A join queues the room event and the whole history replay at once; a queue smaller
+        // than that would disconnect a client as a slow consumer on its first join.
+        if self.protocol == Protocol::V1 && self.queue < self.history + 8 {
+            return Err(err(
+                "--queue",
+                &format!(
+                    "must be at least --history + 8 = {} (a join replays the whole history at \
+                     once), got {}",
+                    self.history + 8,
+                    self.queue
+                ),
+            ));
         }
-        let mut given: Vec<(&'static str, String)> = Vec::new();
-        let mut check = false;
-        let mut parser = lexopt::Parser::from_args(args);
-        while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
-            let name = match arg {
-                Arg::Short('h') | Arg::Long("help") => return Ok(Action::Help),
-                Arg::Short('V') | Arg::Long("version") => return Ok(Action::Version),
-                Arg::Long("check") => {
-                    check = true;
-                    continue;
-                }
-                Arg::Long(name) => name.to_string(),
-                Arg::Short(c) => return Err(err(&format!("-{c}"), "unknown option; see --help")),
-                Arg::Value(v) => {
-                    let v = v.to_string_lossy();
-                    return Err(err(&v, "unexpected argument; options start with --"));
-                }
-            };
-            let Some(&(flag, _)) = OPTIONS.iter().find(|(f, _)| *f == name) else {
-                return Err(err(&format!("--{name}"), "unknown option; see --help"));
-            };
-            let value = parser.value().map_err(|e| lex_error(&e))?;
-            let Some(value) = value.to_str() else {
-                return Err(err(&format!("--{flag}"), "value is not valid UTF-8"));
-            };
-            given.push((flag, value.to_string()));
+        let needed = self.min_queue_bytes();
+        if self.queue_bytes < needed {
+            return Err(err(
+                "--queue-bytes",
+                &format!(
+                    "must be at least {needed} with these settings: a client's burst of \
+                     --rate-burst largest messages (two with the rate limit off) must fit, and \
+                     in v1 a join's replay of --history-bytes plus two of the largest events \
+                     ({} bytes); got {}",
+                    self.max_event_bytes(),
+                    self.queue_bytes
+                ),
+            ));
         }
-
-        let mut config = Config::default();
-        // Options whose value came from the environment: their errors name the variable.
-        let mut from_env: Vec<(&str, &str)> = Vec::new();
-        for &(flag, var) in OPTIONS {
-            let from_flags: Vec<&String> = given
-                .iter()
-                .filter(|(f, _)| *f == flag)
-                .map(|(_, v)| v)
-                .collect();
-            if !from_flags.is_empty() {
-                for value in from_flags {
-                    config.set(flag, value)?;
-                }
-            } else if let Some(value) = env(var) {
-                let named = |e: ConfigError| e.named_by(var);
-                if flag == "allow-origin" || flag == "allow-host" {
-                    for item in value.split(',').filter(|o| !o.trim().is_empty()) {
-                        config.set(flag, item.trim()).map_err(named)?;
-                    }
-                } else {
-                    config.set(flag, &value).map_err(named)?;
-                }
-                from_env.push((flag, var));
-            }
-        }
-        // Unless set, `--queue-bytes` grows to what the other settings need (see
-        // `min_queue_bytes`), so that raising `--max-message-bytes` alone keeps a working server.
-        let queue_bytes_set =
-            given.iter().any(|(f, _)| *f == "queue-bytes") || env("SMOLCHAT_QUEUE_BYTES").is_some();
-        if !queue_bytes_set {
-            config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
-        }
-        config.validate().map_err(|e| {
-            match from_env
-                .iter()
-                .find(|(f, _)| e.flag.strip_prefix("--") == Some(f))
-            {
-                Some((_, var)) => e.named_by(var),
-                None => e,
-            }
-        })?;
-        Ok(if check {
-            Action::Check(Box::new(config))
-        } else {
-            Action::Run(Box::new(config))
-        })
+        Ok(())
     }
 
     /// The limits a client is told about in `welcome`.
@@ -668,279 +668,6 @@ impl Config {
         #[cfg(not(feature = "auth"))]
         false
     }
-
-    /// Checks the settings against each other.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        #[cfg(feature = "tls")]
-        match (&self.tls_cert, &self.tls_key) {
-            (Some(_), None) => return Err(err("--tls-key", "is needed with --tls-cert")),
-            (None, Some(_)) => return Err(err("--tls-cert", "is needed with --tls-key")),
-            _ => {}
-        }
-        if self.ping_interval >= self.idle_timeout {
-            return Err(err(
-                "--ping-interval",
-                &format!(
-                    "must be shorter than --idle-timeout ({:?}), or idle clients that only answer \
-                     pings are closed; got {:?}",
-                    self.idle_timeout, self.ping_interval
-                ),
-            ));
-        }
-        #[cfg(feature = "redis")]
-        if self.protocol == Protocol::Raw && self.redis.is_some() {
-            return Err(err(
-                "--protocol",
-                "raw mode runs on one node; it cannot be combined with --redis",
-            ));
-        }
-        #[cfg(feature = "store")]
-        if self.data_dir.is_some() && self.protocol == Protocol::Raw {
-            return Err(err(
-                "--data-dir",
-                "raw mode keeps no history, so there is nothing to store; leave --data-dir out",
-            ));
-        }
-        #[cfg(all(feature = "store", feature = "redis"))]
-        if self.data_dir.is_some() && self.redis.is_some() {
-            return Err(err(
-                "--data-dir",
-                "with --redis, Redis keeps the history; leave --data-dir out (or use Redis's \
-                 own persistence)",
-            ));
-        }
-        // The API publishes messages and reads history: raw groups have neither.
-        #[cfg(feature = "api")]
-        if self.api_key.is_some() && self.protocol == Protocol::Raw {
-            return Err(err(
-                "--api-key-file",
-                "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
-            ));
-        }
-        if self.protocol == Protocol::V1
-            && self.history_bytes != 0
-            && self.history_bytes < self.max_message_event_bytes()
-        {
-            return Err(err(
-                "--history-bytes",
-                &format!(
-                    "must be 0 (no history) or hold one message of --max-message-bytes: at \
-                     least {}, got {}",
-                    self.max_message_event_bytes(),
-                    self.history_bytes
-                ),
-            ));
-        }
-        if self.history_total_bytes < self.history_bytes {
-            return Err(err(
-                "--history-total-bytes",
-                &format!(
-                    "must be at least --history-bytes ({}), got {}",
-                    self.history_bytes, self.history_total_bytes
-                ),
-            ));
-        }
-        // A join queues the room event and the whole history replay at once; a queue smaller
-        // than that would disconnect a client as a slow consumer on its first join.
-        if self.protocol == Protocol::V1 && self.queue < self.history + 8 {
-            return Err(err(
-                "--queue",
-                &format!(
-                    "must be at least --history + 8 = {} (a join replays the whole history at \
-                     once), got {}",
-                    self.history + 8,
-                    self.queue
-                ),
-            ));
-        }
-        let needed = self.min_queue_bytes();
-        if self.queue_bytes < needed {
-            return Err(err(
-                "--queue-bytes",
-                &format!(
-                    "must be at least {needed} with these settings: a client's burst of \
-                     --rate-burst largest messages (two with the rate limit off) must fit, and \
-                     in v1 a join's replay of --history-bytes plus two of the largest events \
-                     ({} bytes); got {}",
-                    self.max_event_bytes(),
-                    self.queue_bytes
-                ),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Sets one option from its text form, validating it.
-    fn set(&mut self, flag: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |what: &str| err(&format!("--{flag}"), &format!("{what}, got {value:?}"));
-        match flag {
-            "protocol" => {
-                self.protocol = match value {
-                    "v1" => Protocol::V1,
-                    "raw" => Protocol::Raw,
-                    _ => return Err(bad("expected v1 or raw")),
-                }
-            }
-            "listen" => {
-                self.listen = value
-                    .parse()
-                    .map_err(|_| bad("expected an address like 127.0.0.1:8080 or [::1]:8080"))?
-            }
-            "history" => self.history = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
-            "history-bytes" => {
-                self.history_bytes = number(value, 0, 1 << 30).map_err(|m| bad(&m))?
-            }
-            "history-total-bytes" => {
-                self.history_total_bytes = number(value, 0, 1 << 30).map_err(|m| bad(&m))?
-            }
-            "threads" => self.threads = number(value, 0, 1024).map_err(|m| bad(&m))?,
-            "default-room" => {
-                if !crate::protocol::valid_room(value) {
-                    return Err(bad(
-                        "expected a room name of 1-32 characters a-z, 0-9, _ or -",
-                    ));
-                }
-                self.default_room = value.to_string();
-            }
-            "log-level" => {
-                self.log_level = value
-                    .parse()
-                    .map_err(|_| bad("expected off, error, warn, info, debug or trace"))?
-            }
-            "max-message-bytes" => {
-                self.max_message_bytes = number(value, 64, 16 << 20).map_err(|m| bad(&m))?
-            }
-            "queue" => self.queue = number(value, 1, 1 << 20).map_err(|m| bad(&m))?,
-            "queue-bytes" => self.queue_bytes = number(value, 1, 1 << 30).map_err(|m| bad(&m))?,
-            "max-pending" => self.max_pending = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
-            "max-pending-per-address" => {
-                self.max_pending_per_address = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
-            }
-            "allow-host" => {
-                let host = value.to_ascii_lowercase();
-                let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-');
-                if host != "*" && (host.is_empty() || !host.chars().all(name_char)) {
-                    return Err(bad(
-                        "expected a host name like chat.example.com (no port), or *",
-                    ));
-                }
-                self.allow_hosts.push(host);
-            }
-            "max-connections" => {
-                self.max_connections = number(value, 1, 10_000_000).map_err(|m| bad(&m))?
-            }
-            "handshake-timeout" => self.handshake_timeout = duration(value).map_err(|m| bad(&m))?,
-            "allow-origin" => {
-                let origin = value.trim_end_matches('/');
-                if origin != "*" && !origin.contains("://") {
-                    return Err(bad(
-                        "expected an origin like https://chat.example.com, or *",
-                    ));
-                }
-                self.allow_origins.push(origin.to_ascii_lowercase());
-            }
-            #[cfg(feature = "auth")]
-            "auth-secret-file" => {
-                let secret = Secret::read(value).map_err(|m| bad(&m))?;
-                if secret.bytes().len() < crate::token::MIN_SECRET_BYTES {
-                    return Err(err(
-                        "--auth-secret-file",
-                        &format!(
-                            "the secret in {value:?} is {} bytes; HS256 needs at least {} \
-                             (for example: head -c 48 /dev/urandom | base64 > {value})",
-                            secret.bytes().len(),
-                            crate::token::MIN_SECRET_BYTES
-                        ),
-                    ));
-                }
-                self.auth = Some(Auth {
-                    secret,
-                    guests: false,
-                });
-            }
-            #[cfg(feature = "auth")]
-            "max-connections-per-user" => {
-                self.max_connections_per_user = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
-            }
-            #[cfg(feature = "auth")]
-            "auth" => {
-                let guests = match value {
-                    "required" => false,
-                    "optional" => true,
-                    _ => return Err(bad("expected required or optional")),
-                };
-                // Options are set in the order of `OPTIONS`: the secret is read by now.
-                match &mut self.auth {
-                    Some(auth) => auth.guests = guests,
-                    None => {
-                        return Err(err(
-                            "--auth",
-                            "needs --auth-secret-file: without a secret nobody authenticates",
-                        ));
-                    }
-                }
-            }
-            #[cfg(feature = "api")]
-            "api-key-file" => {
-                let key = Secret::read(value).map_err(|m| bad(&m))?;
-                if key.bytes().len() < crate::secret::MIN_API_KEY_BYTES {
-                    return Err(bad("the API key must be at least 16 bytes"));
-                }
-                self.api_key = Some(key);
-            }
-            #[cfg(feature = "api")]
-            "api-rate-limit" => {
-                self.api_rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?
-            }
-            "rate-limit" => self.rate_limit = number(value, 0, 1_000_000).map_err(|m| bad(&m))?,
-            "rate-burst" => self.rate_burst = number(value, 1, 1_000_000).map_err(|m| bad(&m))?,
-            "ping-interval" => self.ping_interval = duration(value).map_err(|m| bad(&m))?,
-            "idle-timeout" => self.idle_timeout = duration(value).map_err(|m| bad(&m))?,
-            "write-timeout" => self.write_timeout = duration(value).map_err(|m| bad(&m))?,
-            "coalesce" => {
-                self.coalesce = if value == "0" {
-                    Duration::ZERO
-                } else {
-                    duration(value).map_err(|m| bad(&m))?
-                }
-            }
-            "max-rooms" => self.max_rooms = number(value, 1, 10_000_000).map_err(|m| bad(&m))?,
-            "max-rooms-per-client" => {
-                self.max_rooms_per_client = number(value, 1, 100_000).map_err(|m| bad(&m))?
-            }
-            "max-rooms-per-address" => {
-                self.max_rooms_per_address = number(value, 1, 10_000_000).map_err(|m| bad(&m))?
-            }
-            "presence-limit" => {
-                self.presence_limit = number(value, 1, 1_000_000).map_err(|m| bad(&m))?
-            }
-            "shutdown-timeout" => self.shutdown_timeout = duration(value).map_err(|m| bad(&m))?,
-            #[cfg(feature = "redis")]
-            "redis" => {
-                if !value.starts_with("redis://") && !value.starts_with("unix://") {
-                    return Err(bad("expected a URL like redis://127.0.0.1:6379"));
-                }
-                self.redis = Some(value.to_string());
-            }
-            #[cfg(feature = "redis")]
-            "redis-heartbeat" => self.redis_heartbeat = duration(value).map_err(|m| bad(&m))?,
-            #[cfg(feature = "store")]
-            "data-dir" => self.data_dir = Some(value.into()),
-            #[cfg(feature = "store")]
-            "sync-interval" => {
-                self.sync_interval = match value {
-                    "0" => Duration::ZERO,
-                    _ => duration(value).map_err(|m| bad(&m))?,
-                }
-            }
-            #[cfg(feature = "tls")]
-            "tls-cert" => self.tls_cert = Some(value.into()),
-            #[cfg(feature = "tls")]
-            "tls-key" => self.tls_key = Some(value.into()),
-            _ => unreachable!("every flag in OPTIONS is handled"),
-        }
-        Ok(())
-    }
 }
 
 /// The README's worst-case memory formula, term by term, in bytes ([`Config::worst_case_memory`]).
@@ -986,102 +713,21 @@ impl WorstCase {
     }
 }
 
-/// Reads `smolchat token`'s options.
-#[cfg(feature = "auth")]
-fn token_request<I, E>(args: I, env: E) -> Result<Action, ConfigError>
-where
-    I: IntoIterator<Item = OsString>,
-    E: Fn(&str) -> Option<String>,
-{
-    use lexopt::Arg;
-
-    let mut parser = lexopt::Parser::from_args(args);
-    let (mut sub, mut ttl, mut rooms) = (None, Duration::from_secs(3600), None);
-    let mut secret_file = env("SMOLCHAT_AUTH_SECRET_FILE");
-    let mut from_env = secret_file.is_some();
-    while let Some(arg) = parser.next().map_err(|e| lex_error(&e))? {
-        let flag = match arg {
-            Arg::Short('h') | Arg::Long("help") => return Ok(Action::TokenHelp),
-            Arg::Long(name) => format!("--{name}"),
-            _ => {
-                return Err(err(
-                    "token",
-                    "unexpected argument; see smolchat token --help",
-                ));
-            }
-        };
-        let value = parser.value().map_err(|e| lex_error(&e))?;
-        let value = value.to_string_lossy().into_owned();
-        let bad = |what: &str| err(&flag, &format!("{what}, got {value:?}"));
-        match flag.as_str() {
-            "--sub" if crate::token::valid_user_name(&value) => sub = Some(value),
-            "--sub" => {
-                return Err(bad(
-                    "expected 1-32 letters, digits, '_', '-' or '.', not starting with guest-",
-                ));
-            }
-            "--ttl" => {
-                let expected = "expected a positive duration up to 90 days, like 30m, 8h or 14d";
-                ttl = duration_up_to(&value, MAX_TOKEN_TTL, expected).map_err(|m| bad(&m))?;
-                if ttl.as_secs() == 0 {
-                    return Err(bad("expected at least 1s (tokens count whole seconds)"));
-                }
-            }
-            "--rooms" => {
-                let list: Vec<String> = value.split(',').map(|r| r.trim().to_string()).collect();
-                if !list.iter().all(|r| crate::protocol::valid_room(r)) {
-                    return Err(bad(
-                        "expected room names (a-z, 0-9, _ or -) separated by commas",
-                    ));
-                }
-                rooms = Some(list);
-            }
-            "--auth-secret-file" => {
-                secret_file = Some(value);
-                from_env = false;
-            }
-            _ => return Err(err(&flag, "unknown option; see smolchat token --help")),
-        }
-    }
-    let sub = sub.ok_or_else(|| err("--sub", "is required: the user the token is for"))?;
-    let path = secret_file.ok_or_else(|| {
-        err(
-            "--auth-secret-file",
-            "is required (or SMOLCHAT_AUTH_SECRET_FILE): the secret to sign with",
-        )
-    })?;
-    let mut config = Config::default();
-    config.set("auth-secret-file", &path).map_err(|e| {
-        if from_env {
-            e.named_by("SMOLCHAT_AUTH_SECRET_FILE")
-        } else {
-            e
-        }
-    })?;
-    let secret = config.auth.expect("set above").secret;
-    Ok(Action::Token(TokenRequest {
-        secret,
-        sub,
-        ttl,
-        rooms,
-    }))
-}
-
-fn err(flag: &str, message: &str) -> ConfigError {
+pub(crate) fn err(flag: &str, message: &str) -> ConfigError {
     ConfigError {
         flag: flag.to_string(),
         message: message.to_string(),
     }
 }
 
-fn lex_error(e: &lexopt::Error) -> ConfigError {
+pub(crate) fn lex_error(e: &lexopt::Error) -> ConfigError {
     match e {
         lexopt::Error::MissingValue { option: Some(o) } => err(o, "needs a value"),
         other => err("command line", &other.to_string()),
     }
 }
 
-fn number<T>(value: &str, min: T, max: T) -> Result<T, String>
+pub(crate) fn number<T>(value: &str, min: T, max: T) -> Result<T, String>
 where
     T: std::str::FromStr + PartialOrd + fmt::Display + Copy,
 {
@@ -1091,7 +737,7 @@ where
     }
 }
 
-const DAY: Duration = Duration::from_secs(24 * 3600);
+pub(crate) const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The longest `smolchat token --ttl`: 90 days (its error message says so). A token cannot be revoked before it expires
 /// (short of changing the secret, which revokes every token), so a device token is renewed.
@@ -1101,14 +747,26 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(90 * 24 * 3600);
 /// Zero is refused: every duration here is a timeout or an interval, and zero would make the
 /// server close or ping without pause; more than a day is no timeout at all, and would
 /// overflow the clock's arithmetic.
-fn duration(value: &str) -> Result<Duration, String> {
+pub(crate) fn duration(value: &str) -> Result<Duration, String> {
     let expected = "expected a positive duration up to a day, like 10, 10s, 500ms, 2m or 8h";
     duration_up_to(value, DAY, expected)
 }
 
+/// A duration as [`duration`] parses it, or `0` for none.
+fn duration_or_zero(value: &str) -> Result<Duration, String> {
+    match value {
+        "0" => Ok(Duration::ZERO),
+        _ => duration(value),
+    }
+}
+
 /// Parses a positive duration of whole seconds or with a unit (`ms`, `s`, `m`, `h`, `d`), up
 /// to `max`; else the error is `expected`.
-fn duration_up_to(value: &str, max: Duration, expected: &str) -> Result<Duration, String> {
+pub(crate) fn duration_up_to(
+    value: &str,
+    max: Duration,
+    expected: &str,
+) -> Result<Duration, String> {
     let expected = || expected.to_string();
     let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
         Some(i) => value.split_at(i),
@@ -1128,180 +786,5 @@ fn duration_up_to(value: &str, max: Duration, expected: &str) -> Result<Duration
         Err(expected())
     } else {
         Ok(d)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str], env: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let action = Config::from_args(args.iter().map(OsString::from), |k| {
-            env.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })?;
-        match action {
-            Action::Run(c) => Ok(*c),
-            other => panic!("expected a config, got {other:?}"),
-        }
-    }
-
-    #[test]
-    fn defaults_flags_and_environment() {
-        let c = parse(&[], &[]).unwrap();
-        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
-        assert_eq!(c.history, 100);
-
-        let c = parse(
-            &["--history", "5", "--listen=[::1]:0"],
-            &[("SMOLCHAT_HISTORY", "7"), ("SMOLCHAT_QUEUE", "90")],
-        )
-        .unwrap();
-        assert_eq!(c.history, 5, "a flag wins over the environment");
-        assert_eq!(c.queue, 90, "the environment fills what flags leave out");
-        assert_eq!(c.listen.to_string(), "[::1]:0");
-    }
-
-    #[test]
-    fn durations_and_repeated_origins() {
-        let c = parse(
-            &[
-                "--ping-interval",
-                "500ms",
-                "--idle-timeout",
-                "2m",
-                "--allow-origin",
-                "https://a.example/",
-                "--allow-origin",
-                "*",
-            ],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.ping_interval, Duration::from_millis(500));
-        assert_eq!(c.idle_timeout, Duration::from_secs(120));
-        assert_eq!(c.allow_origins, vec!["https://a.example", "*"]);
-    }
-
-    #[test]
-    fn durations_take_hours_and_days() {
-        let c = parse(&["--idle-timeout", "1h", "--write-timeout", "1d"], &[]).unwrap();
-        assert_eq!(c.idle_timeout, Duration::from_secs(3600));
-        assert_eq!(c.write_timeout, Duration::from_secs(24 * 3600));
-        assert!(
-            parse(&["--write-timeout", "25h"], &[]).is_err(),
-            "a day at most"
-        );
-        assert!(
-            parse(&["--write-timeout", "2d"], &[]).is_err(),
-            "a day at most"
-        );
-        assert!(parse(&["--write-timeout", "1w"], &[]).is_err());
-        assert_eq!(duration_up_to("14d", MAX_TOKEN_TTL, ""), Ok(14 * DAY));
-        assert!(duration_up_to("91d", MAX_TOKEN_TTL, "").is_err());
-    }
-
-    #[test]
-    fn bad_environment_values_name_the_variable() {
-        let e = parse(&[], &[("SMOLCHAT_HISTORY", "lots")]).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "SMOLCHAT_HISTORY: expected a whole number from 0 to 1000000, got \"lots\""
-        );
-        let e = parse(&[], &[("SMOLCHAT_QUEUE", "20")]).unwrap_err();
-        assert_eq!(
-            e.flag, "SMOLCHAT_QUEUE",
-            "checked against other settings: {e}"
-        );
-        let e = parse(&["--queue", "20"], &[("SMOLCHAT_QUEUE", "300")]).unwrap_err();
-        assert_eq!(e.flag, "--queue", "the flag won: {e}");
-        let e = parse(&[], &[("SMOLCHAT_ALLOW_ORIGIN", "https://a.example,nope")]).unwrap_err();
-        assert_eq!(e.flag, "SMOLCHAT_ALLOW_ORIGIN");
-    }
-
-    #[test]
-    fn check_is_a_run_that_stops_short() {
-        let args = ["--history", "5", "--check"].map(OsString::from);
-        match Config::from_args(args, |_| None) {
-            Ok(Action::Check(c)) => assert_eq!(c.history, 5),
-            other => panic!("expected a check, got {other:?}"),
-        }
-        let args = ["--check", "--history", "x"].map(OsString::from);
-        assert!(Config::from_args(args, |_| None).is_err());
-    }
-
-    #[test]
-    fn bad_values_name_the_flag() {
-        for (args, flag) in [
-            (&["--history", "lots"][..], "--history"),
-            (&["--listen", "8080"][..], "--listen"),
-            (&["--default-room", "No Spaces"][..], "--default-room"),
-            (&["--queue", "0"][..], "--queue"),
-            (&["--write-timeout", "0"][..], "--write-timeout"),
-            (
-                &["--ping-interval", "18446744073709551615"][..],
-                "--ping-interval",
-            ),
-            (&["--ping-interval", "80s"][..], "--ping-interval"),
-            (&["--nope", "1"][..], "--nope"),
-            (&["--history"][..], "--history"),
-        ] {
-            let e = parse(args, &[]).unwrap_err();
-            assert_eq!(e.flag, flag, "{args:?} gave {e}");
-        }
-        let e = parse(&["--history", "500"], &[]).unwrap_err();
-        assert_eq!(
-            e.flag, "--queue",
-            "the default queue cannot hold a 500-message replay"
-        );
-        assert!(parse(&["--history", "500", "--queue", "508"], &[]).is_ok());
-        let e = parse(&["--queue-bytes", "70000"], &[]).unwrap_err();
-        assert_eq!(e.flag, "--queue-bytes", "a join replays up to 64 KiB: {e}");
-        let e = parse(&["--history-bytes", "1000"], &[]).unwrap_err();
-        assert_eq!(
-            e.flag, "--history-bytes",
-            "cannot hold one 4 KiB message: {e}"
-        );
-        let e = parse(&["--history-total-bytes", "1000"], &[]).unwrap_err();
-        assert_eq!(e.flag, "--history-total-bytes");
-        let c = parse(
-            &["--protocol", "raw", "--max-message-bytes", "16777216"],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.protocol, Protocol::Raw);
-        assert!(
-            c.queue_bytes >= 2 * 16_777_216,
-            "an unset --queue-bytes grows to hold two of the largest messages (no rate limit)"
-        );
-        let e = parse(
-            &[
-                "--max-message-bytes",
-                "65536",
-                "--history-bytes",
-                "0",
-                "--queue-bytes",
-                "131072",
-            ],
-            &[],
-        );
-        assert_eq!(
-            e.unwrap_err().flag,
-            "--queue-bytes",
-            "a set value is checked, not grown"
-        );
-        assert_eq!(
-            parse(&["--protocol", "v2"], &[]).unwrap_err().flag,
-            "--protocol"
-        );
-        let e = parse(&["--allow-host", "a b"], &[]).unwrap_err();
-        assert_eq!(e.flag, "--allow-host");
-        let c = parse(&[], &[("SMOLCHAT_ALLOW_HOST", "a.example, B.example")]).unwrap();
-        assert_eq!(c.allow_hosts, ["a.example", "b.example"]);
-        let e = parse(&[], &[("SMOLCHAT_LOG_LEVEL", "loud")]).unwrap_err();
-        assert_eq!(e.flag, "SMOLCHAT_LOG_LEVEL");
     }
 }

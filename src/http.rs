@@ -1,18 +1,23 @@
-//! The HTTP side of a connection: read the request head, route it, answer plain requests, and
-//! turn `GET /ws` into a WebSocket.
+//! HTTP/1.1 on the wire: request heads in, plain responses out, the built-in page, the `101`.
 //!
 //! A connection enters as any `AsyncRead + AsyncWrite` byte stream. [`read_head`] reads up to
-//! [`MAX_HEAD_BYTES`] and parses them with `httparse`; [`route`] decides, from the head alone,
-//! what to answer. Plain routes leave as a complete HTTP response ([`Response::write`]); an
-//! accepted upgrade leaves as the `101` response plus whatever bytes the client already sent
-//! after its head, which `crate::handshake` hands to tungstenite. Nothing here knows about rooms.
+//! [`MAX_HEAD_BYTES`] and parses them with `httparse` into a [`Head`], which
+//! [`crate::route`] decides on. Plain answers leave as a complete HTTP response
+//! (`respond`: written, then what the client still sends is drained; `refuse` also counts
+//! and logs it); an accepted upgrade leaves as the `101` ([`switching_protocols`]) plus
+//! whatever bytes the client already sent after its head, which `crate::upgrade` hands to
+//! tungstenite. Nothing here knows about rooms.
 
 use std::borrow::Cow;
 
+use std::time::Duration;
+
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::config::{Config, Protocol};
-use crate::metrics::Refusal;
+use crate::config::Protocol;
+use crate::deadline::within;
+use crate::logger;
+use crate::metrics::{Metrics, Refusal};
 
 /// The largest request head accepted; a longer one gets `431`.
 pub const MAX_HEAD_BYTES: usize = 8 * 1024;
@@ -239,29 +244,6 @@ fn reason_phrase(status: u16) -> &'static str {
     }
 }
 
-/// What to do with a request.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Route {
-    /// Upgrade to a WebSocket, answering with this `Sec-WebSocket-Accept`. In raw mode,
-    /// `group` is the group named by the path (`/ws/NAME`), `None` for `/ws`.
-    Upgrade {
-        accept_key: String,
-        group: Option<String>,
-    },
-    /// A call of the HTTP API (`crate::api`, feature `api`), which reads the body if there
-    /// is one.
-    #[cfg(feature = "api")]
-    Api,
-    /// Serve the built-in web client.
-    Page,
-    /// Answer `/healthz`.
-    Health,
-    /// Answer `/metrics`.
-    Metrics,
-    /// Refuse with this response, counted under this cause (if any).
-    Refuse(Response, Option<Refusal>),
-}
-
 /// The value of query parameter `name`, as sent (tokens and numbers need no decoding).
 pub fn query_param<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
     head.query
@@ -269,137 +251,6 @@ pub fn query_param<'a>(head: &'a Head, name: &str) -> Option<&'a str> {
         .filter_map(|pair| pair.split_once('='))
         .find(|(key, _)| *key == name)
         .map(|(_, value)| value)
-}
-
-/// Decides what a request gets. Capacity is checked by the caller, which owns the counter.
-pub fn route(head: &Head, config: &Config) -> Route {
-    #[cfg(feature = "api")]
-    if head.path == "/api" || head.path.starts_with("/api/") {
-        // Without a key the API does not exist, whatever the method.
-        return match config.api_key {
-            Some(_) => Route::Api,
-            None => Route::Refuse(Response::text(404, "not found; the chat is at /ws"), None),
-        };
-    }
-    if head.method != "GET" {
-        return Route::Refuse(
-            Response::text(405, "only GET is supported").with("Allow", "GET"),
-            Some(Refusal::BadRequest),
-        );
-    }
-    let raw = config.protocol == Protocol::Raw;
-    match head.path.as_str() {
-        "/" | "/index.html" => Route::Page,
-        "/healthz" => Route::Health,
-        "/metrics" => Route::Metrics,
-        "/ws" => upgrade(head, config, None),
-        path if raw && path.starts_with("/ws/") => {
-            let group = &path["/ws/".len()..];
-            if crate::protocol::valid_room(group) {
-                upgrade(head, config, Some(group.to_string()))
-            } else {
-                let why = "not found: a group is /ws/NAME, NAME 1-32 characters a-z, 0-9, _ or -";
-                Route::Refuse(Response::text(404, why), None)
-            }
-        }
-        _ => Route::Refuse(Response::text(404, "not found; the chat is at /ws"), None),
-    }
-}
-
-fn upgrade(head: &Head, config: &Config, group: Option<String>) -> Route {
-    let bad = |why: &str| Route::Refuse(Response::text(400, why), Some(Refusal::BadRequest));
-    if !head.upgrade_websocket || !head.connection_upgrade {
-        return Route::Refuse(
-            Response::text(
-                426,
-                "this is a WebSocket endpoint; connect with a WebSocket client",
-            )
-            .with("Upgrade", "websocket"),
-            Some(Refusal::BadRequest),
-        );
-    }
-    if head.ws_version.as_deref() != Some("13") {
-        return Route::Refuse(
-            Response::text(426, "only WebSocket version 13 is supported")
-                .with("Sec-WebSocket-Version", "13"),
-            Some(Refusal::BadRequest),
-        );
-    }
-    let Some(key) = head.ws_key.as_deref().filter(|k| !k.is_empty()) else {
-        return bad("missing Sec-WebSocket-Key header");
-    };
-    if !host_allowed(head, config) {
-        return Route::Refuse(
-            Response::text(
-                403,
-                "host name not allowed for /ws; the server operator can allow it with \
-                 --allow-host",
-            ),
-            Some(Refusal::Host),
-        );
-    }
-    if !origin_allowed(head, config) {
-        return Route::Refuse(
-            Response::text(
-                403,
-                "origin not allowed; the server operator can allow it with --allow-origin",
-            ),
-            Some(Refusal::Origin),
-        );
-    }
-    Route::Upgrade {
-        accept_key: async_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes()),
-        group,
-    }
-}
-
-/// The `Host` an upgrade was addressed to must be an IP literal, `localhost`, or a name
-/// listed with `--allow-host`. The origin check alone compares `Origin` with `Host`, and a
-/// page on an attacker's domain that resolves to this server (DNS rebinding: a gateway on a
-/// LAN, a server on 127.0.0.1) passes it, because both name the attacker's domain. No browser
-/// sends an IP literal or `localhost` for an attacker's page. A request without `Host` is not
-/// from a browser and is allowed.
-pub fn host_allowed(head: &Head, config: &Config) -> bool {
-    let Some(host) = head.host.as_deref() else {
-        return true;
-    };
-    let name = if let Some(rest) = host.strip_prefix('[') {
-        // An IPv6 literal: [::1] or [::1]:8080, nothing else after the bracket.
-        return rest.split_once(']').is_some_and(|(ip, after)| {
-            let port = after.strip_prefix(':').unwrap_or(after);
-            ip.parse::<std::net::Ipv6Addr>().is_ok() && port.bytes().all(|b| b.is_ascii_digit())
-        });
-    } else {
-        match host.rsplit_once(':') {
-            Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
-            _ => host,
-        }
-    };
-    let name = name.trim_end_matches('.').to_ascii_lowercase();
-    name.parse::<std::net::Ipv4Addr>().is_ok()
-        || name == "localhost"
-        || config.allow_hosts.iter().any(|h| h == "*" || *h == name)
-}
-
-/// A request without `Origin` is not from a browser and is allowed. A browser's origin must
-/// name the same host (and port) the request was sent to, or be listed with `--allow-origin`.
-pub fn origin_allowed(head: &Head, config: &Config) -> bool {
-    let Some(origin) = head.origin.as_deref() else {
-        return true;
-    };
-    let origin = origin.trim_end_matches('/').to_ascii_lowercase();
-    if config
-        .allow_origins
-        .iter()
-        .any(|a| a == "*" || *a == origin)
-    {
-        return true;
-    }
-    let authority = origin.split_once("://").map_or("", |(_, rest)| rest);
-    match head.host.as_deref() {
-        Some(host) => !authority.is_empty() && authority.eq_ignore_ascii_case(host),
-        None => false,
-    }
 }
 
 /// The built-in web client, as written (for tests: the binary carries [`PAGE_GZIP`]).
@@ -465,6 +316,45 @@ pub fn page(protocol: Protocol, accepts_gzip: bool) -> Response {
     }
 }
 
+/// Counts and logs a refusal, then answers it like any plain response.
+pub(crate) async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    metrics: &Metrics,
+    stream: &mut S,
+    peer: &str,
+    response: Response,
+    why: Refusal,
+) {
+    metrics.refuse(why);
+    logger::refusal(
+        peer,
+        &format!("refused: {} {}", response.status, response.reason()),
+    );
+    respond(stream, &response).await;
+}
+
+/// Writes a plain response, then reads and drops what the client is still sending (at most
+/// 64 KiB, until it pauses for 100 ms or closes, within the exchange's one deadline)
+/// before the socket is dropped. Dropping a socket with unread input makes the kernel
+/// answer with a reset, which can destroy the response before the client reads it: a
+/// refused oversized head would never see its 431. (A generic stream cannot half-close, so
+/// the pause is how we know it is done.)
+pub(crate) async fn respond<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    response: &Response,
+) {
+    if response.write(stream).await.is_err() {
+        return;
+    }
+    let mut scratch = [0u8; 512];
+    let mut left: usize = 64 * 1024;
+    while left > 0 {
+        match within(Duration::from_millis(100), stream.read(&mut scratch)).await {
+            Some(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => break,
+        }
+    }
+}
+
 /// The `101 Switching Protocols` response for an accepted upgrade.
 pub fn switching_protocols(accept_key: &str) -> String {
     format!(
@@ -476,32 +366,6 @@ pub fn switching_protocols(accept_key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn head(raw: &str) -> Head {
-        parse_head(raw.as_bytes()).unwrap().unwrap().0
-    }
-
-    const UPGRADE: &str = "GET /ws?x=1 HTTP/1.1\r\nHost: chat.example:8080\r\nUpgrade: WebSocket\r\n\
-        Connection: keep-alive, Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
-        Sec-WebSocket-Version: 13\r\n";
-
-    #[test]
-    fn parses_an_upgrade_and_routes_it() {
-        let h = head(&format!("{UPGRADE}\r\n"));
-        assert_eq!(h.path, "/ws");
-        assert!(h.upgrade_websocket && h.connection_upgrade);
-        let config = Config {
-            allow_hosts: vec!["chat.example".into()],
-            ..Config::default()
-        };
-        assert_eq!(
-            route(&h, &config),
-            Route::Upgrade {
-                accept_key: "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=".into(),
-                group: None,
-            }
-        );
-    }
 
     #[test]
     fn partial_heads_wait_and_leftovers_are_kept() {
@@ -520,86 +384,5 @@ mod tests {
             parse_head(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n"),
             Err(HeadError::Malformed)
         ));
-    }
-
-    #[test]
-    fn origin_policy() {
-        let mut config = Config::default();
-        let with_origin = |o: &str| head(&format!("{UPGRADE}Origin: {o}\r\n\r\n"));
-        assert!(origin_allowed(&head(&format!("{UPGRADE}\r\n")), &config));
-        assert!(origin_allowed(
-            &with_origin("http://chat.example:8080"),
-            &config
-        ));
-        assert!(origin_allowed(
-            &with_origin("https://CHAT.example:8080"),
-            &config
-        ));
-        assert!(!origin_allowed(
-            &with_origin("http://evil.example"),
-            &config
-        ));
-        assert!(!origin_allowed(&with_origin("null"), &config));
-        config.allow_origins.push("http://evil.example".into());
-        assert!(origin_allowed(&with_origin("http://evil.example"), &config));
-        config.allow_origins = vec!["*".into()];
-        assert!(origin_allowed(&with_origin("null"), &config));
-    }
-
-    #[test]
-    fn host_policy() {
-        let mut config = Config::default();
-        let with_host = |h: &str| head(&format!("GET /ws HTTP/1.1\r\nHost: {h}\r\n\r\n"));
-        for ok in [
-            "127.0.0.1:8080",
-            "10.0.0.7",
-            "[::1]:8080",
-            "[fe80::1]",
-            "localhost:80",
-        ] {
-            assert!(host_allowed(&with_host(ok), &config), "{ok}");
-        }
-        for refused in [
-            "evil.example:8080",
-            "evil.example",
-            "127.0.0.1.evil.example",
-            "[x]",
-            "[::1]evil.example",
-        ] {
-            assert!(!host_allowed(&with_host(refused), &config), "{refused}");
-        }
-        config.allow_hosts.push("chat.example.com".into());
-        assert!(host_allowed(&with_host("Chat.Example.com:443"), &config));
-        assert!(!host_allowed(&with_host("evil.example"), &config));
-        let Route::Refuse(r, Some(Refusal::Host)) = route(
-            &head(&format!(
-                "{}Host: evil.example\r\n\r\n",
-                UPGRADE.replace("Host: chat.example:8080\r\n", "")
-            )),
-            &Config::default(),
-        ) else {
-            panic!("a rebinding upgrade is refused")
-        };
-        assert_eq!(r.status, 403);
-        assert!(String::from_utf8_lossy(&r.body).contains("--allow-host"));
-        config.allow_hosts = vec!["*".into()];
-        assert!(host_allowed(&with_host("anything.example"), &config));
-    }
-
-    #[test]
-    fn plain_routes() {
-        let config = Config::default();
-        assert_eq!(
-            route(&head("GET /healthz HTTP/1.1\r\n\r\n"), &config),
-            Route::Health
-        );
-        let Route::Refuse(r, _) = route(&head("POST /ws HTTP/1.1\r\n\r\n"), &config) else {
-            panic!()
-        };
-        assert_eq!(r.status, 405);
-        let Route::Refuse(r, _) = route(&head("GET /nope HTTP/1.1\r\n\r\n"), &config) else {
-            panic!()
-        };
-        assert_eq!(r.status, 404);
     }
 }

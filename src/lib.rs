@@ -3,10 +3,11 @@
 //! ```text
 //!  accepted socket (server.rs's accept loop, or an embedder's) → Chat::serve / serve_tls
 //!    1. handshake.rs, all within one --handshake-timeout:
-//!         --max-pending slot → [TLS, tls.rs] → read head, route (http.rs)
+//!         --max-pending permit (admission.rs) → [TLS, tls.rs] → read head (http.rs)
+//!         → token (token.rs; 401), route (route.rs):
 //!           ├─ GET /, /healthz, /metrics; 400, 403, 404, 405, 431, 503 → answered, dropped
 //!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
-//!           └─ /ws → token (token.rs; 401) → host, origin, --max-connections → 101 → WebSocket
+//!           └─ /ws → host, origin → upgrade.rs: --max-connections permit, register → 101
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
 //!         reader:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
@@ -23,10 +24,17 @@
 //!
 //! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
 //!   threads and the graceful shutdown.
-//! * `handshake`: everything between an accepted socket and a WebSocket session: the
-//!   `--max-pending` slots, the one `--handshake-timeout` deadline, HTTP routing, the `101`,
-//!   and tungstenite's buffers.
-//! * `http`: HTTP/1.1 request heads, the routing decision, plain responses, the built-in page.
+//! * `admission`: the front door's limits as counting semaphores with RAII permits
+//!   (`--max-pending` and each address's share, `--max-connections`), the API key's rate, and
+//!   whether the backend takes sessions. `/metrics` reads them; nothing else counts them.
+//! * `handshake`: everything between an accepted socket and a routed request: the pending
+//!   permit, the one `--handshake-timeout` deadline, TLS, the request head. It sees the chat
+//!   through `Front`, a narrow view: settings, counters, admission, the hub's inbox.
+//! * `route`: what each request gets, decided in one place (page, `/healthz`, `/metrics`,
+//!   `/api/`, the upgrade, refusals), the token checked first.
+//! * `upgrade`: the WebSocket upgrade: the session permit, the registration with the hub, the
+//!   `101`, and tungstenite's buffers.
+//! * `http`: HTTP/1.1 request heads, plain responses (and refusals), the built-in page.
 //! * `token`: signed tokens (HS256 JWTs): who a client is, checked at the upgrade.
 //! * `api`: the HTTP API's requests (`/api/`), from head and body to a call for the hub.
 //! * `bucket`: the token bucket behind the clients' and the API's rate limits.
@@ -51,12 +59,18 @@
 //! * `client`: a client's id, the address it connects from, and the user its token proved.
 //! * `room`: one room: its members, its history ring and the rules for replaying it.
 //! * `cluster`: the Redis authority and its bridge future, for nodes that share rooms
-//!   (feature `redis`).
+//!   (feature `redis`); `cluster::backend` is what the rest of the server sees of it: its
+//!   flags, its start and its health. The backend is chosen in one place, `Backend::choose`.
 //! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
 //!   the local authority's changes to a redb file, and reads them back at start-up.
 //! * `protocol`: protocol v1 on the wire: requests parsed, events encoded once.
-//! * `config`: every setting and limit, from flags and the environment.
-//! * `metrics`: the counters, rendered at `/metrics` as Prometheus text.
+//! * `config`: every setting and limit with its default, and the flag table's parts: `Flag`,
+//!   `Section`, the `flags!` macro, the flags every build has. Optional parts declare their
+//!   own section beside their code (`token`, `api`, `tls`, `cluster::backend`).
+//! * `cli`: the command line: the sections this build has, `--help`, flags and environment
+//!   into a validated `Config`, and `smolchat token`.
+//! * `metrics`: the counters, rendered at `/metrics` as Prometheus text with the admission
+//!   gauges.
 //! * `logger`: a small stderr logger, and the rate limit on refusal lines.
 //!
 //! Everything but `server` and `cluster` (whose Redis client, redis-rs, runs on smol) is
@@ -80,10 +94,12 @@
 pub struct ReadmeDoctests;
 
 pub mod access;
+pub mod admission;
 #[cfg(feature = "api")]
 mod api;
 pub mod authority;
 mod bucket;
+pub mod cli;
 pub mod client;
 #[cfg(feature = "redis")]
 pub mod cluster;
@@ -99,6 +115,7 @@ pub mod protocol;
 pub mod queue;
 mod race;
 pub mod room;
+pub mod route;
 #[cfg(any(feature = "auth", feature = "api"))]
 pub mod secret;
 #[cfg(feature = "smol")]
@@ -110,16 +127,17 @@ pub mod store;
 pub mod tls;
 #[cfg(feature = "auth")]
 pub mod token;
+mod upgrade;
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 
 use async_channel::Sender;
 use futures_lite::{AsyncRead, AsyncWrite};
 
+use admission::Admission;
 pub use config::Config;
-use hub::{Address, Command, Hub};
+use hub::{Command, Hub};
 use meter::Metered;
 pub use metrics::Metrics;
 
@@ -150,14 +168,92 @@ pub struct Chat {
     metrics: Arc<Metrics>,
     /// Clients whose handshake failed after the hub registered them (see [`hub::Orphans`]).
     orphans: Arc<hub::Orphans>,
-    /// Pending connections per address, for each address's share of `--max-pending`.
-    pending: Arc<std::sync::Mutex<HashMap<Address, u32>>>,
-    /// The HTTP API key's rate limit (`--api-rate-limit`).
-    #[cfg(feature = "api")]
-    api_calls: Arc<std::sync::Mutex<bucket::TokenBucket>>,
+    /// The front door's limits: pending connections, sessions, the API's rate.
+    admission: Arc<Admission>,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
     bridge_stopped: Option<async_channel::Receiver<()>>,
+}
+
+/// What the front door (`handshake`, `route`, `upgrade`, `api`) sees of the chat: the
+/// settings, the counters, admission, and the way to the hub. Borrowed from a [`Chat`] for
+/// one connection's handshake.
+#[derive(Clone, Copy)]
+pub(crate) struct Front<'a> {
+    pub(crate) config: &'a Config,
+    pub(crate) metrics: &'a Metrics,
+    pub(crate) admission: &'a Admission,
+    /// The hub's inbox: registrations and API calls.
+    pub(crate) inbox: &'a Sender<Command>,
+    /// Where a registered client whose `Disconnect` did not fit the inbox is left.
+    pub(crate) orphans: &'a hub::Orphans,
+}
+
+/// The authority a configuration asks for, as [`Backend::choose`] starts it: the hub that asks
+/// it, what it tells the hub later (`notices`), what runs beside the hub (the Redis bridge),
+/// and whether it takes new sessions now.
+pub(crate) struct Backend {
+    pub(crate) hub: Hub,
+    pub(crate) notices: Option<async_channel::Receiver<authority::Notice>>,
+    pub(crate) beside: Option<HubFuture>,
+    pub(crate) up: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Scale-out: closed when the bridge has said goodbye.
+    #[cfg(feature = "redis")]
+    pub(crate) stopped: Option<async_channel::Receiver<()>>,
+}
+
+impl Backend {
+    /// The one place the backend is chosen: Redis with `--redis` (feature `redis`), the local
+    /// authority with its durable store with `--data-dir` (feature `store`), else the local
+    /// authority in memory.
+    fn choose(config: &Arc<Config>, metrics: &Arc<Metrics>) -> Result<Backend, String> {
+        #[cfg(feature = "redis")]
+        if config.redis.is_some() {
+            return Ok(cluster::backend::start(config.clone(), metrics.clone()));
+        }
+        #[cfg(feature = "store")]
+        if let Some(dir) = &config.data_dir {
+            return Backend::stored(config, metrics, dir);
+        }
+        Ok(Backend::local(Hub::new(config.clone(), metrics.clone())))
+    }
+
+    /// A backend that decides at once, in this process: always up, nothing beside the hub.
+    fn local(hub: Hub) -> Backend {
+        Backend {
+            hub,
+            notices: None,
+            beside: None,
+            up: Box::new(|| true),
+            #[cfg(feature = "redis")]
+            stopped: None,
+        }
+    }
+
+    /// The local authority with its durable store in `dir` (`--data-dir`).
+    #[cfg(feature = "store")]
+    fn stored(config: &Arc<Config>, metrics: &Arc<Metrics>, dir: &str) -> Result<Backend, String> {
+        // The writer reports each commit (one at most per commit, small): unbounded, so
+        // that it never waits on a hub that is waiting for it to end (a clean stop).
+        let (reports, notices) = async_channel::unbounded();
+        // Changes may wait for the writer up to about twice the history itself.
+        let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
+        let report = move |r| {
+            let _ = reports.try_send(authority::Notice::Stored(r));
+        };
+        let (store, saved, starts) = store::Store::open(dir, config.sync_interval, limit, report)?;
+        let local = authority::local::Local::with_store(
+            config.clone(),
+            metrics.clone(),
+            store,
+            (saved, starts),
+        );
+        let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
+        Ok(Backend {
+            notices: Some(notices),
+            ..Backend::local(hub)
+        })
+    }
 }
 
 impl Chat {
@@ -182,72 +278,39 @@ impl Chat {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
-        #[cfg(feature = "redis")]
-        if config.redis.is_some() {
-            let (done, stopped) = async_channel::bounded(1);
-            let (authority, notices, bridge) =
-                cluster::start(config.clone(), metrics.clone(), done);
-            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(authority));
-            let mut chat = Chat::handle(inbox, &hub, config, metrics);
-            chat.bridge_stopped = Some(stopped);
-            // The bridge is part of the hub's future: the embedder's executor runs both, and
-            // the library spawns nothing of its own.
-            let run =
-                futures_lite::future::zip(hub::run_with_notices(hub, commands, notices), bridge);
-            return Ok((
-                chat,
-                Box::pin(async move {
-                    run.await;
-                }),
-            ));
-        }
-        #[cfg(feature = "store")]
-        if let Some(dir) = &config.data_dir {
-            // The writer reports each commit (one at most per commit, small): unbounded, so
-            // that it never waits on a hub that is waiting for it to end (a clean stop).
-            let (reports, notices) = async_channel::unbounded();
-            // Changes may wait for the writer up to about twice the history itself.
-            let limit = config.history_total_bytes.max(1 << 20).saturating_mul(2);
-            let report = move |r| {
-                let _ = reports.try_send(authority::Notice::Stored(r));
-            };
-            let (store, saved, starts) =
-                store::Store::open(dir, config.sync_interval, limit, report)?;
-            let local = authority::local::Local::with_store(
-                config.clone(),
-                metrics.clone(),
-                store,
-                (saved, starts),
-            );
-            let hub = Hub::with_authority(config.clone(), metrics.clone(), Box::new(local));
-            let chat = Chat::handle(inbox, &hub, config, metrics);
-            return Ok((
-                chat,
-                Box::pin(hub::run_with_notices(hub, commands, notices)),
-            ));
-        }
-        let hub = Hub::new(config.clone(), metrics.clone());
-        let chat = Chat::handle(inbox, &hub, config, metrics);
-        Ok((chat, Box::pin(hub::run(hub, commands))))
-    }
-
-    /// The handle to `hub`, which takes commands from `inbox`.
-    fn handle(
-        inbox: Sender<Command>,
-        hub: &Hub,
-        config: Arc<Config>,
-        metrics: Arc<Metrics>,
-    ) -> Chat {
-        Chat {
+        let backend = Backend::choose(&config, &metrics)?;
+        let chat = Chat {
             inbox,
-            orphans: hub.orphans(),
-            #[cfg(feature = "api")]
-            api_calls: api::bucket(&config),
+            orphans: backend.hub.orphans(),
+            admission: Arc::new(Admission::new(&config, backend.up)),
             config,
             metrics,
-            pending: Arc::default(),
             #[cfg(feature = "redis")]
-            bridge_stopped: None,
+            bridge_stopped: backend.stopped,
+        };
+        let hub: HubFuture = match backend.notices {
+            Some(notices) => Box::pin(hub::run_with_notices(backend.hub, commands, notices)),
+            None => Box::pin(hub::run(backend.hub, commands)),
+        };
+        // What runs beside the hub is part of the hub's future: the embedder's executor runs
+        // both, and the library spawns nothing of its own.
+        let run: HubFuture = match backend.beside {
+            Some(beside) => Box::pin(async move {
+                futures_lite::future::zip(hub, beside).await;
+            }),
+            None => hub,
+        };
+        Ok((chat, run))
+    }
+
+    /// The view of the chat the front door gets.
+    fn front(&self) -> Front<'_> {
+        Front {
+            config: &self.config,
+            metrics: &self.metrics,
+            admission: &self.admission,
+            inbox: &self.inbox,
+            orphans: &self.orphans,
         }
     }
 
@@ -268,6 +331,16 @@ impl Chat {
     /// The server's counters.
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The front door's limits, and how many of each are taken now.
+    pub fn admission(&self) -> &Admission {
+        &self.admission
+    }
+
+    /// The `/metrics` text: the counters, and the admission gauges.
+    pub fn render_metrics(&self) -> String {
+        self.metrics.render(&self.admission)
     }
 
     /// Asks the hub to close every client with 1001 and to accept no new ones.
@@ -306,7 +379,7 @@ impl Chat {
     where
         S: AsyncRead + AsyncWrite + Unpin + 'a,
     {
-        let tls = move |stream| handshake::tls(self, stream, peer, acceptor);
+        let tls = move |stream| handshake::tls(self.front(), stream, peer, acceptor);
         // No plain-HTTP 503 on a TLS port: the client could not read it.
         self.serve_over(stream, peer, tls, false)
     }
@@ -337,13 +410,13 @@ impl Chat {
                 progress,
                 client,
                 expires,
-                slot,
-            }) = Box::pin(handshake::admit(self, stream, peer, wrap, plain)).await
+                permit,
+            }) = Box::pin(handshake::admit(self.front(), stream, peer, wrap, plain)).await
             else {
                 return;
             };
             session::run(self, halves, &progress, client, expires, peer).await;
-            drop(slot);
+            drop(permit);
         }
     }
 }

@@ -10,45 +10,15 @@ use std::process::ExitCode;
 use async_signal::{Signal, Signals};
 use futures_lite::StreamExt;
 #[cfg(feature = "auth")]
-use smolchat::config::TOKEN_HELP;
-use smolchat::config::{
-    Action, Config, HELP, HELP_API, HELP_AUTH, HELP_REDIS, HELP_STORE, HELP_TLS, Protocol,
-};
+use smolchat::cli::TOKEN_HELP;
+use smolchat::cli::{self, Action};
+use smolchat::config::{Config, Protocol};
 
 fn main() -> ExitCode {
     let config = match Config::from_env() {
         Ok(Action::Run(config)) => *config,
-        Ok(Action::Help) => {
-            print!("{HELP}{HELP_AUTH}{HELP_API}{HELP_STORE}{HELP_REDIS}{HELP_TLS}");
-            return ExitCode::SUCCESS;
-        }
         Ok(Action::Check(config)) => return check(*config),
-        Ok(Action::Version) => {
-            println!(
-                "smolchat {} (features: {})",
-                env!("CARGO_PKG_VERSION"),
-                smolchat::FEATURES.join(", ")
-            );
-            return ExitCode::SUCCESS;
-        }
-        #[cfg(feature = "auth")]
-        Ok(Action::TokenHelp) => {
-            print!("{TOKEN_HELP}");
-            return ExitCode::SUCCESS;
-        }
-        #[cfg(feature = "auth")]
-        Ok(Action::Token(request)) => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs());
-            let exp = now + request.ttl.as_secs();
-            let rooms = request.rooms.as_deref();
-            println!(
-                "{}",
-                smolchat::token::sign(&request.secret, &request.sub, exp, rooms)
-            );
-            return ExitCode::SUCCESS;
-        }
+        Ok(other) => return print(other),
         Err(e) => {
             eprintln!("smolchat: {e}");
             return ExitCode::from(2);
@@ -97,6 +67,34 @@ fn main() -> ExitCode {
         std::process::exit(1);
     });
     server.shutdown();
+    ExitCode::SUCCESS
+}
+
+/// The actions that print something and exit: `--help`, `--version`, `smolchat token`.
+fn print(action: Action) -> ExitCode {
+    match action {
+        Action::Help => print!("{}", cli::help()),
+        Action::Version => println!(
+            "smolchat {} (features: {})",
+            env!("CARGO_PKG_VERSION"),
+            smolchat::FEATURES.join(", ")
+        ),
+        #[cfg(feature = "auth")]
+        Action::TokenHelp => print!("{TOKEN_HELP}"),
+        #[cfg(feature = "auth")]
+        Action::Token(request) => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let exp = now + request.ttl.as_secs();
+            let rooms = request.rooms.as_deref();
+            println!(
+                "{}",
+                smolchat::token::sign(&request.secret, &request.sub, exp, rooms)
+            );
+        }
+        Action::Run(_) | Action::Check(_) => unreachable!("main runs and checks"),
+    }
     ExitCode::SUCCESS
 }
 

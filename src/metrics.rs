@@ -2,10 +2,14 @@
 //!
 //! Every part of the server holds an `Arc<Metrics>` and bumps plain atomic counters with
 //! relaxed ordering: each counter is independent, and a scrape that sees one a moment before
-//! another is fine. Data leaves through [`Metrics::render`], called by the HTTP route.
+//! another is fine. Nothing decides anything from them: the admission limits are semaphores
+//! of their own ([`crate::admission`]), which [`Metrics::render`] only reads. Data leaves
+//! through [`Metrics::render`], called by the `/metrics` route.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use crate::admission::Admission;
 
 /// Why an HTTP request or upgrade was refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,13 +81,8 @@ pub const API_ENDPOINTS: [&str; 4] = ["publish", "history", "rooms", "other"];
 /// All of the server's counters.
 #[derive(Debug, Default)]
 pub struct Metrics {
-    /// WebSocket sessions open now.
-    pub connections: AtomicU64,
     /// WebSocket sessions ever opened.
     pub connections_total: AtomicU64,
-    /// Connections that are not WebSocket sessions (yet): reading a request head or writing a
-    /// plain response.
-    pub pending: AtomicU64,
     /// Bytes of messages all rooms remember.
     pub history_bytes: AtomicU64,
     /// Rooms the hub holds now.
@@ -246,168 +245,123 @@ impl Metrics {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// The Prometheus text exposition of every counter.
-    pub fn render(&self) -> String {
+    /// The Prometheus text exposition of every counter, and of the admission gauges
+    /// (`connections`, `pending_connections`), read from `admission`.
+    pub fn render(&self, admission: &Admission) -> String {
         let mut out = String::with_capacity(2048);
-        let mut one = |name: &str, kind: &str, help: &str, value: &AtomicU64| {
-            let _ = write!(
-                out,
-                "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} {kind}\nsmolchat_{name} {}\n",
-                value.load(Relaxed)
-            );
-        };
-        one(
-            "connections",
-            "gauge",
-            "WebSocket sessions open now.",
-            &self.connections,
-        );
-        one(
-            "connections_total",
-            "counter",
-            "WebSocket sessions opened.",
-            &self.connections_total,
-        );
-        one(
-            "pending_connections",
-            "gauge",
-            "Connections reading a request head or writing a plain response.",
-            &self.pending,
-        );
-        one(
-            "history_bytes",
-            "gauge",
-            "Bytes of messages all rooms remember.",
-            &self.history_bytes,
-        );
-        one(
-            "rooms",
-            "gauge",
-            "Rooms held, empty ones with history included.",
-            &self.rooms,
-        );
-        one(
-            "messages_received_total",
-            "counter",
-            "Chat and direct messages accepted.",
-            &self.messages_received,
-        );
-        one(
-            "events_delivered_total",
-            "counter",
-            "Events queued to clients.",
-            &self.events_delivered,
-        );
-        one(
-            "bytes_in_total",
-            "counter",
-            "WebSocket payload bytes received.",
-            &self.bytes_in,
-        );
-        one(
-            "bytes_out_total",
-            "counter",
-            "WebSocket payload bytes sent.",
-            &self.bytes_out,
-        );
-        one(
-            "slow_consumers_total",
-            "counter",
-            "Clients disconnected because their queue filled.",
-            &self.slow_consumers,
-        );
-        one(
-            "rate_limited_total",
-            "counter",
-            "Messages refused by the rate limit.",
-            &self.rate_limited,
-        );
-
+        let sessions = admission.sessions.taken() as u64;
+        let pending = admission.pending.taken() as u64;
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
+        let families = [
+            ("connections", GAUGE, "WebSocket sessions open now.", sessions),
+            ("connections_total", COUNTER, "WebSocket sessions opened.", load(&self.connections_total)),
+            ("pending_connections", GAUGE, "Connections reading a request head or writing a plain response.", pending),
+            ("history_bytes", GAUGE, "Bytes of messages all rooms remember.", load(&self.history_bytes)),
+            ("rooms", GAUGE, "Rooms held, empty ones with history included.", load(&self.rooms)),
+            ("messages_received_total", COUNTER, "Chat and direct messages accepted.", load(&self.messages_received)),
+            ("events_delivered_total", COUNTER, "Events queued to clients.", load(&self.events_delivered)),
+            ("bytes_in_total", COUNTER, "WebSocket payload bytes received.", load(&self.bytes_in)),
+            ("bytes_out_total", COUNTER, "WebSocket payload bytes sent.", load(&self.bytes_out)),
+            ("slow_consumers_total", COUNTER, "Clients disconnected because their queue filled.", load(&self.slow_consumers)),
+            ("rate_limited_total", COUNTER, "Messages refused by the rate limit.", load(&self.rate_limited)),
+        ];
+        families.iter().for_each(|family| scalar(&mut out, family));
         #[cfg(feature = "redis")]
-        if self.redis_enabled.load(Relaxed) {
-            one(
-                "redis_up",
-                "gauge",
-                "1 while the node is connected to Redis, else 0.",
-                &self.redis_up,
-            );
-            one(
-                "redis_reconnects_total",
-                "counter",
-                "Connections to Redis made after the first.",
-                &self.redis_reconnects,
-            );
-            one(
-                "redis_unavailable_total",
-                "counter",
-                "Commands answered with error unavailable.",
-                &self.backend_unavailable,
-            );
-        }
-
+        self.render_redis(&mut out);
         #[cfg(feature = "store")]
-        {
-            one(
-                "store_commits_total",
-                "counter",
-                "Commits of the durable history store.",
-                &self.store_commits,
-            );
-            one(
-                "store_failures_total",
-                "counter",
-                "Commits of the store that failed (tried again).",
-                &self.store_failures,
-            );
-            one(
-                "store_reserved_ahead",
-                "gauge",
-                "Message ids reserved ahead of use, all rooms together.",
-                &self.store_reserved_ahead,
-            );
-        }
-
-        out.push_str(
-            "# HELP smolchat_refused_total HTTP requests, upgrades and sessions refused, by cause.\n",
+        self.render_store(&mut out);
+        family(
+            &mut out,
+            "refused_total",
+            "HTTP requests, upgrades and sessions refused, by cause.",
         );
-        out.push_str("# TYPE smolchat_refused_total counter\n");
         for why in Refusal::ALL {
-            let _ = writeln!(
-                out,
-                "smolchat_refused_total{{cause=\"{}\"}} {}",
-                why.label(),
-                self.refused(why)
-            );
+            let (cause, n) = (why.label(), self.refused(why));
+            let _ = writeln!(out, "smolchat_refused_total{{cause=\"{cause}\"}} {n}");
         }
         #[cfg(feature = "tls")]
-        {
-            out.push_str(
-                "# HELP smolchat_tls_handshake_failures_total TLS handshakes that failed, by cause.\n",
-            );
-            out.push_str("# TYPE smolchat_tls_handshake_failures_total counter\n");
-            for (i, cause) in ["not_tls", "protocol", "io"].iter().enumerate() {
-                let n = self.tls_failures[i].load(Relaxed);
-                let _ = writeln!(
-                    out,
-                    "smolchat_tls_handshake_failures_total{{cause=\"{cause}\"}} {n}"
-                );
-            }
-        }
+        self.render_tls(&mut out);
         #[cfg(feature = "auth")]
         self.render_auth(&mut out);
         #[cfg(feature = "api")]
         self.render_api(&mut out);
-        out.push_str("# HELP smolchat_close_codes_total WebSocket close frames sent, by code.\n");
-        out.push_str("# TYPE smolchat_close_codes_total counter\n");
+        family(
+            &mut out,
+            "close_codes_total",
+            "WebSocket close frames sent, by code.",
+        );
         for code in CLOSE_CODES {
-            let _ = writeln!(
-                out,
-                "smolchat_close_codes_total{{code=\"{code}\"}} {}",
-                self.closes_sent(code)
-            );
+            let n = self.closes_sent(code);
+            let _ = writeln!(out, "smolchat_close_codes_total{{code=\"{code}\"}} {n}");
         }
         out
     }
+
+    /// Scale-out's counters, when `--redis` is set.
+    #[cfg(feature = "redis")]
+    fn render_redis(&self, out: &mut String) {
+        if !self.redis_enabled.load(Relaxed) {
+            return;
+        }
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
+        let families = [
+            ("redis_up", GAUGE, "1 while the node is connected to Redis, else 0.", load(&self.redis_up)),
+            ("redis_reconnects_total", COUNTER, "Connections to Redis made after the first.", load(&self.redis_reconnects)),
+            ("redis_unavailable_total", COUNTER, "Commands answered with error unavailable.", load(&self.backend_unavailable)),
+        ];
+        families.iter().for_each(|family| scalar(out, family));
+    }
+
+    /// The durable store's counters (feature `store`).
+    #[cfg(feature = "store")]
+    fn render_store(&self, out: &mut String) {
+        let load = |counter: &AtomicU64| counter.load(Relaxed);
+        #[rustfmt::skip]
+        let families = [
+            ("store_commits_total", COUNTER, "Commits of the durable history store.", load(&self.store_commits)),
+            ("store_failures_total", COUNTER, "Commits of the store that failed (tried again).", load(&self.store_failures)),
+            ("store_reserved_ahead", GAUGE, "Message ids reserved ahead of use, all rooms together.", load(&self.store_reserved_ahead)),
+        ];
+        families.iter().for_each(|family| scalar(out, family));
+    }
+
+    /// The failed TLS handshakes, by cause (feature `tls`).
+    #[cfg(feature = "tls")]
+    fn render_tls(&self, out: &mut String) {
+        family(
+            out,
+            "tls_handshake_failures_total",
+            "TLS handshakes that failed, by cause.",
+        );
+        for (i, cause) in ["not_tls", "protocol", "io"].iter().enumerate() {
+            let n = self.tls_failures[i].load(Relaxed);
+            let _ = writeln!(
+                out,
+                "smolchat_tls_handshake_failures_total{{cause=\"{cause}\"}} {n}"
+            );
+        }
+    }
+}
+
+const GAUGE: &str = "gauge";
+const COUNTER: &str = "counter";
+
+/// One family of one sample without labels: `(name, kind, help, value)`.
+fn scalar(out: &mut String, &(name, kind, help, value): &(&str, &str, &str, u64)) {
+    let _ = write!(
+        out,
+        "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} {kind}\nsmolchat_{name} {value}\n"
+    );
+}
+
+/// The `HELP` and `TYPE` lines of a family of counters with labels.
+fn family(out: &mut String, name: &str, help: &str) {
+    let _ = write!(
+        out,
+        "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} counter\n"
+    );
 }
 
 #[cfg(test)]
@@ -420,7 +374,10 @@ mod tests {
         Metrics::add(&m.messages_received, 3);
         m.refuse(Refusal::Origin);
         m.close_sent(1013);
-        let text = m.render();
+        let text = m.render(&Admission::new(
+            &crate::Config::default(),
+            Box::new(|| true),
+        ));
         assert!(text.contains(
             "# TYPE smolchat_messages_received_total counter\nsmolchat_messages_received_total 3\n"
         ));

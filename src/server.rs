@@ -86,10 +86,37 @@ pub fn start(config: Config) -> io::Result<Running> {
         .detach();
 
     let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
-    let threads = (0..threads)
+    let threads = spawn_threads(threads, &executor, &hub_executor, threads_stopped);
+    #[cfg(feature = "tls")]
+    let scheme = if tls.is_some() { "wss" } else { "ws" };
+    #[cfg(not(feature = "tls"))]
+    let scheme = "ws";
+    log::info!("listening on {addr} (WebSocket at {scheme}://{addr}/ws)");
+    Ok(Running {
+        addr,
+        chat,
+        executor,
+        stop_accepting,
+        stop_threads,
+        sessions,
+        threads,
+        #[cfg(feature = "tls")]
+        tls,
+    })
+}
+
+/// Starts `n` executor threads, which run the hub's executor first and the sessions' until
+/// `stop` is closed.
+fn spawn_threads(
+    n: usize,
+    executor: &Arc<Executor<'static>>,
+    hub_executor: &Arc<Executor<'static>>,
+    stop: Receiver<()>,
+) -> Vec<JoinHandle<()>> {
+    (0..n)
         .map(|i| {
             let (ex, hub_ex) = (executor.clone(), hub_executor.clone());
-            let stop = threads_stopped.clone();
+            let stop = stop.clone();
             std::thread::Builder::new()
                 .name(format!("smolchat-{i}"))
                 // async-io's `block_on`, not futures-lite's: a thread with nothing to run then
@@ -107,23 +134,7 @@ pub fn start(config: Config) -> io::Result<Running> {
                 })
                 .expect("spawn executor thread")
         })
-        .collect();
-    #[cfg(feature = "tls")]
-    let scheme = if tls.is_some() { "wss" } else { "ws" };
-    #[cfg(not(feature = "tls"))]
-    let scheme = "ws";
-    log::info!("listening on {addr} (WebSocket at {scheme}://{addr}/ws)");
-    Ok(Running {
-        addr,
-        chat,
-        executor,
-        stop_accepting,
-        stop_threads,
-        sessions,
-        threads,
-        #[cfg(feature = "tls")]
-        tls,
-    })
+        .collect()
 }
 
 /// Pending connections the kernel queues before `accept`; std's `TcpListener::bind` asks

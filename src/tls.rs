@@ -18,7 +18,23 @@ use futures_rustls::rustls::pki_types::pem::PemObject;
 use futures_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use futures_rustls::rustls::{self, ServerConfig};
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, Section, err, flags, put};
+
+/// The TLS flags, for the flag table (`crate::config`).
+pub(crate) const FLAGS: Section = Section {
+    heading: "\nTLS (the tls feature; SIGHUP reloads both files):\n",
+    flags: flags! {
+        "tls-cert" "PATH": "certificate chain, PEM; with --tls-key the port serves https/wss only"
+            => |c, v| put(&mut c.tls_cert, Ok(Some(v.into())));
+        "tls-key" "PATH": "private key, PEM" => |c, v| put(&mut c.tls_key, Ok(Some(v.into())));
+    },
+    footer: &[],
+    check: |c| match (&c.tls_cert, &c.tls_key) {
+        (Some(_), None) => Err(err("--tls-key", "is needed with --tls-cert")),
+        (None, Some(_)) => Err(err("--tls-cert", "is needed with --tls-key")),
+        _ => Ok(()),
+    },
+};
 
 /// Outgoing plaintext a TLS connection may buffer in rustls before writes wait (rustls's
 /// default is 64 KiB). The session's own buffers come on top; see the README's memory

@@ -20,6 +20,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::client::{User, Verified};
+use crate::config::{Auth, Config, Invalid, Section, flags, number, put};
 use crate::protocol::{valid_nick, valid_room};
 pub use crate::secret::Secret;
 
@@ -234,6 +235,60 @@ fn base64url_decode(text: &str) -> Option<Vec<u8>> {
         }
     }
     Some(out)
+}
+
+/// The tokens' flags (feature `auth`), for the flag table (`crate::config`).
+pub(crate) const FLAGS: Section = Section {
+    heading: "\nTokens (the auth feature; see docs/protocol.md#authentication):\n",
+    flags: flags! {
+        "auth-secret-file" "PATH": "HS256 secret (at least 32 bytes) in a file: /ws then needs a\nsigned token (query ?token= or Authorization: Bearer)"
+            => secret_file;
+        "auth" "required|optional" = "required": "optional also admits guests without a token"
+            => guests;
+        "max-connections-per-user" "N" = "16": "connections one user may have at once; one more is closed\nwith 4002"
+            => |c, v| put(&mut c.max_connections_per_user, number(v, 1, 1_000_000));
+    },
+    footer: &[(
+        "smolchat token --sub NAME",
+        "print a signed token for user NAME (see smolchat token --help)",
+    )],
+    check: |_| Ok(()),
+};
+
+/// `--auth-secret-file`: reads the secret, which must be long enough for HS256.
+fn secret_file(config: &mut Config, path: &str) -> Result<(), Invalid> {
+    let secret = Secret::read(path)?;
+    if secret.bytes().len() < MIN_SECRET_BYTES {
+        return Err(Invalid::Said(format!(
+            "the secret in {path:?} is {} bytes; HS256 needs at least {MIN_SECRET_BYTES} \
+             (for example: head -c 48 /dev/urandom | base64 > {path})",
+            secret.bytes().len(),
+        )));
+    }
+    config.auth = Some(Auth {
+        secret,
+        guests: false,
+    });
+    Ok(())
+}
+
+/// `--auth required|optional`. Flags are applied in the table's order: the secret is read by
+/// now.
+fn guests(config: &mut Config, value: &str) -> Result<(), Invalid> {
+    let guests = match value {
+        "required" => false,
+        "optional" => true,
+        _ => return Err("expected required or optional".into()),
+    };
+    match &mut config.auth {
+        Some(auth) => auth.guests = guests,
+        None => {
+            return Err(Invalid::Said(
+                "needs --auth-secret-file: without a secret nobody authenticates".to_string(),
+            ));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

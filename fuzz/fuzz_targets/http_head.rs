@@ -14,7 +14,8 @@
 use futures_lite::future::block_on;
 use libfuzzer_sys::fuzz_target;
 use smolchat::Config;
-use smolchat::http::{self, Route, MAX_HEAD_BYTES};
+use smolchat::http::{self, MAX_HEAD_BYTES};
+use smolchat::route::{self, Route};
 
 fn configs() -> [Config; 3] {
     let star = Config {
@@ -61,11 +62,11 @@ fuzz_target!(|data: &[u8]| {
     }
 
     for config in configs() {
-        let allowed = http::origin_allowed(&head, &config);
+        let allowed = route::origin_allowed(&head, &config);
         if head.origin.is_none() || config.allow_origins.iter().any(|a| a == "*") {
             assert!(allowed, "origin refused: {head:?}");
         }
-        match http::route(&head, &config) {
+        match route::route(&head, &config) {
             Route::Upgrade { accept_key, group } => {
                 assert!(group.is_none(), "groups are raw mode only");
                 assert_eq!(head.method, "GET");

@@ -27,6 +27,7 @@
 //! the same error texts, users with several connections (on any nodes) and the HTTP API's
 //! calls included; `wire.rs` reads what the scripts write.
 
+pub(crate) mod backend;
 mod bridge;
 mod call;
 mod scripts;

@@ -45,12 +45,14 @@ impl Audience {
 }
 
 impl Hub {
-    /// Delivers the room events the authority produced while answering.
+    /// Delivers the room events the authority produced while answering, in the same call.
+    /// They go straight to the members: nothing can be held back or waiting for them, since
+    /// that happens only while an answer is on its way ([`Hub::room_event`]).
     pub(super) fn deliver_events(&mut self) {
         while !self.events.is_empty() {
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
-                self.room_event(event);
+                self.fan_out(&event, None);
             }
             if self.events.is_empty() {
                 self.events = events; // keep the capacity
@@ -58,18 +60,15 @@ impl Hub {
         }
     }
 
-    /// A room event: delivered to the room's local members now, or kept while the room is held
-    /// (a resync is on the way) and for the joins on the way.
+    /// A room event from an authority that answers later: delivered to the room's local
+    /// members now, or kept while the room is held (a resync is on the way) and for the joins
+    /// on the way; a message that comes back answers its sender.
     pub(super) fn room_event(&mut self, event: RoomEvent) {
         if self.config.protocol == Protocol::Raw {
             return; // raw clients hear nothing but their group's frames
         }
+        // Nobody here listens (any more): the authority kept what history needs.
         let Some(audience) = self.audiences.get_mut(&event.room) else {
-            // Nobody here listens (any more); a message the API published to a room without
-            // members is still remembered, for those who join later.
-            if let What::Message { id, api: true, .. } = &event.what {
-                self.authority.remember(&event.room, *id, &event.encode());
-            }
             return;
         };
         if let Some(held) = &mut audience.held {
@@ -79,23 +78,22 @@ impl Hub {
         for (_, meanwhile) in &mut audience.pending {
             keep(meanwhile, event.clone());
         }
-        let frame = self.fan_out(&event, None);
-        if let (What::Message { id, .. }, Some(frame)) = (&event.what, frame) {
-            self.authority.remember(&event.room, *id, &frame);
-            self.message_back(&event.room, *id);
+        self.fan_out(&event, None);
+        if let What::Message { id, .. } = event.what {
+            self.message_back(&event.room, id);
         }
     }
 
-    /// Delivers `event` to the room's local members (or to `only`) that should get it.
-    /// Returns the encoded frame, if the event is announced at all.
-    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) -> Option<Frame> {
+    /// Delivers `event` to the room's local members (or to `only`) that should get it: one
+    /// frame, shared by reference count.
+    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) {
         // Above the presence limit, members see counts instead of every arrival; a leave is
         // announced only if the arrival was (the count before includes the leaver).
         if event
             .count()
             .is_some_and(|n| n > self.config.presence_limit)
         {
-            return None;
+            return;
         }
         let frame = event.encode();
         let tag = match event.what {
@@ -112,8 +110,11 @@ impl Hub {
             ..
         } = self;
         let Some(audience) = audiences.get_mut(&event.room) else {
-            return Some(frame);
+            return;
         };
+        if let What::Message { id, .. } = event.what {
+            audience.last_id = audience.last_id.max(id);
+        }
         // Fresh members skip what their join already reflected; once an event is past a
         // member's join, every later one is too.
         audience.fresh.retain(|&(_, ev)| ev >= event.ev);
@@ -147,7 +148,6 @@ impl Hub {
             }
             deliver(clients, slow, metrics, k, &frame);
         }
-        Some(frame)
     }
 
     /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an

@@ -2,7 +2,7 @@
 //!
 //! Every [`Ask`] is answered at once, and the room events it causes are pushed to the hub's
 //! `events` vector before [`Local::ask`] returns, so the hub delivers them in the same step.
-//! A message is encoded here, once, as it gets its id ([`Local::message`]): the frame goes to
+//! A message is encoded here, once, as it gets its id (`Local::message`): the frame goes to
 //! the room's history and, inside its event, to the hub for the members; it leaves history
 //! through [`Room::replay`] when a client joins.
 //!

@@ -105,8 +105,9 @@ pub enum Answer {
     Refused(Error),
     Left,
     NotMember,
-    /// The message has this id; its [`RoomEvent`] is on the way (or already out).
+    /// The message in `room` has this id; its [`RoomEvent`] is on the way (or already out).
     Said {
+        room: String,
         id: u64,
     },
     /// Delivered to nick `to` (as its holder spells it). `targets`: the recipient's

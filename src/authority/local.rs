@@ -588,9 +588,8 @@ impl Local {
             (durable::Gate::Unavailable, _) => return Some(Answer::Unavailable),
             _ => return None,
         };
-        Some(Answer::Said {
-            id: self.message(&name, waiter, events),
-        })
+        let id = self.message(&name, waiter, events);
+        Some(Answer::Said { room: name, id })
     }
 
     /// Gives `waiter`'s message the room's next id, encodes it once, keeps it in the room's

@@ -159,7 +159,10 @@ impl Job {
         Ok(match call.invoke_async::<i64>(&mut self.conn).await? {
             -1 => Answer::NotMember,
             id => match u64::try_from(id) {
-                Ok(id) => Answer::Said { id },
+                Ok(id) => Answer::Said {
+                    room: room.to_string(),
+                    id,
+                },
                 Err(_) => Answer::Gone,
             },
         })
@@ -235,7 +238,10 @@ impl Job {
             .arg(&self.epoch);
         Ok(
             match u64::try_from(call.invoke_async::<i64>(&mut self.conn).await?) {
-                Ok(id) => Answer::Said { id },
+                Ok(id) => Answer::Said {
+                    room: room.to_string(),
+                    id,
+                },
                 Err(_) => Answer::Refused(too_many_rooms(config.max_rooms)),
             },
         )

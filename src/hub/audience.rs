@@ -10,7 +10,10 @@
 
 use std::collections::VecDeque;
 
-use super::*;
+use super::{ClientId, Hub, deliver};
+use crate::authority::{Joined, Member, RoomEvent, What};
+use crate::config::Protocol;
+use crate::protocol::Frame;
 
 /// Room events kept for one room while its state is fetched again after a reconnect, or for
 /// one join on the way; beyond it the oldest go (messages are still recovered from history).
@@ -41,6 +44,78 @@ pub(super) struct Audience {
 impl Audience {
     pub(super) fn unused(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty() && self.waiters.is_empty()
+    }
+
+    /// The local clients that hear the room's events, in join order.
+    pub(super) fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// A raw client in its group: it hears the group's frames from now on.
+    pub(super) fn enter(&mut self, key: usize) {
+        self.members.push(key);
+    }
+
+    /// Client `key` asked to join (or resync): it hears no live event until its answer, and
+    /// the events meanwhile are kept for it.
+    pub(super) fn expect_join(&mut self, key: usize) {
+        self.members.retain(|&k| k != key);
+        self.fresh.retain(|&(k, _)| k != key);
+        self.pending.push((key, VecDeque::new()));
+    }
+
+    /// True while a join of client `key` is on its way.
+    pub(super) fn expects(&self, key: usize) -> bool {
+        self.pending.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Client `key`'s join did not happen: it is back where it was (a member, for a resync).
+    pub(super) fn unexpect_join(&mut self, key: usize, resync: bool) {
+        self.pending.retain(|(k, _)| *k != key);
+        if resync {
+            self.members.push(key);
+        }
+    }
+
+    /// Client `key` is a member as `joined` found the room: returns the events that happened
+    /// meanwhile, for it to get those its join did not reflect.
+    pub(super) fn admit(&mut self, key: usize, joined: Joined) -> VecDeque<RoomEvent> {
+        let i = (self.pending.iter().position(|(k, _)| *k == key)).expect("pending join");
+        let (_, meanwhile) = self.pending.swap_remove(i);
+        if self.members.is_empty() && self.waiters.is_empty() {
+            self.last_id = joined.last_id;
+        }
+        self.epoch = joined.epoch;
+        self.members.push(key);
+        self.fresh.push((key, joined.ev));
+        if self.held.is_some() {
+            self.floors.push((key, joined.last_id));
+        }
+        meanwhile
+    }
+
+    /// Client `key` left the room.
+    pub(super) fn leave(&mut self, key: usize) {
+        self.members.retain(|&k| k != key);
+        self.fresh.retain(|&(k, _)| k != key);
+    }
+
+    /// Client `key` is gone: nothing here waits for it or delivers to it any more.
+    pub(super) fn forget(&mut self, key: usize) {
+        self.leave(key);
+        self.pending.retain(|(k, _)| *k != key);
+        self.waiters.retain(|&(k, _)| k != key);
+        self.floors.retain(|&(k, _)| k != key);
+    }
+
+    /// Client `key` said message `id`, whose event has not come back yet: it waits for it
+    /// (true), or the message is out already (false).
+    pub(super) fn await_echo(&mut self, key: usize, id: u64) -> bool {
+        let waits = self.last_id < id;
+        if waits {
+            self.waiters.push((key, id));
+        }
+        waits
     }
 }
 
@@ -169,7 +244,7 @@ impl Hub {
             w > last
         });
         for key in done {
-            self.finish(key);
+            self.echoed(key);
         }
         self.drop_if_unused(room);
     }
@@ -260,8 +335,7 @@ impl Hub {
         audience.epoch = epoch;
         audience.last_id = audience.last_id.max(last_id);
         for key in lost_waiters {
-            self.fail(key, Waiting::Done);
-            self.finish(key);
+            self.echo_lost(key);
         }
         self.message_back(room, last_id);
         for event in held {

@@ -10,6 +10,8 @@ use std::sync::{Arc, Mutex};
 use super::tests::{TestClient, join};
 use super::*;
 use crate::authority::local::Local;
+use crate::authority::{Answer, Ask, What};
+use crate::protocol::Event;
 
 /// Notices on their way to the hub, shared by the fake and the test.
 #[derive(Clone, Default)]

@@ -428,7 +428,11 @@ impl Cluster {
         let mut command = Command::new(&self.bin);
         if self.store {
             // A commit every 100 ms, or every one back to back: both ways of keeping up.
-            let sync = if self.restarts.is_multiple_of(2) { "100ms" } else { "0" };
+            let sync = if self.restarts.is_multiple_of(2) {
+                "100ms"
+            } else {
+                "0"
+            };
             self.restarts += 1;
             command
                 .arg("--data-dir")

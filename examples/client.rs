@@ -439,17 +439,14 @@ fn show_event(text: &str, state: &RefCell<State>, signal: &Sender<Signal>) {
                 "* you are in {room}; members: {}",
                 member_list(&members, count)
             );
-            if complete == Some(false) && renewed {
-                println!(
-                    "* the server lost part of {room}'s history (its store restarted from an \
-                     older copy or was emptied): some messages may be missing, and message \
-                     ids start again"
-                );
-            } else if complete == Some(false) {
+            if complete == Some(false) {
                 println!(
                     "* some messages in {room} were missed while you were away \
                      (the server restarted or its history ran out)"
                 );
+            }
+            if renewed && complete.is_some() {
+                println!("* {room} has a new epoch: message ids start again");
             }
         }
         Event::Join { room, nick } => println!("* {nick} joined {room}"),

@@ -21,8 +21,10 @@
 //!   come back to every node, this one included, as [`Notice::Room`].
 //!
 //! Either way the hub handles answers and events with the same code, so the rules exist once.
-//! Nothing here is encoded for the wire: names, ids and texts travel as values, and the hub
-//! encodes every event through [`crate::protocol`].
+//! Joins, leaves and renames travel as values, which the hub encodes (through
+//! [`crate::protocol`]) only if it announces them. A message travels encoded: whoever gives it
+//! its id encodes it once, so the local authority keeps in history the very bytes the members
+//! get, and the hub visits it once per message.
 
 pub mod local;
 
@@ -103,8 +105,9 @@ pub enum Answer {
     Refused(Error),
     Left,
     NotMember,
-    /// The message has this id; its [`RoomEvent`] is on the way (or already out).
+    /// The message in `room` has this id; its [`RoomEvent`] is on the way (or already out).
     Said {
+        room: String,
         id: u64,
     },
     /// Delivered to nick `to` (as its holder spells it). `targets`: the recipient's
@@ -173,25 +176,12 @@ pub struct RoomEvent {
 }
 
 impl RoomEvent {
-    /// The event as clients get it, encoded once for all of them.
+    /// The event as clients get it, encoded once for all of them. A message comes encoded
+    /// already (see [`What::Message`]); the others are encoded here, only if announced.
     pub fn encode(&self) -> Frame {
         let room = &self.room;
         match &self.what {
-            What::Message {
-                id,
-                nick,
-                text,
-                ts,
-                api,
-            } => Event::Message {
-                room,
-                id: *id,
-                from: nick,
-                text,
-                ts: *ts,
-                api: *api,
-            }
-            .encode(),
+            What::Message { frame, .. } => frame.clone(),
             What::Join { nick, .. } => Event::Join { room, nick }.encode(),
             What::Leave { nick, reason, .. } => Event::Leave {
                 room,
@@ -218,14 +208,11 @@ impl RoomEvent {
 /// What a [`RoomEvent`] is.
 #[derive(Debug, Clone)]
 pub enum What {
-    /// `api`: published through the HTTP API rather than said by a client.
-    Message {
-        id: u64,
-        nick: String,
-        text: String,
-        ts: u64,
-        api: bool,
-    },
+    /// Message `id`, as the `message` event every member gets. It is encoded once, by whoever
+    /// gives it its id (the local authority, which keeps these very bytes in the room's
+    /// history; or, for Redis, `cluster::wire` as it reads the room's channel), and never
+    /// again: a message is always announced, so nothing is spent on one nobody gets.
+    Message { id: u64, frame: Frame },
     /// `count`: members after the join.
     Join { nick: String, count: usize },
     /// `count`: members before the leave.
@@ -340,12 +327,6 @@ pub trait Authority: Send {
     /// `client` is gone: it leaves its rooms (announced with `reason`) and its nick is free.
     /// Never refused: an authority that cannot pass it on now keeps it until it can.
     fn bye(&mut self, client: ClientId, reason: LeaveReason, events: &mut Vec<RoomEvent>);
-
-    /// The hub encoded message `id` of `room` as `frame`: an authority that keeps history in
-    /// memory keeps this frame, so replays send the bytes the members got.
-    fn remember(&mut self, room: &str, id: u64, frame: &Frame) {
-        let _ = (room, id, frame);
-    }
 
     /// No client of this node is in `room`, or waits for it, any more.
     fn unused(&mut self, room: &str) {

@@ -14,13 +14,16 @@
 //! its later frames wait, in order, so the answer to one command always arrives before the
 //! answer to the next.
 //!
-//! Room events (messages, joins, leaves, renames) come from the authority as values and are
-//! encoded here, once per event, into a shared [`Frame`] for every local member.
+//! Room events come from the authority: a message already encoded by whoever gave it its id,
+//! joins, leaves and renames as values encoded here, once per event, into a shared [`Frame`]
+//! for every local member.
 //!
-//! The hub is three files: this one (clients, commands in, closes, shutdown, the future),
-//! `requests.rs` (a client's commands, from request to the authority's answer) and
-//! `audience.rs` (room events: which local clients hear what, and when); raw mode is `raw.rs`,
-//! and the HTTP API's calls are `api.rs`.
+//! The hub's files: this one (clients, commands in, closes, shutdown, the future);
+//! `commands.rs` and `commands/*.rs` (a client's commands, one unit per command: its parsing,
+//! its step here, its question to the authority and its reply); `late.rs` (the adapter for an
+//! authority that answers later: busy clients, their waiting frames, held answers);
+//! `audience.rs` (room events: which local clients hear what, and when); raw mode is
+//! `raw.rs`, and the HTTP API's calls are `api.rs`.
 //!
 //! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
 //! may not rename, and only joins the rooms its token allows. That it shares its name with its
@@ -34,33 +37,34 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_channel::{Receiver, Sender};
 use slab::Slab;
 
 use crate::access::Access;
 use crate::authority::local::Local;
-use crate::authority::{Answer, Ask, Authority, Joined, Member, Notice, RoomEvent, What};
+use crate::authority::{Authority, Notice, RoomEvent};
 pub use crate::client::{Address, ClientId, User};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, Event, Frame, LeaveReason, Request, RoomSummary};
+use crate::protocol::{Error, Frame, LeaveReason, Request};
 use crate::queue::{self, TrySendError, Weigh};
 
 #[cfg(feature = "api")]
 mod api;
 mod audience;
+mod commands;
+mod late;
 mod raw;
-mod requests;
 
 #[cfg(feature = "api")]
 pub use api::{ApiCall, ApiReply};
 
 use audience::Audience;
 pub use audience::MAX_HELD_EVENTS;
-pub use requests::MAX_WAITING;
-use requests::{Busy, Waiting};
+pub use commands::parse;
+use late::Busy;
+pub use late::MAX_WAITING;
 
 /// What the hub puts into a client's queue for its writer.
 #[derive(Debug, Clone)]
@@ -285,7 +289,7 @@ impl Hub {
             }
             Command::Request { client, request } => {
                 if let Some(key) = self.key(client) {
-                    self.submit(key, Ok(request));
+                    self.request(key, Ok(request));
                 }
             }
             Command::Publish { client, item } => {
@@ -295,7 +299,7 @@ impl Hub {
             }
             Command::Refuse { client, error } => {
                 if let Some(key) = self.key(client) {
-                    self.submit(key, Err(error));
+                    self.request(key, Err(error));
                 }
             }
             Command::Disconnect { client, reason } => {
@@ -331,18 +335,7 @@ impl Hub {
                 to,
                 text,
                 ts,
-            } => {
-                if let Some(key) = self.key(target) {
-                    let frame = Event::Direct {
-                        from: &from,
-                        to: &to,
-                        text: &text,
-                        ts,
-                    }
-                    .encode();
-                    self.send(key, &frame);
-                }
-            }
+            } => self.direct_from_elsewhere(target, (&from, &to), &text, ts),
             Notice::Resyncing => self.resyncing(),
             Notice::Hold(room) => self.hold(&room),
             Notice::Resync {
@@ -363,34 +356,6 @@ impl Hub {
             }
         }
         self.drop_slow_consumers();
-    }
-
-    /// The answer to what client `client` asked, arriving after the question returned.
-    fn late_answer(&mut self, client: ClientId, answer: Answer) {
-        if let Some(key) = self.key(client)
-            && let Some(busy) = self.busy.get_mut(&key)
-        {
-            let waiting = std::mem::replace(&mut busy.waiting, Waiting::Done);
-            self.answered(key, waiting, answer);
-        }
-    }
-
-    /// Registers a client and asks the authority for its nick (the user's name, for a user);
-    /// its `welcome` and the join of the default room follow the answer.
-    pub fn connect(
-        &mut self,
-        queue: queue::Sender<Outgoing>,
-        address: Address,
-        user: Option<User>,
-    ) -> ClientId {
-        let id = self.register(queue, address, user.as_ref());
-        let ask = Ask::Register {
-            address,
-            named: true,
-            user: user.map(|u| u.name),
-        };
-        self.ask(id.key, Waiting::Register, ask);
-        id
     }
 
     /// Gives a new client its slot and serial, and `user`'s access.
@@ -454,22 +419,16 @@ impl Hub {
         let busy = self.busy.remove(&key);
         self.authority.bye(id, reason, &mut self.events);
         self.deliver_events();
-        let client = self.clients.remove(key);
-        let mut rooms = client.rooms;
-        if let Some(Busy {
-            waiting: Waiting::Join { room, .. } | Waiting::Say(room) | Waiting::Echo(room),
-            ..
-        }) = busy
-        {
-            rooms.push(room);
+        let mut rooms = self.clients.remove(key).rooms;
+        if busy.is_some() {
+            // A join on its way is known to its room's audience, not yet to the client's
+            // rooms. (Only a client waiting for a late answer can have one.)
+            let joining = self.audiences.iter().filter(|(_, a)| a.expects(key));
+            rooms.extend(joining.map(|(room, _)| room.clone()));
         }
         for room in &rooms {
             if let Some(audience) = self.audiences.get_mut(room) {
-                audience.members.retain(|&k| k != key);
-                audience.fresh.retain(|&(k, _)| k != key);
-                audience.pending.retain(|(k, _)| *k != key);
-                audience.waiters.retain(|&(k, _)| k != key);
-                audience.floors.retain(|&(k, _)| k != key);
+                audience.forget(key);
             }
             self.drop_if_unused(room);
         }
@@ -498,22 +457,6 @@ impl Hub {
             self.close(key, SHUTDOWN_CLOSE, LeaveReason::Shutdown);
         }
         self.authority.shutdown();
-    }
-
-    /// The room a `say` goes to: the one named, which the client must be in, or for plain
-    /// text (`None`) its current room.
-    fn say_target(&self, key: usize, room: Option<String>) -> Result<String, Error> {
-        let client = &self.clients[key];
-        match room {
-            Some(name) if client.rooms.contains(&name) => Ok(name),
-            Some(name) => Err(not_member(&name)),
-            None => client.rooms.last().cloned().ok_or_else(|| {
-                Error::new(
-                    ErrorCode::NotMember,
-                    "you are in no room; join one before sending plain text",
-                )
-            }),
-        }
     }
 
     fn send_error(&mut self, key: usize, error: Error) {
@@ -572,19 +515,6 @@ fn deliver_item(
         Err(TrySendError::Full) => backlog.full.push(key),
         Err(TrySendError::Closed) => {}
     }
-}
-
-fn not_member(room: &str) -> Error {
-    Error::new(
-        ErrorCode::NotMember,
-        format!("you are not in room {room:?}; join it first"),
-    )
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Runs the hub until every sender of `inbox` is gone, with an authority that answers at once.

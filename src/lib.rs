@@ -9,7 +9,7 @@
 //!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
 //!           └─ /ws → host, origin → upgrade.rs: --max-connections permit, register → 101
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
-//!         reader:  frame → protocol::parse → hub::Command ──► hub inbox (bounded)
+//!         reader:  frame → hub::parse → hub::Command ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
 //!                  take all queued, feed each, flush once; pings, idle and write timeouts
 //!  hub.rs (one future): the chat's rules and this node's clients
@@ -49,9 +49,10 @@
 //!   its `Timer` from here.
 //! * `queue`: a client's outgoing queue, bounded in items and bytes, filled only by the hub.
 //! * `hub`: the chat's rules and this node's clients, as one future: commands in, events out
-//!   into the clients' queues. Its files: `requests.rs` (a client's commands, from request to
-//!   the authority's answer), `audience.rs` (room events on this node: who hears what),
-//!   `api.rs` (the HTTP API's calls) and `raw.rs` (the Go hub's protocol, `--protocol raw`).
+//!   into the clients' queues. Its files: `commands/*.rs` (one unit per command: parsing, hub
+//!   step, question, reply), `late.rs` (answers that come later: Redis), `audience.rs` (room
+//!   events on this node: who hears what), `api.rs` (the HTTP API's calls) and `raw.rs` (the
+//!   Go hub's protocol, `--protocol raw`).
 //! * `access`: the access rules: which rooms a client's token lets it enter and see, checked
 //!   in this one place for every path (join, `who`, `rooms`, `direct`, raw groups).
 //! * `authority`: the interface between the hub's rules and who decides ids, history, nicks
@@ -63,7 +64,7 @@
 //!   flags, its start and its health. The backend is chosen in one place, `Backend::choose`.
 //! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
 //!   the local authority's changes to a redb file, and reads them back at start-up.
-//! * `protocol`: protocol v1 on the wire: requests parsed, events encoded once.
+//! * `protocol`: protocol v1 on the wire: the JSON shape of requests, events encoded once.
 //! * `config`: every setting and limit with its default, and the flag table's parts: `Flag`,
 //!   `Section`, the `flags!` macro, the flags every build has. Optional parts declare their
 //!   own section beside their code (`token`, `api`, `tls`, `cluster::backend`).

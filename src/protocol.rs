@@ -1,9 +1,11 @@
 //! Protocol v1 on the wire: what clients send, what the server sends back, and the error codes.
 //!
-//! Data enters as the text of one WebSocket frame: [`parse`] turns it into a [`Request`] or an
-//! [`Error`] the sender should see. Data leaves as an [`Event`], which [`Event::encode`]
-//! serializes once into a reference-counted [`Frame`] that the hub hands to every recipient.
-//! Names are checked here ([`valid_nick`], [`valid_room`]) so the hub only sees well-formed ones.
+//! Data enters as the text of one WebSocket frame: its JSON shape is read here into a `Wire`,
+//! whose fields each command's unit then checks into a [`Request`] or an [`Error`] the sender
+//! should see (`crate::hub::parse`, by the command's `type`), with the checks every command
+//! shares ([`check_text`], [`valid_nick`], [`valid_room`]), so the hub only sees well-formed
+//! commands. Data leaves as an [`Event`], which [`Event::encode`] serializes once into a
+//! reference-counted [`Frame`] that the hub hands to every recipient.
 //! `docs/protocol.md` is the reader's version of this file.
 
 use serde::{Deserialize, Serialize};
@@ -126,90 +128,28 @@ impl Error {
 /// older servers. A flat struct rather than a serde-tagged enum: it parses in one pass without
 /// buffering, and its generated code is a third of the size.
 #[derive(Deserialize)]
-struct Wire {
+pub(crate) struct Wire {
     #[serde(rename = "type")]
-    kind: Option<String>,
-    nick: Option<String>,
-    room: Option<String>,
-    since: Option<u64>,
-    epoch: Option<String>,
-    text: Option<String>,
-    to: Option<String>,
-    offset: Option<usize>,
+    pub(crate) kind: Option<String>,
+    pub(crate) nick: Option<String>,
+    pub(crate) room: Option<String>,
+    pub(crate) since: Option<u64>,
+    pub(crate) epoch: Option<String>,
+    pub(crate) text: Option<String>,
+    pub(crate) to: Option<String>,
+    pub(crate) offset: Option<usize>,
 }
 
-/// The command types, for the error that lists them.
-const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
-
-/// Parses one text frame. A frame whose first non-blank character is not `{` is plain text for
-/// the sender's current room, as in the classic hub chat; one that starts with `{` must be a
-/// valid command object. `max_text` is the longest `text` accepted, in bytes as the text is
-/// sent in events (see [`encoded_len`]).
-pub fn parse(frame: &str, max_text: usize) -> Result<Request, Error> {
-    if !frame.trim_start().starts_with('{') {
-        let text = check_text(Some(frame.to_string()), max_text)?;
-        return Ok(Request::Say { room: None, text });
+impl Wire {
+    /// A frame that starts with `{`, read as a command object.
+    pub(crate) fn read(frame: &str) -> Result<Wire, Error> {
+        serde_json::from_str(frame).map_err(|e| {
+            Error::new(
+                ErrorCode::BadRequest,
+                format!("not a valid command: {e}; see docs/protocol.md"),
+            )
+        })
     }
-    let wire: Wire = serde_json::from_str(frame).map_err(|e| {
-        Error::new(
-            ErrorCode::BadRequest,
-            format!("not a valid command: {e}; see docs/protocol.md"),
-        )
-    })?;
-    let Some(kind) = wire.kind else {
-        return Err(bad(format!("missing field \"type\", one of {COMMANDS}")));
-    };
-    Ok(match kind.as_str() {
-        "nick" => {
-            let nick = required("nick", wire.nick)?;
-            if !valid_nick(&nick) {
-                return Err(Error::new(
-                    ErrorCode::InvalidNick,
-                    "a nick is 1-32 characters: letters, digits, '_', '-' or '.'",
-                ));
-            }
-            Request::Nick { nick }
-        }
-        "join" => Request::Join {
-            room: room_name(wire.room)?,
-            since: wire.since,
-            epoch: wire.epoch,
-        },
-        "leave" => Request::Leave {
-            room: room_name(wire.room)?,
-        },
-        "say" => Request::Say {
-            room: Some(room_name(wire.room)?),
-            text: check_text(wire.text, max_text)?,
-        },
-        "direct" => {
-            let to = required("to", wire.to)?;
-            // A name no client can have is nobody's; refusing it here also keeps arbitrary
-            // bytes out of the error message (found by fuzzing).
-            if !valid_nick(&to) {
-                return Err(Error::new(
-                    ErrorCode::UnknownRecipient,
-                    "nobody can have that nick: a nick is 1-32 letters, digits, '_', '-' or '.'",
-                ));
-            }
-            Request::Direct {
-                to,
-                text: check_text(wire.text, max_text)?,
-            }
-        }
-        "who" => Request::Who {
-            room: room_name(wire.room)?,
-            offset: wire.offset.unwrap_or(0),
-        },
-        "rooms" => Request::Rooms {
-            offset: wire.offset.unwrap_or(0),
-        },
-        other => {
-            return Err(bad(format!(
-                "unknown type {other:?}, expected one of {COMMANDS}"
-            )));
-        }
-    })
 }
 
 fn bad(message: String) -> Error {
@@ -217,7 +157,7 @@ fn bad(message: String) -> Error {
 }
 
 /// A field the command needs: present and not empty.
-fn required(field: &str, value: Option<String>) -> Result<String, Error> {
+pub(crate) fn required(field: &str, value: Option<String>) -> Result<String, Error> {
     match value {
         None => Err(bad(format!("missing field \"{field}\""))),
         Some(v) => {
@@ -238,7 +178,8 @@ fn nonempty(field: &str, value: &str) -> Result<(), Error> {
     }
 }
 
-fn room_name(room: Option<String>) -> Result<String, Error> {
+/// A room name the command needs: present and valid.
+pub(crate) fn room_name(room: Option<String>) -> Result<String, Error> {
     let room = required("room", room)?;
     if valid_room(&room) {
         Ok(room)
@@ -512,80 +453,6 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn code(frame: &str) -> ErrorCode {
-        parse(frame, 100).unwrap_err().code
-    }
-
-    #[test]
-    fn commands_parse() {
-        assert_eq!(
-            parse(
-                r#"{"type":"join","room":"dev","since":4,"epoch":"e1","extra":1}"#,
-                100
-            ),
-            Ok(Request::Join {
-                room: "dev".into(),
-                since: Some(4),
-                epoch: Some("e1".into())
-            })
-        );
-        assert_eq!(
-            parse(r#"{"type":"rooms"}"#, 100),
-            Ok(Request::Rooms { offset: 0 })
-        );
-        assert_eq!(
-            parse("  hello {there}", 100),
-            Ok(Request::Say {
-                room: None,
-                text: "  hello {there}".into()
-            })
-        );
-        assert_eq!(
-            parse("[1,2]", 100),
-            Ok(Request::Say {
-                room: None,
-                text: "[1,2]".into()
-            })
-        );
-    }
-
-    #[test]
-    fn bad_commands_get_the_right_code() {
-        assert_eq!(code("{not json"), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"type":"dance"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"room":"x"}"#), ErrorCode::BadRequest);
-        assert_eq!(code(r#"{"type":"say","room":"x"}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(r#"{"type":"say","room":"x","text":""}"#),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(code(r#"{"type":"nick","nick":""}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(r#"{"type":"nick","nick":"a b"}"#),
-            ErrorCode::InvalidNick
-        );
-        assert_eq!(
-            code(r#"{"type":"join","room":"Dev"}"#),
-            ErrorCode::InvalidRoom
-        );
-        assert_eq!(code(r#"{"type":"join","room":5}"#), ErrorCode::BadRequest);
-        assert_eq!(
-            code(&format!(
-                r#"{{"type":"say","room":"x","text":"{}"}}"#,
-                "a".repeat(101)
-            )),
-            ErrorCode::BadRequest
-        );
-    }
-
-    #[test]
-    fn direct_to_a_name_nobody_can_have_is_refused() {
-        // Regression: fuzz/regressions/protocol_parse/direct-to-invalid-nick
-        let e = parse(r#"{"type":"direct","to":"bo,b","text":"t"}"#, 100).unwrap_err();
-        assert_eq!(e.code, ErrorCode::UnknownRecipient);
-        assert!(!e.message.contains("bo,b"));
-    }
 
     #[test]
     fn names() {

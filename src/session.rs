@@ -34,10 +34,10 @@ use crate::Chat;
 use crate::bucket::TokenBucket;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
-use crate::hub::{ClientId, Command, Outgoing};
+use crate::hub::{self, ClientId, Command, Outgoing};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
-use crate::protocol::{self, Error, ErrorCode, LeaveReason};
+use crate::protocol::{Error, ErrorCode, LeaveReason};
 use crate::queue::Receiver;
 use crate::queue::Weigh;
 use crate::race::race;
@@ -313,7 +313,7 @@ fn command_for(
             Command::Refuse { client, error }
         }
         (true, item) if raw => Command::Publish { client, item },
-        (true, Outgoing::Event(text)) => match protocol::parse(&text, config.max_message_bytes) {
+        (true, Outgoing::Event(text)) => match hub::parse(&text, config.max_message_bytes) {
             Ok(request) => Command::Request { client, request },
             Err(error) => Command::Refuse { client, error },
         },

@@ -1,6 +1,6 @@
 //! Drives a `smolchat::hub::Hub` with a sequence of operations from several clients with small
 //! queues: connects (directly and through `Command::Connect`), frames that go through
-//! `protocol::parse` first (structured or raw), refusals, disconnects (also with ids of clients
+//! `hub::parse` first (structured or raw), refusals, disconnects (also with ids of clients
 //! already gone), shutdown, queue drains and receivers dropped.
 //!
 //! Invariants checked, besides "no panic":
@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use smolchat::hub::{Address, ClientId, Command, Hub, Outgoing};
-use smolchat::protocol::{self, Error, ErrorCode, LeaveReason};
+use smolchat::protocol::{Error, ErrorCode, LeaveReason};
 use smolchat::queue::{self, Receiver};
 use smolchat::{Config, Metrics};
 
@@ -235,7 +235,7 @@ fuzz_target!(|setup: Setup| {
                     continue;
                 };
                 let text = frame.text(&epochs);
-                match protocol::parse(&text, max_text) {
+                match smolchat::hub::parse(&text, max_text) {
                     Ok(request) => hub.handle(Command::Request { client: c.id, request }),
                     Err(error) => hub.handle(Command::Refuse { client: c.id, error }),
                 }

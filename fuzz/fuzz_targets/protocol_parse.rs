@@ -1,4 +1,4 @@
-//! `smolchat::protocol::parse` on arbitrary frames.
+//! `smolchat::hub::parse` (each command's unit reading its frame) on arbitrary frames.
 //!
 //! The input is tried as UTF-8 (when it is) and always as its lossy conversion, each with a
 //! few `max_text` limits. Invariants checked, besides "no panic":
@@ -21,9 +21,8 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use smolchat::protocol::{
-    max_event_bytes, parse, valid_nick, valid_room, Request, MAX_ERROR_CHARS,
-};
+use smolchat::hub::parse;
+use smolchat::protocol::{max_event_bytes, valid_nick, valid_room, Request, MAX_ERROR_CHARS};
 
 const LIMITS: [usize; 5] = [0, 1, 16, 4096, usize::MAX];
 

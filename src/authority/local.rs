@@ -2,8 +2,9 @@
 //!
 //! Every [`Ask`] is answered at once, and the room events it causes are pushed to the hub's
 //! `events` vector before [`Local::ask`] returns, so the hub delivers them in the same step.
-//! Messages enter history through [`Authority::remember`] as the frame the hub encoded for the
-//! members, and leave through [`Room::replay`] when a client joins.
+//! A message is encoded here, once, as it gets its id (`Local::message`): the frame goes to
+//! the room's history and, inside its event, to the hub for the members; it leaves history
+//! through [`Room::replay`] when a client joins.
 //!
 //! Besides the room limits, this is where memory is bounded: `--history` and
 //! `--history-bytes` per room (in [`Room`]), `--history-total-bytes` for all rooms together
@@ -21,7 +22,7 @@ mod durable;
 use super::{Address, Answer, Ask, Authority, ClientId, History, Joined, RoomEvent, What};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, Frame, LeaveReason, ROOMS_PAGE};
+use crate::protocol::{Error, Event, Frame, LeaveReason, ROOMS_PAGE};
 use crate::room::Room;
 
 /// One registered client.
@@ -587,29 +588,36 @@ impl Local {
             (durable::Gate::Unavailable, _) => return Some(Answer::Unavailable),
             _ => return None,
         };
-        Some(Answer::Said {
-            id: self.message(&name, waiter, events),
-        })
+        let id = self.message(&name, waiter, events);
+        Some(Answer::Said { room: name, id })
     }
 
-    /// Gives `waiter`'s message the room's next id and announces it.
+    /// Gives `waiter`'s message the room's next id, encodes it once, keeps it in the room's
+    /// history and announces it.
     fn message(&mut self, name: &str, waiter: Waiter, events: &mut Vec<RoomEvent>) -> u64 {
         let place = self.rooms.get_mut(name).expect("the room exists");
         let id = place.room.next_id();
         place.ev += 1;
         let (nick, api) = waiter.from;
+        let frame = Event::Message {
+            room: name,
+            id,
+            from: &nick,
+            text: &waiter.text,
+            ts: waiter.ts,
+            api,
+        }
+        .encode();
         events.push(RoomEvent {
             room: name.to_string(),
             ev: place.ev,
             subject: (!api).then_some(waiter.client),
             what: What::Message {
                 id,
-                nick,
-                text: waiter.text,
-                ts: waiter.ts,
-                api,
+                frame: frame.clone(),
             },
         });
+        self.keep(name, id, frame);
         #[cfg(feature = "store")]
         self.given(name);
         id
@@ -796,10 +804,13 @@ impl Authority for Local {
         #[cfg(feature = "store")]
         self.close_store();
     }
+}
 
-    /// Stores a message in its room's history, then forgets the oldest messages on the server
-    /// until all rooms together are within `--history-total-bytes`.
-    fn remember(&mut self, name: &str, id: u64, frame: &Frame) {
+impl Local {
+    /// Keeps message `id` of room `name`, just given, in the room's history, then forgets the
+    /// oldest messages on the server until all rooms together are within
+    /// `--history-total-bytes`.
+    fn keep(&mut self, name: &str, id: u64, frame: Frame) {
         let Some(place) = self.rooms.get_mut(name) else {
             return;
         };
@@ -810,7 +821,9 @@ impl Authority for Local {
             "messages are remembered as they are said"
         );
         let before = room.oldest_seq();
-        let (added, forgotten) = room.remember(frame.clone(), self.next_seq);
+        #[cfg(feature = "store")]
+        let durable = frame.clone();
+        let (added, forgotten) = room.remember(frame, self.next_seq);
         #[cfg(feature = "store")]
         {
             let oldest = room.oldest_id();
@@ -819,7 +832,7 @@ impl Authority for Local {
                     room: name.to_string(),
                     id,
                     seq: self.next_seq,
-                    frame: frame.clone(),
+                    frame: durable,
                 });
             }
             if forgotten > 0 {
@@ -839,9 +852,7 @@ impl Authority for Local {
         }
         self.forget_over_total();
     }
-}
 
-impl Local {
     /// Forgets the oldest messages on the server until all rooms together are within
     /// `--history-total-bytes`.
     fn forget_over_total(&mut self) {

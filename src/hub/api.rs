@@ -3,15 +3,21 @@
 //! A call enters as [`Command::Api`](super::Command::Api) and is answered on its own channel
 //! with an [`ApiReply`]: a status and a JSON body. To ask the authority, a call takes a slot
 //! among the hub's clients for as long as it waits: answers come back by client id, at once
-//! from the in-memory authority or later from Redis, through the same paths as a client's
-//! ([`Hub::answered`]). A call has no nick, joins nothing, is sent no event, and leaves no
-//! trace with the authority when it is answered. A published message is a room event like
-//! any other: its members get it (with `"api": true`) and the room's history keeps it.
+//! from the in-memory authority or later from Redis, through the same `Hub::ask` as a
+//! client's command, each call with its own reply. A call has no nick, joins nothing, is sent
+//! no event, and leaves no trace with the authority when it is answered. A published message
+//! is a room event like any other: its members get it (with `"api": true`) and the room's
+//! history keeps it.
 
+use async_channel::Sender;
 use serde::Serialize;
 
-use super::requests::Waiting;
-use super::*;
+use super::commands::{MAX_OFFSET, now_ms};
+use super::{Address, Hub};
+use crate::authority::{Answer, Ask, History};
+use crate::metrics::Metrics;
+use crate::protocol::RoomSummary;
+use crate::queue;
 
 // The bodies, as typed structs: `serde_json::Value` (the `json!` macro) would bring a map
 // type and its serializer into the binary for a handful of fields.
@@ -92,16 +98,9 @@ pub(super) fn unavailable() -> ApiReply {
     )
 }
 
-/// What a call waits for.
-#[derive(Debug)]
-pub(super) enum Calling {
-    Publish(String),
-    History(String),
-    Rooms(usize),
-}
-
 impl Hub {
-    /// Starts an API call: a slot, then the question to the authority.
+    /// Starts an API call: a slot, then the question to the authority, whose answer is the
+    /// call's reply.
     pub(super) fn api(&mut self, call: ApiCall, reply: Sender<ApiReply>) {
         if self.shutting_down {
             let _ = reply.try_send(unavailable());
@@ -109,80 +108,41 @@ impl Hub {
         }
         // Nothing is ever delivered to a call: its queue's receiver is dropped at once.
         let (queue, _) = queue::bounded(1, 1);
-        let id = self.register(queue, Address::of("api"), None);
-        self.api_calls.insert(id.key, reply);
-        let (calling, ask) = match call {
+        let key = self.register(queue, Address::of("api"), None).key;
+        self.api_calls.insert(key, reply);
+        match call {
             ApiCall::Publish { room, from, text } => {
                 Metrics::add(&self.metrics.messages_received, 1);
                 let ts = now_ms();
-                let calling = Calling::Publish(room.clone());
                 let ask = Ask::Publish {
                     room,
                     from,
                     text,
                     ts,
                 };
-                (calling, ask)
+                self.ask(key, ask, |hub, key, answer| {
+                    let reply = published(&hub.metrics, answer);
+                    hub.api_reply(key, reply);
+                });
             }
             ApiCall::History { room, since } => {
-                (Calling::History(room.clone()), Ask::History { room, since })
+                let ask = Ask::History {
+                    room: room.clone(),
+                    since,
+                };
+                self.ask(key, ask, move |hub, key, answer| {
+                    let reply = history(&hub.metrics, &room, answer);
+                    hub.api_reply(key, reply);
+                });
             }
             ApiCall::Rooms { offset } => {
-                let offset = offset.min(u32::MAX as usize);
-                (Calling::Rooms(offset), Ask::Rooms { offset })
+                let offset = offset.min(MAX_OFFSET);
+                self.ask(key, Ask::Rooms { offset }, move |hub, key, answer| {
+                    let reply = rooms(&hub.metrics, offset, answer);
+                    hub.api_reply(key, reply);
+                });
             }
-        };
-        self.ask(id.key, Waiting::Api(calling), ask);
-    }
-
-    /// The authority answered call `key`.
-    pub(super) fn api_answered(&mut self, key: usize, calling: Calling, answer: Answer) {
-        let reply = match (calling, answer) {
-            (Calling::Publish(room), Answer::Said { id }) => {
-                ApiReply::json(201, &Published { room: &room, id })
-            }
-            (Calling::Publish(_), Answer::Refused(error)) => {
-                let refusal = Refusal {
-                    error: error.code,
-                    message: &error.message,
-                };
-                ApiReply::json(409, &refusal)
-            }
-            (Calling::History(room), Answer::History(Some(history))) => {
-                let head = HistoryHead {
-                    room: &room,
-                    epoch: &history.epoch,
-                    last_id: history.last_id,
-                    complete: history.complete,
-                };
-                // The messages are the frames members got, put in the body as they are.
-                let mut body = serde_json::to_string(&head).expect("always serializes");
-                body.pop(); // the closing brace
-                body.push_str(",\"messages\":[");
-                for (i, message) in history.messages.iter().enumerate() {
-                    if i > 0 {
-                        body.push(',');
-                    }
-                    body.push_str(message);
-                }
-                body.push_str("]}");
-                ApiReply { status: 200, body }
-            }
-            (Calling::History(room), Answer::History(None)) => {
-                ApiReply::error(404, "not_found", &format!("there is no room {room:?}"))
-            }
-            (Calling::Rooms(offset), Answer::Rooms { count, page }) => {
-                let end = offset.saturating_add(page.len());
-                let rooms = RoomSummary::page(&page);
-                let next = (end < count).then_some(end);
-                ApiReply::json(200, &RoomsPage { rooms, count, next })
-            }
-            _ => {
-                log::warn!("hub: an answer that does not fit the API call");
-                unavailable()
-            }
-        };
-        self.api_reply(key, reply);
+        }
     }
 
     /// Answers call `key` and gives its slot back.
@@ -198,4 +158,68 @@ impl Hub {
     pub(super) fn api_gone(&mut self, key: usize) {
         self.api_reply(key, unavailable());
     }
+}
+
+/// The reply to `POST /api/rooms/{room}/messages`.
+fn published(metrics: &Metrics, answer: Answer) -> ApiReply {
+    match answer {
+        Answer::Said { room, id } => ApiReply::json(201, &Published { room: &room, id }),
+        Answer::Refused(error) => {
+            let refusal = Refusal {
+                error: error.code,
+                message: &error.message,
+            };
+            ApiReply::json(409, &refusal)
+        }
+        other => unfit(metrics, other),
+    }
+}
+
+/// The reply to `GET /api/rooms/{room}/messages`.
+fn history(metrics: &Metrics, room: &str, answer: Answer) -> ApiReply {
+    let history: History = match answer {
+        Answer::History(Some(history)) => history,
+        Answer::History(None) => {
+            return ApiReply::error(404, "not_found", &format!("there is no room {room:?}"));
+        }
+        other => return unfit(metrics, other),
+    };
+    let head = HistoryHead {
+        room,
+        epoch: &history.epoch,
+        last_id: history.last_id,
+        complete: history.complete,
+    };
+    // The messages are the frames members got, put in the body as they are.
+    let mut body = serde_json::to_string(&head).expect("always serializes");
+    body.pop(); // the closing brace
+    body.push_str(",\"messages\":[");
+    for (i, message) in history.messages.iter().enumerate() {
+        if i > 0 {
+            body.push(',');
+        }
+        body.push_str(message);
+    }
+    body.push_str("]}");
+    ApiReply { status: 200, body }
+}
+
+/// The reply to `GET /api/rooms`.
+fn rooms(metrics: &Metrics, offset: usize, answer: Answer) -> ApiReply {
+    let Answer::Rooms { count, page } = answer else {
+        return unfit(metrics, answer);
+    };
+    let end = offset.saturating_add(page.len());
+    let rooms = RoomSummary::page(&page);
+    let next = (end < count).then_some(end);
+    ApiReply::json(200, &RoomsPage { rooms, count, next })
+}
+
+/// An answer that does not fit the call: the authority could not be asked, or made a mistake.
+fn unfit(metrics: &Metrics, answer: Answer) -> ApiReply {
+    match answer {
+        Answer::Unavailable => Metrics::add(&metrics.backend_unavailable, 1),
+        _ => log::warn!("hub: an answer that does not fit the API call"),
+    }
+    unavailable()
 }

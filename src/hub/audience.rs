@@ -10,7 +10,10 @@
 
 use std::collections::VecDeque;
 
-use super::*;
+use super::{ClientId, Hub, deliver};
+use crate::authority::{Joined, Member, RoomEvent, What};
+use crate::config::Protocol;
+use crate::protocol::{Event, Frame};
 
 /// Room events kept for one room while its state is fetched again after a reconnect, or for
 /// one join on the way; beyond it the oldest go (messages are still recovered from history).
@@ -42,15 +45,89 @@ impl Audience {
     pub(super) fn unused(&self) -> bool {
         self.members.is_empty() && self.pending.is_empty() && self.waiters.is_empty()
     }
+
+    /// The local clients that hear the room's events, in join order.
+    pub(super) fn members(&self) -> &[usize] {
+        &self.members
+    }
+
+    /// A raw client in its group: it hears the group's frames from now on.
+    pub(super) fn enter(&mut self, key: usize) {
+        self.members.push(key);
+    }
+
+    /// Client `key` asked to join (or resync): it hears no live event until its answer, and
+    /// the events meanwhile are kept for it.
+    pub(super) fn expect_join(&mut self, key: usize) {
+        self.members.retain(|&k| k != key);
+        self.fresh.retain(|&(k, _)| k != key);
+        self.pending.push((key, VecDeque::new()));
+    }
+
+    /// True while a join of client `key` is on its way.
+    pub(super) fn expects(&self, key: usize) -> bool {
+        self.pending.iter().any(|(k, _)| *k == key)
+    }
+
+    /// Client `key`'s join did not happen: it is back where it was (a member, for a resync).
+    pub(super) fn unexpect_join(&mut self, key: usize, resync: bool) {
+        self.pending.retain(|(k, _)| *k != key);
+        if resync {
+            self.members.push(key);
+        }
+    }
+
+    /// Client `key` is a member as `joined` found the room: returns the events that happened
+    /// meanwhile, for it to get those its join did not reflect.
+    pub(super) fn admit(&mut self, key: usize, joined: Joined) -> VecDeque<RoomEvent> {
+        let i = (self.pending.iter().position(|(k, _)| *k == key)).expect("pending join");
+        let (_, meanwhile) = self.pending.swap_remove(i);
+        if self.members.is_empty() && self.waiters.is_empty() {
+            self.last_id = joined.last_id;
+        }
+        self.epoch = joined.epoch;
+        self.members.push(key);
+        self.fresh.push((key, joined.ev));
+        if self.held.is_some() {
+            self.floors.push((key, joined.last_id));
+        }
+        meanwhile
+    }
+
+    /// Client `key` left the room.
+    pub(super) fn leave(&mut self, key: usize) {
+        self.members.retain(|&k| k != key);
+        self.fresh.retain(|&(k, _)| k != key);
+    }
+
+    /// Client `key` is gone: nothing here waits for it or delivers to it any more.
+    pub(super) fn forget(&mut self, key: usize) {
+        self.leave(key);
+        self.pending.retain(|(k, _)| *k != key);
+        self.waiters.retain(|&(k, _)| k != key);
+        self.floors.retain(|&(k, _)| k != key);
+    }
+
+    /// Client `key` said message `id`, whose event has not come back yet: it waits for it
+    /// (true), or the message is out already (false).
+    pub(super) fn await_echo(&mut self, key: usize, id: u64) -> bool {
+        let waits = self.last_id < id;
+        if waits {
+            self.waiters.push((key, id));
+        }
+        waits
+    }
 }
 
 impl Hub {
-    /// Delivers the room events the authority produced while answering.
+    /// Delivers the room events the authority produced while answering, in the same call.
+    /// They go straight to the members: nothing can be held back or waiting for them, since
+    /// that happens only while an answer is on its way ([`Hub::room_event`]).
     pub(super) fn deliver_events(&mut self) {
         while !self.events.is_empty() {
             let mut events = std::mem::take(&mut self.events);
             for event in events.drain(..) {
-                self.room_event(event);
+                self.fan_out(&event, None);
             }
             if self.events.is_empty() {
                 self.events = events; // keep the capacity
@@ -58,18 +135,15 @@ impl Hub {
         }
     }
 
-    /// A room event: delivered to the room's local members now, or kept while the room is held
-    /// (a resync is on the way) and for the joins on the way.
+    /// A room event from an authority that answers later: delivered to the room's local
+    /// members now, or kept while the room is held (a resync is on the way) and for the joins
+    /// on the way; a message that comes back answers its sender.
     pub(super) fn room_event(&mut self, event: RoomEvent) {
         if self.config.protocol == Protocol::Raw {
             return; // raw clients hear nothing but their group's frames
         }
+        // Nobody here listens (any more): the authority kept what history needs.
         let Some(audience) = self.audiences.get_mut(&event.room) else {
-            // Nobody here listens (any more); a message the API published to a room without
-            // members is still remembered, for those who join later.
-            if let What::Message { id, api: true, .. } = &event.what {
-                self.authority.remember(&event.room, *id, &event.encode());
-            }
             return;
         };
         if let Some(held) = &mut audience.held {
@@ -79,23 +153,22 @@ impl Hub {
         for (_, meanwhile) in &mut audience.pending {
             keep(meanwhile, event.clone());
         }
-        let frame = self.fan_out(&event, None);
-        if let (What::Message { id, .. }, Some(frame)) = (&event.what, frame) {
-            self.authority.remember(&event.room, *id, &frame);
-            self.message_back(&event.room, *id);
+        self.fan_out(&event, None);
+        if let What::Message { id, .. } = event.what {
+            self.message_back(&event.room, id);
         }
     }
 
-    /// Delivers `event` to the room's local members (or to `only`) that should get it.
-    /// Returns the encoded frame, if the event is announced at all.
-    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) -> Option<Frame> {
+    /// Delivers `event` to the room's local members (or to `only`) that should get it: one
+    /// frame, shared by reference count.
+    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) {
         // Above the presence limit, members see counts instead of every arrival; a leave is
         // announced only if the arrival was (the count before includes the leaver).
         if event
             .count()
             .is_some_and(|n| n > self.config.presence_limit)
         {
-            return None;
+            return;
         }
         let frame = event.encode();
         let tag = match event.what {
@@ -112,8 +185,11 @@ impl Hub {
             ..
         } = self;
         let Some(audience) = audiences.get_mut(&event.room) else {
-            return Some(frame);
+            return;
         };
+        if let What::Message { id, .. } = event.what {
+            audience.last_id = audience.last_id.max(id);
+        }
         // Fresh members skip what their join already reflected; once an event is past a
         // member's join, every later one is too.
         audience.fresh.retain(|&(_, ev)| ev >= event.ev);
@@ -147,7 +223,6 @@ impl Hub {
             }
             deliver(clients, slow, metrics, k, &frame);
         }
-        Some(frame)
     }
 
     /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an
@@ -169,7 +244,7 @@ impl Hub {
             w > last
         });
         for key in done {
-            self.finish(key);
+            self.echoed(key);
         }
         self.drop_if_unused(room);
     }
@@ -337,8 +412,7 @@ impl Hub {
         audience.epoch = epoch.to_string();
         audience.last_id = last_id;
         for key in lost_waiters {
-            self.fail(key, Waiting::Done);
-            self.finish(key);
+            self.echo_lost(key);
         }
     }
 }

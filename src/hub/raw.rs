@@ -75,8 +75,7 @@ impl Hub {
             return Err(Rejected::Busy(error.message));
         }
         self.clients[id.key].rooms.push(group.clone());
-        let audience = self.audiences.entry(group).or_default();
-        audience.members.push(id.key);
+        self.audiences.entry(group).or_default().enter(id.key);
         Ok(id)
     }
 
@@ -86,7 +85,7 @@ impl Hub {
             return;
         };
         Metrics::add(&self.metrics.messages_received, 1);
-        let members = &self.audiences[group].members;
+        let members = self.audiences[group].members();
         for &k in members {
             deliver_item(
                 &self.clients,

@@ -2,6 +2,7 @@
 //! executor, commands in and queued events out.
 
 use super::*;
+use crate::protocol::ErrorCode;
 use serde_json::Value;
 
 pub(super) struct TestClient {

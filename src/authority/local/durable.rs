@@ -250,7 +250,8 @@ impl Local {
             while let Some(waiter) = self.next_ready(&name) {
                 let client = waiter.client;
                 let id = self.message(&name, waiter, events);
-                answers.push((client, Answer::Said { id }));
+                let room = name.clone();
+                answers.push((client, Answer::Said { room, id }));
             }
         }
         self.give_back_unused();

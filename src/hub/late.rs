@@ -1,0 +1,131 @@
+//! Late answers: what an authority that answers later (Redis; a say that waits for the durable
+//! store) needs around the hub's commands, and nothing on a single node's path.
+//!
+//! A unit asks and says what to do with the answer (`Hub::ask` in `commands.rs`). When the
+//! answer does not come at once, the client is *busy* ([`Busy`]) until it does: its later
+//! frames wait here, in order (at most [`MAX_WAITING`]), so the answer to one command always
+//! comes before the answer to the next. Answers enter through `Hub::late_answer` (from
+//! `Notice::Answer`) and leave through the unit's `then`, exactly as an answer given at once.
+//!
+//! One thing only a late answer can do is overtake the event it answers: Redis may answer a
+//! `say` before the message comes back on the room's channel. Such an answer is held until
+//! the message is delivered here (`Audience::waiters`), so the sender sees its message in the
+//! same place among the room's events as everybody else.
+
+use std::collections::VecDeque;
+
+use super::commands::Then;
+use super::{ClientId, Hub, LOST_CLOSE};
+use crate::authority::Answer;
+use crate::protocol::{Error, ErrorCode, LeaveReason, Request};
+
+/// Frames a client may have waiting while the authority has not answered its command yet.
+/// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
+pub const MAX_WAITING: usize = 64;
+
+/// A client waiting for the authority: what it waits for, and its frames since.
+#[derive(Default)]
+pub(super) struct Busy {
+    /// What the unit does with the answer, until the answer arrives.
+    then: Option<Then>,
+    /// A `said` answer that overtook its message, with its `then`: handed over when the
+    /// message comes back.
+    echo: Option<(Then, Answer)>,
+    pub(super) later: VecDeque<Result<Request, Error>>,
+}
+
+impl Busy {
+    /// Still waiting: for an answer, or for its message to come back.
+    fn waiting(&self) -> bool {
+        self.then.is_some() || self.echo.is_some()
+    }
+}
+
+impl Hub {
+    /// Client `key` waits for the answer to its question, which `then` will handle.
+    pub(super) fn wait(&mut self, key: usize, then: Then) {
+        self.busy.entry(key).or_default().then = Some(then);
+    }
+
+    /// A frame of a busy client: it waits for its turn.
+    pub(super) fn queue_behind(&mut self, key: usize, item: Result<Request, Error>) {
+        let Some(busy) = self.busy.get_mut(&key) else {
+            return self.start(key, item);
+        };
+        if busy.later.len() < MAX_WAITING {
+            busy.later.push_back(item);
+            return;
+        }
+        // Over the bound the frame is dropped; one refusal stands for a run of them.
+        let refused = |i: &Result<Request, Error>| matches!(i, Err(e) if e.code == ErrorCode::RateLimited && e.message == WAITING_FULL);
+        if !busy.later.back().is_some_and(refused) {
+            let error = Error::new(ErrorCode::RateLimited, WAITING_FULL);
+            busy.later.push_back(Err(error));
+        }
+    }
+
+    /// The answer to what client `client` asked, arriving after the question returned.
+    pub(super) fn late_answer(&mut self, client: ClientId, answer: Answer) {
+        let Some(key) = self.key(client) else {
+            return;
+        };
+        let Some(then) = self.busy.get_mut(&key).and_then(|b| b.then.take()) else {
+            return;
+        };
+        if let Answer::Gone = answer {
+            return self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
+        }
+        if let Answer::Said { room, id } = &answer
+            && self.clients[key].rooms.contains(room)
+            && let Some(audience) = self.audiences.get_mut(room)
+            && audience.await_echo(key, *id)
+        {
+            let busy = self.busy.get_mut(&key).expect("busy");
+            busy.echo = Some((then, answer));
+            return;
+        }
+        then(self, key, answer);
+        self.resume(key);
+    }
+
+    /// Client `key`'s message came back: its held answer is handed over.
+    pub(super) fn echoed(&mut self, key: usize) {
+        if let Some((then, answer)) = self.busy.get_mut(&key).and_then(|b| b.echo.take()) {
+            then(self, key, answer);
+        }
+        self.resume(key);
+    }
+
+    /// Client `key`'s message will never come back (the store lost the room's history while
+    /// it was on its way): the client is told `unavailable`.
+    pub(super) fn echo_lost(&mut self, key: usize) {
+        if let Some((then, _)) = self.busy.get_mut(&key).and_then(|b| b.echo.take()) {
+            then(self, key, Answer::Unavailable);
+        }
+        self.resume(key);
+    }
+
+    /// Unless it waits again (the welcome's answer starts the first join), client `key`'s
+    /// wait is over: its waiting frames start, until one has to wait again.
+    fn resume(&mut self, key: usize) {
+        if !self.clients.contains(key) || self.busy.get(&key).is_none_or(Busy::waiting) {
+            return;
+        }
+        let busy = self.busy.remove(&key).expect("busy");
+        let mut later = busy.later;
+        while let Some(item) = later.pop_front() {
+            self.start(key, item);
+            if !self.clients.contains(key) {
+                return; // closed by what it started
+            }
+            if let Some(busy) = self.busy.get_mut(&key) {
+                busy.later = later;
+                return;
+            }
+        }
+    }
+}
+
+/// The refusal that stands for frames dropped while a client waits for the authority.
+const WAITING_FULL: &str = "too many commands are waiting for the chat backend; later ones \
+     were dropped";

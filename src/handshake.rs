@@ -15,7 +15,7 @@
 //!
 //! A connection leaves in one of two ways. Answered with a plain response (a page, `/healthz`,
 //! `/metrics`, a refusal) or out of time, it is dropped here. Upgraded, it leaves as an
-//! [`Upgraded`]: the WebSocket's two halves, the write [`Progress`] of its socket, its id and
+//! [`Upgraded`]: the WebSocket ([`Socket`]), the write [`Progress`] of its socket, its id and
 //! queue from the hub, and its `--max-connections` slot, which [`Chat::serve`] hands to the
 //! session
 //! ([`crate::session`]). The pending slot is given back at that moment, the connection slot
@@ -27,8 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Chat;
@@ -41,14 +40,15 @@ use crate::meter::{Metered, Progress};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::LeaveReason;
 use crate::queue::{self, Receiver};
+use crate::wire::{self, Socket};
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, the client the hub registered, when its
-/// token expires, and its `--max-connections` slot.
+/// An accepted upgrade: the WebSocket, the client the hub registered, when its token expires,
+/// and its `--max-connections` slot.
 type Upgrade<'a, S> = (
-    (WebSocketSender<S>, WebSocketReceiver<S>),
+    Box<Socket<S>>,
     (ClientId, Receiver<Outgoing>),
     Option<u64>,
     Slot<'a>,
@@ -56,7 +56,7 @@ type Upgrade<'a, S> = (
 
 /// An admitted connection, as [`Chat::serve`] hands it to the session.
 pub(crate) struct Upgraded<'a, S> {
-    pub(crate) halves: (WebSocketSender<S>, WebSocketReceiver<S>),
+    pub(crate) socket: Box<Socket<S>>,
     /// The write progress of its socket.
     pub(crate) progress: Arc<Progress>,
     /// Its id at the hub, and the queue the hub fills for it.
@@ -111,8 +111,8 @@ where
         handshake(chat, stream, peer).await
     };
     match within(chat.config.handshake_timeout, exchange).await {
-        Some(upgraded) => upgraded.map(|(halves, client, expires, slot)| Upgraded {
-            halves,
+        Some(upgraded) => upgraded.map(|(socket, client, expires, slot)| Upgraded {
+            socket,
             progress,
             client,
             expires,
@@ -334,11 +334,9 @@ where
         stream.flush().await
     };
     written.await.ok()?;
-    let ws_config = Some(ws_config(chat));
-    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
-    // Split here: the halves are two pointers to the shared WebSocket, while the stream
-    // itself would take its whole size in every connection's future.
-    Some((ws.split(), registration.into_parts(), expires, slot))
+    // Boxed: the session's future holds a pointer, not the WebSocket's whole size.
+    let socket = wire::accept(stream, leftover, ws_config(chat)).await;
+    Some((socket, registration.into_parts(), expires, slot))
 }
 
 /// Gives the hub a new client's queue and waits for its id, before the `101`: from then on a

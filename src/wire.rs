@@ -296,8 +296,40 @@ impl<S: AsyncWrite + Unpin> Gate<S> {
         if !frame_first && !self.cursor.ping && !parked_first {
             return Poll::Ready(Ok(None));
         }
-        let mut headers = [[0u8; 10]; FRAMES_PER_WRITE];
-        let mut slices = [IoSlice::new(&[]); SLICES];
+        // The slices are set up for every write: for the usual one or two frames, a few.
+        let n = if batch.len() <= 2 {
+            ready!(self.poll_write_some::<2, 6>(cx, batch, parked_first))?
+        } else {
+            ready!(self.poll_write_some::<FRAMES_PER_WRITE, SLICES>(cx, batch, parked_first))?
+        };
+        if n == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        let parked = if parked_first {
+            n.min(self.parked.len())
+        } else {
+            0
+        };
+        if parked > 0 {
+            self.parked.drain(..parked);
+            if self.parked.is_empty() {
+                self.parked = Vec::new();
+            }
+        }
+        Poll::Ready(Ok(Some(n - parked)))
+    }
+
+    /// [`Gate::poll_write_batch`]'s write, with room for `F` frames in `N` (`2 * F + 2`)
+    /// slices.
+    fn poll_write_some<const F: usize, const N: usize>(
+        &mut self,
+        cx: &mut Context<'_>,
+        batch: &VecDeque<Outgoing>,
+        parked_first: bool,
+    ) -> Poll<io::Result<usize>> {
+        let between_frames = self.cursor.offset == 0;
+        let mut headers = [[0u8; 10]; F];
+        let mut slices = [IoSlice::new(&[]); N];
         let mut used = 0;
         // What the socket already took of the first frame.
         let mut skip = self.cursor.offset;
@@ -315,40 +347,20 @@ impl<S: AsyncWrite + Unpin> Gate<S> {
         });
         // A frame cut by the last write is finished alone: nothing may follow the cut until
         // the frame is whole.
-        let limit = if between_frames { FRAMES_PER_WRITE } else { 1 };
+        let limit = if between_frames { F } else { 1 };
         let limit = limit - usize::from(!between_frames && self.cursor.ping);
         for ((first, payload), header) in frames.zip(headers.iter_mut()).take(limit) {
             let len = format_header(header, first, payload.len());
             push(&mut slices, &mut used, &mut skip, &header[..len]);
             push(&mut slices, &mut used, &mut skip, payload);
         }
-        let n = ready!(Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..used]))?;
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        let parked = if between_frames {
-            n.min(self.parked.len())
-        } else {
-            0
-        };
-        if parked > 0 {
-            self.parked.drain(..parked);
-            if self.parked.is_empty() {
-                self.parked = Vec::new();
-            }
-        }
-        Poll::Ready(Ok(Some(n - parked)))
+        Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..used])
     }
 }
 
 /// Adds `slice` to a vectored write's `slices`, less the `skip` bytes an earlier write took.
 #[inline]
-fn push<'a>(
-    slices: &mut [IoSlice<'a>; SLICES],
-    used: &mut usize,
-    skip: &mut usize,
-    slice: &'a [u8],
-) {
+fn push<'a>(slices: &mut [IoSlice<'a>], used: &mut usize, skip: &mut usize, slice: &'a [u8]) {
     let start = (*skip).min(slice.len());
     *skip -= start;
     if start < slice.len() {

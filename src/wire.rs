@@ -40,10 +40,12 @@ use crate::hub::Outgoing;
 /// than any close and pong together, few enough that a flood of pings to a client that does
 /// not read cannot grow it (tungstenite then keeps only the latest pong).
 const PARK_LIMIT: usize = 1024;
-/// Frames in one vectored write (two slices each: header and payload). The slices and headers
-/// are on the stack, set up for every write: more would cost every write of one frame more
-/// than it saves the rare batch of more.
-const FRAMES_PER_WRITE: usize = 16;
+/// Frames in one vectored write (two slices each: header and payload), at most: a client that
+/// has fallen behind gets up to this many per system call (64 of 64-byte messages are about
+/// the 4 KiB tungstenite's buffer used to collect before a write). The slices and headers are
+/// on the stack and set up for every write, so a write of one or two frames uses a smaller
+/// set (see `Gate::poll_write_batch`).
+const FRAMES_PER_WRITE: usize = 64;
 /// Slices in one vectored write: the parked bytes, the ping, then the frames.
 const SLICES: usize = 2 * FRAMES_PER_WRITE + 2;
 /// An empty ping, as the writer sends it.

@@ -10,7 +10,7 @@
 //! head, and what [`crate::route`] answers, the upgrade ([`crate::upgrade`]) included.
 //!
 //! A connection leaves in one of two ways. Answered with a plain response or out of time, it
-//! is dropped here. Upgraded, it leaves as an [`Upgraded`]: the WebSocket's two halves, the
+//! is dropped here. Upgraded, it leaves as an [`Upgraded`]: the WebSocket ([`crate::wire::Socket`]), the
 //! write [`Progress`] of its socket, its id and queue from the hub, and its `--max-connections`
 //! permit, which [`Chat::serve`](crate::Chat::serve) hands to the session ([`crate::session`]). The pending permit
 //! is given back at that moment, the session permit only when the session ends.
@@ -18,7 +18,6 @@
 use std::future::Future;
 use std::sync::Arc;
 
-use async_tungstenite::{WebSocketReceiver, WebSocketSender};
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::Front;
@@ -34,7 +33,7 @@ use crate::upgrade::Upgrade;
 
 /// An admitted connection, as [`Chat::serve`](crate::Chat::serve) hands it to the session.
 pub(crate) struct Upgraded<'a, S> {
-    pub(crate) halves: (WebSocketSender<S>, WebSocketReceiver<S>),
+    pub(crate) socket: Box<crate::wire::Socket<S>>,
     /// The write progress of its socket.
     pub(crate) progress: Arc<Progress>,
     /// Its id at the hub, and the queue the hub fills for it.
@@ -93,8 +92,8 @@ where
         exchange(front, stream, peer).await
     };
     match within(config.handshake_timeout, exchange).await {
-        Some(upgraded) => upgraded.map(|(halves, client, expires, permit)| Upgraded {
-            halves,
+        Some(upgraded) => upgraded.map(|(socket, client, expires, permit)| Upgraded {
+            socket,
             progress,
             client,
             expires,

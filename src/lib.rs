@@ -43,6 +43,8 @@
 //!   and the count of writes that made progress.
 //! * `session`: one client's WebSocket session: the reader (frames into commands, the rate
 //!   limit) and the writer (batches out, pings, the idle and write timeouts, close codes).
+//! * `wire`: a session's WebSocket on the wire: the writer's frames, written from the shared
+//!   payloads with vectored writes, and tungstenite's own frames parked for the writer.
 //! * `race`: two futures in one task, the first polled only when its own waker fired.
 //! * `deadline`: timeouts that cost a timer only when an operation has to wait. Apart from
 //!   `server`'s smol timer, the one module that touches `async-io`'s timer: the others take
@@ -129,6 +131,7 @@ pub mod tls;
 #[cfg(feature = "auth")]
 pub mod token;
 mod upgrade;
+mod wire;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -407,7 +410,7 @@ impl Chat {
             // the session starts instead of sitting inside every connection's future for its
             // whole life (rustc does not reuse their space for the session's state).
             let Some(handshake::Upgraded {
-                halves,
+                socket,
                 progress,
                 client,
                 expires,
@@ -416,7 +419,7 @@ impl Chat {
             else {
                 return;
             };
-            session::run(self, halves, &progress, client, expires, peer).await;
+            session::run(self, socket, &progress, client, expires, peer).await;
             drop(permit);
         }
     }

@@ -177,6 +177,23 @@ impl<S: AsyncWrite> AsyncWrite for Metered<S> {
         written
     }
 
+    /// The writer's frames, header and payload side by side (`wire`): passed on whole, so that
+    /// a socket that writes vectors writes a batch with one system call.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.project();
+        let written = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = written
+            && n > 0
+        {
+            this.progress.wrote();
+        }
+        written
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         let this = self.project();
         let flushed = this.inner.poll_flush(cx);

@@ -25,7 +25,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 /// Why [`Sender::try_send`] refused an item.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -208,27 +208,42 @@ impl<T> Receiver<T> {
     /// takes the lock once per batch instead of twice.
     pub async fn release_and_recv_batch(&self, written: usize, batch: &mut VecDeque<T>) -> bool {
         let mut written = written;
-        std::future::poll_fn(|cx| {
-            let mut state = self.0.lock();
-            state.bytes = state.bytes.saturating_sub(std::mem::take(&mut written));
-            if !state.items.is_empty() {
+        std::future::poll_fn(|cx| self.poll_release_and_recv_batch(cx, &mut written, batch)).await
+    }
+
+    /// The poll behind [`Receiver::release_and_recv_batch`], for a writer that waits for its
+    /// queue and other things in one poll: releases `written` bytes (and zeroes it, so that
+    /// they are released once), then takes every queued item into `batch` (swapped if
+    /// `batch` is empty, appended if not), or registers the waker. `Ready(false)` once the
+    /// queue is closed and drained.
+    pub fn poll_release_and_recv_batch(
+        &self,
+        cx: &mut Context<'_>,
+        written: &mut usize,
+        batch: &mut VecDeque<T>,
+    ) -> Poll<bool> {
+        let mut state = self.0.lock();
+        state.bytes = state.bytes.saturating_sub(std::mem::take(written));
+        if !state.items.is_empty() {
+            if batch.is_empty() {
                 std::mem::swap(&mut state.items, batch);
-                return Poll::Ready(true);
+            } else {
+                batch.extend(state.items.drain(..));
             }
-            if state.closed {
-                return Poll::Ready(false);
-            }
-            // Checked and registered under one lock: no item can slip in between.
-            if !state
-                .waiting
-                .as_ref()
-                .is_some_and(|w| w.will_wake(cx.waker()))
-            {
-                state.waiting = Some(cx.waker().clone());
-            }
-            Poll::Pending
-        })
-        .await
+            return Poll::Ready(true);
+        }
+        if state.closed {
+            return Poll::Ready(false);
+        }
+        // Checked and registered under one lock: no item can slip in between.
+        if !state
+            .waiting
+            .as_ref()
+            .is_some_and(|w| w.will_wake(cx.waker()))
+        {
+            state.waiting = Some(cx.waker().clone());
+        }
+        Poll::Pending
     }
 
     /// Reports `bytes` of items taken with [`Receiver::recv_batch`] as written: they no longer

@@ -8,27 +8,27 @@
 //! stream below it ([`crate::meter`]) every few KiB, so a client that never stops sending
 //! cannot keep a thread from the other clients.
 //!
-//! The **writer** drains the client's own bounded queue, which only the hub fills. After each
-//! `recv` it feeds every event already queued and flushes once, so a burst costs one write,
-//! then releases the batch's bytes from the queue's byte bound. It also sends pings, notices a
-//! silent client, and gives up on a client whose socket accepts no byte for
-//! `--write-timeout`.
+//! The **writer** drains the client's own bounded queue, which only the hub fills. It takes
+//! every event already queued and writes them with vectored writes straight from the hub's
+//! frames ([`crate::wire`]), so a burst costs one write, then releases the batch's bytes from
+//! the queue's byte bound. It also writes the frames tungstenite answers with (pongs, the
+//! answer to a close), sends pings, notices a silent client, and gives up on a client whose
+//! socket accepts no byte for `--write-timeout`.
 //!
 //! Both run inside one task ([`race`]); whichever ends first ends the session. The session
 //! then tells the hub the client is gone, sends a close frame if it has one to send, and
 //! lingers briefly so that frame reaches the client before the socket closes.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use std::collections::VecDeque;
 
 use async_tungstenite::tungstenite::error::ProtocolError;
-use async_tungstenite::tungstenite::protocol::CloseFrame;
 use async_tungstenite::tungstenite::{Error as WsError, Message};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender};
-use futures_lite::{AsyncRead, AsyncWrite, FutureExt, StreamExt};
-use futures_util::SinkExt;
+use futures_lite::{AsyncRead, AsyncWrite, StreamExt};
 
 use crate::Chat;
 use crate::bucket::TokenBucket;
@@ -41,6 +41,7 @@ use crate::protocol::{Error, ErrorCode, LeaveReason};
 use crate::queue::Receiver;
 use crate::queue::Weigh;
 use crate::race::race;
+use crate::wire::{Messages, Socket};
 
 /// Refusals within [`FLOOD_WINDOW`], after which a flooding client is closed with 1008.
 pub const FLOOD_REFUSALS: u32 = 50;
@@ -93,7 +94,7 @@ impl End {
 #[allow(clippy::manual_async_fn)] // on purpose: see the last paragraph above
 pub(crate) fn run<'a, S>(
     chat: &'a Chat,
-    (mut sink, mut stream): (WebSocketSender<S>, WebSocketReceiver<S>),
+    socket: Box<Socket<S>>,
     progress: &'a Progress,
     (client, queue): (ClientId, Receiver<Outgoing>),
     expires: Option<u64>,
@@ -115,9 +116,14 @@ where
         crate::logger::connection(peer, "connected");
 
         let last_seen = AtomicU64::new(0);
-        let reader = read_loop(chat, client, &mut stream, &last_seen, started);
+        // What the writer took from the queue and has not written yet. Here rather than in the
+        // writer, so that a frame the socket took only part of can be finished after the
+        // writer's end (see `flush_then_close`).
+        let mut batch = VecDeque::new();
+        let mut messages = socket.messages();
+        let reader = read_loop(chat, client, &mut messages, &last_seen, started);
         let writer = write_loop(
-            chat, &mut sink, &queue, progress, &last_seen, started, expires,
+            chat, &socket, &mut batch, &queue, progress, &last_seen, started, expires,
         );
         let end = race(reader, writer).await;
 
@@ -127,7 +133,7 @@ where
             chat,
             client,
             end,
-            (&mut sink, &mut stream),
+            (&socket, &mut batch),
             &queue,
             progress,
             peer,
@@ -142,7 +148,7 @@ async fn finish<S>(
     chat: &Chat,
     client: ClientId,
     end: End,
-    (sink, stream): (&mut WebSocketSender<S>, &mut WebSocketReceiver<S>),
+    (socket, batch): (&Socket<S>, &mut VecDeque<Outgoing>),
     queue: &Receiver<Outgoing>,
     progress: &Progress,
     peer: &str,
@@ -161,43 +167,45 @@ async fn finish<S>(
         })
         .await;
 
+    let timeout = chat.config.write_timeout;
     match end {
-        End::Gone => crate::logger::connection(peer, "disconnected"),
+        End::Gone => {
+            // tungstenite's answer to the client's close, if that is how it ended.
+            let _ = without_progress(timeout, || progress.writes(), socket.write_parked()).await;
+            crate::logger::connection(peer, "disconnected");
+        }
         End::ClosedByHub { code, reason } => {
             if code != crate::hub::SHUTDOWN_CLOSE.0 {
                 crate::logger::refusal(peer, &format!("closed with {code} ({reason})"));
             }
-            linger(stream).await;
+            linger(socket).await;
         }
-        End::Stalled => crate::logger::refusal(
-            peer,
-            &format!(
-                "dropped: no write progress for {:?}",
-                chat.config.write_timeout
-            ),
-        ),
+        End::Stalled => {
+            crate::logger::refusal(peer, &format!("dropped: no write progress for {timeout:?}"))
+        }
         End::Close { code, reason, .. } => {
             crate::logger::refusal(peer, &format!("closing with {code} ({reason})"));
             let flushed = without_progress(
-                chat.config.write_timeout,
+                timeout,
                 || progress.writes(),
-                flush_then_close(chat, sink, queue, code, reason),
+                flush_then_close(chat, socket, batch, queue, code, reason),
             );
             if let Some(Ok(sent)) = flushed.await {
                 chat.metrics.close_sent(sent);
-                linger(stream).await;
+                linger(socket).await;
             }
         }
     }
 }
 
-/// Writes what the hub queued for the client up to its `Disconnect` (an error explaining the
-/// close, say), then the close frame. The hub closes the queue when it handles the
-/// `Disconnect`, which ends the drain. Returns the close code sent: the hub's own, if it was
-/// closing the client at the same moment (shutdown), else `code`.
+/// Writes what the writer had not written yet and what the hub queued for the client up to its
+/// `Disconnect` (an error explaining the close, say), then the close frame. The hub closes the
+/// queue when it handles the `Disconnect`, which ends the drain. Returns the close code sent:
+/// the hub's own, if it was closing the client at the same moment (shutdown), else `code`.
 async fn flush_then_close<S>(
     chat: &Chat,
-    sink: &mut WebSocketSender<S>,
+    socket: &Socket<S>,
+    batch: &mut VecDeque<Outgoing>,
     queue: &Receiver<Outgoing>,
     code: u16,
     reason: &'static str,
@@ -205,56 +213,35 @@ async fn flush_then_close<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut batch = VecDeque::new();
     let (mut code, mut reason) = (code, reason);
-    while queue.recv_batch(&mut batch).await {
-        for item in batch.drain(..) {
-            match to_message(item, &chat.metrics) {
-                Ok((message, len)) => {
-                    sink.feed(message).await?;
-                    queue.release(len);
-                }
-                Err(close) => (code, reason) = close,
-            }
+    let mut written = 0;
+    loop {
+        let close =
+            std::future::poll_fn(|cx| socket.poll_write_frames(cx, batch, &mut written)).await?;
+        Metrics::add(&chat.metrics.bytes_out, written as u64);
+        queue.release(std::mem::take(&mut written));
+        if let Some(close) = close {
+            (code, reason) = close;
+            batch.pop_front();
+            continue;
+        }
+        if !queue.recv_batch(batch).await {
+            break;
         }
     }
-    sink.send(close(code, reason)).await?;
+    socket.close(code, reason).await?;
     Ok(code)
-}
-
-/// The frame for an item of the client's queue and its length (counted in `bytes_out`), or the
-/// close code and reason the hub asked for.
-fn to_message(item: Outgoing, metrics: &Metrics) -> Result<(Message, usize), (u16, &'static str)> {
-    let (message, len) = match item {
-        Outgoing::Event(frame) => {
-            let len = frame.len();
-            (Message::Text(frame), len)
-        }
-        Outgoing::Binary(bytes) => {
-            let len = bytes.len();
-            (Message::Binary(bytes), len)
-        }
-        Outgoing::Close(code, reason) => return Err((code, reason)),
-    };
-    Metrics::add(&metrics.bytes_out, len as u64);
-    Ok((message, len))
-}
-
-fn close(code: u16, reason: &'static str) -> Message {
-    Message::Close(Some(CloseFrame {
-        code: code.into(),
-        reason: reason.into(),
-    }))
 }
 
 /// Reads (and drops) what the client still sends until it closes its side, for at most
 /// [`LINGER`]. Closing the socket while unread data sits in it would make the kernel reset the
 /// connection, and a reset can destroy the close frame before the client reads it.
-async fn linger<S>(stream: &mut WebSocketReceiver<S>)
+async fn linger<S>(socket: &Socket<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let _ = within(LINGER, async { while stream.next().await.is_some() {} }).await;
+    let mut messages = socket.messages();
+    let _ = within(LINGER, async { while messages.next().await.is_some() {} }).await;
 }
 
 /// What the reader does with one frame: the command for the hub, `None` for a frame that needs
@@ -325,7 +312,7 @@ fn command_for(
 fn read_loop<S>(
     chat: &Chat,
     client: ClientId,
-    stream: &mut WebSocketReceiver<S>,
+    stream: &mut Messages<'_, S>,
     last_seen: &AtomicU64,
     started: Instant,
 ) -> impl Future<Output = End>
@@ -366,16 +353,30 @@ where
     }
 }
 
+/// What woke the writer.
+enum Wake {
+    /// The timer: a ping may be due, or the idle or token deadline.
+    Timer,
+    /// Items were taken from the queue into the batch.
+    Batch,
+    /// tungstenite parked a frame (a pong, the answer to a close) for the writer to write.
+    Parked,
+    /// The hub closed the queue and it is drained.
+    Closed,
+}
+
 #[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
-fn write_loop<S>(
-    chat: &Chat,
-    sink: &mut WebSocketSender<S>,
-    queue: &Receiver<Outgoing>,
-    progress: &Progress,
-    last_seen: &AtomicU64,
+#[allow(clippy::too_many_arguments)] // each is a reference the writer needs; a struct would be copied
+fn write_loop<'a, S>(
+    chat: &'a Chat,
+    socket: &'a Socket<S>,
+    batch: &'a mut VecDeque<Outgoing>,
+    queue: &'a Receiver<Outgoing>,
+    progress: &'a Progress,
+    last_seen: &'a AtomicU64,
     started: Instant,
     expires: Option<Instant>,
-) -> impl Future<Output = End>
+) -> impl Future<Output = End> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -389,120 +390,89 @@ where
             let first = next_ping.min(started + config.idle_timeout);
             expires.map_or(first, |e| e.min(first))
         });
-        // Swapped with the queue's buffer on every batch; both keep their capacity.
-        let mut batch = VecDeque::new();
         // Holds back the frames of a client that is receiving a burst (see below).
         let mut hold = Timer::never();
         let mut last_write = started;
-        // Bytes of the batch last written, released from the queue's byte bound with the next.
+        // Payload bytes written and not yet released from the queue's byte bound: released as
+        // the next batch is taken, under the same lock.
         let mut written = 0;
+        let mut skip_timer = false;
         loop {
-            let mut ping = false;
-            // The timer is polled first. Were the queue first, a queue that is never empty when the
-            // writer comes back for more (a busy room, a client that reads just fast enough) would
-            // keep the timer from ever being polled: no pings and no idle check for as long as
-            // the room is busy (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in
-            // tests/limits.rs). A timer that is not due costs a clock read to poll, and one that
-            // fires is re-armed for a later instant below, so it cannot starve the queue in turn.
-            let fired = async {
-                (&mut timer).await;
-                None
-            };
-            // The previous batch's bytes leave the byte bound as the next batch is taken: inside
-            // the future, so that when the timer wins (and this is never polled) they stay in
-            // `written` for the next round.
-            let received = async {
-                let release = std::mem::take(&mut written);
-                Some(queue.release_and_recv_batch(release, &mut batch).await)
-            };
-            match fired.or(received).await {
-                Some(true) => {
+            // The timer is polled on the first pass after every wait, and on at least every other
+            // pass while the queue keeps the writer busy. Were it never polled while the queue
+            // is never empty (a busy room, a client that reads just fast enough), there would be
+            // no pings and no idle check for as long as the room is busy
+            // (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in tests/limits.rs);
+            // polled on every pass, as it was, it cost a clock read and a waker comparison twice
+            // per delivery (once for the batch, once more on the pass that finds the queue empty).
+            let wake = std::future::poll_fn(|cx| {
+                if !skip_timer && Pin::new(&mut timer).poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Timer);
+                }
+                match queue.poll_release_and_recv_batch(cx, &mut written, batch) {
+                    Poll::Ready(true) => {
+                        skip_timer = !skip_timer;
+                        Poll::Ready(Wake::Batch)
+                    }
+                    Poll::Ready(false) => Poll::Ready(Wake::Closed),
+                    Poll::Pending if socket.has_parked() => Poll::Ready(Wake::Parked),
+                    Poll::Pending => {
+                        skip_timer = false;
+                        Poll::Pending
+                    }
+                }
+            })
+            .await;
+            match wake {
+                Wake::Batch => {
                     // A client whose last write was less than `coalesce / 2` ago is receiving a
                     // burst: its frames wait until `coalesce` after that write and then go out
                     // together. Every write is a system call that costs more than the frames in
                     // it; sparse traffic is never held.
                     let coalesce = config.coalesce;
-                    if !coalesce.is_zero() && Instant::now() < last_write + coalesce / 2 {
-                        hold.set_at(last_write + coalesce);
-                        (&mut hold).await;
-                        queue.append_to(&mut batch);
-                    }
-                }
-                Some(false) => return End::Gone, // the hub dropped us after our own Disconnect
-                None => {
-                    let now = Instant::now();
-                    let silent_until = started
-                        + Duration::from_millis(last_seen.load(Relaxed))
-                        + config.idle_timeout;
-                    if now >= silent_until {
-                        return End::Close {
-                            code: 1000,
-                            reason: "idle timeout",
-                            leave: LeaveReason::Timeout,
-                        };
-                    }
-                    if let Some(expires) = expires
-                        && now >= expires
-                    {
-                        let (code, reason) = TOKEN_EXPIRED_CLOSE;
-                        return End::Close {
-                            code,
-                            reason,
-                            leave: LeaveReason::Disconnected,
-                        };
-                    }
-                    ping = now >= next_ping;
-                    if ping {
-                        next_ping = now + config.ping_interval;
-                    }
-                    let next = next_ping.min(silent_until);
-                    timer.set_at(expires.map_or(next, |e| e.min(next)));
-                    if !ping {
-                        continue;
-                    }
-                }
-            }
-
-            // A ping alone is not a burst: only frames start the coalescing window.
-            if !config.coalesce.is_zero() && !batch.is_empty() {
-                last_write = Instant::now();
-            }
-            // Feed everything that was queued (and the ping, if one is due), then flush once: one
-            // write for the whole batch. The batch's bytes stay counted against the queue's byte
-            // bound until they are written. Pings and frames go through this one future, so the
-            // connection's task has room for one write in flight (the hub's close frame, once
-            // per session, is sent from a boxed future below).
-            let write = async {
-                if ping {
-                    sink.feed(Message::Ping(Default::default())).await?;
-                }
-                // `to_message` outside the `await`s: only the `Feed` future, which holds the
-                // message, is kept in the task while the write waits.
-                while let Some(item) = batch.pop_front() {
-                    let message = match to_message(item, &chat.metrics) {
-                        Ok((message, len)) => {
-                            written += len;
-                            message
+                    if !coalesce.is_zero() {
+                        let now = Instant::now();
+                        if now < last_write + coalesce / 2 {
+                            hold.set_at(last_write + coalesce);
+                            (&mut hold).await;
+                            queue.append_to(batch);
                         }
-                        // Sent below, after what was fed before it.
-                        Err(close) => return Ok::<_, WsError>(Some(close)),
-                    };
-                    sink.feed(message).await?;
+                        last_write = Instant::now();
+                    }
                 }
-                sink.flush().await?;
-                Ok(None)
-            };
+                Wake::Parked => {}
+                Wake::Closed => return End::Gone, // the hub dropped us after our own Disconnect
+                Wake::Timer => {
+                    let deadlines = Deadlines {
+                        started,
+                        last_seen,
+                        expires,
+                    };
+                    match deadlines.check(config, &mut next_ping, &mut timer) {
+                        Err(end) => return end,
+                        Ok(false) => continue,
+                        Ok(true) => socket.ping(),
+                    }
+                }
+            }
 
-            let (code, reason) =
-                match without_progress(config.write_timeout, || progress.writes(), write).await {
-                    Some(Ok(None)) => continue,
-                    Some(Ok(Some(close))) => close,
-                    Some(Err(_)) => return End::Gone,
-                    None => return End::Stalled,
-                };
+            // Everything taken (and the ping, if one is due) in vectored writes, straight from
+            // the hub's frames (`wire`). The batch's bytes stay counted against the queue's byte
+            // bound until they are written.
+            let before = written;
+            let write =
+                std::future::poll_fn(|cx| socket.poll_write_frames(cx, batch, &mut written));
+            let outcome = without_progress(config.write_timeout, || progress.writes(), write).await;
+            Metrics::add(&chat.metrics.bytes_out, (written - before) as u64);
+            let (code, reason) = match outcome {
+                Some(Ok(None)) => continue,
+                Some(Ok(Some(close))) => close,
+                Some(Err(_)) => return End::Gone,
+                None => return End::Stalled,
+            };
             // The hub closed the client. Once per session, so boxed: its future takes no room in
             // the task for the rest of the session's life.
-            let send = sink.send(close(code, reason));
+            let send = socket.close(code, reason);
             return match Box::pin(without_progress(
                 config.write_timeout,
                 || progress.writes(),
@@ -518,6 +488,53 @@ where
                 None => End::Stalled,
             };
         }
+    }
+}
+
+/// The writer's deadlines, checked when its timer fires.
+struct Deadlines<'a> {
+    started: Instant,
+    last_seen: &'a AtomicU64,
+    expires: Option<Instant>,
+}
+
+impl Deadlines<'_> {
+    /// Ends the session for a client silent past `--idle-timeout` or whose token expired;
+    /// otherwise re-arms `timer` for the next deadline and returns whether a ping is due.
+    fn check(
+        &self,
+        config: &crate::config::Config,
+        next_ping: &mut Instant,
+        timer: &mut Timer,
+    ) -> Result<bool, End> {
+        let now = Instant::now();
+        let silent_until = self.started
+            + Duration::from_millis(self.last_seen.load(Relaxed))
+            + config.idle_timeout;
+        if now >= silent_until {
+            return Err(End::Close {
+                code: 1000,
+                reason: "idle timeout",
+                leave: LeaveReason::Timeout,
+            });
+        }
+        if let Some(expires) = self.expires
+            && now >= expires
+        {
+            let (code, reason) = TOKEN_EXPIRED_CLOSE;
+            return Err(End::Close {
+                code,
+                reason,
+                leave: LeaveReason::Disconnected,
+            });
+        }
+        let ping = now >= *next_ping;
+        if ping {
+            *next_ping = now + config.ping_interval;
+        }
+        let next = (*next_ping).min(silent_until);
+        timer.set_at(self.expires.map_or(next, |e| e.min(next)));
+        Ok(ping)
     }
 }
 

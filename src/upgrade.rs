@@ -6,12 +6,11 @@
 //! takes sessions), registers the client with the hub ([`register`]: in raw mode it is in
 //! its group from then on, or refused with an HTTP status), writes the `101`, and builds the
 //! WebSocket with buffers sized from our limits ([`ws_config`]). It leaves as an [`Upgrade`]:
-//! the WebSocket's halves, the client's id and queue, when its token expires, and its
+//! the WebSocket ([`Socket`]), the client's id and queue, when its token expires, and its
 //! session permit, which the session holds until it ends.
 
 use async_channel::Sender;
-use async_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use async_tungstenite::{WebSocketReceiver, WebSocketSender, WebSocketStream};
+use async_tungstenite::tungstenite::protocol::WebSocketConfig;
 use futures_lite::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::Front;
@@ -23,14 +22,15 @@ use crate::logger;
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::LeaveReason;
 use crate::queue::{self, Receiver};
+use crate::wire::{self, Socket};
 
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 4096;
 
-/// An accepted upgrade: the WebSocket's two halves, the client the hub registered, when its
-/// token expires, and its `--max-connections` permit.
+/// An accepted upgrade: the WebSocket, the client the hub registered, when its token
+/// expires, and its `--max-connections` permit.
 pub(crate) type Upgrade<'a, S> = (
-    (WebSocketSender<S>, WebSocketReceiver<S>),
+    Box<Socket<S>>,
     (ClientId, Receiver<Outgoing>),
     Option<u64>,
     Permit<'a>,
@@ -100,11 +100,9 @@ where
         stream.flush().await
     };
     written.await.ok()?;
-    let ws_config = Some(ws_config(front));
-    let ws = WebSocketStream::from_partially_read(stream, leftover, Role::Server, ws_config).await;
-    // Split here: the halves are two pointers to the shared WebSocket, while the stream
-    // itself would take its whole size in every connection's future.
-    Some((ws.split(), registration.into_parts(), expires, permit))
+    // Boxed: the session's future holds a pointer, not the WebSocket's whole size.
+    let socket = wire::accept(stream, leftover, ws_config(front)).await;
+    Some((socket, registration.into_parts(), expires, permit))
 }
 
 /// Gives the hub a new client's queue and waits for its id, before the `101`: from then on a

@@ -538,10 +538,14 @@ impl Bridge {
         let last_id = int(v.get(1));
         let history = wire::history(&room, last_id, &texts(v.get(3)));
         let epoch = text(v.first());
-        self.shared
-            .lock()
-            .epochs
-            .insert(room.clone(), epoch.clone());
+        let mut c = self.shared.lock();
+        if epoch.is_empty() {
+            // No such room (yet): its first event, whatever its epoch, is no change.
+            c.epochs.remove(&room);
+        } else {
+            c.epochs.insert(room.clone(), epoch.clone());
+        }
+        drop(c);
         Some(Notice::Resync {
             epoch,
             last_id,

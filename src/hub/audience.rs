@@ -36,8 +36,9 @@ pub(super) struct Audience {
     pub(super) waiters: Vec<(usize, u64)>,
     /// Events held back between a reconnect and the room's resync.
     pub(super) held: Option<VecDeque<RoomEvent>>,
-    /// Members that joined while the room was held, with the last message id their join
-    /// replayed: the resync must not send them those again.
+    /// Members whose join replayed further than the messages delivered here so far (or that
+    /// joined while the room was held), with the last message id their join replayed: a
+    /// resync must not send them those again. Gone once the room's `last_id` reaches it.
     pub(super) floors: Vec<(usize, u64)>,
 }
 
@@ -88,7 +89,7 @@ impl Audience {
         self.epoch = joined.epoch;
         self.members.push(key);
         self.fresh.push((key, joined.ev));
-        if self.held.is_some() {
+        if self.held.is_some() || joined.last_id > self.last_id {
             self.floors.push((key, joined.last_id));
         }
         meanwhile
@@ -98,6 +99,7 @@ impl Audience {
     pub(super) fn leave(&mut self, key: usize) {
         self.members.retain(|&k| k != key);
         self.fresh.retain(|&(k, _)| k != key);
+        self.floors.retain(|&(k, _)| k != key);
     }
 
     /// Client `key` is gone: nothing here waits for it or delivers to it any more.
@@ -232,6 +234,9 @@ impl Hub {
             return;
         };
         audience.last_id = audience.last_id.max(id);
+        // Every member has what a join's replay gave ahead of the others now.
+        let last = audience.last_id;
+        audience.floors.retain(|&(_, floor)| floor > last);
         if audience.waiters.is_empty() {
             return;
         }

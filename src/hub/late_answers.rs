@@ -425,6 +425,34 @@ fn a_room_whose_epoch_changed_is_announced_to_every_member_with_its_history() {
 }
 
 #[test]
+fn a_resync_does_not_send_a_fresh_member_what_its_join_replayed() {
+    // Regression (found by the history checker): a member whose join replayed a message the
+    // room's other members had not been delivered yet got it again from the next resync.
+    let (mut hub, wire) = late_hub(Config::default());
+    let [a, b] = [(); 2].map(|_| connect(&mut hub, &wire));
+    b.say(&mut hub, "lobby", "1");
+    wire.take(room_event)
+        .expect("message 1's event, on its way");
+    wire.deliver_all(&mut hub);
+    let c = connect(&mut hub, &wire); // its join replays message 1
+    let epoch = hub.audiences["lobby"].epoch.clone();
+    hub.notice(Notice::Hold("lobby".into()));
+    hub.notice(Notice::Resync {
+        room: "lobby".into(),
+        epoch,
+        last_id: 1,
+        ev: 100,
+        history: vec![lobby_message(1)],
+        count: 3,
+        nicks: Vec::new(),
+    });
+    for x in [&a, &b] {
+        assert_eq!(messages(&x.events()), [1], "the resync delivers it");
+    }
+    assert!(c.events().is_empty(), "c's join replayed it already");
+}
+
+#[test]
 fn messages_evicted_before_a_resync_could_deliver_them_are_told() {
     let (mut hub, wire) = late_hub(Config::default());
     let [a, b] = [(); 2].map(|_| connect(&mut hub, &wire));

@@ -10,7 +10,9 @@
 //! place, and ids travel as numbers, never spliced into text.
 //!
 //! Layouts (names and nicks never contain a space; `TEXT` may contain anything, spaces and
-//! newlines included, and runs to the end):
+//! newlines included, and runs to the end). On the room channel every payload starts with
+//! the room's epoch, `EPOCH EV ...`: the bridge reads it (a new one means the room changed
+//! under this node) and hands the rest to [`room_event`]:
 //!
 //! | where | layout |
 //! |---|---|

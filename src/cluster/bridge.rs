@@ -34,6 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::time::{Duration, Instant};
 
 use async_channel::{Sender, TrySendError};
+use event_listener::EventListener;
 use futures_lite::FutureExt;
 use futures_lite::future::poll_once;
 use futures_util::stream::{FuturesUnordered, StreamExt};
@@ -585,25 +586,7 @@ impl Bridge {
                 return ended;
             }
             if work.ops.is_empty() && work.byes.is_empty() && work.unsubscribe.is_empty() {
-                let calls = &mut self.calls;
-                let wake = async {
-                    listener.await;
-                    None
-                }
-                .or(async {
-                    match calls.next().await {
-                        Some(outcome) => Some(outcome),
-                        None => std::future::pending().await,
-                    }
-                })
-                .or(async {
-                    Timer::at(next_beat).await;
-                    None
-                })
-                .await;
-                if let Some(outcome) = wake
-                    && self.count(outcome)
-                {
+                if !self.idle(listener, next_beat).await {
                     return Ended::Lost;
                 }
                 continue;
@@ -640,6 +623,28 @@ impl Bridge {
                 self.calls.push(call);
             }
         }
+    }
+
+    /// Nothing to start: waits for new work (`listener`), a call's end or the next heartbeat.
+    /// False if a call's failure means the connection is lost.
+    async fn idle(&mut self, listener: EventListener, next_beat: Instant) -> bool {
+        let calls = &mut self.calls;
+        let wake = async {
+            listener.await;
+            None
+        }
+        .or(async {
+            match calls.next().await {
+                Some(outcome) => Some(outcome),
+                None => std::future::pending().await,
+            }
+        })
+        .or(async {
+            Timer::at(next_beat).await;
+            None
+        })
+        .await;
+        !wake.is_some_and(|outcome| self.count(outcome))
     }
 
     /// Reads again the rooms whose channel showed a new epoch, for the hub (which holds

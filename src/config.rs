@@ -252,7 +252,8 @@ pub struct Flag {
     pub(crate) default: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
-    pub(crate) set: fn(&mut Config, &str) -> Result<(), Invalid>,
+    /// Sets the flag named (the table's setters share one function).
+    pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
 }
 
 /// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
@@ -279,16 +280,31 @@ impl From<&str> for Invalid {
 /// (`= "default"` and `, list` are optional).
 macro_rules! flags {
     ($($name:literal $value:literal $(= $default:literal)? $(, $list:ident)?: $help:literal
-        => $set:expr;)*) => {
+        => |$c:ident, $v:ident| $set:expr;)*) => {{
+        // Every setter of the table in one function, a branch each: one function per table
+        // is smaller than one per flag.
+        fn set(
+            config: &mut $crate::config::Config,
+            name: &str,
+            value: &str,
+        ) -> Result<(), $crate::config::Invalid> {
+            match name {
+                $($name => {
+                    let ($c, $v) = (config, value);
+                    $set
+                })*
+                _ => Ok(()),
+            }
+        }
         &[$($crate::config::Flag {
             name: $name,
             value: $value,
             help: $help,
             default: $crate::config::flags!(@default $($default)?),
             list: $crate::config::flags!(@list $($list)?),
-            set: $set,
+            set,
         },)*]
-    };
+    }};
     (@default) => { "" };
     (@default $default:literal) => { $default };
     (@list) => { false };
@@ -355,9 +371,9 @@ Options:
         "max-pending-per-address" "N" = "64": "of those, from one address (IPv6: /64)"
             => |c, v| put(&mut c.max_pending_per_address, number(v, 1, 1_000_000));
         "allow-host" "NAME", list: "host name /ws may be reached by besides IP literals and\nlocalhost; repeatable; * = any"
-            => allow_host;
+            => |c, v| allow_host(c, v);
         "allow-origin" "ORIGIN", list: "browser origin allowed besides our own; repeatable; * = any"
-            => allow_origin;
+            => |c, v| allow_origin(c, v);
         "rate-limit" "N" = "10": "frames per second per client, pings and pongs included,\n0 = off"
             => |c, v| put(&mut c.rate_limit, number(v, 0, 1_000_000));
         "rate-burst" "N" = "20": "burst allowance above the rate"

@@ -242,9 +242,9 @@ pub(crate) const FLAGS: Section = Section {
     heading: "\nTokens (the auth feature; see docs/protocol.md#authentication):\n",
     flags: flags! {
         "auth-secret-file" "PATH": "HS256 secret (at least 32 bytes) in a file: /ws then needs a\nsigned token (query ?token= or Authorization: Bearer)"
-            => secret_file;
+            => |c, v| secret_file(c, v);
         "auth" "required|optional" = "required": "optional also admits guests without a token"
-            => guests;
+            => |c, v| guests(c, v);
         "max-connections-per-user" "N" = "16": "connections one user may have at once; one more is closed\nwith 4002"
             => |c, v| put(&mut c.max_connections_per_user, number(v, 1, 1_000_000));
     },

@@ -23,7 +23,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use serde::Deserialize;
 
 use crate::Front;
-use crate::config::{self, Config, Invalid, Protocol, Section, err, flags, put};
+use crate::config::{Config, Invalid, Protocol, Section, err, flags, rate_into};
 use crate::http::{Head, Response, query_param, respond};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
@@ -40,17 +40,17 @@ pub(crate) const FLAGS: Section = Section {
         "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/"
             => |c, v| key_file(c, v);
         "api-rate-limit" "N" = "20": "API calls per second, 0 = off"
-            => |c, v| put(&mut c.api_rate_limit, config::number(v, 0, 1_000_000));
+            => |c, v| rate_into(&mut c.api_rate_limit, v, 0, 1_000_000);
     },
     footer: &[],
     // The API publishes messages and reads history: raw groups have neither.
-    check: |c| match c.api_key {
+    check: Some(|c| match c.api_key {
         Some(_) if c.protocol == Protocol::Raw => Err(err(
             "--api-key-file",
             "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
         )),
         _ => Ok(()),
-    },
+    }),
 };
 
 /// `--api-key-file`: reads the key, which must not be short enough to guess.

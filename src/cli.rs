@@ -115,9 +115,9 @@ fn find(name: &str) -> Option<&'static Flag> {
 /// The environment variable of `flag`: `SMOLCHAT_` and its name in upper case, `_` for `-`.
 fn env_var(flag: &Flag) -> String {
     let mut var = String::from("SMOLCHAT_");
-    var.extend(flag.name.chars().map(|c| match c {
-        '-' => '_',
-        c => c.to_ascii_uppercase(),
+    var.extend(flag.name.bytes().map(|b| match b {
+        b'-' => '_',
+        b => b.to_ascii_uppercase() as char,
     }));
     var
 }
@@ -267,9 +267,10 @@ impl Config {
     /// Checks the settings against each other: every section's checks, in `SECTIONS`'s
     /// order. The first that fails names the flag to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        SECTIONS
-            .iter()
-            .try_for_each(|section| (section.check)(self))
+        for check in SECTIONS.iter().filter_map(|section| section.check) {
+            check(self)?;
+        }
+        Ok(())
     }
 }
 

@@ -276,6 +276,7 @@ impl Metrics {
         family(
             &mut out,
             "refused_total",
+            COUNTER,
             "HTTP requests, upgrades and sessions refused, by cause.",
         );
         for why in Refusal::ALL {
@@ -291,6 +292,7 @@ impl Metrics {
         family(
             &mut out,
             "close_codes_total",
+            COUNTER,
             "WebSocket close frames sent, by code.",
         );
         for code in CLOSE_CODES {
@@ -335,6 +337,7 @@ impl Metrics {
         family(
             out,
             "tls_handshake_failures_total",
+            COUNTER,
             "TLS handshakes that failed, by cause.",
         );
         for (i, cause) in ["not_tls", "protocol", "io"].iter().enumerate() {
@@ -369,17 +372,15 @@ const BASICS: [(&str, &str, &str); 11] = [
 
 /// One family of one sample without labels: `(name, kind, help, value)`.
 fn scalar(out: &mut String, &(name, kind, help, value): &(&str, &str, &str, u64)) {
-    let _ = write!(
-        out,
-        "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} {kind}\nsmolchat_{name} {value}\n"
-    );
+    family(out, name, kind, help);
+    let _ = writeln!(out, "smolchat_{name} {value}");
 }
 
-/// The `HELP` and `TYPE` lines of a family of counters with labels.
-fn family(out: &mut String, name: &str, help: &str) {
+/// The `HELP` and `TYPE` lines of a family.
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(
         out,
-        "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} counter\n"
+        "# HELP smolchat_{name} {help}\n# TYPE smolchat_{name} {kind}\n"
     );
 }
 

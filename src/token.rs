@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::client::{User, Verified};
-use crate::config::{Auth, Config, Invalid, Section, flags, number, put};
+use crate::config::{Auth, Config, Invalid, Section, flags, number_into};
 use crate::protocol::{valid_nick, valid_room};
 pub use crate::secret::Secret;
 
@@ -246,13 +246,13 @@ pub(crate) const FLAGS: Section = Section {
         "auth" "required|optional" = "required": "optional also admits guests without a token"
             => |c, v| guests(c, v);
         "max-connections-per-user" "N" = "16": "connections one user may have at once; one more is closed\nwith 4002"
-            => |c, v| put(&mut c.max_connections_per_user, number(v, 1, 1_000_000));
+            => |c, v| number_into(&mut c.max_connections_per_user, v, 1, 1_000_000);
     },
     footer: &[(
         "smolchat token --sub NAME",
         "print a signed token for user NAME (see smolchat token --help)",
     )],
-    check: |_| Ok(()),
+    check: None,
 };
 
 /// `--auth-secret-file`: reads the secret, which must be long enough for HS256.

@@ -25,8 +25,8 @@
 //! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
 //!   threads and the graceful shutdown.
 //! * `admission`: the front door's limits as counting semaphores with RAII permits
-//!   (`--max-pending` and each address's share, `--max-connections`), the API key's rate, and
-//!   whether the backend takes sessions. `/metrics` reads them; nothing else counts them.
+//!   (`--max-pending` and each address's share, `--max-connections`), and the API key's rate.
+//!   `/metrics` reads them; nothing else counts them.
 //! * `handshake`: everything between an accepted socket and a routed request: the pending
 //!   permit, the one `--handshake-timeout` deadline, TLS, the request head. It sees the chat
 //!   through `Front`, a narrow view: settings, counters, admission, the hub's inbox.

@@ -4,9 +4,8 @@
 //! is in that state: [`Slots`] for `--max-pending` (connections that are not WebSocket
 //! sessions yet) and `--max-connections` (sessions), and [`Shares`] for each address's
 //! `--max-pending-per-address` share of the pending slots, so that one address cannot lock
-//! everyone else out. Besides them, whether the chat's backend can take a new session at all
-//! ([`Admission::backend_up`], which the backend chose at start-up: Redis must be reachable)
-//! and, with the HTTP API, the key's `--api-rate-limit`.
+//! everyone else out; with the HTTP API, the key's `--api-rate-limit` beside them. (Whether
+//! the backend takes sessions at all is the backend's to say: `Backend::up`, in lib.rs.)
 //!
 //! A permit is taken by the handshake (`crate::handshake`, `crate::upgrade`) and given back
 //! when it is dropped, whatever way the connection ends. Nothing else changes the counts;
@@ -121,33 +120,24 @@ pub struct Admission {
     pub pending_per_address: Shares,
     /// `--max-connections`: WebSocket sessions.
     pub sessions: Slots,
-    /// Whether the backend takes new sessions; `/healthz` says 503 while it does not.
-    backend_up: Box<dyn Fn() -> bool + Send + Sync>,
     /// The HTTP API key's rate limit: `--api-rate-limit` calls a second, bursts of as many.
     #[cfg(feature = "api")]
     pub(crate) api_calls: Mutex<crate::bucket::TokenBucket>,
 }
 
 impl Admission {
-    /// The limits of `config`; `backend_up` tells whether the backend takes new sessions.
-    pub fn new(config: &Config, backend_up: Box<dyn Fn() -> bool + Send + Sync>) -> Admission {
+    /// The limits of `config`.
+    pub fn new(config: &Config) -> Admission {
         Admission {
             pending: Slots::new(config.max_pending),
             pending_per_address: Shares::new(config.max_pending_per_address as u32),
             sessions: Slots::new(config.max_connections),
-            backend_up,
             #[cfg(feature = "api")]
             api_calls: Mutex::new(crate::bucket::TokenBucket::new(
                 config.api_rate_limit,
                 config.api_rate_limit.max(1),
             )),
         }
-    }
-
-    /// True while the backend takes new sessions (always, on one node; with Redis, while
-    /// Redis can be reached).
-    pub fn backend_up(&self) -> bool {
-        (self.backend_up)()
     }
 }
 

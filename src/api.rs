@@ -23,7 +23,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use serde::Deserialize;
 
 use crate::Front;
-use crate::config::{self, Config, Invalid, Protocol, Section, err, flags, put};
+use crate::config::{Config, Invalid, Protocol, Section, err, flags, rate_into};
 use crate::http::{Head, Response, query_param, respond};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
@@ -37,19 +37,20 @@ pub const DEFAULT_FROM: &str = "api";
 pub(crate) const FLAGS: Section = Section {
     heading: "\nHTTP API (the api feature; see docs/protocol.md#the-http-api):\n",
     flags: flags! {
-        "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/" => key_file;
+        "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/"
+            => |c, v| key_file(c, v);
         "api-rate-limit" "N" = "20": "API calls per second, 0 = off"
-            => |c, v| put(&mut c.api_rate_limit, config::number(v, 0, 1_000_000));
+            => |c, v| rate_into(&mut c.api_rate_limit, v, 0, 1_000_000);
     },
     footer: &[],
     // The API publishes messages and reads history: raw groups have neither.
-    check: |c| match c.api_key {
+    check: Some(|c| match c.api_key {
         Some(_) if c.protocol == Protocol::Raw => Err(err(
             "--api-key-file",
             "the HTTP API needs --protocol v1 (raw groups have no messages or history)",
         )),
         _ => Ok(()),
-    },
+    }),
 };
 
 /// `--api-key-file`: reads the key, which must not be short enough to guess.
@@ -81,7 +82,7 @@ pub(crate) async fn serve<S>(
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let (endpoint, reply) = answer(front, stream, head, leftover, peer).await;
-    front.metrics.api_call(endpoint, reply.status);
+    front.metrics().api_call(endpoint, reply.status);
     let mut response = Response::text(reply.status, "");
     response.content_type = "application/json";
     response.body = (reply.body + "\n").into_bytes().into();
@@ -120,7 +121,7 @@ where
         },
         (_, ["", "api", "rooms"]) => ("rooms", Err(method_not_allowed())),
         (method, ["", "api", "rooms", room, "messages"]) => {
-            let call = room_call(front.config, stream, head, leftover, method, room).await;
+            let call = room_call(front.config(), stream, head, leftover, method, room).await;
             match method {
                 "POST" => ("publish", call),
                 _ => ("history", call),
@@ -143,7 +144,7 @@ where
 
 /// The key (401 without it) and its rate limit (429 past it), checked before the path.
 fn admit(front: Front<'_>, head: &Head, peer: &str) -> Result<(), ApiReply> {
-    let config = front.config;
+    let config = front.config();
     let key = config
         .api_key
         .as_ref()
@@ -161,7 +162,7 @@ fn admit(front: Front<'_>, head: &Head, peer: &str) -> Result<(), ApiReply> {
         ));
     }
     let allowed = front
-        .admission
+        .admission()
         .api_calls
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -288,7 +289,11 @@ async fn publish<S: AsyncRead + Unpin>(
 /// Hands `call` to the hub and waits for its reply.
 async fn call_hub(front: Front<'_>, call: ApiCall) -> ApiReply {
     let (reply, answer) = async_channel::bounded(1);
-    if front.inbox.send(Command::Api { call, reply }).await.is_ok()
+    if front
+        .inbox()
+        .send(Command::Api { call, reply })
+        .await
+        .is_ok()
         && let Ok(reply) = answer.recv().await
     {
         return reply;

@@ -64,50 +64,62 @@ pub fn help() -> String {
     for section in SECTIONS {
         out.push_str(section.heading);
         for flag in section.flags {
-            let synopsis = format!("--{} {}", flag.name, flag.value);
-            help_line(&mut out, &synopsis, flag.help);
+            help_line(&mut out, &["--", flag.name, " ", flag.value], flag.help);
             if !flag.default.is_empty() {
-                out.push_str(&format!(" [default: {}]", flag.default));
+                out.extend([" [default: ", flag.default, "]"]);
             }
             out.push('\n');
         }
         for (synopsis, text) in section.footer {
-            help_line(&mut out, synopsis, text);
+            help_line(&mut out, &[synopsis], text);
             out.push('\n');
         }
     }
     out
 }
 
-/// One entry of `--help`: the synopsis, then its text from [`HELP_COLUMN`] on; a `\n` in the
-/// text starts a new line, indented as far.
-fn help_line(out: &mut String, synopsis: &str, text: &str) {
-    let synopsis = format!("  {synopsis}");
-    for (i, text) in text.split('\n').enumerate() {
-        let (start, pad) = match i {
-            0 => (
-                synopsis.as_str(),
-                HELP_COLUMN.saturating_sub(synopsis.len()).max(2),
-            ),
-            _ => ("\n", HELP_COLUMN),
-        };
-        out.push_str(start);
+/// One entry of `--help`: the synopsis (in pieces), then its text from [`HELP_COLUMN`] on; a
+/// `\n` in the text starts a new line, indented as far.
+fn help_line(out: &mut String, synopsis: &[&str], text: &str) {
+    let start = out.len();
+    out.push_str("  ");
+    out.extend(synopsis.iter().copied());
+    let mut pad = HELP_COLUMN.saturating_sub(out.len() - start).max(2);
+    for line in text.split('\n') {
         out.extend(std::iter::repeat_n(' ', pad));
-        out.push_str(text);
+        out.push_str(line);
+        out.push('\n');
+        pad = HELP_COLUMN;
     }
+    out.truncate(out.len() - 1); // the caller ends the entry
 }
 
 /// Every flag this build has, in the order they are applied.
+#[cfg(test)]
 fn all_flags() -> impl Iterator<Item = &'static Flag> {
     SECTIONS.iter().flat_map(|section| section.flags)
 }
 
+/// The flag named `name` (without the dashes), if this build has it.
+fn find(name: &str) -> Option<&'static Flag> {
+    for section in SECTIONS {
+        for flag in section.flags {
+            if flag.name == name {
+                return Some(flag);
+            }
+        }
+    }
+    None
+}
+
 /// The environment variable of `flag`: `SMOLCHAT_` and its name in upper case, `_` for `-`.
 fn env_var(flag: &Flag) -> String {
-    format!(
-        "SMOLCHAT_{}",
-        flag.name.to_ascii_uppercase().replace('-', "_")
-    )
+    let mut var = String::from("SMOLCHAT_");
+    var.extend(flag.name.bytes().map(|b| match b {
+        b'-' => '_',
+        b => b.to_ascii_uppercase() as char,
+    }));
+    var
 }
 
 /// What the command line said, before any value is parsed: each flag with its text, in the
@@ -144,7 +156,7 @@ impl Given {
                     return Err(err(&v, "unexpected argument; options start with --"));
                 }
             };
-            let Some(flag) = all_flags().find(|f| f.name == name) else {
+            let Some(flag) = find(&name) else {
                 return Err(err(&format!("--{name}"), "unknown option; see --help"));
             };
             let value = parser.value().map_err(|e| lex_error(&e))?;
@@ -184,12 +196,13 @@ impl Config {
         let mut config = Config::default();
         // Flags whose value came from the environment: their errors name the variable.
         let mut from_env: Vec<(&str, String)> = Vec::new();
-        for flag in all_flags() {
-            let mut from_flags = given.values.iter().filter(|(f, _)| f.name == flag.name);
+        for flag in SECTIONS.iter().flat_map(|section| section.flags) {
             let mut any = false;
-            for (_, value) in from_flags.by_ref() {
-                config.set_flag(flag, value)?;
-                any = true;
+            for (given, value) in &given.values {
+                if given.name == flag.name {
+                    config.set_flag(flag, value)?;
+                    any = true;
+                }
             }
             let var = env_var(flag);
             if let (false, Some(value)) = (any, env(&var)) {
@@ -224,14 +237,14 @@ impl Config {
     /// Sets one flag (`"history"`, without the dashes) from its text form, validating it.
     #[cfg(any(test, feature = "auth"))]
     pub(crate) fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
-        match all_flags().find(|f| f.name == name) {
+        match find(name) {
             Some(flag) => self.set_flag(flag, value),
             None => Err(err(&format!("--{name}"), "unknown option; see --help")),
         }
     }
 
     fn set_flag(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
-        (flag.set)(self, value).map_err(|invalid| {
+        (flag.set)(self, flag.name, value).map_err(|invalid| {
             let message = match invalid {
                 Invalid::Expected(what) => format!("{what}, got {value:?}"),
                 Invalid::Said(message) => message,
@@ -254,9 +267,10 @@ impl Config {
     /// Checks the settings against each other: every section's checks, in `SECTIONS`'s
     /// order. The first that fails names the flag to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        SECTIONS
-            .iter()
-            .try_for_each(|section| (section.check)(self))
+        for check in SECTIONS.iter().filter_map(|section| section.check) {
+            check(self)?;
+        }
+        Ok(())
     }
 }
 

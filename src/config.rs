@@ -252,7 +252,8 @@ pub struct Flag {
     pub(crate) default: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
-    pub(crate) set: fn(&mut Config, &str) -> Result<(), Invalid>,
+    /// Sets the flag named (the table's setters share one function).
+    pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
 }
 
 /// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
@@ -279,22 +280,40 @@ impl From<&str> for Invalid {
 /// (`= "default"` and `, list` are optional).
 macro_rules! flags {
     ($($name:literal $value:literal $(= $default:literal)? $(, $list:ident)?: $help:literal
-        => $set:expr;)*) => {
+        => |$c:ident, $v:ident| $set:expr;)*) => {{
+        // Every setter of the table in one function, a branch each: one function per table
+        // is smaller than one per flag.
+        fn set(
+            config: &mut $crate::config::Config,
+            name: &str,
+            value: &str,
+        ) -> Result<(), $crate::config::Invalid> {
+            match name {
+                $($name => {
+                    let ($c, $v) = (config, value);
+                    $set
+                })*
+                _ => Ok(()),
+            }
+        }
         &[$($crate::config::Flag {
             name: $name,
             value: $value,
             help: $help,
             default: $crate::config::flags!(@default $($default)?),
             list: $crate::config::flags!(@list $($list)?),
-            set: $set,
+            set,
         },)*]
-    };
+    }};
     (@default) => { "" };
     (@default $default:literal) => { $default };
     (@list) => { false };
     (@list $list:ident) => { true };
 }
 pub(crate) use flags;
+
+/// A section's checks against other settings: the first that fails names the flag to change.
+pub type Check = fn(&Config) -> Result<(), ConfigError>;
 
 /// A group of flags, as `--help` prints them, with the checks that relate them to other
 /// settings. Each optional part of the server declares its own (`crate::token::FLAGS`,
@@ -306,8 +325,9 @@ pub struct Section {
     pub(crate) flags: &'static [Flag],
     /// Lines printed after the flags, as `(synopsis, text)`: what is not a flag with a value.
     pub(crate) footer: &'static [(&'static str, &'static str)],
-    /// The section's checks against other settings, run by [`Config::validate`].
-    pub(crate) check: fn(&Config) -> Result<(), ConfigError>,
+    /// The section's checks against other settings, run by [`Config::validate`], if it has
+    /// any.
+    pub(crate) check: Option<Check>,
 }
 
 /// The flags every build has.
@@ -329,57 +349,57 @@ Options:
         "listen" "ADDR" = "127.0.0.1:8080": "address to listen on"
             => |c, v| put(&mut c.listen, parsed(v, "expected an address like 127.0.0.1:8080 or [::1]:8080"));
         "history" "N" = "100": "messages each room keeps for replay"
-            => |c, v| put(&mut c.history, number(v, 0, 1_000_000));
+            => |c, v| number_into(&mut c.history, v, 0, 1_000_000);
         "history-bytes" "N" = "65536": "bytes of messages each room keeps"
-            => |c, v| put(&mut c.history_bytes, number(v, 0, 1 << 30));
+            => |c, v| number_into(&mut c.history_bytes, v, 0, 1 << 30);
         "history-total-bytes" "N" = "16777216": "bytes of messages all rooms keep together"
-            => |c, v| put(&mut c.history_total_bytes, number(v, 0, 1 << 30));
+            => |c, v| number_into(&mut c.history_total_bytes, v, 0, 1 << 30);
         "threads" "N" = "0": "executor threads, 0 = one per core"
-            => |c, v| put(&mut c.threads, number(v, 0, 1024));
+            => |c, v| number_into(&mut c.threads, v, 0, 1024);
         "default-room" "NAME" = "lobby": "room every client joins on connect"
             => |c, v| put(&mut c.default_room, checked(v, crate::protocol::valid_room, "expected a room name of 1-32 characters a-z, 0-9, _ or -"));
         "log-level" "LEVEL" = "info": "off, error, warn, info, debug, trace"
             => |c, v| put(&mut c.log_level, parsed(v, "expected off, error, warn, info, debug or trace"));
         "max-message-bytes" "N" = "4096": "largest message or frame a client may send"
-            => |c, v| put(&mut c.max_message_bytes, number(v, 64, 16 << 20));
+            => |c, v| number_into(&mut c.max_message_bytes, v, 64, 16 << 20);
         "queue" "N" = "256": "events queued per client before it is a slow consumer"
-            => |c, v| put(&mut c.queue, number(v, 1, 1 << 20));
+            => |c, v| number_into(&mut c.queue, v, 1, 1 << 20);
         "queue-bytes" "N" = "131072": "bytes queued per client before it is a slow consumer"
-            => |c, v| put(&mut c.queue_bytes, number(v, 1, 1 << 30));
+            => |c, v| number_into(&mut c.queue_bytes, v, 1, 1 << 30);
         "max-connections" "N" = "10000": "concurrent WebSocket connections"
-            => |c, v| put(&mut c.max_connections, number(v, 1, 10_000_000));
+            => |c, v| number_into(&mut c.max_connections, v, 1, 10_000_000);
         "handshake-timeout" "DUR" = "10s": "time for a whole plain HTTP exchange or upgrade"
-            => |c, v| put(&mut c.handshake_timeout, duration(v));
+            => |c, v| duration_into(&mut c.handshake_timeout, v);
         "max-pending" "N" = "512": "connections not yet WebSocket sessions"
-            => |c, v| put(&mut c.max_pending, number(v, 1, 1_000_000));
+            => |c, v| number_into(&mut c.max_pending, v, 1, 1_000_000);
         "max-pending-per-address" "N" = "64": "of those, from one address (IPv6: /64)"
-            => |c, v| put(&mut c.max_pending_per_address, number(v, 1, 1_000_000));
+            => |c, v| number_into(&mut c.max_pending_per_address, v, 1, 1_000_000);
         "allow-host" "NAME", list: "host name /ws may be reached by besides IP literals and\nlocalhost; repeatable; * = any"
-            => allow_host;
+            => |c, v| allow_host(c, v);
         "allow-origin" "ORIGIN", list: "browser origin allowed besides our own; repeatable; * = any"
-            => allow_origin;
+            => |c, v| allow_origin(c, v);
         "rate-limit" "N" = "10": "frames per second per client, pings and pongs included,\n0 = off"
-            => |c, v| put(&mut c.rate_limit, number(v, 0, 1_000_000));
+            => |c, v| rate_into(&mut c.rate_limit, v, 0, 1_000_000);
         "rate-burst" "N" = "20": "burst allowance above the rate"
-            => |c, v| put(&mut c.rate_burst, number(v, 1, 1_000_000));
+            => |c, v| rate_into(&mut c.rate_burst, v, 1, 1_000_000);
         "ping-interval" "DUR" = "30s": "interval between server pings"
-            => |c, v| put(&mut c.ping_interval, duration(v));
+            => |c, v| duration_into(&mut c.ping_interval, v);
         "idle-timeout" "DUR" = "75s": "close a client silent for this long"
-            => |c, v| put(&mut c.idle_timeout, duration(v));
+            => |c, v| duration_into(&mut c.idle_timeout, v);
         "write-timeout" "DUR" = "10s": "close a client whose writes stall this long"
-            => |c, v| put(&mut c.write_timeout, duration(v));
+            => |c, v| duration_into(&mut c.write_timeout, v);
         "coalesce" "DUR" = "0": "hold a bursting client's frames this long after its last write, to\nwrite them together; 0 = never hold"
             => |c, v| put(&mut c.coalesce, duration_or_zero(v));
         "max-rooms" "N" = "1000": "rooms the server keeps"
-            => |c, v| put(&mut c.max_rooms, number(v, 1, 10_000_000));
+            => |c, v| number_into(&mut c.max_rooms, v, 1, 10_000_000);
         "max-rooms-per-client" "N" = "32": "rooms one client may be in"
-            => |c, v| put(&mut c.max_rooms_per_client, number(v, 1, 100_000));
+            => |c, v| number_into(&mut c.max_rooms_per_client, v, 1, 100_000);
         "max-rooms-per-address" "N" = "100": "existing rooms created from one address (IPv6: /64)"
-            => |c, v| put(&mut c.max_rooms_per_address, number(v, 1, 10_000_000));
+            => |c, v| number_into(&mut c.max_rooms_per_address, v, 1, 10_000_000);
         "presence-limit" "N" = "100": "largest room with join/leave events and full member lists"
-            => |c, v| put(&mut c.presence_limit, number(v, 1, 1_000_000));
+            => |c, v| number_into(&mut c.presence_limit, v, 1, 1_000_000);
         "shutdown-timeout" "DUR" = "5s": "time writers get to flush on shutdown"
-            => |c, v| put(&mut c.shutdown_timeout, duration(v));
+            => |c, v| duration_into(&mut c.shutdown_timeout, v);
     },
     footer: &[
         (
@@ -389,7 +409,7 @@ Options:
         ("-h, --help", "print this help"),
         ("-V, --version", "print the version and enabled features"),
     ],
-    check: Config::check_main,
+    check: Some(Config::check_main),
 };
 
 /// Durable history's flags (feature `store`).
@@ -403,19 +423,46 @@ pub(crate) const STORE: Section = Section {
             => |c, v| put(&mut c.sync_interval, duration_or_zero(v));
     },
     footer: &[],
-    check: |c| match &c.data_dir {
+    check: Some(|c| match &c.data_dir {
         Some(_) if c.protocol == Protocol::Raw => Err(err(
             "--data-dir",
             "raw mode keeps no history, so there is nothing to store; leave --data-dir out",
         )),
         _ => Ok(()),
-    },
+    }),
 };
 
 /// Stores a flag's parsed value, or passes its error on.
 pub(crate) fn put<T>(field: &mut T, value: Result<T, String>) -> Result<(), Invalid> {
     *field = value?;
     Ok(())
+}
+
+/// A whole number flag: its value, from `min` to `max`, into `field`. One function for every
+/// such flag (not inlined), so that each of the table's lines costs a call.
+#[inline(never)]
+pub(crate) fn number_into(
+    field: &mut usize,
+    value: &str,
+    min: usize,
+    max: usize,
+) -> Result<(), Invalid> {
+    put(field, number(value, min, max))
+}
+
+/// A whole number flag held in a `u32` (the rates), through [`number_into`]: one copy of the
+/// parsing for every number flag.
+pub(crate) fn rate_into(field: &mut u32, value: &str, min: u32, max: u32) -> Result<(), Invalid> {
+    let mut n = 0;
+    number_into(&mut n, value, min as usize, max as usize)?;
+    *field = n as u32;
+    Ok(())
+}
+
+/// A duration flag (see [`duration`]) into `field`; not inlined, like [`number_into`].
+#[inline(never)]
+pub(crate) fn duration_into(field: &mut Duration, value: &str) -> Result<(), Invalid> {
+    put(field, duration(value))
 }
 
 /// One of the words in `choices`.

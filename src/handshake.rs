@@ -60,13 +60,13 @@ where
     F: FnOnce(Metered<S>) -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let admission = front.admission;
+    let admission = front.admission();
     let pending = admission.pending.try_take().and_then(|permit| {
         let share = admission.pending_per_address.try_take(Address::of(peer))?;
         Some((permit, share))
     });
     let Some(_pending) = pending else {
-        front.metrics.refuse(Refusal::Pending);
+        front.metrics().refuse(Refusal::Pending);
         logger::refusal(
             peer,
             "refused: too many connections waiting (--max-pending, --max-pending-per-address)",
@@ -82,7 +82,7 @@ where
     // The socket is metered from its first byte, below TLS when there is TLS: the byte
     // budget, the yield and the write progress count what crosses the socket, so records
     // that decrypt to nothing cost a client its budget too.
-    let config = front.config;
+    let config = front.config();
     let per_message = config.max_message_bytes as u64 + 64;
     let rate = u64::from(config.rate_limit) * per_message;
     let burst = u64::from(config.rate_burst) * per_message;
@@ -100,7 +100,7 @@ where
             permit,
         }),
         None => {
-            front.metrics.refuse(Refusal::Timeout);
+            front.metrics().refuse(Refusal::Timeout);
             logger::refusal(peer, "dropped: request not done within --handshake-timeout");
             None
         }
@@ -128,7 +128,7 @@ where
         Ok(tls) => Some(tls),
         Err(e) => {
             let failure = crate::tls::Failure::of(&e);
-            front.metrics.tls_failed(failure);
+            front.metrics().tls_failed(failure);
             logger::refusal(peer, &format!("TLS handshake failed ({failure:?}): {e}"));
             None
         }
@@ -151,7 +151,7 @@ where
     };
     let (status, text, why) = refused;
     let response = Response::text(status, text);
-    http::refuse(front.metrics, &mut stream, peer, response, why).await;
+    http::refuse(front.metrics(), &mut stream, peer, response, why).await;
     None
 }
 

@@ -25,8 +25,8 @@
 //! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
 //!   threads and the graceful shutdown.
 //! * `admission`: the front door's limits as counting semaphores with RAII permits
-//!   (`--max-pending` and each address's share, `--max-connections`), the API key's rate, and
-//!   whether the backend takes sessions. `/metrics` reads them; nothing else counts them.
+//!   (`--max-pending` and each address's share, `--max-connections`), and the API key's rate.
+//!   `/metrics` reads them; nothing else counts them.
 //! * `handshake`: everything between an accepted socket and a routed request: the pending
 //!   permit, the one `--handshake-timeout` deadline, TLS, the request head. It sees the chat
 //!   through `Front`, a narrow view: settings, counters, admission, the hub's inbox.
@@ -174,23 +174,47 @@ pub struct Chat {
     orphans: Arc<hub::Orphans>,
     /// The front door's limits: pending connections, sessions, the API's rate.
     admission: Arc<Admission>,
+    /// Whether the backend takes new sessions (see [`Backend`]'s `up`).
+    backend_up: fn(&Metrics) -> bool,
     /// Scale-out: closed when the Redis bridge has said goodbye and stopped.
     #[cfg(feature = "redis")]
     bridge_stopped: Option<async_channel::Receiver<()>>,
 }
 
 /// What the front door (`handshake`, `route`, `upgrade`, `api`) sees of the chat: the
-/// settings, the counters, admission, and the way to the hub. Borrowed from a [`Chat`] for
-/// one connection's handshake.
+/// settings, the counters, admission, and the way to the hub; nothing else. One pointer to
+/// the [`Chat`], so that the handshake's futures are no larger for it.
 #[derive(Clone, Copy)]
-pub(crate) struct Front<'a> {
-    pub(crate) config: &'a Config,
-    pub(crate) metrics: &'a Metrics,
-    pub(crate) admission: &'a Admission,
+pub(crate) struct Front<'a>(&'a Chat);
+
+impl<'a> Front<'a> {
+    pub(crate) fn config(self) -> &'a Config {
+        &self.0.config
+    }
+
+    pub(crate) fn metrics(self) -> &'a Metrics {
+        &self.0.metrics
+    }
+
+    pub(crate) fn admission(self) -> &'a Admission {
+        &self.0.admission
+    }
+
     /// The hub's inbox: registrations and API calls.
-    pub(crate) inbox: &'a Sender<Command>,
+    pub(crate) fn inbox(self) -> &'a Sender<Command> {
+        &self.0.inbox
+    }
+
     /// Where a registered client whose `Disconnect` did not fit the inbox is left.
-    pub(crate) orphans: &'a hub::Orphans,
+    pub(crate) fn orphans(self) -> &'a hub::Orphans {
+        &self.0.orphans
+    }
+
+    /// True while the backend takes new sessions: always on one node; with Redis, while Redis
+    /// can be reached. `/healthz` says 503 while it does not.
+    pub(crate) fn backend_up(self) -> bool {
+        (self.0.backend_up)(&self.0.metrics)
+    }
 }
 
 /// The authority a configuration asks for, as [`Backend::choose`] starts it: the hub that asks
@@ -200,7 +224,9 @@ pub(crate) struct Backend {
     pub(crate) hub: Hub,
     pub(crate) notices: Option<async_channel::Receiver<authority::Notice>>,
     pub(crate) beside: Option<HubFuture>,
-    pub(crate) up: Box<dyn Fn() -> bool + Send + Sync>,
+    /// Whether it takes new sessions now, judged from the counters it keeps: a plain function,
+    /// so that the single node's answer (always) costs nothing.
+    pub(crate) up: fn(&Metrics) -> bool,
     /// Scale-out: closed when the bridge has said goodbye.
     #[cfg(feature = "redis")]
     pub(crate) stopped: Option<async_channel::Receiver<()>>,
@@ -228,7 +254,7 @@ impl Backend {
             hub,
             notices: None,
             beside: None,
-            up: Box::new(|| true),
+            up: |_| true,
             #[cfg(feature = "redis")]
             stopped: None,
         }
@@ -286,7 +312,8 @@ impl Chat {
         let chat = Chat {
             inbox,
             orphans: backend.hub.orphans(),
-            admission: Arc::new(Admission::new(&config, backend.up)),
+            admission: Arc::new(Admission::new(&config)),
+            backend_up: backend.up,
             config,
             metrics,
             #[cfg(feature = "redis")]
@@ -309,13 +336,7 @@ impl Chat {
 
     /// The view of the chat the front door gets.
     fn front(&self) -> Front<'_> {
-        Front {
-            config: &self.config,
-            metrics: &self.metrics,
-            admission: &self.admission,
-            inbox: &self.inbox,
-            orphans: &self.orphans,
-        }
+        Front(self)
     }
 
     /// Scale-out: waits until the Redis bridge has told the other nodes this one is leaving

@@ -36,7 +36,7 @@ where
             return None;
         }
     };
-    let response = match route(&head, front.config) {
+    let response = match route(&head, front.config()) {
         Route::Upgrade { accept_key, group } => {
             let request = upgrade::Request {
                 leftover,
@@ -51,19 +51,23 @@ where
             crate::api::serve(front, &mut stream, &head, leftover, peer).await;
             return None;
         }
-        Route::Page => http::page(front.config.protocol, head.accepts_gzip),
-        Route::Health if front.admission.backend_up() => Response::text(200, "ok"),
+        Route::Page => http::page(front.config().protocol, head.accepts_gzip),
+        Route::Health if front.backend_up() => Response::text(200, "ok"),
         // While a scale-out node cannot reach Redis.
         Route::Health => Response::text(503, "redis unavailable"),
         Route::Metrics => {
             let mut r = Response::text(200, "");
             r.content_type = "text/plain; version=0.0.4; charset=utf-8";
-            r.body = front.metrics.render(front.admission).into_bytes().into();
+            r.body = front
+                .metrics()
+                .render(front.admission())
+                .into_bytes()
+                .into();
             r
         }
         Route::Refuse(response, None) => response,
         Route::Refuse(response, Some(why)) => {
-            http::refuse(front.metrics, &mut stream, peer, response, why).await;
+            http::refuse(front.metrics(), &mut stream, peer, response, why).await;
             return None;
         }
     };
@@ -80,7 +84,7 @@ where
 #[cfg(feature = "auth")]
 fn authenticate(front: Front, head: &Head, peer: &str) -> Result<Option<Box<Verified>>, Response> {
     let chat_path = head.path == "/ws" || head.path.starts_with("/ws/");
-    let Some(auth) = front.config.auth.as_ref().filter(|_| chat_path) else {
+    let Some(auth) = front.config().auth.as_ref().filter(|_| chat_path) else {
         return Ok(None);
     };
     let checked = match http::query_param(head, "token").or(head.bearer.as_deref()) {
@@ -94,7 +98,7 @@ fn authenticate(front: Front, head: &Head, peer: &str) -> Result<Option<Box<Veri
         None => Err(crate::token::Refusal::Missing),
     };
     checked.map_err(|why| {
-        front.metrics.auth_refused(why);
+        front.metrics().auth_refused(why);
         // The line names the cause, never the token.
         crate::logger::refusal(peer, &format!("refused: 401 {}", why.reason()));
         // No error code when no token was sent (RFC 6750, section 3.1).

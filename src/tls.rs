@@ -29,11 +29,11 @@ pub(crate) const FLAGS: Section = Section {
         "tls-key" "PATH": "private key, PEM" => |c, v| put(&mut c.tls_key, Ok(Some(v.into())));
     },
     footer: &[],
-    check: |c| match (&c.tls_cert, &c.tls_key) {
+    check: Some(|c| match (&c.tls_cert, &c.tls_key) {
         (Some(_), None) => Err(err("--tls-key", "is needed with --tls-cert")),
         (None, Some(_)) => Err(err("--tls-cert", "is needed with --tls-key")),
         _ => Ok(()),
-    },
+    }),
 };
 
 /// Outgoing plaintext a TLS connection may buffer in rustls before writes wait (rustls's

@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::client::{User, Verified};
-use crate::config::{Auth, Config, Invalid, Section, flags, number, put};
+use crate::config::{Auth, Config, Invalid, Section, flags, number_into};
 use crate::protocol::{valid_nick, valid_room};
 pub use crate::secret::Secret;
 
@@ -242,17 +242,17 @@ pub(crate) const FLAGS: Section = Section {
     heading: "\nTokens (the auth feature; see docs/protocol.md#authentication):\n",
     flags: flags! {
         "auth-secret-file" "PATH": "HS256 secret (at least 32 bytes) in a file: /ws then needs a\nsigned token (query ?token= or Authorization: Bearer)"
-            => secret_file;
+            => |c, v| secret_file(c, v);
         "auth" "required|optional" = "required": "optional also admits guests without a token"
-            => guests;
+            => |c, v| guests(c, v);
         "max-connections-per-user" "N" = "16": "connections one user may have at once; one more is closed\nwith 4002"
-            => |c, v| put(&mut c.max_connections_per_user, number(v, 1, 1_000_000));
+            => |c, v| number_into(&mut c.max_connections_per_user, v, 1, 1_000_000);
     },
     footer: &[(
         "smolchat token --sub NAME",
         "print a signed token for user NAME (see smolchat token --help)",
     )],
-    check: |_| Ok(()),
+    check: None,
 };
 
 /// `--auth-secret-file`: reads the secret, which must be long enough for HS256.

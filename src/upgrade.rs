@@ -60,14 +60,14 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let busy = |text| Response::text(503, text).with("Retry-After", "5");
-    if !front.admission.backend_up() {
+    if !front.backend_up() {
         let down = busy("chat backend unavailable; try again later");
-        http::refuse(front.metrics, &mut stream, peer, down, Refusal::Capacity).await;
+        http::refuse(front.metrics(), &mut stream, peer, down, Refusal::Capacity).await;
         return None;
     }
-    let Some(permit) = front.admission.sessions.try_take() else {
+    let Some(permit) = front.admission().sessions.try_take() else {
         let full = busy("server full; try again later");
-        http::refuse(front.metrics, &mut stream, peer, full, Refusal::Capacity).await;
+        http::refuse(front.metrics(), &mut stream, peer, full, Refusal::Capacity).await;
         return None;
     };
     let Request {
@@ -89,9 +89,9 @@ where
             return None;
         }
     };
-    Metrics::add(&front.metrics.connections_total, 1);
+    Metrics::add(&front.metrics().connections_total, 1);
     if authenticated {
-        Metrics::add(&front.metrics.authenticated, 1);
+        Metrics::add(&front.metrics().authenticated, 1);
     }
     let written = async {
         stream
@@ -116,7 +116,7 @@ async fn register<'a>(
     user: Option<User>,
     peer: &str,
 ) -> Result<Registration<'a>, Response> {
-    let (queue_tx, queue) = queue::bounded(front.config.queue, front.config.queue_bytes);
+    let (queue_tx, queue) = queue::bounded(front.config().queue, front.config().queue_bytes);
     let (reply, answer) = async_channel::bounded(1);
     let command = Command::Connect {
         queue: queue_tx,
@@ -128,14 +128,14 @@ async fn register<'a>(
     let shutting_down =
         || Response::text(503, crate::hub::SHUTDOWN_CLOSE.1).with("Retry-After", "5");
     front
-        .inbox
+        .inbox()
         .send(command)
         .await
         .map_err(|_| shutting_down())?;
     match answer.recv().await {
         Ok(Ok(client)) => Ok(Registration {
-            inbox: front.inbox,
-            orphans: front.orphans,
+            inbox: front.inbox(),
+            orphans: front.orphans(),
             client,
             queue: Some(queue),
         }),
@@ -191,11 +191,11 @@ impl Drop for Registration<'_> {
 /// one. The buffer therefore holds what may be pending (4 KiB) plus the largest event the
 /// hub can build with this configuration, plus the largest frame header.
 fn ws_config(front: Front) -> WebSocketConfig {
-    let max = front.config.max_message_bytes;
+    let max = front.config().max_message_bytes;
     WebSocketConfig::default()
         .read_buffer_size(512)
         .write_buffer_size(WRITE_BUFFER)
-        .max_write_buffer_size(WRITE_BUFFER + front.config.max_event_bytes() + 14)
+        .max_write_buffer_size(WRITE_BUFFER + front.config().max_event_bytes() + 14)
         .max_message_size(Some(max))
         .max_frame_size(Some(max))
 }

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::Backend;
-use crate::config::{Config, ConfigError, Protocol, Section, duration, err, flags, put};
+use crate::config::{Config, ConfigError, Protocol, Section, duration_into, err, flags};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -20,14 +20,14 @@ use crate::metrics::Metrics;
 pub(crate) fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Backend {
     let (done, stopped) = async_channel::bounded(1);
     let (authority, notices, bridge) = super::start(config.clone(), metrics.clone(), done);
-    let hub = Hub::with_authority(config, metrics.clone(), Box::new(authority));
+    let hub = Hub::with_authority(config, metrics, Box::new(authority));
     Backend {
         hub,
         notices: Some(notices),
         beside: Some(Box::pin(bridge)),
         // The bridge keeps the `redis_up` gauge; a node that cannot reach Redis could
         // answer no command, so it takes no session.
-        up: Box::new(move || !metrics.redis_down()),
+        up: |metrics| !metrics.redis_down(),
         stopped: Some(stopped),
     }
 }
@@ -36,12 +36,13 @@ pub(crate) fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Backend {
 pub(crate) const FLAGS: Section = Section {
     heading: "\nScale-out (the redis feature; see docs/scale-out.md):\n",
     flags: flags! {
-        "redis" "URL": "share rooms with other nodes through Redis (redis://host:6379)" => url;
+        "redis" "URL": "share rooms with other nodes through Redis (redis://host:6379)"
+            => |c, v| url(c, v);
         "redis-heartbeat" "DUR" = "5s": "node heartbeat; a node silent for 3 beats is lost"
-            => |c, v| put(&mut c.redis_heartbeat, duration(v));
+            => |c, v| duration_into(&mut c.redis_heartbeat, v);
     },
     footer: &[],
-    check,
+    check: Some(check),
 };
 
 /// `--redis URL`: a `redis://` or `unix://` URL; redis-rs reads the rest when it connects.

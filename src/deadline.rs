@@ -83,7 +83,9 @@ pin_project_lite::pin_project! {
         tick: Duration,
         writes: W,
         // Armed when the write first has to wait; then one tick per quarter of the limit.
-        timer: Option<Timer>,
+        // Boxed: the writer's write future lives in every connection's task, and a timer is
+        // half its size; most writes never wait.
+        timer: Option<Box<Timer>>,
         seen: u64,
         quiet: u8,
     }
@@ -98,8 +100,10 @@ impl<F: Future, W: Fn() -> u64> Future for WithoutProgress<F, W> {
             return Poll::Ready(Some(out));
         }
         let tick = *this.tick;
-        let timer = this.timer.get_or_insert_with(|| Timer::after(tick));
-        while Pin::new(&mut *timer).poll(cx).is_ready() {
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::new(Timer::after(tick)));
+        while Pin::new(&mut **timer).poll(cx).is_ready() {
             let now = (this.writes)();
             if now == *this.seen {
                 *this.quiet += 1;

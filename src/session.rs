@@ -390,9 +390,10 @@ where
             let first = next_ping.min(started + config.idle_timeout);
             expires.map_or(first, |e| e.min(first))
         });
-        // Holds back the frames of a client that is receiving a burst (see below).
-        let mut hold = Timer::never();
-        let mut last_write = started;
+        // Holds back the frames of a client that is receiving a burst (see below). Boxed, and
+        // only with `--coalesce`: it is off by default, and every connection's task would carry
+        // its timer.
+        let mut hold: Option<Box<Hold>> = None;
         // Payload bytes written and not yet released from the queue's byte bound: released as
         // the next batch is taken, under the same lock.
         let mut written = 0;
@@ -431,13 +432,18 @@ where
                     // it; sparse traffic is never held.
                     let coalesce = config.coalesce;
                     if !coalesce.is_zero() {
-                        let now = Instant::now();
-                        if now < last_write + coalesce / 2 {
-                            hold.set_at(last_write + coalesce);
-                            (&mut hold).await;
+                        let hold = hold.get_or_insert_with(|| {
+                            Box::new(Hold {
+                                timer: Timer::never(),
+                                last_write: started,
+                            })
+                        });
+                        if Instant::now() < hold.last_write + coalesce / 2 {
+                            hold.timer.set_at(hold.last_write + coalesce);
+                            (&mut hold.timer).await;
                             queue.append_to(batch);
                         }
-                        last_write = Instant::now();
+                        hold.last_write = Instant::now();
                     }
                 }
                 Wake::Parked => {}
@@ -489,6 +495,13 @@ where
             };
         }
     }
+}
+
+/// `--coalesce`: the timer that holds a burst's frames back, and when the last batch was
+/// written.
+struct Hold {
+    timer: Timer,
+    last_write: Instant,
 }
 
 /// The writer's deadlines, checked when its timer fires.

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{ClientId, Hub, deliver};
+use super::{ClientId, Hub, Outgoing, deliver, deliver_item};
 use crate::authority::{Joined, Member, RoomEvent, What};
 use crate::config::Protocol;
 use crate::protocol::Frame;
@@ -187,9 +187,6 @@ impl Hub {
         let Some(audience) = audiences.get_mut(&event.room) else {
             return;
         };
-        if let What::Message { id, .. } = event.what {
-            audience.last_id = audience.last_id.max(id);
-        }
         // Fresh members skip what their join already reflected; once an event is past a
         // member's join, every later one is too.
         audience.fresh.retain(|&(_, ev)| ev >= event.ev);
@@ -221,7 +218,7 @@ impl Hub {
                 }
                 last_rename.1.push(k);
             }
-            deliver(clients, slow, metrics, k, &frame);
+            deliver_item(clients, slow, metrics, k, Outgoing::Event(frame.clone()));
         }
     }
 

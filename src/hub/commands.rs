@@ -76,17 +76,13 @@ fn bad(message: String) -> Error {
 pub(super) type Then = Box<dyn FnOnce(&mut Hub, usize, Answer) + Send>;
 
 impl Hub {
-    /// A parsed command (or a refusal the session found) from client `key`: started now, or
-    /// after what the client is waiting for.
+    /// A parsed command (or a refusal the session found) from client `key`, started by its
+    /// unit; a refusal is sent as an error. A client that waits for a late answer has it
+    /// wait its turn (`late.rs`).
     pub(super) fn request(&mut self, key: usize, item: Result<Request, Error>) {
         if self.busy.contains_key(&key) {
             return self.queue_behind(key, item);
         }
-        self.start(key, item);
-    }
-
-    /// Starts `item` with its unit; a refusal is sent as an error.
-    pub(super) fn start(&mut self, key: usize, item: Result<Request, Error>) {
         let started = item.and_then(|request| match request {
             Request::Nick { nick } => self.nick(key, nick),
             Request::Join { room, since, epoch } => self.join(key, room, since, epoch),

@@ -130,10 +130,16 @@ impl Hub {
     /// client's), which the client is told as `unavailable` too. (The answer is not formatted
     /// into the log: its Debug code would cost every build.)
     pub(super) fn unfit(&mut self, key: usize, answer: Answer) {
-        if !matches!(answer, Answer::Unavailable) {
-            log::warn!("hub: an answer that does not fit the question");
-        }
+        misfit(&answer);
         self.unavailable(key);
+    }
+}
+
+/// Logs an answer that does not fit its question, unless it is `Unavailable` (which fits
+/// every question).
+pub(super) fn misfit(answer: &Answer) {
+    if !matches!(answer, Answer::Unavailable) {
+        log::warn!("hub: an answer that does not fit the question");
     }
 }
 

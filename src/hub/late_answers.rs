@@ -315,7 +315,7 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
         assert!(c.events().is_empty(), "held until the resync");
     }
     // The resync reads the room's state now: after message 4, before c joins.
-    let epoch = hub.audiences["lobby"].epoch.clone();
+    let epoch = hub.audiences["lobby"].epoch().to_string();
     let ev = 8; // four joins, four messages
     // c joins while the room is held: its join replays 1..=4 from history.
     let (tx, rx) = queue::bounded(100, usize::MAX);
@@ -383,7 +383,7 @@ fn held_events_are_bounded() {
             },
         }));
     }
-    let held = hub.audiences["lobby"].held.as_ref().unwrap();
+    let held = hub.audiences["lobby"].held().unwrap();
     assert_eq!(held.len(), MAX_HELD_EVENTS, "the oldest went");
     assert!(a.events().is_empty());
 }

@@ -325,7 +325,7 @@ impl Hub {
                 let answers = self.authority.stored(report, &mut self.events);
                 self.deliver_events();
                 for (client, answer) in answers {
-                    self.late_answer(client, answer);
+                    self.stored_answer(client, answer);
                 }
             }
             Notice::Room(event) => self.room_event(event),

@@ -516,31 +516,6 @@ impl Local {
         });
     }
 
-    fn say(
-        &mut self,
-        client: ClientId,
-        name: String,
-        text: String,
-        ts: u64,
-        events: &mut Vec<RoomEvent>,
-    ) -> Option<Answer> {
-        let entry = &self.clients[&client];
-        if !entry.rooms.contains(&name) {
-            return Some(Answer::NotMember);
-        }
-        let from = (entry.nick.clone(), false);
-        self.said(
-            name,
-            Waiter {
-                client,
-                from,
-                text,
-                ts,
-            },
-            events,
-        )
-    }
-
     /// A message from the HTTP API: like a `say`, by nobody in the room, which is created if
     /// need be (within `--max-rooms`, held by nobody).
     fn publish(
@@ -746,7 +721,20 @@ impl Authority for Local {
                     None => Answer::NotMember,
                 }
             }
-            Ask::Say { room, text, ts } => return self.say(client, room, text, ts, events),
+            Ask::Say { room, text, ts } => {
+                let entry = &self.clients[&client];
+                if !entry.rooms.contains(&room) {
+                    return Some(Answer::NotMember);
+                }
+                let from = (entry.nick.clone(), false);
+                let waiter = Waiter {
+                    client,
+                    from,
+                    text,
+                    ts,
+                };
+                return self.said(room, waiter, events);
+            }
             Ask::Direct { to, within, .. } => self.direct(&to, within),
             Ask::Who { room, offset } => match self.rooms.get(&room) {
                 Some(p) => Answer::Members {

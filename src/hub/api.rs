@@ -12,7 +12,7 @@
 use async_channel::Sender;
 use serde::Serialize;
 
-use super::commands::{MAX_OFFSET, now_ms};
+use super::commands::{MAX_OFFSET, misfit, now_ms};
 use super::{Address, Hub};
 use crate::authority::{Answer, Ask, History};
 use crate::metrics::Metrics;
@@ -217,9 +217,9 @@ fn rooms(metrics: &Metrics, offset: usize, answer: Answer) -> ApiReply {
 
 /// An answer that does not fit the call: the authority could not be asked, or made a mistake.
 fn unfit(metrics: &Metrics, answer: Answer) -> ApiReply {
-    match answer {
-        Answer::Unavailable => Metrics::add(&metrics.backend_unavailable, 1),
-        _ => log::warn!("hub: an answer that does not fit the API call"),
+    misfit(&answer);
+    if let Answer::Unavailable = answer {
+        Metrics::add(&metrics.backend_unavailable, 1);
     }
     unavailable()
 }

@@ -10,7 +10,7 @@
 
 use std::collections::VecDeque;
 
-use super::{ClientId, Hub, deliver};
+use super::{ClientId, Hub, Outgoing, deliver, deliver_item};
 use crate::authority::{Joined, Member, RoomEvent, What};
 use crate::config::Protocol;
 use crate::protocol::{Event, Frame};
@@ -19,27 +19,28 @@ use crate::protocol::{Event, Frame};
 /// one join on the way; beyond it the oldest go (messages are still recovered from history).
 pub const MAX_HELD_EVENTS: usize = 1024;
 
-/// The local side of a room: this node's clients that hear its events.
+/// The local side of a room: this node's clients that hear its events. Its fields change only
+/// here, through the methods below and the hub's event paths in this file.
 #[derive(Default)]
 pub(super) struct Audience {
     /// Local clients that get the room's live events, in join order.
-    pub(super) members: Vec<usize>,
+    members: Vec<usize>,
     /// Members that joined at room event `ev`: they skip events up to it, which their join
     /// already reflected.
-    pub(super) fresh: Vec<(usize, u64)>,
+    fresh: Vec<(usize, u64)>,
     /// Joins on the way, with the events that arrived meanwhile.
-    pub(super) pending: Vec<(usize, VecDeque<RoomEvent>)>,
-    pub(super) epoch: String,
+    pending: Vec<(usize, VecDeque<RoomEvent>)>,
+    epoch: String,
     /// The newest message id delivered here.
-    pub(super) last_id: u64,
+    last_id: u64,
     /// Senders waiting for their message (by id) to come back.
-    pub(super) waiters: Vec<(usize, u64)>,
+    waiters: Vec<(usize, u64)>,
     /// Events held back between a reconnect and the room's resync.
-    pub(super) held: Option<VecDeque<RoomEvent>>,
+    held: Option<VecDeque<RoomEvent>>,
     /// Members whose join replayed further than the messages delivered here so far (or that
     /// joined while the room was held), with the last message id their join replayed: a
     /// resync must not send them those again. Gone once the room's `last_id` reaches it.
-    pub(super) floors: Vec<(usize, u64)>,
+    floors: Vec<(usize, u64)>,
 }
 
 impl Audience {
@@ -50,6 +51,23 @@ impl Audience {
     /// The local clients that hear the room's events, in join order.
     pub(super) fn members(&self) -> &[usize] {
         &self.members
+    }
+
+    /// This life of the room, as the latest join or resync found it.
+    pub(super) fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// How many senders wait for their message to come back.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.waiters.len()
+    }
+
+    /// The events held until the room's resync, if it waits for one.
+    #[cfg(test)]
+    pub(super) fn held(&self) -> Option<&VecDeque<RoomEvent>> {
+        self.held.as_ref()
     }
 
     /// A raw client in its group: it hears the group's frames from now on.
@@ -189,9 +207,6 @@ impl Hub {
         let Some(audience) = audiences.get_mut(&event.room) else {
             return;
         };
-        if let What::Message { id, .. } = event.what {
-            audience.last_id = audience.last_id.max(id);
-        }
         // Fresh members skip what their join already reflected; once an event is past a
         // member's join, every later one is too.
         audience.fresh.retain(|&(_, ev)| ev >= event.ev);
@@ -223,7 +238,7 @@ impl Hub {
                 }
                 last_rename.1.push(k);
             }
-            deliver(clients, slow, metrics, k, &frame);
+            deliver_item(clients, slow, metrics, k, Outgoing::Event(frame.clone()));
         }
     }
 

@@ -76,17 +76,13 @@ fn bad(message: String) -> Error {
 pub(super) type Then = Box<dyn FnOnce(&mut Hub, usize, Answer) + Send>;
 
 impl Hub {
-    /// A parsed command (or a refusal the session found) from client `key`: started now, or
-    /// after what the client is waiting for.
+    /// A parsed command (or a refusal the session found) from client `key`, started by its
+    /// unit; a refusal is sent as an error. A client that waits for a late answer has it
+    /// wait its turn (`late.rs`).
     pub(super) fn request(&mut self, key: usize, item: Result<Request, Error>) {
         if self.busy.contains_key(&key) {
             return self.queue_behind(key, item);
         }
-        self.start(key, item);
-    }
-
-    /// Starts `item` with its unit; a refusal is sent as an error.
-    pub(super) fn start(&mut self, key: usize, item: Result<Request, Error>) {
         let started = item.and_then(|request| match request {
             Request::Nick { nick } => self.nick(key, nick),
             Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
@@ -134,10 +130,16 @@ impl Hub {
     /// client's), which the client is told as `unavailable` too. (The answer is not formatted
     /// into the log: its Debug code would cost every build.)
     pub(super) fn unfit(&mut self, key: usize, answer: Answer) {
-        if !matches!(answer, Answer::Unavailable) {
-            log::warn!("hub: an answer that does not fit the question");
-        }
+        misfit(&answer);
         self.unavailable(key);
+    }
+}
+
+/// Logs an answer that does not fit its question, unless it is `Unavailable` (which fits
+/// every question).
+pub(super) fn misfit(answer: &Answer) {
+    if !matches!(answer, Answer::Unavailable) {
+        log::warn!("hub: an answer that does not fit the question");
     }
 }
 

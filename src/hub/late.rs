@@ -50,7 +50,7 @@ impl Hub {
     /// A frame of a busy client: it waits for its turn.
     pub(super) fn queue_behind(&mut self, key: usize, item: Result<Request, Error>) {
         let Some(busy) = self.busy.get_mut(&key) else {
-            return self.start(key, item);
+            return self.request(key, item);
         };
         if busy.later.len() < MAX_WAITING {
             busy.later.push_back(item);
@@ -64,8 +64,20 @@ impl Hub {
         }
     }
 
-    /// The answer to what client `client` asked, arriving after the question returned.
+    /// The answer to what client `client` asked, arriving after the question returned (from
+    /// Redis): a `said` that overtook its message waits for it.
     pub(super) fn late_answer(&mut self, client: ClientId, answer: Answer) {
+        self.answered_late(client, answer, true);
+    }
+
+    /// The answer to a question that waited for the durable store, whose room events were
+    /// delivered just before it: nothing can have been overtaken.
+    #[cfg(feature = "store")]
+    pub(super) fn stored_answer(&mut self, client: ClientId, answer: Answer) {
+        self.answered_late(client, answer, false);
+    }
+
+    fn answered_late(&mut self, client: ClientId, answer: Answer, may_overtake: bool) {
         let Some(key) = self.key(client) else {
             return;
         };
@@ -76,6 +88,7 @@ impl Hub {
             return self.close(key, LOST_CLOSE, LeaveReason::Disconnected);
         }
         if let Answer::Said { room, id } = &answer
+            && may_overtake
             && self.clients[key].rooms.contains(room)
             && let Some(audience) = self.audiences.get_mut(room)
             && audience.await_echo(key, *id)
@@ -114,7 +127,7 @@ impl Hub {
         let busy = self.busy.remove(&key).expect("busy");
         let mut later = busy.later;
         while let Some(item) = later.pop_front() {
-            self.start(key, item);
+            self.request(key, item);
             if !self.clients.contains(key) {
                 return; // closed by what it started
             }

@@ -316,7 +316,7 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
         assert!(c.events().is_empty(), "held until the resync");
     }
     // The resync reads the room's state now: after message 4, before c joins.
-    let epoch = hub.audiences["lobby"].epoch.clone();
+    let epoch = hub.audiences["lobby"].epoch().to_string();
     let ev = 8; // four joins, four messages
     // c joins while the room is held: its join replays 1..=4 from history.
     let (tx, rx) = queue::bounded(100, usize::MAX);
@@ -419,9 +419,9 @@ fn a_room_whose_epoch_changed_is_announced_to_every_member_with_its_history() {
         assert_eq!(room["members"], serde_json::json!(["x", "y"]));
         assert_eq!(messages(&got), [1], "then the new epoch's history");
     }
-    assert_eq!(hub.audiences["lobby"].epoch, "era-1");
+    assert_eq!(hub.audiences["lobby"].epoch(), "era-1");
     // b's message of the old epoch will never come back: b was told and may speak again.
-    assert!(hub.audiences["lobby"].waiters.is_empty());
+    assert_eq!(hub.audiences["lobby"].waiting(), 0);
 }
 
 #[test]
@@ -435,7 +435,7 @@ fn a_resync_does_not_send_a_fresh_member_what_its_join_replayed() {
         .expect("message 1's event, on its way");
     wire.deliver_all(&mut hub);
     let c = connect(&mut hub, &wire); // its join replays message 1
-    let epoch = hub.audiences["lobby"].epoch.clone();
+    let epoch = hub.audiences["lobby"].epoch().to_string();
     hub.notice(Notice::Hold("lobby".into()));
     hub.notice(Notice::Resync {
         room: "lobby".into(),
@@ -463,7 +463,7 @@ fn messages_evicted_before_a_resync_could_deliver_them_are_told() {
     }
     // Cut off while messages 2 to 4 were said elsewhere; the history kept only 3 and 4.
     hub.notice(Notice::Resyncing);
-    let epoch = hub.audiences["lobby"].epoch.clone();
+    let epoch = hub.audiences["lobby"].epoch().to_string();
     hub.notice(Notice::Resync {
         room: "lobby".into(),
         epoch: epoch.clone(),
@@ -486,7 +486,7 @@ fn messages_evicted_before_a_resync_could_deliver_them_are_told() {
 fn a_join_answered_in_a_new_epoch_tells_the_members_already_there() {
     let (mut hub, wire) = late_hub(Config::default());
     let [a, c] = [(); 2].map(|_| connect(&mut hub, &wire));
-    assert!(!hub.audiences["lobby"].epoch.is_empty());
+    assert!(!hub.audiences["lobby"].epoch().is_empty());
     // The store lost the room and made it again; this node has not heard of it yet when a
     // new client's join is answered in the new epoch.
     let (tx, _rx) = queue::bounded(100, usize::MAX);
@@ -514,7 +514,7 @@ fn a_join_answered_in_a_new_epoch_tells_the_members_already_there() {
         assert_eq!(room["epoch"], "era-2");
         assert_eq!(room["complete"], false);
     }
-    assert_eq!(hub.audiences["lobby"].epoch, "era-2");
+    assert_eq!(hub.audiences["lobby"].epoch(), "era-2");
 }
 
 #[test]
@@ -533,7 +533,7 @@ fn held_events_are_bounded() {
             },
         }));
     }
-    let held = hub.audiences["lobby"].held.as_ref().unwrap();
+    let held = hub.audiences["lobby"].held().unwrap();
     assert_eq!(held.len(), MAX_HELD_EVENTS, "the oldest went");
     assert!(a.events().is_empty());
 }

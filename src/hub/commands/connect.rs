@@ -43,9 +43,7 @@ impl Hub {
             }
             // Without a nick there is nothing to chat with.
             other => {
-                if !matches!(other, Answer::Unavailable) {
-                    log::warn!("hub: an answer that does not fit the question");
-                }
+                super::misfit(&other);
                 Metrics::add(&self.metrics.backend_unavailable, 1);
                 return self.close(key, UNAVAILABLE_CLOSE, LeaveReason::Disconnected);
             }

@@ -98,8 +98,8 @@ impl Hub {
             self.send(key, message);
         }
         let ev = joined.ev;
-        let known = &self.audiences[&room];
-        if !known.epoch.is_empty() && known.epoch != joined.epoch {
+        let known = self.audiences[&room].epoch();
+        if !known.is_empty() && known != joined.epoch {
             // The join's answer is the first sign of a new epoch: the others are told too.
             let presence = (
                 joined.count,

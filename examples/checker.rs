@@ -1387,8 +1387,9 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
             let mut expected: Option<u64> = None;
             let mut recovery: Option<Recovery> = None;
             let mut first_in_chain = true;
-            // The last id of a replay answered `complete: false`: a gap in it is told (the
-            // messages there were lost: a single node's crash loses its last unstored ones).
+            // The last id of a replay answered `complete: false`: a gap that starts within it
+            // is told (the messages there were lost: a single node's crash loses its last
+            // unstored ones), also when the replay ends before that last id.
             let mut told_until: Option<u64> = None;
             for rec in log {
                 match &rec.ev {
@@ -1456,7 +1457,7 @@ fn check(logs: &[Vec<Rec>], rooms: &[String]) -> (Violations, String) {
                     Ev::Msg { room: r, id, text } if r == room => {
                         if let (Some(x), Some(c)) = (expected, chain.as_ref())
                             && *id > x
-                            && told_until.is_some_and(|l| *id <= l)
+                            && told_until.is_some_and(|l| x <= l)
                         {
                             // A told gap: the view goes on after it as a new one.
                             let next = Chain {

@@ -76,10 +76,11 @@
 //!   gauges.
 //! * `logger`: a small stderr logger, and the rate limit on refusal lines.
 //!
-//! Everything but `server` and `cluster` (whose Redis client, redis-rs, runs on smol) is
-//! written against `futures-io` traits, `async-channel` and `async-io`'s
-//! timer (which drives itself), so it runs on any executor: the library builds without smol
-//! (`--no-default-features`).
+//! Everything but `server` is written against `futures-io` traits, `async-channel` and
+//! `async-io`'s timer (which drives itself), so it runs on any executor: the library builds
+//! without smol (`--no-default-features`). The Redis backend (`cluster`) names no runtime
+//! either: its byte stream to Redis comes from a connector that the executor's owner passes
+//! to [`Chat::try_new_with_redis`] (`server::redis_stream`, smol's sockets, for the binary).
 //!
 //! # Two ways in
 //!
@@ -217,6 +218,11 @@ impl<'a> Front<'a> {
     }
 }
 
+/// How the Redis backend reaches Redis, if this build has one: supplied by the executor's
+/// owner ([`Chat::try_new_with_redis`]).
+#[derive(Default)]
+struct Connector(#[cfg(feature = "redis")] Option<cluster::Connect>);
+
 /// The authority a configuration asks for, as [`Backend::choose`] starts it: the hub that asks
 /// it, what it tells the hub later (`notices`), what runs beside the hub (the Redis bridge),
 /// and whether it takes new sessions now.
@@ -236,11 +242,24 @@ impl Backend {
     /// The one place the backend is chosen: Redis with `--redis` (feature `redis`), the local
     /// authority with its durable store with `--data-dir` (feature `store`), else the local
     /// authority in memory.
-    fn choose(config: &Arc<Config>, metrics: &Arc<Metrics>) -> Result<Backend, String> {
+    fn choose(
+        config: &Arc<Config>,
+        metrics: &Arc<Metrics>,
+        connector: Connector,
+    ) -> Result<Backend, String> {
         #[cfg(feature = "redis")]
         if config.redis.is_some() {
-            return Ok(cluster::backend::start(config.clone(), metrics.clone()));
+            let connect = connector.0.ok_or(
+                "--redis needs a way to reach Redis on this executor: pass one to \
+                 Chat::try_new_with_redis (server::start passes server::redis_stream)",
+            )?;
+            return Ok(cluster::backend::start(
+                config.clone(),
+                metrics.clone(),
+                connect,
+            ));
         }
+        let _ = connector;
         #[cfg(feature = "store")]
         if let Some(dir) = &config.data_dir {
             return Backend::stored(config, metrics, dir);
@@ -303,12 +322,28 @@ impl Chat {
     }
 
     /// [`Chat::new`], with an error instead of a panic when the durable store (`--data-dir`)
-    /// cannot be opened: the message names the file and says what to do.
+    /// cannot be opened: the message names the file and says what to do. With `--redis`, see
+    /// [`Chat::try_new_with_redis`].
     pub fn try_new(config: Config) -> Result<(Chat, HubFuture), String> {
+        Chat::build(config, Connector::default())
+    }
+
+    /// [`Chat::try_new`] for `--redis` (feature `redis`): `connect` opens the byte stream to
+    /// Redis on the embedder's executor (`server::redis_stream` for smol, which
+    /// [`server::start`] passes).
+    #[cfg(feature = "redis")]
+    pub fn try_new_with_redis(
+        config: Config,
+        connect: cluster::Connect,
+    ) -> Result<(Chat, HubFuture), String> {
+        Chat::build(config, Connector(Some(connect)))
+    }
+
+    fn build(config: Config, connector: Connector) -> Result<(Chat, HubFuture), String> {
         let config = Arc::new(config);
         let metrics = Arc::new(Metrics::default());
         let (inbox, commands) = async_channel::bounded(INBOX_CAPACITY);
-        let backend = Backend::choose(&config, &metrics)?;
+        let backend = Backend::choose(&config, &metrics, connector)?;
         let chat = Chat {
             inbox,
             orphans: backend.hub.orphans(),

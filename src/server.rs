@@ -36,6 +36,37 @@ pub struct Running {
     tls: Option<Arc<crate::tls::Tls>>,
 }
 
+/// Opens a byte stream to Redis with smol's sockets, for the Redis backend
+/// ([`Chat::try_new_with_redis`]; feature `redis`): TCP with `TCP_NODELAY`, or a Unix socket.
+/// This is the one place the backend's I/O meets the executor.
+#[cfg(feature = "redis")]
+pub fn redis_stream(
+    addr: redis::ConnectionAddr,
+) -> std::pin::Pin<Box<dyn Future<Output = redis::RedisResult<crate::cluster::RedisStream>> + Send>>
+{
+    use tokio_util::compat::FuturesAsyncReadCompatExt;
+    Box::pin(async move {
+        let stream: crate::cluster::RedisStream = match addr {
+            redis::ConnectionAddr::Tcp(host, port) => {
+                let tcp = smol::net::TcpStream::connect((host.as_str(), port)).await?;
+                tcp.set_nodelay(true)?;
+                Box::pin(tcp.compat())
+            }
+            redis::ConnectionAddr::Unix(path) => {
+                Box::pin(smol::net::unix::UnixStream::connect(path).await?.compat())
+            }
+            other => {
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::InvalidClientConfig,
+                    "unsupported Redis address (TLS is not built in)",
+                    format!("{other:?}"),
+                )));
+            }
+        };
+        Ok(stream)
+    })
+}
+
 /// Descriptors kept free for the listener, logs, and HTTP requests that are not sessions.
 const SPARE_DESCRIPTORS: u64 = 64;
 
@@ -54,8 +85,11 @@ pub fn start(config: Config) -> io::Result<Running> {
         n => n,
     };
 
-    let (chat, hub) =
-        Chat::try_new(config).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    #[cfg(feature = "redis")]
+    let created = Chat::try_new_with_redis(config, redis_stream);
+    #[cfg(not(feature = "redis"))]
+    let created = Chat::try_new(config);
+    let (chat, hub) = created.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let executor = Arc::new(Executor::new());
     // The hub runs on an executor of its own, which every thread polls before the one that
     // runs the sessions: every message passes through the hub, and in the sessions' queue

@@ -806,14 +806,32 @@ fn defect_7_a_restore_never_gives_back_a_nick_someone_else_holds() {
 
 #[test]
 fn the_redis_bridge_runs_on_the_embedders_executor() {
-    // The library spawns nothing: `Chat::new` returns the hub and the bridge as one future,
-    // and here tokio's single-threaded runtime is the only executor that polls it. The node
-    // comes up (connected, resynced), and after `shutdown` its goodbye runs on it too.
+    // The library spawns nothing: `Chat::try_new_with_redis` returns the hub and the bridge
+    // as one future, and here tokio's single-threaded runtime is the only executor that polls
+    // it, with tokio's own sockets to Redis (the connector below). The node comes up
+    // (connected, resynced), and after `shutdown` its goodbye runs on it too.
+    fn tokio_stream(
+        addr: redis::ConnectionAddr,
+    ) -> std::pin::Pin<
+        Box<
+            dyn std::future::Future<Output = redis::RedisResult<smolchat::cluster::RedisStream>>
+                + Send,
+        >,
+    > {
+        Box::pin(async move {
+            let redis::ConnectionAddr::Tcp(host, port) = addr else {
+                panic!("a TCP address");
+            };
+            let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await?;
+            let stream: smolchat::cluster::RedisStream = Box::pin(tcp);
+            Ok(stream)
+        })
+    }
     let redis = RedisServer::start();
     let mut config = test_config();
     config.redis = Some(redis.url());
     config.redis_heartbeat = Duration::from_secs(1);
-    let (chat, hub) = smolchat::Chat::new(config);
+    let (chat, hub) = smolchat::Chat::try_new_with_redis(config, tokio_stream).unwrap();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

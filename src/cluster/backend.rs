@@ -17,9 +17,13 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 
 /// Starts the Redis authority (see [`super::start`]) and the hub that asks it.
-pub(crate) fn start(config: Arc<Config>, metrics: Arc<Metrics>) -> Backend {
+pub(crate) fn start(
+    config: Arc<Config>,
+    metrics: Arc<Metrics>,
+    connect: super::Connect,
+) -> Backend {
     let (done, stopped) = async_channel::bounded(1);
-    let (authority, notices, bridge) = super::start(config.clone(), metrics.clone(), done);
+    let (authority, notices, bridge) = super::start(config.clone(), metrics.clone(), connect, done);
     let hub = Hub::with_authority(config, metrics, Box::new(authority));
     Backend {
         hub,

@@ -40,13 +40,13 @@ use futures_lite::future::poll_once;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use redis::aio::{AsyncPushSender, MultiplexedConnection, SendError};
 use redis::{
-    AsyncConnectionConfig, ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion,
-    PushInfo, PushKind, RedisError, RedisResult, Value,
+    AsyncConnectionConfig, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo, PushKind,
+    RedisError, RedisResult, Value,
 };
 
 use super::call::{Job, int, items, text, texts};
 use super::scripts::Scripts;
-use super::{Shared, wire};
+use super::{Connect, Shared, wire};
 use crate::authority::local::radix36;
 use crate::authority::{Answer, Ask, ClientId, Member, Notice};
 use crate::config::Config;
@@ -93,6 +93,8 @@ enum Ended {
 pub struct Bridge {
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    /// Opens the byte stream to Redis: the executor's owner supplies it.
+    connect: Connect,
     /// This node's id: random for every start.
     node: Arc<str>,
     shared: Arc<Shared>,
@@ -160,12 +162,14 @@ impl Bridge {
     pub fn new(
         config: Arc<Config>,
         metrics: Arc<Metrics>,
+        connect: Connect,
         shared: Arc<Shared>,
         notices: Sender<Notice>,
     ) -> Self {
         Bridge {
             config,
             metrics,
+            connect,
             node: node_id().into(),
             shared,
             notices,
@@ -207,7 +211,7 @@ impl Bridge {
                 link: link.clone(),
                 shared: self.shared.clone(),
             };
-            match within(CONNECT_TIMEOUT, connect(&info, pushes)).await {
+            match within(CONNECT_TIMEOUT, connect(self.connect, &info, pushes)).await {
                 Some(Ok((conn, driver))) => {
                     if connected_before {
                         Metrics::add(&self.metrics.redis_reconnects, 1);
@@ -959,35 +963,18 @@ fn connection_error(e: &RedisError) -> bool {
         || e.is_unrecoverable_error()
 }
 
-/// Connects to Redis over RESP3 and returns the connection and its driver, which the caller
-/// polls (redis-rs would otherwise spawn it on a global executor). `pushes` gets the pub/sub
-/// messages.
+/// Connects to Redis over RESP3 through `open` (the byte stream) and returns the connection
+/// and its driver, which the caller polls (redis-rs would otherwise spawn it on a global
+/// executor). `pushes` gets the pub/sub messages.
 async fn connect(
+    open: Connect,
     info: &ConnectionInfo,
     pushes: Pushes,
 ) -> RedisResult<(
     MultiplexedConnection,
     Pin<Box<dyn Future<Output = ()> + Send>>,
 )> {
-    use tokio_util::compat::FuturesAsyncReadCompatExt;
-    type Stream = Pin<Box<dyn redis::aio::AsyncStream + Send + Sync>>;
-    let stream: Stream = match info.addr() {
-        ConnectionAddr::Tcp(host, port) => {
-            let tcp = smol::net::TcpStream::connect((host.as_str(), *port)).await?;
-            tcp.set_nodelay(true)?;
-            Box::pin(tcp.compat())
-        }
-        ConnectionAddr::Unix(path) => {
-            Box::pin(smol::net::unix::UnixStream::connect(path).await?.compat())
-        }
-        other => {
-            return Err(RedisError::from((
-                redis::ErrorKind::InvalidClientConfig,
-                "unsupported Redis address (TLS is not built in)",
-                format!("{other:?}"),
-            )));
-        }
-    };
+    let stream = open(info.addr().clone()).await?;
     let settings = info
         .redis_settings()
         .clone()
@@ -1280,7 +1267,13 @@ mod tests {
         let shared = Arc::new(Shared::default());
         let (notices, _rx) = async_channel::bounded(8);
         let config = Arc::new(Config::default());
-        let bridge = Bridge::new(config, Arc::default(), shared.clone(), notices);
+        // Never connects: this test only takes work from the control state.
+        fn unreachable(
+            _: redis::ConnectionAddr,
+        ) -> Pin<Box<dyn Future<Output = RedisResult<super::super::RedisStream>> + Send>> {
+            Box::pin(async { Err(std::io::Error::other("no Redis in this test").into()) })
+        }
+        let bridge = Bridge::new(config, Arc::default(), unreachable, shared.clone(), notices);
         {
             let mut c = shared.lock();
             c.busy.insert(client(1), 1);

@@ -35,11 +35,13 @@ mod wire;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use async_channel::{Receiver, Sender};
 use event_listener::Event;
+use redis::RedisResult;
 
 use crate::authority::{Answer, Ask, Authority, ClientId, Member, Notice, RoomEvent};
 use crate::config::Config;
@@ -61,6 +63,15 @@ pub const OPS_CAPACITY: usize = 4096;
 /// redis-rs buffer messages without bound.
 pub const NOTICES_CAPACITY: usize = 4096;
 
+/// A byte stream to Redis, as redis-rs reads and writes it.
+pub type RedisStream = Pin<Box<dyn redis::aio::AsyncStream + Send + Sync>>;
+
+/// Opens a byte stream to Redis at an address (TCP or a Unix socket). The module that owns the
+/// executor supplies it (`server::redis_stream` for smol), so that this module names no
+/// runtime: the bridge only polls what it is given.
+pub type Connect =
+    fn(redis::ConnectionAddr) -> Pin<Box<dyn Future<Output = RedisResult<RedisStream>> + Send>>;
+
 /// Starts the Redis authority for `config.redis`. Returns the authority (the hub's side), the
 /// notices the hub must receive, and the bridge's future, which runs until the node has said
 /// goodbye after [`Authority::shutdown`] (or the authority is dropped), then drops `done`.
@@ -68,6 +79,7 @@ pub const NOTICES_CAPACITY: usize = 4096;
 pub fn start(
     config: Arc<Config>,
     metrics: Arc<Metrics>,
+    connect: Connect,
     done: Sender<()>,
 ) -> (
     Redis,
@@ -77,7 +89,7 @@ pub fn start(
     metrics.redis_enabled.store(true, Relaxed);
     let shared = Arc::new(Shared::default());
     let (notices_tx, notices) = async_channel::bounded(NOTICES_CAPACITY);
-    let bridge = bridge::Bridge::new(config, metrics, shared.clone(), notices_tx);
+    let bridge = bridge::Bridge::new(config, metrics, connect, shared.clone(), notices_tx);
     let run = async move {
         bridge.run().await;
         drop(done);

@@ -1,8 +1,9 @@
 //! Every setting and limit of the server, in one struct, with its default; and every flag, in
 //! one table.
 //!
-//! Data enters here once, at startup: [`Config::from_args`] reads command-line flags and their
-//! `SMOLCHAT_*` environment equivalents (a flag wins over the environment) and validates them.
+//! Data enters once, at startup: [`Config::from_args`] (in `crate::cli`, the command line)
+//! reads command-line flags and their `SMOLCHAT_*` environment equivalents (a flag wins over
+//! the environment) through the tables declared here, and validates them.
 //! Everything else receives a finished `Config` (shared behind an `Arc`) and only reads it.
 //! Tests and embedders build one with [`Config::default`] and change the fields they care about.
 //!
@@ -252,14 +253,16 @@ pub struct Flag {
     pub(crate) default: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
-    /// Sets the flag named (the table's setters share one function).
+    /// Sets the flag of that name from its text (a table's setters share one function).
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
 }
 
 /// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
 /// message that says everything itself.
 pub enum Invalid {
+    /// What a valid value looks like.
     Expected(String),
+    /// The whole message.
     Said(String),
 }
 

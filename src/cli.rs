@@ -64,9 +64,13 @@ pub fn help() -> String {
     for section in SECTIONS {
         out.push_str(section.heading);
         for flag in section.flags {
-            help_line(&mut out, &["--", flag.name, " ", flag.value], flag.help);
-            if !flag.default.is_empty() {
-                out.extend([" [default: ", flag.default, "]"]);
+            help_line(
+                &mut out,
+                &["--", flag.name(), " ", flag.value()],
+                flag.help(),
+            );
+            if !flag.default().is_empty() {
+                out.extend([" [default: ", flag.default(), "]"]);
             }
             out.push('\n');
         }
@@ -104,7 +108,7 @@ fn all_flags() -> impl Iterator<Item = &'static Flag> {
 fn find(name: &str) -> Option<&'static Flag> {
     for section in SECTIONS {
         for flag in section.flags {
-            if flag.name == name {
+            if flag.name() == name {
                 return Some(flag);
             }
         }
@@ -115,7 +119,7 @@ fn find(name: &str) -> Option<&'static Flag> {
 /// The environment variable of `flag`: `SMOLCHAT_` and its name in upper case, `_` for `-`.
 fn env_var(flag: &Flag) -> String {
     let mut var = String::from("SMOLCHAT_");
-    var.extend(flag.name.bytes().map(|b| match b {
+    var.extend(flag.name().bytes().map(|b| match b {
         b'-' => '_',
         b => b.to_ascii_uppercase() as char,
     }));
@@ -199,7 +203,7 @@ impl Config {
         for flag in SECTIONS.iter().flat_map(|section| section.flags) {
             let mut any = false;
             for (given, value) in &given.values {
-                if given.name == flag.name {
+                if given.name() == flag.name() {
                     config.set_flag(flag, value)?;
                     any = true;
                 }
@@ -209,12 +213,12 @@ impl Config {
                 config
                     .set_from_env(flag, &value)
                     .map_err(|e| e.named_by(&var))?;
-                from_env.push((flag.name, var));
+                from_env.push((flag.name(), var));
             }
         }
         // Unless set, `--queue-bytes` grows to what the other settings need (see
         // `min_queue_bytes`), so that raising `--max-message-bytes` alone keeps a working server.
-        let queue_bytes_set = given.values.iter().any(|(f, _)| f.name == "queue-bytes")
+        let queue_bytes_set = given.values.iter().any(|(f, _)| f.name() == "queue-bytes")
             || env("SMOLCHAT_QUEUE_BYTES").is_some();
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
@@ -244,12 +248,12 @@ impl Config {
     }
 
     fn set_flag(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
-        (flag.set)(self, flag.name, value).map_err(|invalid| {
+        (flag.set)(self, flag.name(), value).map_err(|invalid| {
             let message = match invalid {
                 Invalid::Expected(what) => format!("{what}, got {value:?}"),
                 Invalid::Said(message) => message,
             };
-            err(&format!("--{}", flag.name), &message)
+            err(&format!("--{}", flag.name()), &message)
         })
     }
 
@@ -561,10 +565,10 @@ mod tests {
     #[test]
     fn the_tables_defaults_are_the_configs() {
         let default = format!("{:?}", Config::default());
-        for flag in all_flags().filter(|f| !f.default.is_empty() && f.name != "auth") {
+        for flag in all_flags().filter(|f| !f.default().is_empty() && f.name() != "auth") {
             let mut config = Config::default();
-            config.set(flag.name, flag.default).unwrap();
-            assert_eq!(format!("{config:?}"), default, "--{}", flag.name);
+            config.set(flag.name(), flag.default()).unwrap();
+            assert_eq!(format!("{config:?}"), default, "--{}", flag.name());
         }
     }
 
@@ -578,30 +582,30 @@ mod tests {
             let cells: Vec<&str> = line.split(" | ").collect();
             let synopsis = cells[0].trim_start_matches("| `--").trim_end_matches('`');
             let (name, value) = synopsis.split_once(' ').unwrap_or((synopsis, ""));
-            let Some(flag) = all_flags().find(|f| f.name == name) else {
+            let Some(flag) = all_flags().find(|f| f.name() == name) else {
                 continue;
             };
             rows += 1;
             assert_eq!(
                 value.replace("\\|", "|"),
-                flag.value,
+                flag.value(),
                 "--{name}'s placeholder"
             );
             let default = cells[1].trim_matches('`');
             let default = if default == "none" { "" } else { default };
-            assert_eq!(default, flag.default, "--{name}'s default in the README");
+            assert_eq!(default, flag.default(), "--{name}'s default in the README");
         }
         assert!(
             rows >= MAIN.flags.len(),
             "every flag of every build has a row: {rows}"
         );
         for flag in all_flags() {
-            let named = format!("`--{}", flag.name);
+            let named = format!("`--{}", flag.name());
             let docs = [readme, include_str!("../docs/durability.md")];
             assert!(
                 docs.iter().any(|d| d.contains(&named)),
                 "--{} is documented",
-                flag.name
+                flag.name()
             );
         }
     }

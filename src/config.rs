@@ -243,18 +243,42 @@ impl ConfigError {
 /// `--help` names, and how its text becomes a [`Config`] field. Declared with `flags!`, one
 /// line each, in the [`Section`] of the part of the server (or cargo feature) it belongs to.
 pub struct Flag {
-    pub(crate) name: &'static str,
-    /// `N`, `DUR`, `PATH`...: what `--help` shows after the flag.
-    pub(crate) value: &'static str,
-    /// `--help`'s text; a `\n` starts a new, indented line.
-    pub(crate) help: &'static str,
-    /// The default as `--help` shows it (and as the flag would take it; a test checks that
-    /// it gives [`Config::default`]'s value); empty: none.
-    pub(crate) default: &'static str,
+    /// The name, the placeholder (`N`, `DUR`, `PATH`...), the default as `--help` shows it
+    /// (and as the flag would take it; a test checks that it gives [`Config::default`]'s
+    /// value; empty: none) and `--help`'s text (a `\n` starts a new, indented line), joined
+    /// by `\0`: one string, so that a flag costs the binary one pointer, not four (each
+    /// pointer in a table is a relocation in a dynamic binary).
+    pub(crate) text: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
     /// Sets the flag of that name from its text (a table's setters share one function).
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
+}
+
+impl Flag {
+    fn part(&self, i: usize) -> &'static str {
+        self.text.split('\0').nth(i).unwrap_or("")
+    }
+
+    /// The flag without its dashes: `history`.
+    pub(crate) fn name(&self) -> &'static str {
+        self.part(0)
+    }
+
+    /// What `--help` shows after the flag: `N`.
+    pub(crate) fn value(&self) -> &'static str {
+        self.part(1)
+    }
+
+    /// The default as `--help` shows it; empty: none.
+    pub(crate) fn default(&self) -> &'static str {
+        self.part(2)
+    }
+
+    /// `--help`'s text.
+    pub(crate) fn help(&self) -> &'static str {
+        self.part(3)
+    }
 }
 
 /// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
@@ -300,10 +324,10 @@ macro_rules! flags {
             }
         }
         &[$($crate::config::Flag {
-            name: $name,
-            value: $value,
-            help: $help,
-            default: $crate::config::flags!(@default $($default)?),
+            text: concat!(
+                $name, "\0", $value, "\0", $crate::config::flags!(@default $($default)?), "\0",
+                $help
+            ),
             list: $crate::config::flags!(@list $($list)?),
             set,
         },)*]

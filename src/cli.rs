@@ -15,7 +15,7 @@ use std::time::Duration;
 
 #[cfg(feature = "store")]
 use crate::config::STORE;
-use crate::config::{Config, ConfigError, Flag, Invalid, MAIN, Section, err, lex_error};
+use crate::config::{Config, ConfigError, Flag, Flags, Invalid, MAIN, Section, err, lex_error};
 #[cfg(feature = "auth")]
 use crate::config::{MAX_TOKEN_TTL, duration_up_to};
 #[cfg(feature = "auth")]
@@ -63,7 +63,7 @@ pub fn help() -> String {
     let mut out = String::new();
     for section in SECTIONS {
         out.push_str(section.heading);
-        for flag in section.flags {
+        for flag in section.flags.table {
             help_line(
                 &mut out,
                 &["--", flag.name(), " ", flag.value()],
@@ -101,15 +101,15 @@ fn help_line(out: &mut String, synopsis: &[&str], text: &str) {
 /// Every flag this build has, in the order they are applied.
 #[cfg(test)]
 fn all_flags() -> impl Iterator<Item = &'static Flag> {
-    SECTIONS.iter().flat_map(|section| section.flags)
+    SECTIONS.iter().flat_map(|section| section.flags.table)
 }
 
 /// The flag named `name` (without the dashes), if this build has it.
-fn find(name: &str) -> Option<&'static Flag> {
+fn find(name: &str) -> Option<(&'static Flags, &'static Flag)> {
     for section in SECTIONS {
-        for flag in section.flags {
+        for flag in section.flags.table {
             if flag.name() == name {
-                return Some(flag);
+                return Some((&section.flags, flag));
             }
         }
     }
@@ -160,7 +160,7 @@ impl Given {
                     return Err(err(&v, "unexpected argument; options start with --"));
                 }
             };
-            let Some(flag) = find(&name) else {
+            let Some((_, flag)) = find(&name) else {
                 return Err(err(&format!("--{name}"), "unknown option; see --help"));
             };
             let value = parser.value().map_err(|e| lex_error(&e))?;
@@ -200,18 +200,21 @@ impl Config {
         let mut config = Config::default();
         // Flags whose value came from the environment: their errors name the variable.
         let mut from_env: Vec<(&str, String)> = Vec::new();
-        for flag in SECTIONS.iter().flat_map(|section| section.flags) {
+        for (flags, flag) in SECTIONS
+            .iter()
+            .flat_map(|s| s.flags.table.iter().map(|flag| (&s.flags, flag)))
+        {
             let mut any = false;
             for (given, value) in &given.values {
                 if given.name() == flag.name() {
-                    config.set_flag(flag, value)?;
+                    config.set_flag(flags, flag, value)?;
                     any = true;
                 }
             }
             let var = env_var(flag);
             if let (false, Some(value)) = (any, env(&var)) {
                 config
-                    .set_from_env(flag, &value)
+                    .set_from_env(flags, flag, &value)
                     .map_err(|e| e.named_by(&var))?;
                 from_env.push((flag.name(), var));
             }
@@ -242,13 +245,13 @@ impl Config {
     #[cfg(any(test, feature = "auth"))]
     pub(crate) fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         match find(name) {
-            Some(flag) => self.set_flag(flag, value),
+            Some((flags, flag)) => self.set_flag(flags, flag, value),
             None => Err(err(&format!("--{name}"), "unknown option; see --help")),
         }
     }
 
-    fn set_flag(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
-        (flag.set)(self, flag.name(), value).map_err(|invalid| {
+    fn set_flag(&mut self, flags: &Flags, flag: &Flag, value: &str) -> Result<(), ConfigError> {
+        (flags.set)(self, flag.name(), value).map_err(|invalid| {
             let message = match invalid {
                 Invalid::Expected(what) => format!("{what}, got {value:?}"),
                 Invalid::Said(message) => message,
@@ -258,12 +261,12 @@ impl Config {
     }
 
     /// A flag's value from its environment variable: a list's items one by one.
-    fn set_from_env(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
+    fn set_from_env(&mut self, flags: &Flags, flag: &Flag, value: &str) -> Result<(), ConfigError> {
         if !flag.list {
-            return self.set_flag(flag, value);
+            return self.set_flag(flags, flag, value);
         }
         for item in value.split(',').filter(|o| !o.trim().is_empty()) {
-            self.set_flag(flag, item.trim())?;
+            self.set_flag(flags, flag, item.trim())?;
         }
         Ok(())
     }
@@ -596,7 +599,7 @@ mod tests {
             assert_eq!(default, flag.default(), "--{name}'s default in the README");
         }
         assert!(
-            rows >= MAIN.flags.len(),
+            rows >= MAIN.flags.table.len(),
             "every flag of every build has a row: {rows}"
         );
         for flag in all_flags() {

@@ -251,7 +251,11 @@ pub struct Flag {
     pub(crate) text: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
-    /// Sets the flag of that name from its text (a table's setters share one function).
+}
+
+/// A table of flags (see [`flags!`]) and the one function that sets any of them, by name.
+pub struct Flags {
+    pub(crate) table: &'static [Flag],
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
 }
 
@@ -302,7 +306,7 @@ impl From<&str> for Invalid {
     }
 }
 
-/// Declares a table of [`Flag`]s, one line each:
+/// Declares a table of [`Flag`]s, one line each, and their setter ([`Flags`]):
 /// `"name" "VALUE" = "default", list: "help" => |config, text| setter;`
 /// (`= "default"` and `, list` are optional).
 macro_rules! flags {
@@ -323,14 +327,16 @@ macro_rules! flags {
                 _ => Ok(()),
             }
         }
-        &[$($crate::config::Flag {
-            text: concat!(
-                $name, "\0", $value, "\0", $crate::config::flags!(@default $($default)?), "\0",
-                $help
-            ),
-            list: $crate::config::flags!(@list $($list)?),
+        $crate::config::Flags {
+            table: &[$($crate::config::Flag {
+                text: concat!(
+                    $name, "\0", $value, "\0", $crate::config::flags!(@default $($default)?),
+                    "\0", $help
+                ),
+                list: $crate::config::flags!(@list $($list)?),
+            },)*],
             set,
-        },)*]
+        }
     }};
     (@default) => { "" };
     (@default $default:literal) => { $default };
@@ -349,7 +355,7 @@ pub type Check = fn(&Config) -> Result<(), ConfigError>;
 pub struct Section {
     /// Printed before the flags (a blank line and a title, for the optional parts).
     pub(crate) heading: &'static str,
-    pub(crate) flags: &'static [Flag],
+    pub(crate) flags: Flags,
     /// Lines printed after the flags, as `(synopsis, text)`: what is not a flag with a value.
     pub(crate) footer: &'static [(&'static str, &'static str)],
     /// The section's checks against other settings, run by [`Config::validate`], if it has

@@ -253,7 +253,7 @@ pub struct Flag {
     pub(crate) list: bool,
 }
 
-/// A table of flags (see [`flags!`]) and the one function that sets any of them, by name.
+/// A table of flags (see `flags!`) and the one function that sets any of them, by name.
 pub struct Flags {
     pub(crate) table: &'static [Flag],
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,

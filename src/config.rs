@@ -260,6 +260,8 @@ pub struct Flags {
 }
 
 impl Flag {
+    /// Not inlined: the split would otherwise be copied into every caller.
+    #[inline(never)]
     fn part(&self, i: usize) -> &'static str {
         self.text.split('\0').nth(i).unwrap_or("")
     }

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 #[cfg(feature = "store")]
 use crate::config::STORE;
-use crate::config::{Config, ConfigError, Flag, Invalid, MAIN, Section, err, lex_error};
+use crate::config::{Config, ConfigError, Flag, Flags, Invalid, MAIN, Section, err, lex_error};
 #[cfg(feature = "auth")]
 use crate::config::{MAX_TOKEN_TTL, duration_up_to};
 #[cfg(feature = "auth")]
@@ -63,10 +63,14 @@ pub fn help() -> String {
     let mut out = String::new();
     for section in SECTIONS {
         out.push_str(section.heading);
-        for flag in section.flags {
-            help_line(&mut out, &["--", flag.name, " ", flag.value], flag.help);
-            if !flag.default.is_empty() {
-                out.extend([" [default: ", flag.default, "]"]);
+        for flag in section.flags.table {
+            help_line(
+                &mut out,
+                &["--", flag.name(), " ", flag.value()],
+                flag.help(),
+            );
+            if !flag.default().is_empty() {
+                out.extend([" [default: ", flag.default(), "]"]);
             }
             out.push('\n');
         }
@@ -97,15 +101,15 @@ fn help_line(out: &mut String, synopsis: &[&str], text: &str) {
 /// Every flag this build has, in the order they are applied.
 #[cfg(test)]
 fn all_flags() -> impl Iterator<Item = &'static Flag> {
-    SECTIONS.iter().flat_map(|section| section.flags)
+    SECTIONS.iter().flat_map(|section| section.flags.table)
 }
 
 /// The flag named `name` (without the dashes), if this build has it.
-fn find(name: &str) -> Option<&'static Flag> {
+fn find(name: &str) -> Option<(&'static Flags, &'static Flag)> {
     for section in SECTIONS {
-        for flag in section.flags {
-            if flag.name == name {
-                return Some(flag);
+        for flag in section.flags.table {
+            if flag.name() == name {
+                return Some((&section.flags, flag));
             }
         }
     }
@@ -115,7 +119,7 @@ fn find(name: &str) -> Option<&'static Flag> {
 /// The environment variable of `flag`: `SMOLCHAT_` and its name in upper case, `_` for `-`.
 fn env_var(flag: &Flag) -> String {
     let mut var = String::from("SMOLCHAT_");
-    var.extend(flag.name.bytes().map(|b| match b {
+    var.extend(flag.name().bytes().map(|b| match b {
         b'-' => '_',
         b => b.to_ascii_uppercase() as char,
     }));
@@ -156,7 +160,7 @@ impl Given {
                     return Err(err(&v, "unexpected argument; options start with --"));
                 }
             };
-            let Some(flag) = find(&name) else {
+            let Some((_, flag)) = find(&name) else {
                 return Err(err(&format!("--{name}"), "unknown option; see --help"));
             };
             let value = parser.value().map_err(|e| lex_error(&e))?;
@@ -196,25 +200,28 @@ impl Config {
         let mut config = Config::default();
         // Flags whose value came from the environment: their errors name the variable.
         let mut from_env: Vec<(&str, String)> = Vec::new();
-        for flag in SECTIONS.iter().flat_map(|section| section.flags) {
+        for (flags, flag) in SECTIONS
+            .iter()
+            .flat_map(|s| s.flags.table.iter().map(|flag| (&s.flags, flag)))
+        {
             let mut any = false;
             for (given, value) in &given.values {
-                if given.name == flag.name {
-                    config.set_flag(flag, value)?;
+                if given.name() == flag.name() {
+                    config.set_flag(flags, flag, value)?;
                     any = true;
                 }
             }
             let var = env_var(flag);
             if let (false, Some(value)) = (any, env(&var)) {
                 config
-                    .set_from_env(flag, &value)
+                    .set_from_env(flags, flag, &value)
                     .map_err(|e| e.named_by(&var))?;
-                from_env.push((flag.name, var));
+                from_env.push((flag.name(), var));
             }
         }
         // Unless set, `--queue-bytes` grows to what the other settings need (see
         // `min_queue_bytes`), so that raising `--max-message-bytes` alone keeps a working server.
-        let queue_bytes_set = given.values.iter().any(|(f, _)| f.name == "queue-bytes")
+        let queue_bytes_set = given.values.iter().any(|(f, _)| f.name() == "queue-bytes")
             || env("SMOLCHAT_QUEUE_BYTES").is_some();
         if !queue_bytes_set {
             config.queue_bytes = config.queue_bytes.max(config.min_queue_bytes());
@@ -238,28 +245,28 @@ impl Config {
     #[cfg(any(test, feature = "auth"))]
     pub(crate) fn set(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
         match find(name) {
-            Some(flag) => self.set_flag(flag, value),
+            Some((flags, flag)) => self.set_flag(flags, flag, value),
             None => Err(err(&format!("--{name}"), "unknown option; see --help")),
         }
     }
 
-    fn set_flag(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
-        (flag.set)(self, flag.name, value).map_err(|invalid| {
+    fn set_flag(&mut self, flags: &Flags, flag: &Flag, value: &str) -> Result<(), ConfigError> {
+        (flags.set)(self, flag.name(), value).map_err(|invalid| {
             let message = match invalid {
                 Invalid::Expected(what) => format!("{what}, got {value:?}"),
                 Invalid::Said(message) => message,
             };
-            err(&format!("--{}", flag.name), &message)
+            err(&format!("--{}", flag.name()), &message)
         })
     }
 
     /// A flag's value from its environment variable: a list's items one by one.
-    fn set_from_env(&mut self, flag: &Flag, value: &str) -> Result<(), ConfigError> {
+    fn set_from_env(&mut self, flags: &Flags, flag: &Flag, value: &str) -> Result<(), ConfigError> {
         if !flag.list {
-            return self.set_flag(flag, value);
+            return self.set_flag(flags, flag, value);
         }
         for item in value.split(',').filter(|o| !o.trim().is_empty()) {
-            self.set_flag(flag, item.trim())?;
+            self.set_flag(flags, flag, item.trim())?;
         }
         Ok(())
     }
@@ -561,10 +568,10 @@ mod tests {
     #[test]
     fn the_tables_defaults_are_the_configs() {
         let default = format!("{:?}", Config::default());
-        for flag in all_flags().filter(|f| !f.default.is_empty() && f.name != "auth") {
+        for flag in all_flags().filter(|f| !f.default().is_empty() && f.name() != "auth") {
             let mut config = Config::default();
-            config.set(flag.name, flag.default).unwrap();
-            assert_eq!(format!("{config:?}"), default, "--{}", flag.name);
+            config.set(flag.name(), flag.default()).unwrap();
+            assert_eq!(format!("{config:?}"), default, "--{}", flag.name());
         }
     }
 
@@ -578,30 +585,30 @@ mod tests {
             let cells: Vec<&str> = line.split(" | ").collect();
             let synopsis = cells[0].trim_start_matches("| `--").trim_end_matches('`');
             let (name, value) = synopsis.split_once(' ').unwrap_or((synopsis, ""));
-            let Some(flag) = all_flags().find(|f| f.name == name) else {
+            let Some(flag) = all_flags().find(|f| f.name() == name) else {
                 continue;
             };
             rows += 1;
             assert_eq!(
                 value.replace("\\|", "|"),
-                flag.value,
+                flag.value(),
                 "--{name}'s placeholder"
             );
             let default = cells[1].trim_matches('`');
             let default = if default == "none" { "" } else { default };
-            assert_eq!(default, flag.default, "--{name}'s default in the README");
+            assert_eq!(default, flag.default(), "--{name}'s default in the README");
         }
         assert!(
-            rows >= MAIN.flags.len(),
+            rows >= MAIN.flags.table.len(),
             "every flag of every build has a row: {rows}"
         );
         for flag in all_flags() {
-            let named = format!("`--{}", flag.name);
+            let named = format!("`--{}", flag.name());
             let docs = [readme, include_str!("../docs/durability.md")];
             assert!(
                 docs.iter().any(|d| d.contains(&named)),
                 "--{} is documented",
-                flag.name
+                flag.name()
             );
         }
     }

@@ -1,8 +1,9 @@
 //! Every setting and limit of the server, in one struct, with its default; and every flag, in
 //! one table.
 //!
-//! Data enters here once, at startup: [`Config::from_args`] reads command-line flags and their
-//! `SMOLCHAT_*` environment equivalents (a flag wins over the environment) and validates them.
+//! Data enters once, at startup: [`Config::from_args`] (in `crate::cli`, the command line)
+//! reads command-line flags and their `SMOLCHAT_*` environment equivalents (a flag wins over
+//! the environment) through the tables declared here, and validates them.
 //! Everything else receives a finished `Config` (shared behind an `Arc`) and only reads it.
 //! Tests and embedders build one with [`Config::default`] and change the fields they care about.
 //!
@@ -242,24 +243,56 @@ impl ConfigError {
 /// `--help` names, and how its text becomes a [`Config`] field. Declared with `flags!`, one
 /// line each, in the [`Section`] of the part of the server (or cargo feature) it belongs to.
 pub struct Flag {
-    pub(crate) name: &'static str,
-    /// `N`, `DUR`, `PATH`...: what `--help` shows after the flag.
-    pub(crate) value: &'static str,
-    /// `--help`'s text; a `\n` starts a new, indented line.
-    pub(crate) help: &'static str,
-    /// The default as `--help` shows it (and as the flag would take it; a test checks that
-    /// it gives [`Config::default`]'s value); empty: none.
-    pub(crate) default: &'static str,
+    /// The name, the placeholder (`N`, `DUR`, `PATH`...), the default as `--help` shows it
+    /// (and as the flag would take it; a test checks that it gives [`Config::default`]'s
+    /// value; empty: none) and `--help`'s text (a `\n` starts a new, indented line), joined
+    /// by `\0`: one string, so that a flag costs the binary one pointer, not four (each
+    /// pointer in a table is a relocation in a dynamic binary).
+    pub(crate) text: &'static str,
     /// Repeatable: the environment variable holds a comma-separated list.
     pub(crate) list: bool,
-    /// Sets the flag named (the table's setters share one function).
+}
+
+/// A table of flags (see `flags!`) and the one function that sets any of them, by name.
+pub struct Flags {
+    pub(crate) table: &'static [Flag],
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
+}
+
+impl Flag {
+    /// Not inlined: the split would otherwise be copied into every caller.
+    #[inline(never)]
+    fn part(&self, i: usize) -> &'static str {
+        self.text.split('\0').nth(i).unwrap_or("")
+    }
+
+    /// The flag without its dashes: `history`.
+    pub(crate) fn name(&self) -> &'static str {
+        self.part(0)
+    }
+
+    /// What `--help` shows after the flag: `N`.
+    pub(crate) fn value(&self) -> &'static str {
+        self.part(1)
+    }
+
+    /// The default as `--help` shows it; empty: none.
+    pub(crate) fn default(&self) -> &'static str {
+        self.part(2)
+    }
+
+    /// `--help`'s text.
+    pub(crate) fn help(&self) -> &'static str {
+        self.part(3)
+    }
 }
 
 /// Why a flag's value was refused: what was expected (the error adds `, got "VALUE"`), or a
 /// message that says everything itself.
 pub enum Invalid {
+    /// What a valid value looks like.
     Expected(String),
+    /// The whole message.
     Said(String),
 }
 
@@ -275,7 +308,7 @@ impl From<&str> for Invalid {
     }
 }
 
-/// Declares a table of [`Flag`]s, one line each:
+/// Declares a table of [`Flag`]s, one line each, and their setter ([`Flags`]):
 /// `"name" "VALUE" = "default", list: "help" => |config, text| setter;`
 /// (`= "default"` and `, list` are optional).
 macro_rules! flags {
@@ -296,14 +329,16 @@ macro_rules! flags {
                 _ => Ok(()),
             }
         }
-        &[$($crate::config::Flag {
-            name: $name,
-            value: $value,
-            help: $help,
-            default: $crate::config::flags!(@default $($default)?),
-            list: $crate::config::flags!(@list $($list)?),
+        $crate::config::Flags {
+            table: &[$($crate::config::Flag {
+                text: concat!(
+                    $name, "\0", $value, "\0", $crate::config::flags!(@default $($default)?),
+                    "\0", $help
+                ),
+                list: $crate::config::flags!(@list $($list)?),
+            },)*],
             set,
-        },)*]
+        }
     }};
     (@default) => { "" };
     (@default $default:literal) => { $default };
@@ -322,7 +357,7 @@ pub type Check = fn(&Config) -> Result<(), ConfigError>;
 pub struct Section {
     /// Printed before the flags (a blank line and a title, for the optional parts).
     pub(crate) heading: &'static str,
-    pub(crate) flags: &'static [Flag],
+    pub(crate) flags: Flags,
     /// Lines printed after the flags, as `(synopsis, text)`: what is not a flag with a value.
     pub(crate) footer: &'static [(&'static str, &'static str)],
     /// The section's checks against other settings, run by [`Config::validate`], if it has

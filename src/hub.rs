@@ -21,9 +21,9 @@
 //! The hub's files: this one (clients, commands in, closes, shutdown, the future);
 //! `commands.rs` and `commands/*.rs` (a client's commands, one unit per command: its parsing,
 //! its step here, its question to the authority and its reply); `late.rs` (the adapter for an
-//! authority that answers later: busy clients, their waiting frames, held answers);
-//! `audience.rs` (room events: which local clients hear what, and when); raw mode is
-//! `raw.rs`, and the HTTP API's calls are `api.rs`.
+//! authority that answers later: busy clients, their waiting frames, answers held until their
+//! message comes back, the room events it sends); `audience.rs` (room events: which local
+//! clients hear what, and when); raw mode is `raw.rs`, and the HTTP API's calls are `api.rs`.
 //!
 //! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
 //! may not rename, and only joins the rooms its token allows. That it shares its name with its

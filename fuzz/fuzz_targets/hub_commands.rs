@@ -213,17 +213,18 @@ fuzz_target!(|setup: Setup| {
             Op::Connect { .. } | Op::ConnectCommand { .. } if clients.len() >= 32 => {}
             Op::Connect { queue, bytes, from } => {
                 let (tx, rx) = queue::bounded(1 + queue as usize % 8, bytes as usize);
-                let id = hub.connect(tx, Address::of(pick(&ADDRESSES, from)));
+                let id = hub.connect(tx, Address::of(pick(&ADDRESSES, from)), None);
                 clients.push(Client { id, queue: Some(rx), closed: false, connected: true });
             }
             Op::ConnectCommand { queue, bytes, from } => {
                 let (tx, rx) = queue::bounded(1 + queue as usize % 8, bytes as usize);
                 let (reply, replies) = async_channel::bounded(1);
                 let address = Address::of(pick(&ADDRESSES, from));
-                hub.handle(Command::Connect { queue: tx, reply, address, group: None });
+                hub.handle(Command::Connect { queue: tx, reply, address, group: None, user: None });
                 match replies.try_recv() {
                     Ok(id) => {
                         assert!(!shut_down, "a client was accepted after shutdown");
+                        let id = id.expect("v1 registers every guest");
                         clients.push(Client { id, queue: Some(rx), closed: false, connected: true });
                     }
                     Err(_) => assert!(shut_down, "no reply to Connect"),

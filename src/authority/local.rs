@@ -592,7 +592,7 @@ impl Local {
                 frame: frame.clone(),
             },
         });
-        self.keep(name, id, frame);
+        self.remember(name, id, frame);
         #[cfg(feature = "store")]
         self.given(name);
         id
@@ -798,7 +798,7 @@ impl Local {
     /// Keeps message `id` of room `name`, just given, in the room's history, then forgets the
     /// oldest messages on the server until all rooms together are within
     /// `--history-total-bytes`.
-    fn keep(&mut self, name: &str, id: u64, frame: Frame) {
+    fn remember(&mut self, name: &str, id: u64, frame: Frame) {
         let Some(place) = self.rooms.get_mut(name) else {
             return;
         };

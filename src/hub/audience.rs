@@ -1,18 +1,19 @@
 //! Room events on this node: which of its clients hear what, and when.
 //!
-//! Events enter as [`RoomEvent`]s, from the authority's answer (in memory) or from the room's
-//! Redis channel ([`Hub::room_event`]). Each is encoded once and leaves as a shared frame in
-//! the queue of every local member that should hear it: not the subject of its own join,
-//! leave or rename, not a member whose join already reflected it, nobody above the presence
-//! limit. With an authority that answers later, events and answers cross on the way, so an
-//! [`Audience`] also keeps the joins on their way, the senders waiting for their message to
-//! come back, and, after a reconnect, the events held until the room's resync.
+//! Events enter as [`RoomEvent`]s, from the authority's answer in the same call
+//! ([`Hub::deliver_events`]) or from the room's Redis channel (`Hub::room_event` in
+//! `late.rs`). Each is encoded once (a message comes encoded) and leaves as a shared frame in
+//! the queue of every local member that should hear it ([`Hub::fan_out`]): not the subject of
+//! its own join, leave or rename, not a member whose join already reflected it, nobody above
+//! the presence limit. With an authority that answers later, events and answers cross on the
+//! way, so an [`Audience`] also keeps the joins on their way, the senders waiting for their
+//! message to come back, and, after a reconnect, the events held until the room's resync
+//! ([`Hub::resync`]).
 
 use std::collections::VecDeque;
 
 use super::{ClientId, Hub, Outgoing, deliver, deliver_item};
 use crate::authority::{Joined, Member, RoomEvent, What};
-use crate::config::Protocol;
 use crate::protocol::{Event, Frame};
 
 /// Room events kept for one room while its state is fetched again after a reconnect, or for
@@ -128,6 +129,40 @@ impl Audience {
         self.floors.retain(|&(k, _)| k != key);
     }
 
+    /// An event from an authority that answers later: kept (`None`) while the room is held
+    /// until its resync; else kept for each join on its way too, and given back to deliver.
+    pub(super) fn hold(&mut self, event: RoomEvent) -> Option<RoomEvent> {
+        if let Some(held) = &mut self.held {
+            keep(held, event);
+            return None;
+        }
+        for (_, meanwhile) in &mut self.pending {
+            keep(meanwhile, event.clone());
+        }
+        Some(event)
+    }
+
+    /// Message `id` was delivered here: returns the senders that waited for it (or for an
+    /// earlier one), which wait no more.
+    pub(super) fn back(&mut self, id: u64) -> Vec<usize> {
+        self.last_id = self.last_id.max(id);
+        // Every member has what a join's replay gave ahead of the others now.
+        let last = self.last_id;
+        self.floors.retain(|&(_, floor)| floor > last);
+        if self.waiters.is_empty() {
+            return Vec::new();
+        }
+        let last = self.last_id;
+        let mut done = Vec::new();
+        self.waiters.retain(|&(k, w)| {
+            if w <= last {
+                done.push(k);
+            }
+            w > last
+        });
+        done
+    }
+
     /// Client `key` said message `id`, whose event has not come back yet: it waits for it
     /// (true), or the message is out already (false).
     pub(super) fn await_echo(&mut self, key: usize, id: u64) -> bool {
@@ -142,7 +177,7 @@ impl Audience {
 impl Hub {
     /// Delivers the room events the authority produced while answering, in the same call.
     /// They go straight to the members: nothing can be held back or waiting for them, since
-    /// that happens only while an answer is on its way ([`Hub::room_event`]).
+    /// that happens only while an answer is on its way (`Hub::room_event`, `late.rs`).
     pub(super) fn deliver_events(&mut self) {
         while !self.events.is_empty() {
             let mut events = std::mem::take(&mut self.events);
@@ -152,30 +187,6 @@ impl Hub {
             if self.events.is_empty() {
                 self.events = events; // keep the capacity
             }
-        }
-    }
-
-    /// A room event from an authority that answers later: delivered to the room's local
-    /// members now, or kept while the room is held (a resync is on the way) and for the joins
-    /// on the way; a message that comes back answers its sender.
-    pub(super) fn room_event(&mut self, event: RoomEvent) {
-        if self.config.protocol == Protocol::Raw {
-            return; // raw clients hear nothing but their group's frames
-        }
-        // Nobody here listens (any more): the authority kept what history needs.
-        let Some(audience) = self.audiences.get_mut(&event.room) else {
-            return;
-        };
-        if let Some(held) = &mut audience.held {
-            keep(held, event);
-            return;
-        }
-        for (_, meanwhile) in &mut audience.pending {
-            keep(meanwhile, event.clone());
-        }
-        self.fan_out(&event, None);
-        if let What::Message { id, .. } = event.what {
-            self.message_back(&event.room, id);
         }
     }
 
@@ -240,33 +251,6 @@ impl Hub {
             }
             deliver_item(clients, slow, metrics, k, Outgoing::Event(frame.clone()));
         }
-    }
-
-    /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an
-    /// earlier one) is answered.
-    pub(super) fn message_back(&mut self, room: &str, id: u64) {
-        let Some(audience) = self.audiences.get_mut(room) else {
-            return;
-        };
-        audience.last_id = audience.last_id.max(id);
-        // Every member has what a join's replay gave ahead of the others now.
-        let last = audience.last_id;
-        audience.floors.retain(|&(_, floor)| floor > last);
-        if audience.waiters.is_empty() {
-            return;
-        }
-        let last = audience.last_id;
-        let mut done = Vec::new();
-        audience.waiters.retain(|&(k, w)| {
-            if w <= last {
-                done.push(k);
-            }
-            w > last
-        });
-        for key in done {
-            self.echoed(key);
-        }
-        self.drop_if_unused(room);
     }
 
     /// Forgets a room nobody here uses any more, and tells the authority.

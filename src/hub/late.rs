@@ -11,12 +11,19 @@
 //! `say` before the message comes back on the room's channel. Such an answer is held until
 //! the message is delivered here (`Audience::waiters`), so the sender sees its message in the
 //! same place among the room's events as everybody else.
+//!
+//! Room events from such an authority come back too (`Notice::Room`, [`Hub::room_event`]):
+//! they may meet a join on its way (kept for it, `Audience::pending`), a room held until its
+//! resync after a reconnect (`Audience::held`, resynced by `Hub::resync` in `audience.rs`),
+//! and the senders waiting for them. Events the authority in memory makes go to the members
+//! without any of this (`Hub::deliver_events`).
 
 use std::collections::VecDeque;
 
 use super::commands::Then;
 use super::{ClientId, Hub, LOST_CLOSE};
-use crate::authority::Answer;
+use crate::authority::{Answer, RoomEvent, What};
+use crate::config::Protocol;
 use crate::protocol::{Error, ErrorCode, LeaveReason, Request};
 
 /// Frames a client may have waiting while the authority has not answered its command yet.
@@ -99,6 +106,42 @@ impl Hub {
         }
         then(self, key, answer);
         self.resume(key);
+    }
+
+    /// A room event from an authority that answers later (`Notice::Room`): kept while the
+    /// room is held (a resync is on its way) and for the joins on their way, and delivered to
+    /// the room's local members; a message that comes back answers its sender.
+    pub(super) fn room_event(&mut self, event: RoomEvent) {
+        if self.config.protocol == Protocol::Raw {
+            return; // raw clients hear nothing but their group's frames
+        }
+        // Nobody here listens (any more): the authority kept what history needs.
+        let Some(audience) = self.audiences.get_mut(&event.room) else {
+            return;
+        };
+        let Some(event) = audience.hold(event) else {
+            return;
+        };
+        self.fan_out(&event, None);
+        if let What::Message { id, .. } = event.what {
+            self.message_back(&event.room, id);
+        }
+    }
+
+    /// Message `id` of `room` was delivered here: its sender (and anyone waiting for an
+    /// earlier one) is answered.
+    pub(super) fn message_back(&mut self, room: &str, id: u64) {
+        let Some(audience) = self.audiences.get_mut(room) else {
+            return;
+        };
+        let done = audience.back(id);
+        if done.is_empty() {
+            return;
+        }
+        for key in done {
+            self.echoed(key);
+        }
+        self.drop_if_unused(room);
     }
 
     /// Client `key`'s message came back: its held answer is handed over.

@@ -8,9 +8,9 @@
 //! together at connect: 1.3 KB per idle connection), and the copy and the sink's layers cost
 //! more than a quarter of the server's instructions per delivery. Here the writer formats
 //! each frame's 2- to 10-byte header on the stack and hands header and payload to one
-//! vectored write ([`poll_write_frames`]): the payload goes from the hub's refcounted frame to
-//! the socket without a copy, and nothing is kept per connection but the position in a frame
-//! the socket took only part of.
+//! vectored write ([`Socket::poll_write_frames`]): the payload goes from the hub's refcounted
+//! frame to the socket without a copy, and nothing is kept per connection but the position in
+//! a frame the socket took only part of.
 //!
 //! tungstenite still does everything on the reading side, and the frames it writes itself:
 //! the pong for a ping, the close that answers the client's, and our own close (it keeps the

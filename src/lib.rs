@@ -11,7 +11,7 @@
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
 //!         reader:  frame → hub::parse → hub::Command ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
-//!                  take all queued, feed each, flush once; pings, idle and write timeouts
+//!                  take all queued, one vectored write (wire.rs); pings, idle and write timeouts
 //!  hub.rs (one future): the chat's rules and this node's clients
 //!    command in → rules → the authority decides nicks, membership, ids and history
 //!                         (authority::local in memory, or cluster's Redis authority)

@@ -366,7 +366,7 @@ enum Wake {
 }
 
 #[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
-#[allow(clippy::too_many_arguments)] // each is a reference the writer needs; a struct would be copied
+#[allow(clippy::too_many_arguments)] // each is something the writer keeps; see `session::run`
 fn write_loop<'a, S>(
     chat: &'a Chat,
     socket: &'a Socket<S>,

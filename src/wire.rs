@@ -8,9 +8,9 @@
 //! together at connect: 1.3 KB per idle connection), and the copy and the sink's layers cost
 //! more than a quarter of the server's instructions per delivery. Here the writer formats
 //! each frame's 2- to 10-byte header on the stack and hands header and payload to one
-//! vectored write ([`poll_write_frames`]): the payload goes from the hub's refcounted frame to
-//! the socket without a copy, and nothing is kept per connection but the position in a frame
-//! the socket took only part of.
+//! vectored write ([`Socket::poll_write_frames`]): the payload goes from the hub's refcounted
+//! frame to the socket without a copy, and nothing is kept per connection but the position in
+//! a frame the socket took only part of.
 //!
 //! tungstenite still does everything on the reading side, and the frames it writes itself:
 //! the pong for a ping, the close that answers the client's, and our own close (it keeps the
@@ -225,9 +225,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
         })));
         std::future::poll_fn(|cx| {
             let mut ws = self.lock();
-            if let Some(message) = close.take() {
+            // Room for the close first: the gate would make tungstenite wait for it, and only
+            // this poll writes what is parked.
+            ready!(ws.get_mut().poll_write_parked(cx))?;
+            if close.is_some() {
                 ready!(Pin::new(&mut *ws).poll_ready(cx))?;
-                Pin::new(&mut *ws).start_send(message)?;
+                if let Some(message) = close.take() {
+                    Pin::new(&mut *ws).start_send(message)?;
+                }
             }
             // tungstenite's flush parks the frame; the gate writes it.
             ready!(Pin::new(&mut *ws).poll_flush(cx))?;
@@ -451,5 +456,137 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stream for Messages<'_, S> {
             self.0.parked.store(true, Relaxed);
         }
         next
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::Frame;
+
+    /// A socket that takes at most `per_write` bytes per write (vectored writes included, by
+    /// the default that writes the first slice), so every frame is cut somewhere.
+    struct Trickle {
+        out: Vec<u8>,
+        per_write: usize,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            Poll::Ready(Ok(0))
+        }
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let n = buf.len().min(self.per_write);
+            self.out.extend_from_slice(&buf[..n]);
+            Poll::Ready(Ok(n))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Splits server frames (unmasked) into (first byte, payload).
+    fn frames(mut bytes: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        while !bytes.is_empty() {
+            let (extra, len) = match bytes[1] {
+                126 => (2, u16::from_be_bytes([bytes[2], bytes[3]]) as usize),
+                127 => (
+                    8,
+                    u64::from_be_bytes(bytes[2..10].try_into().unwrap()) as usize,
+                ),
+                len => (0, usize::from(len)),
+            };
+            let start = 2 + extra;
+            out.push((bytes[0], bytes[start..start + len].to_vec()));
+            bytes = &bytes[start + len..];
+        }
+        out
+    }
+
+    #[test]
+    fn headers_have_the_shortest_length_form() {
+        for (len, header) in [(0, 2), (125, 2), (126, 4), (65_535, 4), (65_536, 10)] {
+            assert_eq!(format_header(&mut [0; 10], 0x81, len), header, "{len}");
+            assert_eq!(header_len(len), header, "{len}");
+        }
+    }
+
+    #[test]
+    fn a_close_is_found_among_parked_frames() {
+        let pong = [0x8a, 0x01, 7];
+        let close = [0x88, 0x02, 0x03, 0xe8];
+        assert!(!contains_close(&pong));
+        assert!(contains_close(&[&pong[..], &close[..]].concat()));
+        let mut long = vec![0x8a, 126, 0, 200];
+        long.extend([0x88; 200]); // payload bytes that look like close headers
+        assert!(!contains_close(&long));
+    }
+
+    /// Frames cut at every byte stay whole, in order, and what tungstenite parks while one is
+    /// cut goes out between two frames.
+    #[test]
+    fn frames_cut_by_the_socket_stay_whole_around_parked_ones() {
+        let text = |s: &str| Outgoing::Event(Frame::from(s.to_string()));
+        let long = "x".repeat(300);
+        let mut batch: VecDeque<_> = [text("one"), text(&long), text("three")].into();
+        let mut gate = Gate {
+            inner: Trickle {
+                out: Vec::new(),
+                per_write: 3,
+            },
+            parked: Vec::new(),
+            closed: false,
+            cursor: Cursor {
+                ping: true,
+                offset: 0,
+            },
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut written = 0;
+        let mut parked_once = false;
+        loop {
+            // tungstenite answers a ping while the writer is inside a frame.
+            if gate.cursor.offset > 0 && !parked_once {
+                let pong = [0x8a, 0x01, 9];
+                assert!(Pin::new(&mut gate).poll_write(&mut cx, &pong).is_ready());
+                parked_once = true;
+            }
+            match gate.poll_write_batch(&mut cx, &batch) {
+                Poll::Ready(Ok(Some(n))) => gate.cursor.advance(n, &mut batch, &mut written),
+                Poll::Ready(Ok(None)) => break,
+                other => panic!("{other:?}"),
+            }
+        }
+        assert!(parked_once && batch.is_empty() && gate.parked.is_empty());
+        assert_eq!(written, 3 + 300 + 5);
+        let got = frames(&gate.inner.out);
+        let expected = [
+            (0x89, vec![]),
+            (0x81, b"one".to_vec()),
+            (0x8a, vec![9]),
+            (0x81, long.into_bytes()),
+            (0x81, b"three".to_vec()),
+        ];
+        // The pong goes out at the first boundary after it was parked: after the ping or
+        // after "one", depending on where the first cut fell.
+        let without_pong: Vec<_> = got.iter().filter(|f| f.0 != 0x8a).cloned().collect();
+        let expected_without: Vec<_> = expected.iter().filter(|f| f.0 != 0x8a).cloned().collect();
+        assert_eq!(without_pong, expected_without);
+        assert_eq!(got.iter().filter(|f| f.0 == 0x8a).count(), 1);
     }
 }

@@ -183,13 +183,13 @@ impl Drop for Registration<'_> {
 /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,
 /// 128 KiB write threshold, 64 MiB messages) would cost more per connection than
 /// everything else together. The read buffer is allocated eagerly for every connection, so
-/// it is small; a larger message just takes more reads. Frames are written to the socket
-/// whenever 4 KiB are buffered, which bounds what an active connection holds.
+/// it is small; a larger message just takes more reads.
 ///
-/// tungstenite refuses a frame that would take its buffer past `max_write_buffer_size`
-/// (`WriteBufferFull`), and a writer that took that for a dead client would drop a healthy
-/// one. The buffer therefore holds what may be pending (4 KiB) plus the largest event the
-/// hub can build with this configuration, plus the largest frame header.
+/// The chat's events do not pass through tungstenite's writer (the session's writer frames
+/// them, [`crate::wire`]); only its own frames do (pongs, close answers, our close), into
+/// the writer's gate. Its write limits keep the sizes they had when every event went
+/// through it (4 KiB, plus the largest event the hub can build and the largest header), a
+/// bound that its small frames never reach.
 fn ws_config(front: Front) -> WebSocketConfig {
     let max = front.config().max_message_bytes;
     WebSocketConfig::default()

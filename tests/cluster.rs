@@ -1278,6 +1278,18 @@ fn a_node_that_finds_redis_empty_again_registers_its_members_again() {
     });
 }
 
+/// Ada on `one` and Bob on `two`, both in the lobby, and the lobby's epoch.
+async fn ada_and_bob(one: &TestServer, two: &TestServer) -> (Client, Client, String) {
+    let mut ada = join_as(one.addr, "ada", &mut []).await;
+    let mut bob = join_as(two.addr, "bob", &mut [&mut ada]).await;
+    bob.send(json!({"type": "join", "room": "lobby"})).await;
+    let epoch = bob.expect("room").await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    (ada, bob, epoch)
+}
+
 /// Reads `c`'s events until a `room` event of `room` and returns it (the events before it,
 /// such as a rename replayed by a resync, are not what these tests are about).
 async fn next_room(c: &mut Client, room: &str) -> Value {
@@ -1316,13 +1328,7 @@ fn issue_25_redis_back_from_an_older_snapshot_names_no_id_twice_and_tells_every_
     };
     let (one, two) = (api_node(), api_node());
     run(async {
-        let mut ada = join_as(one.addr, "ada", &mut []).await;
-        let mut bob = join_as(two.addr, "bob", &mut [&mut ada]).await;
-        bob.send(json!({"type": "join", "room": "lobby"})).await;
-        let old = bob.expect("room").await["epoch"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (mut ada, mut bob, old) = ada_and_bob(&one, &two).await;
         let (status, _) = api(
             one.addr,
             "POST",
@@ -1386,13 +1392,7 @@ fn issue_25_after_redis_lost_its_data_every_live_member_is_told_the_new_epoch() 
     let redis = RedisServer::start();
     let (one, two) = (node(&redis), node(&redis));
     run(async {
-        let mut ada = join_as(one.addr, "ada", &mut []).await;
-        let mut bob = join_as(two.addr, "bob", &mut [&mut ada]).await;
-        bob.send(json!({"type": "join", "room": "lobby"})).await;
-        let old = bob.expect("room").await["epoch"]
-            .as_str()
-            .unwrap()
-            .to_string();
+        let (mut ada, mut bob, old) = ada_and_bob(&one, &two).await;
         heard_by_all(&mut ada, &mut [&mut bob], 1, "before").await;
         assert!(redis.command("FLUSHALL").starts_with("+OK"));
         for c in [&mut ada, &mut bob] {

@@ -324,19 +324,7 @@ fn after_a_gap_the_resync_delivers_what_was_missed_once_then_what_was_held() {
     wire.deliver_all(&mut hub);
     let c = TestClient { id, queue: rx };
     assert_eq!(messages(&c.events()), [1, 2, 3, 4]);
-    let history: Vec<Frame> = (1..=4)
-        .map(|id| {
-            Event::Message {
-                room: "lobby",
-                id,
-                from: "someone",
-                text: &id.to_string(),
-                ts: 0,
-                api: false,
-            }
-            .encode()
-        })
-        .collect();
+    let history: Vec<Frame> = (1..=4).map(lobby_message).collect();
     hub.notice(Notice::Resync {
         room: "lobby".into(),
         epoch,

@@ -80,7 +80,7 @@
 //! `async-io`'s timer (which drives itself), so it runs on any executor: the library builds
 //! without smol (`--no-default-features`). The Redis backend (`cluster`) names no runtime
 //! either: its byte stream to Redis comes from a connector that the executor's owner passes
-//! to [`Chat::try_new_with_redis`] (`server::redis_stream`, smol's sockets, for the binary).
+//! to `Chat::try_new_with_redis` (`server::redis_stream`, smol's sockets, for the binary).
 //!
 //! # Two ways in
 //!
@@ -323,7 +323,7 @@ impl Chat {
 
     /// [`Chat::new`], with an error instead of a panic when the durable store (`--data-dir`)
     /// cannot be opened: the message names the file and says what to do. With `--redis`, see
-    /// [`Chat::try_new_with_redis`].
+    /// `Chat::try_new_with_redis` (feature `redis`).
     pub fn try_new(config: Config) -> Result<(Chat, HubFuture), String> {
         Chat::build(config, Connector::default())
     }

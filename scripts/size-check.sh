@@ -24,7 +24,13 @@ DYNAMIC_MIN_BUDGET=870000    # dynamic binary, size-first profile (861,008 measu
 # smallest gateway build.
 STATIC_LEAN_BUDGET=1625000    # (1,620,376 measured)
 DYNAMIC_LEAN_BUDGET=795000    # (791,248 measured)
-DYNAMIC_RELEASE_BUDGET=1085000 # dynamic binary, speed-first release profile (1,074,512 measured)
+# Raised on 2026-12-07 by issue 27 (the writer frames its own messages, src/wire.rs): +4,952
+# bytes in the release build, measured with symbols at 1ec4b6e and f8a00a2 (`nm --size-sort`:
+# wire 11,012 bytes of new code, minus async-tungstenite's sink and futures-util's Feed, 6,060,
+# no longer used). Tried to offset it: issue 23's front door (-6 KB of handshake, config and
+# metrics code in the same build), SHA-1/SHA-256 at opt-level "s" (-512, kept, Cargo.toml),
+# one copy of Hub::new_epoch (+256, dropped). The static and `min` budgets are not raised.
+DYNAMIC_RELEASE_BUDGET=1089952 # dynamic binary, speed-first release profile (1,089,488 measured)
 STATIC_TLS_BUDGET=2545000     # static, size-first, with the tls feature (2,534,000 measured)
 DYNAMIC_TLS_BUDGET=1740000    # dynamic, size-first, with the tls feature (1,731,000 measured)
 # Issue 24 (durable history, `--data-dir`): the store feature (redb, off by default) adds

@@ -122,9 +122,8 @@ where
         let mut batch = VecDeque::new();
         let mut messages = socket.messages();
         let reader = read_loop(chat, client, &mut messages, &last_seen, started);
-        let writer = write_loop(
-            chat, &socket, &mut batch, &queue, progress, &last_seen, started, expires,
-        );
+        let deadlines = Deadlines::new(&chat.config, started, &last_seen, expires);
+        let writer = write_loop(chat, &socket, &mut batch, &queue, progress, deadlines);
         let end = race(reader, writer).await;
 
         // Teardown runs once; boxed, its future takes no space in the long-lived part of the
@@ -244,70 +243,7 @@ where
     let _ = within(LINGER, async { while messages.next().await.is_some() {} }).await;
 }
 
-/// What the reader does with one frame: the command for the hub, `None` for a frame that needs
-/// none (a ping, a pong, a refused frame in raw mode), or the end of the session. A plain
-/// function, so that its temporaries are not kept in the reader's state.
-fn command_for(
-    chat: &Chat,
-    client: ClientId,
-    limit: &mut RateLimit,
-    now: Instant,
-    frame: Result<Message, WsError>,
-) -> Result<Option<Command>, End> {
-    let config = &chat.config;
-    let raw = config.protocol == Protocol::Raw;
-    let data = match frame {
-        Ok(Message::Text(text)) => Outgoing::Event(text),
-        Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
-        Ok(Message::Binary(_)) => {
-            return Err(End::violation(
-                1003,
-                "binary frames are not supported; send text",
-            ));
-        }
-        // Pings are answered by tungstenite, so each costs a write: they count against the
-        // rate limit like messages, and a client that floods them is closed like one that
-        // floods messages (without an `error` per ping, which would cost more). Pongs prove
-        // life, and count too.
-        Ok(Message::Ping(_) | Message::Pong(_)) => {
-            limit.allow(now, &chat.metrics)?;
-            return Ok(None);
-        }
-        // The client's close (answered by tungstenite) ends the stream next.
-        Ok(_) => return Ok(None),
-        Err(WsError::Capacity(_)) => return Err(End::violation(1009, "message too big")),
-        Err(WsError::Utf8(_)) => return Err(End::violation(1007, "text is not valid UTF-8")),
-        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
-            return Err(End::Gone);
-        }
-        Err(WsError::Protocol(_)) => return Err(End::violation(1002, "protocol error")),
-        Err(_) => return Err(End::Gone),
-    };
-    Metrics::add(&chat.metrics.bytes_in, data.bytes() as u64);
-
-    Ok(Some(match (limit.allow(now, &chat.metrics)?, data) {
-        // Raw mode sends nothing but data: a refused frame is dropped unanswered.
-        (false, _) if raw => return Ok(None),
-        (false, _) => {
-            let error = Error::new(
-                ErrorCode::RateLimited,
-                format!(
-                    "slow down: at most {} frames per second, pings and pongs included (bursts \
-                     of {}); this one was dropped",
-                    config.rate_limit, config.rate_burst
-                ),
-            );
-            Command::Refuse { client, error }
-        }
-        (true, item) if raw => Command::Publish { client, item },
-        (true, Outgoing::Event(text)) => match hub::parse(&text, config.max_message_bytes) {
-            Ok(request) => Command::Request { client, request },
-            Err(error) => Command::Refuse { client, error },
-        },
-        (true, _) => unreachable!("v1 data frames are text"),
-    }))
-}
-
+/// The reader: each frame becomes at most one command, awaited into the hub's bounded inbox.
 #[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
 fn read_loop<S>(
     chat: &Chat,
@@ -320,9 +256,8 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async move {
-        let config = &chat.config;
         let mut limit = RateLimit {
-            bucket: TokenBucket::new(config.rate_limit, config.rate_burst),
+            bucket: TokenBucket::new(chat.config.rate_limit, chat.config.rate_burst),
             refused: 0,
             window_start: started,
         };
@@ -340,10 +275,44 @@ where
             }
             let now = Instant::now();
             last_seen.store(now.duration_since(started).as_millis() as u64, Relaxed);
-            let command = match command_for(chat, client, &mut limit, now, frame) {
-                Ok(Some(command)) => command,
-                Ok(None) => continue,
-                Err(end) => return end,
+            // The command for this frame, in a block of its own: the frame and what is made
+            // from it end here, so none of it is kept in the reader's state across the send.
+            let command = {
+                let frame = frame; // moved in whole: its storage ends with the block
+                let config = &chat.config;
+                let raw = config.protocol == Protocol::Raw;
+                let data = match frame {
+                    Ok(Message::Text(text)) => Outgoing::Event(text),
+                    Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
+                    // Pings are answered by tungstenite, so each costs a write: they count
+                    // against the rate limit like messages, and a client that floods them is
+                    // closed like one that floods messages (without an `error` per ping, which
+                    // would cost more). Pongs prove life, and count too.
+                    Ok(Message::Ping(_) | Message::Pong(_)) => {
+                        match limit.allow(now, &chat.metrics) {
+                            Ok(_) => continue,
+                            Err(end) => return end,
+                        }
+                    }
+                    // The client's close (answered by tungstenite) ends the stream next.
+                    Ok(Message::Close(_) | Message::Frame(_)) => continue,
+                    Ok(Message::Binary(_)) | Err(_) => return refused(frame),
+                };
+                Metrics::add(&chat.metrics.bytes_in, data.bytes() as u64);
+                match (limit.allow(now, &chat.metrics), data) {
+                    (Err(end), _) => return end,
+                    // Raw mode sends nothing but data: a refused frame is dropped unanswered.
+                    (Ok(false), _) if raw => continue,
+                    (Ok(false), _) => rate_limited(client, config),
+                    (Ok(true), item) if raw => Command::Publish { client, item },
+                    (Ok(true), Outgoing::Event(text)) => {
+                        match hub::parse(&text, config.max_message_bytes) {
+                            Ok(request) => Command::Request { client, request },
+                            Err(error) => Command::Refuse { client, error },
+                        }
+                    }
+                    (Ok(true), _) => unreachable!("v1 data frames are text"),
+                }
             };
             if chat.inbox.send(command).await.is_err() {
                 return End::Gone;
@@ -351,6 +320,32 @@ where
         }
         End::Gone
     }
+}
+
+/// How the session ends for a frame the reader cannot take: a binary frame in protocol v1, or
+/// a frame tungstenite refused.
+fn refused(frame: Result<Message, WsError>) -> End {
+    match frame {
+        Ok(_) => End::violation(1003, "binary frames are not supported; send text"),
+        Err(WsError::Capacity(_)) => End::violation(1009, "message too big"),
+        Err(WsError::Utf8(_)) => End::violation(1007, "text is not valid UTF-8"),
+        Err(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => End::Gone,
+        Err(WsError::Protocol(_)) => End::violation(1002, "protocol error"),
+        Err(_) => End::Gone,
+    }
+}
+
+/// The `error` a v1 client gets for a frame over its rate limit; the frame is dropped.
+fn rate_limited(client: ClientId, config: &crate::config::Config) -> Command {
+    let error = Error::new(
+        ErrorCode::RateLimited,
+        format!(
+            "slow down: at most {} frames per second, pings and pongs included (bursts of {}); \
+             this one was dropped",
+            config.rate_limit, config.rate_burst
+        ),
+    );
+    Command::Refuse { client, error }
 }
 
 /// What woke the writer.
@@ -366,48 +361,30 @@ enum Wake {
 }
 
 #[allow(clippy::manual_async_fn)] // see `session::run`: no copy of the arguments
-#[allow(clippy::too_many_arguments)] // each is something the writer keeps; see `session::run`
 fn write_loop<'a, S>(
     chat: &'a Chat,
     socket: &'a Socket<S>,
     batch: &'a mut VecDeque<Outgoing>,
     queue: &'a Receiver<Outgoing>,
     progress: &'a Progress,
-    last_seen: &'a AtomicU64,
-    started: Instant,
-    expires: Option<Instant>,
+    mut deadlines: Deadlines<'a>,
 ) -> impl Future<Output = End> + 'a
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     async move {
         let config = &chat.config;
-        let mut next_ping = started + config.ping_interval;
-        // One timer per session, re-armed only when it fires: for the next ping, the moment the
-        // client would have been silent too long, or the moment its token expires, whichever
-        // comes first.
-        let mut timer = Timer::at({
-            let first = next_ping.min(started + config.idle_timeout);
-            expires.map_or(first, |e| e.min(first))
-        });
-        // Holds back the frames of a client that is receiving a burst (see below). Boxed, and
-        // only with `--coalesce`: it is off by default, and every connection's task would carry
-        // its timer.
+        // `--coalesce` (off by default): boxed, so that not every connection's task carries it.
         let mut hold: Option<Box<Hold>> = None;
         // Payload bytes written and not yet released from the queue's byte bound: released as
         // the next batch is taken, under the same lock.
         let mut written = 0;
+        // Not polling the timer on every other busy pass: see `Deadlines::fired`. (A local, not
+        // a field of `deadlines`: there it would cost the task 8 bytes of padding.)
         let mut skip_timer = false;
         loop {
-            // The timer is polled on the first pass after every wait, and on at least every other
-            // pass while the queue keeps the writer busy. Were it never polled while the queue
-            // is never empty (a busy room, a client that reads just fast enough), there would be
-            // no pings and no idle check for as long as the room is busy
-            // (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in tests/limits.rs);
-            // polled on every pass, as it was, it cost a clock read and a waker comparison twice
-            // per delivery (once for the batch, once more on the pass that finds the queue empty).
             let wake = std::future::poll_fn(|cx| {
-                if !skip_timer && Pin::new(&mut timer).poll(cx).is_ready() {
+                if !skip_timer && deadlines.fired(cx) {
                     return Poll::Ready(Wake::Timer);
                 }
                 match queue.poll_release_and_recv_batch(cx, &mut written, batch) {
@@ -425,41 +402,22 @@ where
             })
             .await;
             match wake {
-                Wake::Batch => {
-                    // A client whose last write was less than `coalesce / 2` ago is receiving a
-                    // burst: its frames wait until `coalesce` after that write and then go out
-                    // together. Every write is a system call that costs more than the frames in
-                    // it; sparse traffic is never held.
-                    let coalesce = config.coalesce;
-                    if !coalesce.is_zero() {
-                        let hold = hold.get_or_insert_with(|| {
-                            Box::new(Hold {
-                                timer: Timer::never(),
-                                last_write: started,
-                            })
-                        });
-                        if Instant::now() < hold.last_write + coalesce / 2 {
-                            hold.timer.set_at(hold.last_write + coalesce);
-                            (&mut hold.timer).await;
-                            queue.append_to(batch);
-                        }
-                        hold.last_write = Instant::now();
+                // With `--coalesce`, a client receiving a burst has its frames held back.
+                Wake::Batch if !config.coalesce.is_zero() => {
+                    let hold = hold.get_or_insert_with(|| Box::new(Hold::new(deadlines.started)));
+                    if hold.burst(config.coalesce) {
+                        (&mut hold.timer).await;
+                        queue.append_to(batch);
                     }
+                    hold.last_write = Instant::now();
                 }
-                Wake::Parked => {}
+                Wake::Batch | Wake::Parked => {}
                 Wake::Closed => return End::Gone, // the hub dropped us after our own Disconnect
-                Wake::Timer => {
-                    let deadlines = Deadlines {
-                        started,
-                        last_seen,
-                        expires,
-                    };
-                    match deadlines.check(config, &mut next_ping, &mut timer) {
-                        Err(end) => return end,
-                        Ok(false) => continue,
-                        Ok(true) => socket.ping(),
-                    }
-                }
+                Wake::Timer => match deadlines.check(config) {
+                    Err(end) => return end,
+                    Ok(false) => continue,
+                    Ok(true) => socket.ping(),
+                },
             }
 
             // Everything taken (and the ping, if one is due) in vectored writes, straight from
@@ -478,22 +436,30 @@ where
             };
             // The hub closed the client. Once per session, so boxed: its future takes no room in
             // the task for the rest of the session's life.
-            let send = socket.close(code, reason);
-            return match Box::pin(without_progress(
-                config.write_timeout,
-                || progress.writes(),
-                send,
-            ))
-            .await
-            {
-                Some(Ok(())) => {
-                    chat.metrics.close_sent(code);
-                    End::ClosedByHub { code, reason }
-                }
-                Some(Err(_)) => End::Gone,
-                None => End::Stalled,
-            };
+            return Box::pin(close_for_hub(chat, socket, progress, code, reason)).await;
         }
+    }
+}
+
+/// Sends the close frame the hub asked for (after everything queued before it was written).
+async fn close_for_hub<S>(
+    chat: &Chat,
+    socket: &Socket<S>,
+    progress: &Progress,
+    code: u16,
+    reason: &'static str,
+) -> End
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let send = socket.close(code, reason);
+    match without_progress(chat.config.write_timeout, || progress.writes(), send).await {
+        Some(Ok(())) => {
+            chat.metrics.close_sent(code);
+            End::ClosedByHub { code, reason }
+        }
+        Some(Err(_)) => End::Gone,
+        None => End::Stalled,
     }
 }
 
@@ -504,22 +470,71 @@ struct Hold {
     last_write: Instant,
 }
 
-/// The writer's deadlines, checked when its timer fires.
+impl Hold {
+    fn new(started: Instant) -> Hold {
+        Hold {
+            timer: Timer::never(),
+            last_write: started,
+        }
+    }
+
+    /// Whether the batch just taken waits: a client whose last write was less than
+    /// `coalesce / 2` ago is receiving a burst, so its frames wait (on `timer`, armed here)
+    /// until `coalesce` after that write and then go out together, with whatever was queued
+    /// meanwhile. Every write is a system call that costs more than the frames in it; sparse
+    /// traffic is never held.
+    fn burst(&mut self, coalesce: Duration) -> bool {
+        let burst = Instant::now() < self.last_write + coalesce / 2;
+        if burst {
+            self.timer.set_at(self.last_write + coalesce);
+        }
+        burst
+    }
+}
+
+/// The writer's deadlines: the next ping, the moment the client would have been silent too
+/// long, and the moment its token expires. One timer per session, re-armed only when it fires,
+/// for whichever comes first.
 struct Deadlines<'a> {
+    timer: Timer,
+    next_ping: Instant,
     started: Instant,
     last_seen: &'a AtomicU64,
     expires: Option<Instant>,
 }
 
-impl Deadlines<'_> {
-    /// Ends the session for a client silent past `--idle-timeout` or whose token expired;
-    /// otherwise re-arms `timer` for the next deadline and returns whether a ping is due.
-    fn check(
-        &self,
+impl<'a> Deadlines<'a> {
+    fn new(
         config: &crate::config::Config,
-        next_ping: &mut Instant,
-        timer: &mut Timer,
-    ) -> Result<bool, End> {
+        started: Instant,
+        last_seen: &'a AtomicU64,
+        expires: Option<Instant>,
+    ) -> Self {
+        let next_ping = started + config.ping_interval;
+        let first = next_ping.min(started + config.idle_timeout);
+        Deadlines {
+            timer: Timer::at(expires.map_or(first, |e| e.min(first))),
+            next_ping,
+            started,
+            last_seen,
+            expires,
+        }
+    }
+
+    /// Whether the timer fired. The writer polls it on the first pass after every wait, and on
+    /// at least every other pass while the queue keeps it busy. Were it never polled while the
+    /// queue is never empty (a busy room, a client that reads just fast enough), there would be
+    /// no pings and no idle check for as long as the room is busy
+    /// (`a_silent_client_in_a_busy_room_is_still_pinged_and_timed_out` in tests/limits.rs);
+    /// polled on every pass, it cost a clock read and a waker comparison twice per delivery
+    /// (once for the batch, once more on the pass that finds the queue empty).
+    fn fired(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        Pin::new(&mut self.timer).poll(cx).is_ready()
+    }
+
+    /// Ends the session for a client silent past `--idle-timeout` or whose token expired;
+    /// otherwise re-arms the timer for the next deadline and returns whether a ping is due.
+    fn check(&mut self, config: &crate::config::Config) -> Result<bool, End> {
         let now = Instant::now();
         let silent_until = self.started
             + Duration::from_millis(self.last_seen.load(Relaxed))
@@ -541,12 +556,13 @@ impl Deadlines<'_> {
                 leave: LeaveReason::Disconnected,
             });
         }
-        let ping = now >= *next_ping;
+        let ping = now >= self.next_ping;
         if ping {
-            *next_ping = now + config.ping_interval;
+            self.next_ping = now + config.ping_interval;
         }
-        let next = (*next_ping).min(silent_until);
-        timer.set_at(self.expires.map_or(next, |e| e.min(next)));
+        let next = self.next_ping.min(silent_until);
+        self.timer
+            .set_at(self.expires.map_or(next, |e| e.min(next)));
         Ok(ping)
     }
 }

@@ -180,10 +180,18 @@ impl Drop for Registration<'_> {
     }
 }
 
+/// tungstenite's read buffer, per connection: room for a usual chat frame in one read (a `say`
+/// with 64 bytes of text is about 100 bytes with its header and mask). A longer frame takes a
+/// read per 128 bytes (tungstenite grows the buffer to hold the whole frame, but reads at most
+/// this much at a time): 32 for the largest 4 KiB message, at most `--rate-limit` frames a
+/// second per client. It was 512 bytes until issue 27 measured what an idle connection costs:
+/// 128 takes 0.36 KiB off each (BENCHMARKS.md, "The read buffer").
+const READ_BUFFER: usize = 128;
+
 /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,
 /// 128 KiB write threshold, 64 MiB messages) would cost more per connection than
-/// everything else together. The read buffer is allocated eagerly for every connection, so
-/// it is small; a larger message just takes more reads.
+/// everything else together. The read buffer is allocated eagerly for every connection and
+/// kept for its whole life, so it is small: [`READ_BUFFER`].
 ///
 /// The chat's events do not pass through tungstenite's writer (the session's writer frames
 /// them, [`crate::wire`]); only its own frames do (pongs, close answers, our close), into
@@ -193,7 +201,7 @@ impl Drop for Registration<'_> {
 fn ws_config(front: Front) -> WebSocketConfig {
     let max = front.config().max_message_bytes;
     WebSocketConfig::default()
-        .read_buffer_size(512)
+        .read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)
         .max_write_buffer_size(WRITE_BUFFER + front.config().max_event_bytes() + 14)
         .max_message_size(Some(max))

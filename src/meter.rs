@@ -16,10 +16,11 @@
 //!   byte accepted by the socket for that long" rather than "a whole batch not written in that
 //!   long" (see `deadline::without_progress`).
 
+use std::io::IoSliceMut;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use futures_lite::{AsyncRead, AsyncWrite, Future};
@@ -109,55 +110,93 @@ impl<S> Metered<S> {
     }
 }
 
-impl<S: AsyncRead> AsyncRead for Metered<S> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut [u8],
-    ) -> Poll<std::io::Result<usize>> {
+impl<S: AsyncRead> Metered<S> {
+    /// How many of `want` bytes the next read may take, or `Pending` while the reader must
+    /// yield or wait for its budget.
+    fn poll_allowed(self: Pin<&mut Self>, cx: &mut Context<'_>, want: usize) -> Poll<usize> {
         let this = self.project();
         if *this.read_since_yield as usize >= YIELD_BYTES {
             *this.read_since_yield = 0;
             cx.waker().wake_by_ref();
             return Poll::Pending;
         }
-        let mut allowed = buf.len();
-        if let Some(budget) = this.budget {
-            if let Some(pause) = this.pause {
-                if Pin::new(&mut **pause).poll(cx).is_pending() {
-                    return Poll::Pending;
-                }
-                *this.pause = None;
-            }
-            let now = now_ms();
-            let earned = now.wrapping_sub(budget.last_ms) as f32 / 1000.0 * budget.rate as f32;
-            budget.tokens = (budget.tokens + earned).min(budget.burst as f32);
-            budget.last_ms = now;
-            if budget.tokens < 1.0 {
-                // Wait until a read's worth is back rather than waking for every byte.
-                let want = (budget.burst as f32 / 4.0).clamp(1.0, 4096.0) - budget.tokens;
-                let wait = Duration::from_secs_f32(want / budget.rate as f32);
-                let mut pause = Box::new(Timer::after(wait.max(Duration::from_millis(1))));
-                let _ = Pin::new(&mut *pause).poll(cx);
-                *this.pause = Some(pause);
+        let Some(budget) = this.budget else {
+            return Poll::Ready(want);
+        };
+        if let Some(pause) = this.pause {
+            if Pin::new(&mut **pause).poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            allowed = allowed.min(budget.tokens as usize);
+            *this.pause = None;
         }
-        match this.inner.poll_read(cx, &mut buf[..allowed]) {
+        let now = now_ms();
+        let earned = now.wrapping_sub(budget.last_ms) as f32 / 1000.0 * budget.rate as f32;
+        budget.tokens = (budget.tokens + earned).min(budget.burst as f32);
+        budget.last_ms = now;
+        if budget.tokens < 1.0 {
+            // Wait until a read's worth is back rather than waking for every byte.
+            let want = (budget.burst as f32 / 4.0).clamp(1.0, 4096.0) - budget.tokens;
+            let wait = Duration::from_secs_f32(want / budget.rate as f32);
+            let mut pause = Box::new(Timer::after(wait.max(Duration::from_millis(1))));
+            let _ = Pin::new(&mut *pause).poll(cx);
+            *this.pause = Some(pause);
+            return Poll::Pending;
+        }
+        Poll::Ready(want.min(budget.tokens as usize))
+    }
+
+    /// Counts what a read returned against the yield and the budget.
+    fn count(self: Pin<&mut Self>, read: &Poll<std::io::Result<usize>>) {
+        let this = self.project();
+        match read {
             Poll::Ready(Ok(n)) => {
-                *this.read_since_yield += n as u32;
+                *this.read_since_yield += *n as u32;
                 if let Some(budget) = this.budget {
-                    budget.tokens -= n as f32;
+                    budget.tokens -= *n as f32;
                 }
-                Poll::Ready(Ok(n))
             }
-            Poll::Pending => {
-                *this.read_since_yield = 0;
-                Poll::Pending
-            }
-            other => other,
+            Poll::Pending => *this.read_since_yield = 0,
+            Poll::Ready(Err(_)) => {}
         }
+    }
+}
+
+impl<S: AsyncRead> AsyncRead for Metered<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let allowed = ready!(self.as_mut().poll_allowed(cx, buf.len()));
+        let read = self
+            .as_mut()
+            .project()
+            .inner
+            .poll_read(cx, &mut buf[..allowed]);
+        self.count(&read);
+        read
+    }
+
+    /// The reader's read-ahead (`wire::Gate`): passed on whole while the budget allows all of
+    /// it, so a socket that reads vectors takes what is there with one system call; as one
+    /// read into the first buffer when the budget allows less.
+    fn poll_read_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &mut [IoSliceMut<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let total = bufs.iter().map(|b| b.len()).sum();
+        let allowed = ready!(self.as_mut().poll_allowed(cx, total));
+        let inner = self.as_mut().project().inner;
+        let read = match bufs.iter_mut().find(|b| !b.is_empty()) {
+            Some(first) if allowed < total => {
+                let n = allowed.min(first.len());
+                inner.poll_read(cx, &mut first[..n])
+            }
+            _ => inner.poll_read_vectored(cx, bufs),
+        };
+        self.count(&read);
+        read
     }
 }
 

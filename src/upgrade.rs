@@ -181,11 +181,10 @@ impl Drop for Registration<'_> {
 }
 
 /// tungstenite's read buffer, per connection: room for a usual chat frame in one read (a `say`
-/// with 64 bytes of text is about 100 bytes with its header and mask). A longer frame takes a
-/// read per 128 bytes (tungstenite grows the buffer to hold the whole frame, but reads at most
-/// this much at a time): 32 for the largest 4 KiB message, at most `--rate-limit` frames a
-/// second per client. It was 512 bytes until issue 27 measured what an idle connection costs:
-/// 128 takes 0.36 KiB off each (BENCHMARKS.md, "The read buffer").
+/// with 64 bytes of text is about 100 bytes with its header and mask). tungstenite reads at
+/// most this much at a time, so the socket below it reads ahead (`wire::Gate`): a longer frame
+/// still takes one read. It was 512 bytes until issue 27 measured what an idle connection
+/// costs: 128 takes 0.36 KiB off each (BENCHMARKS.md, "The read buffer").
 const READ_BUFFER: usize = 128;
 
 /// tungstenite's buffers, sized from our limits: its defaults (128 KiB read buffer,

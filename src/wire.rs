@@ -22,7 +22,7 @@
 //! other in turn for as long as the socket stayed full).
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Mutex, MutexGuard};
@@ -50,6 +50,11 @@ const FRAMES_PER_WRITE: usize = 64;
 const SLICES: usize = 2 * FRAMES_PER_WRITE + 2;
 /// An empty ping, as the writer sends it.
 const PING: [u8; 2] = [0x89, 0x00];
+/// Bytes the gate reads beyond what tungstenite asks for, at most. tungstenite's read buffer
+/// is small (`upgrade::READ_BUFFER`: every connection keeps one), and it reads at most its
+/// size at a time; the gate's read-ahead lets one system call take a longer frame, or many
+/// frames sent together, while an idle connection keeps nothing for it.
+const READ_AHEAD: usize = 4096;
 
 /// The stream tungstenite reads and writes: reads go to the socket; writes are parked until
 /// the session's writer writes them (see the module documentation).
@@ -62,15 +67,38 @@ pub(crate) struct Gate<S> {
     closed: bool,
     /// Where the writer is in its frames.
     cursor: Cursor,
+    /// Bytes read ahead and not yet handed to tungstenite, from the offset on; `None` (and
+    /// nothing allocated) nearly always.
+    unread: Option<Box<(usize, Vec<u8>)>>,
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
+    /// tungstenite's reads: from what was read ahead, else one vectored read into `buf` and
+    /// up to [`READ_AHEAD`] bytes more, whose surplus is kept until tungstenite asks again.
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(unread) = &mut this.unread {
+            let (at, bytes) = &mut **unread;
+            let n = buf.len().min(bytes.len() - *at);
+            buf[..n].copy_from_slice(&bytes[*at..*at + n]);
+            *at += n;
+            if *at == bytes.len() {
+                this.unread = None;
+            }
+            return Poll::Ready(Ok(n));
+        }
+        let wanted = buf.len();
+        let mut ahead = [0; READ_AHEAD];
+        let mut bufs = [IoSliceMut::new(buf), IoSliceMut::new(&mut ahead)];
+        let n = ready!(Pin::new(&mut this.inner).poll_read_vectored(cx, &mut bufs))?;
+        if n > wanted {
+            this.unread = Some(Box::new((0, ahead[..n - wanted].to_vec())));
+        }
+        Poll::Ready(Ok(n.min(wanted)))
     }
 }
 
@@ -148,6 +176,7 @@ where
         parked: Vec::new(),
         closed: false,
         cursor: Cursor::default(),
+        unread: None,
     };
     let ws = WebSocketStream::from_partially_read(gate, leftover, Role::Server, Some(config)).await;
     Box::new(Socket {
@@ -537,6 +566,71 @@ mod tests {
         assert!(!contains_close(&long));
     }
 
+    /// A socket holding `data`, counting the reads that reach it; a vectored read fills every
+    /// buffer it is given, as a socket's `readv` does.
+    struct Received {
+        data: Vec<u8>,
+        at: usize,
+        reads: usize,
+    }
+
+    impl AsyncRead for Received {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.as_mut()
+                .poll_read_vectored(cx, &mut [IoSliceMut::new(buf)])
+        }
+        fn poll_read_vectored(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            bufs: &mut [IoSliceMut<'_>],
+        ) -> Poll<io::Result<usize>> {
+            self.reads += 1;
+            let mut n = 0;
+            for buf in bufs {
+                let take = buf.len().min(self.data.len() - self.at);
+                buf[..take].copy_from_slice(&self.data[self.at..self.at + take]);
+                self.at += take;
+                n += take;
+            }
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    /// tungstenite asks for 128 bytes at a time; the gate takes what the socket holds with one
+    /// read and hands it out in order, and keeps nothing once all of it is handed out.
+    #[test]
+    fn the_gate_reads_ahead_with_one_read_and_keeps_nothing_after() {
+        let data: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let mut gate = Gate {
+            inner: Received {
+                data: data.clone(),
+                at: 0,
+                reads: 0,
+            },
+            parked: Vec::new(),
+            closed: false,
+            cursor: Cursor::default(),
+            unread: None,
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut got = Vec::new();
+        while got.len() < data.len() {
+            let mut buf = [0; 128];
+            let Poll::Ready(Ok(n)) = Pin::new(&mut gate).poll_read(&mut cx, &mut buf) else {
+                panic!("a read of what the socket holds must be ready");
+            };
+            assert!(n > 0, "nothing read after {} bytes", got.len());
+            got.extend_from_slice(&buf[..n]);
+        }
+        assert_eq!(got, data);
+        assert_eq!(gate.inner.reads, 1, "3,000 bytes fit one read-ahead");
+        assert!(gate.unread.is_none(), "nothing kept once handed out");
+    }
+
     /// Frames cut at every byte stay whole, in order, and what tungstenite parks while one is
     /// cut goes out between two frames.
     #[test]
@@ -555,6 +649,7 @@ mod tests {
                 ping: true,
                 offset: 0,
             },
+            unread: None,
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut written = 0;

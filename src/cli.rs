@@ -1,5 +1,6 @@
-//! The command line: which flags this build has, `--help`, and reading flags, their
-//! environment variables and the `smolchat token` subcommand into an [`Action`].
+//! The command line: which flags this build has, `--help`, reading flags, their environment
+//! variables and the `smolchat token` subcommand into an [`Action`], and the limits `--check`
+//! lists, read back through the same tables.
 //!
 //! Data enters as the process's arguments and environment ([`Config::from_env`], or
 //! [`Config::from_args`] with any of both) and leaves as an [`Action`]: a validated [`Config`]
@@ -285,8 +286,8 @@ impl Config {
     /// flag declared with a number kind (see `flags!`), in `--help`'s order, read back through
     /// its table: a new limit is listed by its table line alone.
     pub fn numeric_limits(&self) -> Vec<(&'static str, usize)> {
-        let quantities = self.quantities().into_iter();
-        quantities
+        self.quantities()
+            .into_iter()
             .filter_map(|(name, quantity)| match quantity {
                 Quantity::Number(n) => Some((name, n)),
                 Quantity::Duration(_) => None,
@@ -297,8 +298,8 @@ impl Config {
     /// The timeouts and intervals in effect, as `(flag, value)`: every flag declared with a
     /// duration kind, as [`Config::numeric_limits`] does for numbers.
     pub fn durations(&self) -> Vec<(&'static str, Duration)> {
-        let quantities = self.quantities().into_iter();
-        quantities
+        self.quantities()
+            .into_iter()
             .filter_map(|(name, quantity)| match quantity {
                 Quantity::Duration(d) => Some((name, d)),
                 Quantity::Number(_) => None,

@@ -23,7 +23,7 @@ use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite};
 use serde::Deserialize;
 
 use crate::Front;
-use crate::config::{Config, Invalid, Protocol, Section, err, flags, rate_into};
+use crate::config::{Config, Invalid, Protocol, Section, err, flags};
 use crate::http::{Head, Response, query_param, respond};
 use crate::hub::{ApiCall, ApiReply, Command};
 use crate::logger;
@@ -40,7 +40,7 @@ pub(crate) const FLAGS: Section = Section {
         "api-key-file" "PATH": "API key in a file: enables the HTTP API at /api/"
             => |c, v| key_file(c, v);
         "api-rate-limit" "N" = "20": "API calls per second, 0 = off"
-            => |c, v| rate_into(&mut c.api_rate_limit, v, 0, 1_000_000);
+            => rate(api_rate_limit, 0, 1_000_000);
     },
     footer: &[],
     // The API publishes messages and reads history: raw groups have neither.

@@ -1,5 +1,6 @@
-//! The command line: which flags this build has, `--help`, and reading flags, their
-//! environment variables and the `smolchat token` subcommand into an [`Action`].
+//! The command line: which flags this build has, `--help`, reading flags, their environment
+//! variables and the `smolchat token` subcommand into an [`Action`], and the limits `--check`
+//! lists, read back through the same tables.
 //!
 //! Data enters as the process's arguments and environment ([`Config::from_env`], or
 //! [`Config::from_args`] with any of both) and leaves as an [`Action`]: a validated [`Config`]
@@ -10,12 +11,13 @@
 //! one makes no import cycle.
 
 use std::ffi::OsString;
-#[cfg(feature = "auth")]
 use std::time::Duration;
 
 #[cfg(feature = "store")]
 use crate::config::STORE;
-use crate::config::{Config, ConfigError, Flag, Flags, Invalid, MAIN, Section, err, lex_error};
+use crate::config::{
+    Config, ConfigError, Flag, Flags, Invalid, MAIN, Quantity, Section, err, lex_error,
+};
 #[cfg(feature = "auth")]
 use crate::config::{MAX_TOKEN_TTL, duration_up_to};
 #[cfg(feature = "auth")]
@@ -278,6 +280,45 @@ impl Config {
             check(self)?;
         }
         Ok(())
+    }
+
+    /// The numeric limits in effect, as `(flag, value)`: what `smolchat --check` prints. Every
+    /// flag declared with a number kind (see `flags!`), in `--help`'s order, read back through
+    /// its table: a new limit is listed by its table line alone.
+    pub fn numeric_limits(&self) -> Vec<(&'static str, usize)> {
+        self.quantities()
+            .into_iter()
+            .filter_map(|(name, quantity)| match quantity {
+                Quantity::Number(n) => Some((name, n)),
+                Quantity::Duration(_) => None,
+            })
+            .collect()
+    }
+
+    /// The timeouts and intervals in effect, as `(flag, value)`: every flag declared with a
+    /// duration kind, as [`Config::numeric_limits`] does for numbers.
+    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
+        self.quantities()
+            .into_iter()
+            .filter_map(|(name, quantity)| match quantity {
+                Quantity::Duration(d) => Some((name, d)),
+                Quantity::Number(_) => None,
+            })
+            .collect()
+    }
+
+    /// Every number and duration flag this build has, with its value in effect, in `--help`'s
+    /// order.
+    fn quantities(&self) -> Vec<(&'static str, Quantity)> {
+        let mut all = Vec::new();
+        for section in SECTIONS {
+            for (i, flag) in section.flags.table.iter().enumerate() {
+                if let Some(quantity) = (section.flags.get)(self, i) {
+                    all.push((flag.name(), quantity));
+                }
+            }
+        }
+        all
     }
 }
 
@@ -572,6 +613,36 @@ mod tests {
             let mut config = Config::default();
             config.set(flag.name(), flag.default()).unwrap();
             assert_eq!(format!("{config:?}"), default, "--{}", flag.name());
+        }
+    }
+
+    /// `--check` lists exactly the flags whose placeholder is `N` or `DUR`, and reads each back
+    /// from the field its table line sets: a limit declared with a closure instead of a number
+    /// or duration kind, or a kind that names another field, fails here.
+    #[test]
+    fn check_lists_every_number_and_duration_flag_as_set() {
+        let default = Config::default();
+        let (numbers, durations) = (default.numeric_limits(), default.durations());
+        for flag in all_flags() {
+            let name = flag.name();
+            let number = numbers.iter().any(|(n, _)| *n == name);
+            let duration = durations.iter().any(|(n, _)| *n == name);
+            assert_eq!(number, flag.value() == "N", "--{name}");
+            assert_eq!(duration, flag.value() == "DUR", "--{name}");
+        }
+        for (name, n) in &numbers {
+            let mut config = Config::default();
+            config.set(name, &(n + 1).to_string()).unwrap();
+            let mut expected = numbers.clone();
+            expected.iter_mut().find(|(m, _)| m == name).unwrap().1 = n + 1;
+            assert_eq!(config.numeric_limits(), expected, "--{name}");
+        }
+        for (name, _) in &durations {
+            let mut config = Config::default();
+            config.set(name, "7s").unwrap();
+            let mut expected = durations.clone();
+            expected.iter_mut().find(|(m, _)| m == name).unwrap().1 = Duration::from_secs(7);
+            assert_eq!(config.durations(), expected, "--{name}");
         }
     }
 

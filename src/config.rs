@@ -14,7 +14,8 @@
 //! build has are declared here; an optional part of the server declares its own section
 //! beside its code (`token.rs`, `api.rs`, `tls.rs`, `cluster/backend.rs`), plugged in by one
 //! line of `cli::SECTIONS`. To add a limit: a field with its default below, and one line in a
-//! table.
+//! table, declared with a number or duration kind (`number(field, min, max)`...), which is
+//! also how `--check` finds it and reads it back.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -253,10 +254,40 @@ pub struct Flag {
     pub(crate) list: bool,
 }
 
-/// A table of flags (see `flags!`) and the one function that sets any of them, by name.
+/// A table of flags (see `flags!`), the one function that sets any of them, by name, and the
+/// one that reads the number and duration flags back.
 pub struct Flags {
     pub(crate) table: &'static [Flag],
     pub(crate) set: fn(&mut Config, &str, &str) -> Result<(), Invalid>,
+    /// The value in effect of the table's flag at an index, if it was declared with a number
+    /// or duration kind. `--check` lists every flag this answers for, so a new limit needs no
+    /// list of its own.
+    pub(crate) get: fn(&Config, usize) -> Option<Quantity>,
+}
+
+/// A number or duration flag's value in effect (`Flags::get`): what `--check` prints.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Quantity {
+    Number(usize),
+    Duration(Duration),
+}
+
+impl From<usize> for Quantity {
+    fn from(n: usize) -> Quantity {
+        Quantity::Number(n)
+    }
+}
+
+impl From<u32> for Quantity {
+    fn from(n: u32) -> Quantity {
+        Quantity::Number(n as usize)
+    }
+}
+
+impl From<Duration> for Quantity {
+    fn from(d: Duration) -> Quantity {
+        Quantity::Duration(d)
+    }
 }
 
 impl Flag {
@@ -308,12 +339,16 @@ impl From<&str> for Invalid {
     }
 }
 
-/// Declares a table of [`Flag`]s, one line each, and their setter ([`Flags`]):
-/// `"name" "VALUE" = "default", list: "help" => |config, text| setter;`
-/// (`= "default"` and `, list` are optional).
+/// Declares a table of [`Flag`]s, one line each, with their setter and getter ([`Flags`]):
+/// `"name" "VALUE" = "default", list: "help" => SETTER;` (`= "default"` and `, list` are
+/// optional). The setter is a number or duration kind, which names the field and its bounds
+/// once, so that the same line both parses the flag and reads it back for `--check`:
+/// `number(field, min, max)` (a `usize`), `rate(field, min, max)` (a `u32`), `duration(field)`
+/// or `duration_or_zero(field)`; or, for any other flag, `|config, text| expression`, which
+/// `--check` does not list.
 macro_rules! flags {
     ($($name:literal $value:literal $(= $default:literal)? $(, $list:ident)?: $help:literal
-        => |$c:ident, $v:ident| $set:expr;)*) => {{
+        => $($kind:ident $args:tt)? $(|$c:ident, $v:ident| $set:expr)?;)*) => {{
         // Every setter of the table in one function, a branch each: one function per table
         // is smaller than one per flag.
         fn set(
@@ -323,11 +358,32 @@ macro_rules! flags {
         ) -> Result<(), $crate::config::Invalid> {
             match name {
                 $($name => {
-                    let ($c, $v) = (config, value);
-                    $set
+                    $($crate::config::flags!(@set $kind $args, config, value))?
+                    $({
+                        let ($c, $v) = (config, value);
+                        $set
+                    })?
                 })*
                 _ => Ok(()),
             }
+        }
+        // The value of the table's `index`th flag, if it is a number or a duration. The
+        // flags are counted, not their names compared, so that this compiles to a jump table:
+        // a lookup by name cost the release binary 1,160 bytes for the main table, this 286.
+        // A table without such flags (tls's) reads nothing and counts for nothing.
+        #[allow(unused_variables, unused_assignments)]
+        fn get(
+            config: &$crate::config::Config,
+            index: usize,
+        ) -> Option<$crate::config::Quantity> {
+            let mut i = 0;
+            $(
+                $(if index == i {
+                    return Some($crate::config::flags!(@get $kind $args, config));
+                })?
+                i += 1;
+            )*
+            None
         }
         $crate::config::Flags {
             table: &[$($crate::config::Flag {
@@ -338,8 +394,25 @@ macro_rules! flags {
                 list: $crate::config::flags!(@list $($list)?),
             },)*],
             set,
+            get,
         }
     }};
+    (@set number ($field:ident, $min:expr, $max:expr), $c:ident, $v:ident) => {
+        $crate::config::number_into(&mut $c.$field, $v, $min, $max)
+    };
+    (@set rate ($field:ident, $min:expr, $max:expr), $c:ident, $v:ident) => {
+        $crate::config::rate_into(&mut $c.$field, $v, $min, $max)
+    };
+    (@set duration ($field:ident), $c:ident, $v:ident) => {
+        $crate::config::duration_into(&mut $c.$field, $v)
+    };
+    (@set duration_or_zero ($field:ident), $c:ident, $v:ident) => {
+        $crate::config::put(&mut $c.$field, $crate::config::duration_or_zero($v))
+    };
+    // Every kind's field comes first; its type says whether it is a number or a duration.
+    (@get $kind:ident ($field:ident $(, $bound:expr)*), $c:ident) => {
+        $crate::config::Quantity::from($c.$field)
+    };
     (@default) => { "" };
     (@default $default:literal) => { $default };
     (@list) => { false };
@@ -384,57 +457,57 @@ Options:
         "listen" "ADDR" = "127.0.0.1:8080": "address to listen on"
             => |c, v| put(&mut c.listen, parsed(v, "expected an address like 127.0.0.1:8080 or [::1]:8080"));
         "history" "N" = "100": "messages each room keeps for replay"
-            => |c, v| number_into(&mut c.history, v, 0, 1_000_000);
+            => number(history, 0, 1_000_000);
         "history-bytes" "N" = "65536": "bytes of messages each room keeps"
-            => |c, v| number_into(&mut c.history_bytes, v, 0, 1 << 30);
+            => number(history_bytes, 0, 1 << 30);
         "history-total-bytes" "N" = "16777216": "bytes of messages all rooms keep together"
-            => |c, v| number_into(&mut c.history_total_bytes, v, 0, 1 << 30);
+            => number(history_total_bytes, 0, 1 << 30);
         "threads" "N" = "0": "executor threads, 0 = one per core"
-            => |c, v| number_into(&mut c.threads, v, 0, 1024);
+            => number(threads, 0, 1024);
         "default-room" "NAME" = "lobby": "room every client joins on connect"
             => |c, v| put(&mut c.default_room, checked(v, crate::protocol::valid_room, "expected a room name of 1-32 characters a-z, 0-9, _ or -"));
         "log-level" "LEVEL" = "info": "off, error, warn, info, debug, trace"
             => |c, v| put(&mut c.log_level, parsed(v, "expected off, error, warn, info, debug or trace"));
         "max-message-bytes" "N" = "4096": "largest message or frame a client may send"
-            => |c, v| number_into(&mut c.max_message_bytes, v, 64, 16 << 20);
+            => number(max_message_bytes, 64, 16 << 20);
         "queue" "N" = "256": "events queued per client before it is a slow consumer"
-            => |c, v| number_into(&mut c.queue, v, 1, 1 << 20);
+            => number(queue, 1, 1 << 20);
         "queue-bytes" "N" = "131072": "bytes queued per client before it is a slow consumer"
-            => |c, v| number_into(&mut c.queue_bytes, v, 1, 1 << 30);
+            => number(queue_bytes, 1, 1 << 30);
         "max-connections" "N" = "10000": "concurrent WebSocket connections"
-            => |c, v| number_into(&mut c.max_connections, v, 1, 10_000_000);
+            => number(max_connections, 1, 10_000_000);
         "handshake-timeout" "DUR" = "10s": "time for a whole plain HTTP exchange or upgrade"
-            => |c, v| duration_into(&mut c.handshake_timeout, v);
+            => duration(handshake_timeout);
         "max-pending" "N" = "512": "connections not yet WebSocket sessions"
-            => |c, v| number_into(&mut c.max_pending, v, 1, 1_000_000);
+            => number(max_pending, 1, 1_000_000);
         "max-pending-per-address" "N" = "64": "of those, from one address (IPv6: /64)"
-            => |c, v| number_into(&mut c.max_pending_per_address, v, 1, 1_000_000);
+            => number(max_pending_per_address, 1, 1_000_000);
         "allow-host" "NAME", list: "host name /ws may be reached by besides IP literals and\nlocalhost; repeatable; * = any"
             => |c, v| allow_host(c, v);
         "allow-origin" "ORIGIN", list: "browser origin allowed besides our own; repeatable; * = any"
             => |c, v| allow_origin(c, v);
         "rate-limit" "N" = "10": "frames per second per client, pings and pongs included,\n0 = off"
-            => |c, v| rate_into(&mut c.rate_limit, v, 0, 1_000_000);
+            => rate(rate_limit, 0, 1_000_000);
         "rate-burst" "N" = "20": "burst allowance above the rate"
-            => |c, v| rate_into(&mut c.rate_burst, v, 1, 1_000_000);
+            => rate(rate_burst, 1, 1_000_000);
         "ping-interval" "DUR" = "30s": "interval between server pings"
-            => |c, v| duration_into(&mut c.ping_interval, v);
+            => duration(ping_interval);
         "idle-timeout" "DUR" = "75s": "close a client silent for this long"
-            => |c, v| duration_into(&mut c.idle_timeout, v);
+            => duration(idle_timeout);
         "write-timeout" "DUR" = "10s": "close a client whose writes stall this long"
-            => |c, v| duration_into(&mut c.write_timeout, v);
+            => duration(write_timeout);
         "coalesce" "DUR" = "0": "hold a bursting client's frames this long after its last write, to\nwrite them together; 0 = never hold"
-            => |c, v| put(&mut c.coalesce, duration_or_zero(v));
+            => duration_or_zero(coalesce);
         "max-rooms" "N" = "1000": "rooms the server keeps"
-            => |c, v| number_into(&mut c.max_rooms, v, 1, 10_000_000);
+            => number(max_rooms, 1, 10_000_000);
         "max-rooms-per-client" "N" = "32": "rooms one client may be in"
-            => |c, v| number_into(&mut c.max_rooms_per_client, v, 1, 100_000);
+            => number(max_rooms_per_client, 1, 100_000);
         "max-rooms-per-address" "N" = "100": "existing rooms created from one address (IPv6: /64)"
-            => |c, v| number_into(&mut c.max_rooms_per_address, v, 1, 10_000_000);
+            => number(max_rooms_per_address, 1, 10_000_000);
         "presence-limit" "N" = "100": "largest room with join/leave events and full member lists"
-            => |c, v| number_into(&mut c.presence_limit, v, 1, 1_000_000);
+            => number(presence_limit, 1, 1_000_000);
         "shutdown-timeout" "DUR" = "5s": "time writers get to flush on shutdown"
-            => |c, v| duration_into(&mut c.shutdown_timeout, v);
+            => duration(shutdown_timeout);
     },
     footer: &[
         (
@@ -455,7 +528,7 @@ pub(crate) const STORE: Section = Section {
         "data-dir" "DIR": "keep every room's history, ids and epoch in DIR across restarts"
             => |c, v| put(&mut c.data_dir, Ok(Some(v.to_string())));
         "sync-interval" "DUR" = "1s": "gather changes this long per commit; 0 = commit as soon as the\nprevious commit ends"
-            => |c, v| put(&mut c.sync_interval, duration_or_zero(v));
+            => duration_or_zero(sync_interval);
     },
     footer: &[],
     check: Some(|c| match &c.data_dir {
@@ -699,50 +772,6 @@ impl Config {
         0
     }
 
-    /// The numeric limits in effect, as `(flag, value)`: what `smolchat --check` prints.
-    pub fn numeric_limits(&self) -> Vec<(&'static str, usize)> {
-        #[allow(unused_mut)]
-        let mut limits = vec![
-            ("history", self.history),
-            ("history-bytes", self.history_bytes),
-            ("history-total-bytes", self.history_total_bytes),
-            ("threads", self.threads),
-            ("max-message-bytes", self.max_message_bytes),
-            ("queue", self.queue),
-            ("queue-bytes", self.queue_bytes),
-            ("max-connections", self.max_connections),
-            ("max-pending", self.max_pending),
-            ("max-pending-per-address", self.max_pending_per_address),
-            ("rate-limit", self.rate_limit as usize),
-            ("rate-burst", self.rate_burst as usize),
-            ("max-rooms", self.max_rooms),
-            ("max-rooms-per-client", self.max_rooms_per_client),
-            ("max-rooms-per-address", self.max_rooms_per_address),
-            ("presence-limit", self.presence_limit),
-        ];
-        #[cfg(feature = "auth")]
-        limits.push(("max-connections-per-user", self.max_connections_per_user));
-        #[cfg(feature = "api")]
-        limits.push(("api-rate-limit", self.api_rate_limit as usize));
-        limits
-    }
-
-    /// The timeouts and intervals in effect, as `(flag, value)`.
-    pub fn durations(&self) -> Vec<(&'static str, Duration)> {
-        #[allow(unused_mut)]
-        let mut durations = vec![
-            ("handshake-timeout", self.handshake_timeout),
-            ("ping-interval", self.ping_interval),
-            ("idle-timeout", self.idle_timeout),
-            ("write-timeout", self.write_timeout),
-            ("coalesce", self.coalesce),
-            ("shutdown-timeout", self.shutdown_timeout),
-        ];
-        #[cfg(feature = "redis")]
-        durations.push(("redis-heartbeat", self.redis_heartbeat));
-        durations
-    }
-
     /// True when names come from tokens (`--auth-secret-file`): nobody renames.
     pub fn names_from_tokens(&self) -> bool {
         #[cfg(feature = "auth")]
@@ -835,7 +864,7 @@ pub(crate) fn duration(value: &str) -> Result<Duration, String> {
 }
 
 /// A duration as [`duration`] parses it, or `0` for none.
-fn duration_or_zero(value: &str) -> Result<Duration, String> {
+pub(crate) fn duration_or_zero(value: &str) -> Result<Duration, String> {
     match value {
         "0" => Ok(Duration::ZERO),
         _ => duration(value),

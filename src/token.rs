@@ -20,7 +20,7 @@ use serde::Deserialize;
 use sha2::Sha256;
 
 use crate::client::{User, Verified};
-use crate::config::{Auth, Config, Invalid, Section, flags, number_into};
+use crate::config::{Auth, Config, Invalid, Section, flags};
 use crate::protocol::{valid_nick, valid_room};
 pub use crate::secret::Secret;
 
@@ -246,7 +246,7 @@ pub(crate) const FLAGS: Section = Section {
         "auth" "required|optional" = "required": "optional also admits guests without a token"
             => |c, v| guests(c, v);
         "max-connections-per-user" "N" = "16": "connections one user may have at once; one more is closed\nwith 4002"
-            => |c, v| number_into(&mut c.max_connections_per_user, v, 1, 1_000_000);
+            => number(max_connections_per_user, 1, 1_000_000);
     },
     footer: &[(
         "smolchat token --sub NAME",

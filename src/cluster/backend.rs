@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::Backend;
-use crate::config::{Config, ConfigError, Protocol, Section, duration_into, err, flags};
+use crate::config::{Config, ConfigError, Protocol, Section, err, flags};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 
@@ -43,7 +43,7 @@ pub(crate) const FLAGS: Section = Section {
         "redis" "URL": "share rooms with other nodes through Redis (redis://host:6379)"
             => |c, v| url(c, v);
         "redis-heartbeat" "DUR" = "5s": "node heartbeat; a node silent for 3 beats is lost"
-            => |c, v| duration_into(&mut c.redis_heartbeat, v);
+            => duration(redis_heartbeat);
     },
     footer: &[],
     check: Some(check),

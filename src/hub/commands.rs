@@ -107,7 +107,7 @@ impl Hub {
     {
         let client = self.id(key);
         let answer = self.authority.ask(client, ask, &mut self.events);
-        self.deliver_events();
+        self.fan_out(None);
         match answer {
             Some(Answer::Gone) => self.close(key, LOST_CLOSE, LeaveReason::Disconnected),
             Some(answer) => then(self, key, answer),

@@ -15,8 +15,8 @@
 //! Room events from such an authority come back too (`Notice::Room`, [`Hub::room_event`]):
 //! they may meet a join on its way (kept for it, `Audience::pending`), a room held until its
 //! resync after a reconnect (`Audience::held`, resynced by `Hub::resync` in `audience.rs`),
-//! and the senders waiting for them. Events the authority in memory makes go to the members
-//! without any of this (`Hub::deliver_events`).
+//! and the senders waiting for them, before `Hub::fan_out` delivers them. Events the
+//! authority in memory makes go straight to `Hub::fan_out`, without any of this.
 
 use std::collections::VecDeque;
 
@@ -122,9 +122,14 @@ impl Hub {
         let Some(event) = audience.hold(event) else {
             return;
         };
-        self.fan_out(&event, None);
-        if let What::Message { id, .. } = event.what {
-            self.message_back(&event.room, id);
+        let back = match event.what {
+            What::Message { id, .. } => Some((event.room.clone(), id)),
+            _ => None,
+        };
+        self.events.push(event);
+        self.fan_out(None);
+        if let Some((room, id)) = back {
+            self.message_back(&room, id);
         }
     }
 

@@ -18,12 +18,18 @@
 //! joins, leaves and renames as values encoded here, once per event, into a shared [`Frame`]
 //! for every local member.
 //!
-//! The hub's files: this one (clients, commands in, closes, shutdown, the future);
-//! `commands.rs` and `commands/*.rs` (a client's commands, one unit per command: its parsing,
-//! its step here, its question to the authority and its reply); `late.rs` (the adapter for an
-//! authority that answers later: busy clients, their waiting frames, answers held until their
-//! message comes back, the room events it sends); `audience.rs` (room events: which local
-//! clients hear what, and when); raw mode is `raw.rs`, and the HTTP API's calls are `api.rs`.
+//! The hub's files: this one (clients, commands in and to their unit, deliveries to the
+//! clients' queues, room events included, closes, shutdown, the future); `commands.rs` and
+//! `commands/*.rs` (a client's commands, one unit per command: its parsing, its step here,
+//! its question to the authority and its reply); `late.rs` (the adapter for an authority that
+//! answers later: busy clients, their waiting commands, answers held until their message
+//! comes back, the room events it sends); `audience.rs` (each room's local members, and when
+//! which of them hear its events); raw mode is `raw.rs`, and the HTTP API's calls are
+//! `api.rs`.
+//!
+//! A `say` on a single node, for example: [`parse`] (in the session's reader), [`run`],
+//! [`Hub::handle`], the unit's `Hub::say`, `Hub::ask`, the authority's answer with the
+//! message's event, then `Hub::fan_out` into every member's queue.
 //!
 //! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
 //! may not rename, and only joins the rooms its token allows. That it shares its name with its
@@ -258,7 +264,9 @@ impl Hub {
     }
 
     /// Handles one command. Everything the command causes (and the authority answers at once)
-    /// is queued before this returns.
+    /// is queued before this returns. A parsed command is started by its unit (`commands/`);
+    /// a client that waits for a late answer has its commands wait their turn (`late.rs`),
+    /// which hands them back here when it comes.
     pub fn handle(&mut self, command: Command) {
         for client in self.orphans.take() {
             if let Some(key) = self.key(client) {
@@ -272,35 +280,37 @@ impl Hub {
                 address,
                 group,
                 user,
-            } => {
-                if !self.shutting_down {
-                    let admitted = match self.config.protocol {
-                        Protocol::V1 => Ok(self.connect(queue, address, user)),
-                        Protocol::Raw => self.connect_raw(queue, address, group, user),
+            } => self.admit(queue, reply, address, (group, user)),
+            Command::Request { client, request } => match self.key(client) {
+                Some(key) if self.busy.contains_key(&key) => {
+                    self.queue_behind(key, Command::Request { client, request });
+                }
+                Some(key) => {
+                    let started = match request {
+                        Request::Nick { nick } => self.nick(key, nick),
+                        Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
+                        Request::Leave { room } => self.leave(key, room),
+                        Request::Say { room, text } => self.say(key, room, text),
+                        Request::Direct { to, text } => self.direct(key, to, text),
+                        Request::Who { room, offset } => self.who(key, room, offset),
+                        Request::Rooms { offset } => self.rooms(key, offset),
                     };
-                    // The handshake waits on `reply`. If it gave up meanwhile (its deadline),
-                    // nobody will ever send this client's `Disconnect`: forget it now.
-                    if let Err(unsent) = reply.try_send(admitted)
-                        && let Ok(client) = unsent.into_inner()
-                        && let Some(key) = self.key(client)
-                    {
-                        self.remove(key, LeaveReason::Disconnected);
+                    if let Err(error) = started {
+                        self.send_error(key, error);
                     }
                 }
-            }
-            Command::Request { client, request } => {
-                if let Some(key) = self.key(client) {
-                    self.request(key, Ok(request));
+                None => {}
+            },
+            Command::Refuse { client, error } => match self.key(client) {
+                Some(key) if self.busy.contains_key(&key) => {
+                    self.queue_behind(key, Command::Refuse { client, error });
                 }
-            }
+                Some(key) => self.send_error(key, error),
+                None => {}
+            },
             Command::Publish { client, item } => {
                 if let Some(key) = self.key(client) {
                     self.publish(key, item);
-                }
-            }
-            Command::Refuse { client, error } => {
-                if let Some(key) = self.key(client) {
-                    self.request(key, Err(error));
                 }
             }
             Command::Disconnect { client, reason } => {
@@ -313,6 +323,32 @@ impl Hub {
             Command::Shutdown => self.shutdown(),
         }
         self.drop_slow_consumers();
+    }
+
+    /// A new connection, unless the hub is shutting down: registered (v1), or put in its
+    /// group (raw), and answered on `reply`.
+    fn admit(
+        &mut self,
+        queue: queue::Sender<Outgoing>,
+        reply: Sender<Result<ClientId, Rejected>>,
+        address: Address,
+        (group, user): (Option<String>, Option<User>),
+    ) {
+        if self.shutting_down {
+            return;
+        }
+        let admitted = match self.config.protocol {
+            Protocol::V1 => Ok(self.connect(queue, address, user)),
+            Protocol::Raw => self.connect_raw(queue, address, group, user),
+        };
+        // The handshake waits on `reply`. If it gave up meanwhile (its deadline), nobody
+        // will ever send this client's `Disconnect`: forget it now.
+        if let Err(unsent) = reply.try_send(admitted)
+            && let Ok(client) = unsent.into_inner()
+            && let Some(key) = self.key(client)
+        {
+            self.remove(key, LeaveReason::Disconnected);
+        }
     }
 
     /// Handles what an authority that answers later sends back.

@@ -21,10 +21,10 @@
 use std::collections::VecDeque;
 
 use super::commands::Then;
-use super::{ClientId, Hub, LOST_CLOSE};
+use super::{ClientId, Command, Hub, LOST_CLOSE};
 use crate::authority::{Answer, RoomEvent, What};
 use crate::config::Protocol;
-use crate::protocol::{Error, ErrorCode, LeaveReason, Request};
+use crate::protocol::{Error, ErrorCode, LeaveReason};
 
 /// Frames a client may have waiting while the authority has not answered its command yet.
 /// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
@@ -38,7 +38,7 @@ pub(super) struct Busy {
     /// A `said` answer that overtook its message, with its `then`: handed over when the
     /// message comes back.
     echo: Option<(Then, Answer)>,
-    pub(super) later: VecDeque<Result<Request, Error>>,
+    pub(super) later: VecDeque<Command>,
 }
 
 impl Busy {
@@ -54,20 +54,20 @@ impl Hub {
         self.busy.entry(key).or_default().then = Some(then);
     }
 
-    /// A frame of a busy client: it waits for its turn.
-    pub(super) fn queue_behind(&mut self, key: usize, item: Result<Request, Error>) {
-        let Some(busy) = self.busy.get_mut(&key) else {
-            return self.request(key, item);
-        };
+    /// A command of busy client `key` (a request, or a refusal the session found): it waits
+    /// for its turn.
+    pub(super) fn queue_behind(&mut self, key: usize, command: Command) {
+        let client = self.id(key);
+        let busy = self.busy.get_mut(&key).expect("a busy client");
         if busy.later.len() < MAX_WAITING {
-            busy.later.push_back(item);
+            busy.later.push_back(command);
             return;
         }
         // Over the bound the frame is dropped; one refusal stands for a run of them.
-        let refused = |i: &Result<Request, Error>| matches!(i, Err(e) if e.code == ErrorCode::RateLimited && e.message == WAITING_FULL);
+        let refused = |c: &Command| matches!(c, Command::Refuse { error, .. } if error.code == ErrorCode::RateLimited && error.message == WAITING_FULL);
         if !busy.later.back().is_some_and(refused) {
             let error = Error::new(ErrorCode::RateLimited, WAITING_FULL);
-            busy.later.push_back(Err(error));
+            busy.later.push_back(Command::Refuse { client, error });
         }
     }
 
@@ -167,15 +167,15 @@ impl Hub {
     }
 
     /// Unless it waits again (the welcome's answer starts the first join), client `key`'s
-    /// wait is over: its waiting frames start, until one has to wait again.
+    /// wait is over: its waiting commands are handled, in order, until one has to wait again.
     fn resume(&mut self, key: usize) {
         if !self.clients.contains(key) || self.busy.get(&key).is_none_or(Busy::waiting) {
             return;
         }
         let busy = self.busy.remove(&key).expect("busy");
         let mut later = busy.later;
-        while let Some(item) = later.pop_front() {
-            self.request(key, item);
+        while let Some(command) = later.pop_front() {
+            self.handle(command);
             if !self.clients.contains(key) {
                 return; // closed by what it started
             }

@@ -27,7 +27,7 @@ pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` joins (or resyncs) `room`, replaying history after its cursor.
-    pub(super) fn join(
+    pub(in crate::hub) fn join(
         &mut self,
         key: usize,
         room: String,

@@ -280,11 +280,13 @@ impl Hub {
                 address,
                 group,
                 user,
-            } => self.admit(queue, reply, address, (group, user)),
+            } => self.admit(queue, reply, address, group, user),
             Command::Request { client, request } => match self.key(client) {
+                // Its client waits for a late answer: the command waits its turn.
                 Some(key) if self.busy.contains_key(&key) => {
                     self.queue_behind(key, Command::Request { client, request });
                 }
+                // Its unit starts it, or refuses it with the error the client is sent.
                 Some(key) => {
                     let started = match request {
                         Request::Nick { nick } => self.nick(key, nick),
@@ -332,7 +334,8 @@ impl Hub {
         queue: queue::Sender<Outgoing>,
         reply: Sender<Result<ClientId, Rejected>>,
         address: Address,
-        (group, user): (Option<String>, Option<User>),
+        group: Option<String>,
+        user: Option<User>,
     ) {
         if self.shutting_down {
             return;

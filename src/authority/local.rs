@@ -582,10 +582,13 @@ impl Local {
                 frame: frame.clone(),
             },
         });
+        // Kept in history, the very bytes the members get, numbered server-wide: past
+        // `--history-total-bytes` the server's oldest message goes first.
         let seq = self.next_seq;
         self.next_seq += 1;
         let room = &mut place.room;
         let oldest_before = room.oldest_seq();
+        // The durable store (`--data-dir`) keeps it too: a reference count, only if there is one.
         #[cfg(feature = "store")]
         let durable = self.durable.is_some().then(|| frame.clone());
         let (added, forgotten) = room.remember(frame, seq);

@@ -18,12 +18,18 @@
 //! joins, leaves and renames as values encoded here, once per event, into a shared [`Frame`]
 //! for every local member.
 //!
-//! The hub's files: this one (clients, commands in, closes, shutdown, the future);
-//! `commands.rs` and `commands/*.rs` (a client's commands, one unit per command: its parsing,
-//! its step here, its question to the authority and its reply); `late.rs` (the adapter for an
-//! authority that answers later: busy clients, their waiting frames, answers held until their
-//! message comes back, the room events it sends); `audience.rs` (room events: which local
-//! clients hear what, and when); raw mode is `raw.rs`, and the HTTP API's calls are `api.rs`.
+//! The hub's files: this one (clients, commands in and to their unit, deliveries to the
+//! clients' queues, room events included, closes, shutdown, the future); `commands.rs` and
+//! `commands/*.rs` (a client's commands, one unit per command: its parsing, its step here,
+//! its question to the authority and its reply); `late.rs` (the adapter for an authority that
+//! answers later: busy clients, their waiting commands, answers held until their message
+//! comes back, the room events it sends); `audience.rs` (each room's local members, and when
+//! which of them hear its events); raw mode is `raw.rs`, and the HTTP API's calls are
+//! `api.rs`.
+//!
+//! A `say` on a single node, for example: [`parse`] (in the session's reader), [`run`],
+//! [`Hub::handle`], the unit's `Hub::say`, `Hub::ask`, the authority's answer with the
+//! message's event, then `Hub::fan_out` into every member's queue.
 //!
 //! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
 //! may not rename, and only joins the rooms its token allows. That it shares its name with its
@@ -43,7 +49,7 @@ use slab::Slab;
 
 use crate::access::Access;
 use crate::authority::local::Local;
-use crate::authority::{Authority, Notice, RoomEvent};
+use crate::authority::{Authority, Notice, RoomEvent, What};
 pub use crate::client::{Address, ClientId, User};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
@@ -207,7 +213,8 @@ pub struct Hub {
     /// API calls waiting for the authority, by their slot among the clients (see `api.rs`).
     #[cfg(feature = "api")]
     api_calls: HashMap<usize, Sender<ApiReply>>,
-    /// Room events the authority produced while answering, to deliver (reused).
+    /// Room events to deliver ([`Hub::fan_out`]): the authority's, produced while it
+    /// answered, one from a room's Redis channel, or those a join catches up on (reused).
     events: Vec<RoomEvent>,
     /// The last rename delivered (its tag) and the clients that got it: a rename is announced
     /// in each room of the renamed client, and a client sharing several of them hears it once.
@@ -257,7 +264,9 @@ impl Hub {
     }
 
     /// Handles one command. Everything the command causes (and the authority answers at once)
-    /// is queued before this returns.
+    /// is queued before this returns. A parsed command is started by its unit (`commands/`);
+    /// a client that waits for a late answer has its commands wait their turn (`late.rs`),
+    /// which hands them back here when it comes.
     pub fn handle(&mut self, command: Command) {
         for client in self.orphans.take() {
             if let Some(key) = self.key(client) {
@@ -271,35 +280,39 @@ impl Hub {
                 address,
                 group,
                 user,
-            } => {
-                if !self.shutting_down {
-                    let admitted = match self.config.protocol {
-                        Protocol::V1 => Ok(self.connect(queue, address, user)),
-                        Protocol::Raw => self.connect_raw(queue, address, group, user),
+            } => self.admit(queue, reply, address, group, user),
+            Command::Request { client, request } => match self.key(client) {
+                // Its client waits for a late answer: the command waits its turn.
+                Some(key) if self.busy.contains_key(&key) => {
+                    self.queue_behind(key, Command::Request { client, request });
+                }
+                // Its unit starts it, or refuses it with the error the client is sent.
+                Some(key) => {
+                    let started = match request {
+                        Request::Nick { nick } => self.nick(key, nick),
+                        Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
+                        Request::Leave { room } => self.leave(key, room),
+                        Request::Say { room, text } => self.say(key, room, text),
+                        Request::Direct { to, text } => self.direct(key, to, text),
+                        Request::Who { room, offset } => self.who(key, room, offset),
+                        Request::Rooms { offset } => self.rooms(key, offset),
                     };
-                    // The handshake waits on `reply`. If it gave up meanwhile (its deadline),
-                    // nobody will ever send this client's `Disconnect`: forget it now.
-                    if let Err(unsent) = reply.try_send(admitted)
-                        && let Ok(client) = unsent.into_inner()
-                        && let Some(key) = self.key(client)
-                    {
-                        self.remove(key, LeaveReason::Disconnected);
+                    if let Err(error) = started {
+                        self.send_error(key, error);
                     }
                 }
-            }
-            Command::Request { client, request } => {
-                if let Some(key) = self.key(client) {
-                    self.request(key, Ok(request));
+                None => {}
+            },
+            Command::Refuse { client, error } => match self.key(client) {
+                Some(key) if self.busy.contains_key(&key) => {
+                    self.queue_behind(key, Command::Refuse { client, error });
                 }
-            }
+                Some(key) => self.send_error(key, error),
+                None => {}
+            },
             Command::Publish { client, item } => {
                 if let Some(key) = self.key(client) {
                     self.publish(key, item);
-                }
-            }
-            Command::Refuse { client, error } => {
-                if let Some(key) = self.key(client) {
-                    self.request(key, Err(error));
                 }
             }
             Command::Disconnect { client, reason } => {
@@ -314,6 +327,33 @@ impl Hub {
         self.drop_slow_consumers();
     }
 
+    /// A new connection, unless the hub is shutting down: registered (v1), or put in its
+    /// group (raw), and answered on `reply`.
+    fn admit(
+        &mut self,
+        queue: queue::Sender<Outgoing>,
+        reply: Sender<Result<ClientId, Rejected>>,
+        address: Address,
+        group: Option<String>,
+        user: Option<User>,
+    ) {
+        if self.shutting_down {
+            return;
+        }
+        let admitted = match self.config.protocol {
+            Protocol::V1 => Ok(self.connect(queue, address, user)),
+            Protocol::Raw => self.connect_raw(queue, address, group, user),
+        };
+        // The handshake waits on `reply`. If it gave up meanwhile (its deadline), nobody
+        // will ever send this client's `Disconnect`: forget it now.
+        if let Err(unsent) = reply.try_send(admitted)
+            && let Ok(client) = unsent.into_inner()
+            && let Some(key) = self.key(client)
+        {
+            self.remove(key, LeaveReason::Disconnected);
+        }
+    }
+
     /// Handles what an authority that answers later sends back.
     pub fn notice(&mut self, notice: Notice) {
         match notice {
@@ -323,7 +363,7 @@ impl Hub {
                 // The local store made reservations durable: the messages that waited for
                 // them are said now, their events delivered before the answers.
                 let answers = self.authority.stored(report, &mut self.events);
-                self.deliver_events();
+                self.fan_out(None);
                 for (client, answer) in answers {
                     self.stored_answer(client, answer);
                 }
@@ -418,7 +458,7 @@ impl Hub {
         let id = self.id(key);
         let busy = self.busy.remove(&key);
         self.authority.bye(id, reason, &mut self.events);
-        self.deliver_events();
+        self.fan_out(None);
         let mut rooms = self.clients.remove(key).rooms;
         if busy.is_some() {
             // A join on its way is known to its room's audience, not yet to the client's
@@ -466,6 +506,68 @@ impl Hub {
     fn send(&mut self, key: usize, frame: &Frame) {
         deliver(&self.clients, &mut self.slow, &self.metrics, key, frame);
     }
+
+    /// Delivers the room events in `self.events` (put there by the authority's answer, by a
+    /// room's Redis channel, or by a join catching up) to the local members that should hear
+    /// them, or to client `only`. Each is encoded once (a message comes encoded), and its one
+    /// frame goes into every member's queue, shared by reference count: not to the subject of
+    /// its own join, leave or rename, not to a member whose join already reflected it, to
+    /// nobody above the presence limit, and a rename heard in several rooms only once.
+    fn fan_out(&mut self, only: Option<usize>) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
+            // Above the presence limit, members see counts instead of every arrival; a leave
+            // is announced only if the arrival was (the count before includes the leaver).
+            if (event.count()).is_some_and(|n| n > self.config.presence_limit) {
+                continue;
+            }
+            let subject = event.subject.and_then(|c| self.key(c));
+            let Hub {
+                audiences,
+                clients,
+                slow,
+                metrics,
+                last_rename,
+                ..
+            } = self;
+            let Some(audience) = audiences.get_mut(&event.room) else {
+                continue; // nobody here hears this room
+            };
+            audience.passed(event.ev);
+            let tag = match event.what {
+                What::Nick { tag, .. } => Some(tag),
+                _ => None,
+            };
+            if let Some(tag) = tag
+                && last_rename.0 != tag
+            {
+                *last_rename = (tag, Vec::new());
+            }
+            let frame = event.encode();
+            let to = if only.is_some() {
+                only.as_slice()
+            } else {
+                audience.members()
+            };
+            for &k in to {
+                if Some(k) == subject && !matches!(event.what, What::Message { .. }) {
+                    continue; // others hear of a join, leave or rename; the client itself not
+                }
+                if audience.reflects(k, event.ev) {
+                    continue;
+                }
+                if tag.is_some() {
+                    if last_rename.1.contains(&k) {
+                        continue;
+                    }
+                    last_rename.1.push(k);
+                }
+                let sent = clients[k].queue.try_send(Outgoing::Event(frame.clone()));
+                slow.note(k, sent, metrics);
+            }
+        }
+        self.events = events; // keep the capacity
+    }
 }
 
 /// What deliveries learned about the clients' queues while the hub handled a command.
@@ -480,7 +582,23 @@ struct Backlog {
     congested: bool,
 }
 
-/// Queues `frame` for client `key` without waiting (see [`deliver_item`]).
+impl Backlog {
+    /// Notes what `try_send` said of client `key`'s queue. A full queue marks a slow
+    /// consumer; a closed one means the writer is gone and the session's `Disconnect` is on
+    /// its way.
+    fn note(&mut self, key: usize, sent: Result<bool, TrySendError>, metrics: &Metrics) {
+        match sent {
+            Ok(half_full) => {
+                Metrics::add(&metrics.events_delivered, 1);
+                self.congested |= half_full;
+            }
+            Err(TrySendError::Full) => self.full.push(key),
+            Err(TrySendError::Closed) => {}
+        }
+    }
+}
+
+/// Queues `frame` for client `key` without waiting.
 fn deliver(
     clients: &Slab<Client>,
     backlog: &mut Backlog,
@@ -488,33 +606,8 @@ fn deliver(
     key: usize,
     frame: &Frame,
 ) {
-    deliver_item(
-        clients,
-        backlog,
-        metrics,
-        key,
-        Outgoing::Event(frame.clone()),
-    );
-}
-
-/// Queues `item` for client `key` without waiting. A full queue marks a slow consumer; a
-/// closed one means the writer is gone and the session's `Disconnect` is on its way.
-fn deliver_item(
-    clients: &Slab<Client>,
-    backlog: &mut Backlog,
-    metrics: &Metrics,
-    key: usize,
-    item: Outgoing,
-) {
-    let queue = &clients[key].queue;
-    match queue.try_send(item) {
-        Ok(half_full) => {
-            Metrics::add(&metrics.events_delivered, 1);
-            backlog.congested |= half_full;
-        }
-        Err(TrySendError::Full) => backlog.full.push(key),
-        Err(TrySendError::Closed) => {}
-    }
+    let sent = clients[key].queue.try_send(Outgoing::Event(frame.clone()));
+    backlog.note(key, sent, metrics);
 }
 
 /// Runs the hub until every sender of `inbox` is gone, with an authority that answers at once.

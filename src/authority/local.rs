@@ -2,9 +2,11 @@
 //!
 //! Every [`Ask`] is answered at once, and the room events it causes are pushed to the hub's
 //! `events` vector before [`Local::ask`] returns, so the hub delivers them in the same step.
-//! A message is encoded here, once, as it gets its id (`Local::message`): the frame goes to
-//! the room's history and, inside its event, to the hub for the members; it leaves history
-//! through [`Room::replay`] when a client joins.
+//! A message (a client's `say`, or the API's publish) is said in one step, `Local::said`: it
+//! gets its id and is encoded, once, and the frame goes to the room's history and, inside its
+//! event, to the hub for the members; it leaves history through [`Room::replay`] when a
+//! client joins. With a durable store (`--data-dir`), a message first passes the store's gate
+//! (`durable.rs`), which may keep it waiting until its id is reserved.
 //!
 //! Besides the room limits, this is where memory is bounded: `--history` and
 //! `--history-bytes` per room (in [`Room`]), `--history-total-bytes` for all rooms together
@@ -22,7 +24,7 @@ mod durable;
 use super::{Address, Answer, Ask, Authority, ClientId, History, Joined, RoomEvent, What};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, Event, Frame, LeaveReason, ROOMS_PAGE};
+use crate::protocol::{Error, Event, LeaveReason, ROOMS_PAGE};
 use crate::room::Room;
 
 /// One registered client.
@@ -546,36 +548,24 @@ impl Local {
             text,
             ts,
         };
-        self.said(name, waiter, events)
-    }
-
-    /// A message for room `name` gets its id now, or (with a durable store) once the store
-    /// has reserved one: `None` then, and the answer comes with the store's report.
-    fn said(
-        &mut self,
-        name: String,
-        waiter: Waiter,
-        events: &mut Vec<RoomEvent>,
-    ) -> Option<Answer> {
         #[cfg(feature = "store")]
         let waiter = match self.gate(&name, waiter) {
-            (durable::Gate::Now, Some(waiter)) => waiter,
-            (durable::Gate::Unavailable, _) => return Some(Answer::Unavailable),
-            _ => return None,
+            Ok(waiter) => waiter,
+            Err(later) => return later,
         };
-        let id = self.message(&name, waiter, events);
-        Some(Answer::Said { room: name, id })
+        Some(self.said(name, waiter, events))
     }
 
-    /// Gives `waiter`'s message the room's next id, encodes it once, keeps it in the room's
-    /// history and announces it.
-    fn message(&mut self, name: &str, waiter: Waiter, events: &mut Vec<RoomEvent>) -> u64 {
-        let place = self.rooms.get_mut(name).expect("the room exists");
+    /// Says `waiter`'s message in room `name`: it gets the room's next id, is encoded once,
+    /// announced, and kept in the room's history (and the durable store, if there is one):
+    /// the history and the members get the same bytes.
+    fn said(&mut self, name: String, waiter: Waiter, events: &mut Vec<RoomEvent>) -> Answer {
+        let place = self.rooms.get_mut(&name).expect("the room exists");
         let id = place.room.next_id();
         place.ev += 1;
         let (nick, api) = waiter.from;
         let frame = Event::Message {
-            room: name,
+            room: &name,
             id,
             from: &nick,
             text: &waiter.text,
@@ -584,7 +574,7 @@ impl Local {
         }
         .encode();
         events.push(RoomEvent {
-            room: name.to_string(),
+            room: name.clone(),
             ev: place.ev,
             subject: (!api).then_some(waiter.client),
             what: What::Message {
@@ -592,10 +582,36 @@ impl Local {
                 frame: frame.clone(),
             },
         });
-        self.remember(name, id, frame);
+        // Kept in history, the very bytes the members get, numbered server-wide: past
+        // `--history-total-bytes` the server's oldest message goes first.
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let room = &mut place.room;
+        let oldest_before = room.oldest_seq();
+        // The durable store (`--data-dir`) keeps it too: a reference count, only if there is one.
         #[cfg(feature = "store")]
-        self.given(name);
-        id
+        let durable = self.durable.is_some().then(|| frame.clone());
+        let (added, forgotten) = room.remember(frame, seq);
+        #[cfg(feature = "store")]
+        {
+            let oldest = room.oldest_id();
+            if let Some(frame) = durable.filter(|_| added > 0) {
+                let room = name.clone();
+                self.store(crate::store::Op::Put {
+                    room,
+                    id,
+                    seq,
+                    frame,
+                });
+            }
+            if forgotten > 0 {
+                self.trimmed(&name, oldest);
+            }
+        }
+        self.history_changed(&name, oldest_before, added, forgotten);
+        #[cfg(feature = "store")]
+        self.given(&name);
+        Answer::Said { room: name, id }
     }
 
     /// The API's view of a room's history.
@@ -733,7 +749,12 @@ impl Authority for Local {
                     text,
                     ts,
                 };
-                return self.said(room, waiter, events);
+                #[cfg(feature = "store")]
+                let waiter = match self.gate(&room, waiter) {
+                    Ok(waiter) => waiter,
+                    Err(later) => return later,
+                };
+                self.said(room, waiter, events)
             }
             Ask::Direct { to, within, .. } => self.direct(&to, within),
             Ask::Who { room, offset } => match self.rooms.get(&room) {
@@ -795,46 +816,24 @@ impl Authority for Local {
 }
 
 impl Local {
-    /// Keeps message `id` of room `name`, just given, in the room's history, then forgets the
-    /// oldest messages on the server until all rooms together are within
-    /// `--history-total-bytes`.
-    fn remember(&mut self, name: &str, id: u64, frame: Frame) {
-        let Some(place) = self.rooms.get_mut(name) else {
-            return;
-        };
-        let room = &mut place.room;
-        debug_assert_eq!(
-            room.last_id(),
-            id,
-            "messages are remembered as they are said"
-        );
-        let before = room.oldest_seq();
-        #[cfg(feature = "store")]
-        let durable = frame.clone();
-        let (added, forgotten) = room.remember(frame, self.next_seq);
-        #[cfg(feature = "store")]
-        {
-            let oldest = room.oldest_id();
-            if added > 0 {
-                self.store(crate::store::Op::Put {
-                    room: name.to_string(),
-                    id,
-                    seq: self.next_seq,
-                    frame: durable,
-                });
-            }
-            if forgotten > 0 {
-                self.trimmed(name, oldest);
-            }
-        }
-        let room = &mut self.rooms.get_mut(name).expect("remembered").room;
-        self.next_seq += 1;
+    /// Room `name`'s history grew by `added` bytes and forgot `forgotten` (its oldest message
+    /// was number `oldest_before` on the server): the total and the index of every room's
+    /// oldest message follow, then the oldest messages on the server are forgotten until all
+    /// rooms together are within `--history-total-bytes`.
+    fn history_changed(
+        &mut self,
+        name: &str,
+        oldest_before: Option<u64>,
+        added: usize,
+        forgotten: usize,
+    ) {
         self.history_bytes = self.history_bytes + added - forgotten;
-        if room.oldest_seq() != before {
-            if let Some(seq) = before {
+        let oldest = self.rooms.get(name).and_then(|p| p.room.oldest_seq());
+        if oldest != oldest_before {
+            if let Some(seq) = oldest_before {
                 self.oldest.remove(&seq);
             }
-            if let Some(seq) = room.oldest_seq() {
+            if let Some(seq) = oldest {
                 self.oldest.insert(seq, name.to_string());
             }
         }

@@ -1,19 +1,19 @@
 //! Room events on this node: which of its clients hear what, and when.
 //!
-//! Events enter as [`RoomEvent`]s, from the authority's answer in the same call
-//! ([`Hub::deliver_events`]) or from the room's Redis channel (`Hub::room_event` in
-//! `late.rs`). Each is encoded once (a message comes encoded) and leaves as a shared frame in
-//! the queue of every local member that should hear it ([`Hub::fan_out`]): not the subject of
-//! its own join, leave or rename, not a member whose join already reflected it, nobody above
-//! the presence limit. With an authority that answers later, events and answers cross on the
-//! way, so an [`Audience`] also keeps the joins on their way, the senders waiting for their
-//! message to come back, and, after a reconnect, the events held until the room's resync
-//! ([`Hub::resync`]).
+//! The delivery itself is `Hub::fan_out` (in `hub.rs`, beside the hub's other deliveries):
+//! every room event, from the authority's answer in the same call or from the room's Redis
+//! channel (`Hub::room_event` in `late.rs`), goes from there into the queues of the local
+//! members that should hear it. What it asks of a room is here: an [`Audience`], its local
+//! members in join order, and the members whose join already reflected an event
+//! ([`Audience::reflects`]). With an authority that answers later, events and answers cross
+//! on the way, so an [`Audience`] also keeps the joins on their way, the senders waiting for
+//! their message to come back, and, after a reconnect, the events held until the room's
+//! resync ([`Hub::resync`], which delivers what a node missed while cut off).
 
 use std::collections::VecDeque;
 
-use super::{ClientId, Hub, Outgoing, deliver, deliver_item};
-use crate::authority::{Joined, Member, RoomEvent, What};
+use super::{ClientId, Hub, deliver};
+use crate::authority::{Joined, Member, RoomEvent};
 use crate::protocol::{Event, Frame};
 
 /// Room events kept for one room while its state is fetched again after a reconnect, or for
@@ -114,6 +114,19 @@ impl Audience {
         meanwhile
     }
 
+    /// Room event `ev` is being delivered: the members whose join it is past are fresh no
+    /// more (once an event is past a member's join, every later one is too).
+    pub(super) fn passed(&mut self, ev: u64) {
+        self.fresh.retain(|&(_, joined_at)| joined_at >= ev);
+    }
+
+    /// Whether member `key`'s join already reflected room event `ev`: it skips it.
+    pub(super) fn reflects(&self, key: usize, ev: u64) -> bool {
+        self.fresh
+            .iter()
+            .any(|&(k, joined_at)| k == key && joined_at >= ev)
+    }
+
     /// Client `key` left the room.
     pub(super) fn leave(&mut self, key: usize) {
         self.members.retain(|&k| k != key);
@@ -175,84 +188,6 @@ impl Audience {
 }
 
 impl Hub {
-    /// Delivers the room events the authority produced while answering, in the same call.
-    /// They go straight to the members: nothing can be held back or waiting for them, since
-    /// that happens only while an answer is on its way (`Hub::room_event`, `late.rs`).
-    pub(super) fn deliver_events(&mut self) {
-        while !self.events.is_empty() {
-            let mut events = std::mem::take(&mut self.events);
-            for event in events.drain(..) {
-                self.fan_out(&event, None);
-            }
-            if self.events.is_empty() {
-                self.events = events; // keep the capacity
-            }
-        }
-    }
-
-    /// Delivers `event` to the room's local members (or to `only`) that should get it: one
-    /// frame, shared by reference count.
-    pub(super) fn fan_out(&mut self, event: &RoomEvent, only: Option<usize>) {
-        // Above the presence limit, members see counts instead of every arrival; a leave is
-        // announced only if the arrival was (the count before includes the leaver).
-        if event
-            .count()
-            .is_some_and(|n| n > self.config.presence_limit)
-        {
-            return;
-        }
-        let frame = event.encode();
-        let tag = match event.what {
-            What::Nick { tag, .. } => Some(tag),
-            _ => None,
-        };
-        let subject = event.subject.and_then(|c| self.key(c));
-        let Hub {
-            audiences,
-            clients,
-            slow,
-            metrics,
-            last_rename,
-            ..
-        } = self;
-        let Some(audience) = audiences.get_mut(&event.room) else {
-            return;
-        };
-        // Fresh members skip what their join already reflected; once an event is past a
-        // member's join, every later one is too.
-        audience.fresh.retain(|&(_, ev)| ev >= event.ev);
-        if let Some(tag) = tag
-            && last_rename.0 != tag
-        {
-            *last_rename = (tag, Vec::new());
-        }
-        let count = if only.is_some() {
-            1
-        } else {
-            audience.members.len()
-        };
-        for i in 0..count {
-            let k = only.unwrap_or_else(|| audience.members[i]);
-            if Some(k) == subject && !matches!(event.what, What::Message { .. }) {
-                continue; // others hear of a join, leave or rename; the client itself not
-            }
-            if audience
-                .fresh
-                .iter()
-                .any(|&(f, ev)| f == k && ev >= event.ev)
-            {
-                continue;
-            }
-            if tag.is_some() {
-                if last_rename.1.contains(&k) {
-                    continue;
-                }
-                last_rename.1.push(k);
-            }
-            deliver_item(clients, slow, metrics, k, Outgoing::Event(frame.clone()));
-        }
-    }
-
     /// Forgets a room nobody here uses any more, and tells the authority.
     pub(super) fn drop_if_unused(&mut self, room: &str) {
         if self.audiences.get(room).is_some_and(Audience::unused) {

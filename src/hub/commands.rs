@@ -7,17 +7,19 @@
 //!
 //! - [`parse`]: one text frame into a [`Request`] (or the [`Error`] the sender should see),
 //!   by the command's `type`, which picks the unit;
-//! - `Hub::request`: a parsed command, started by its unit now, or queued behind the question
-//!   the client waits for (`late.rs`);
 //! - `Hub::ask`: a question to the authority for one client, and what the unit does with the
 //!   answer (`then`). An authority that answers at once (in memory) has `then` run in the same
 //!   call, after the room events the answer caused have been delivered; one that answers
 //!   later (Redis) has it kept until the answer arrives (`late.rs`), and the unit's code is
 //!   the same either way.
 //!
+//! `Hub::handle` (in `hub.rs`) starts each parsed command in its unit, or has it wait behind
+//! the question its client waits for (`late.rs`).
+//!
 //! Data enters as the frame's text (from the session's reader) or as a [`Request`] (through
-//! the hub's inbox); it leaves as a question to the authority and as events in clients'
-//! queues.
+//! the hub's inbox, to its unit); it leaves as a question to the authority, and the events
+//! the answer caused go to the members' queues (`Hub::fan_out` in `hub.rs`) before the unit
+//! replies.
 
 mod connect;
 mod direct;
@@ -76,27 +78,6 @@ fn bad(message: String) -> Error {
 pub(super) type Then = Box<dyn FnOnce(&mut Hub, usize, Answer) + Send>;
 
 impl Hub {
-    /// A parsed command (or a refusal the session found) from client `key`, started by its
-    /// unit; a refusal is sent as an error. A client that waits for a late answer has it
-    /// wait its turn (`late.rs`).
-    pub(super) fn request(&mut self, key: usize, item: Result<Request, Error>) {
-        if self.busy.contains_key(&key) {
-            return self.queue_behind(key, item);
-        }
-        let started = item.and_then(|request| match request {
-            Request::Nick { nick } => self.nick(key, nick),
-            Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
-            Request::Leave { room } => self.leave(key, room),
-            Request::Say { room, text } => self.say(key, room, text),
-            Request::Direct { to, text } => self.direct(key, to, text),
-            Request::Who { room, offset } => self.who(key, room, offset),
-            Request::Rooms { offset } => self.rooms(key, offset),
-        });
-        if let Err(error) = started {
-            self.send_error(key, error);
-        }
-    }
-
     /// Asks the authority for client `key`; `then` handles the answer. Answered at once, it
     /// runs now, after the room events the question caused; answered later, the client waits
     /// for it (`late.rs`). An authority that no longer knows the client closes it, whatever
@@ -107,7 +88,7 @@ impl Hub {
     {
         let client = self.id(key);
         let answer = self.authority.ask(client, ask, &mut self.events);
-        self.deliver_events();
+        self.fan_out(None);
         match answer {
             Some(Answer::Gone) => self.close(key, LOST_CLOSE, LeaveReason::Disconnected),
             Some(answer) => then(self, key, answer),

@@ -15,16 +15,16 @@
 //! Room events from such an authority come back too (`Notice::Room`, [`Hub::room_event`]):
 //! they may meet a join on its way (kept for it, `Audience::pending`), a room held until its
 //! resync after a reconnect (`Audience::held`, resynced by `Hub::resync` in `audience.rs`),
-//! and the senders waiting for them. Events the authority in memory makes go to the members
-//! without any of this (`Hub::deliver_events`).
+//! and the senders waiting for them, before `Hub::fan_out` delivers them. Events the
+//! authority in memory makes go straight to `Hub::fan_out`, without any of this.
 
 use std::collections::VecDeque;
 
 use super::commands::Then;
-use super::{ClientId, Hub, LOST_CLOSE};
+use super::{ClientId, Command, Hub, LOST_CLOSE};
 use crate::authority::{Answer, RoomEvent, What};
 use crate::config::Protocol;
-use crate::protocol::{Error, ErrorCode, LeaveReason, Request};
+use crate::protocol::{Error, ErrorCode, LeaveReason};
 
 /// Frames a client may have waiting while the authority has not answered its command yet.
 /// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
@@ -38,7 +38,7 @@ pub(super) struct Busy {
     /// A `said` answer that overtook its message, with its `then`: handed over when the
     /// message comes back.
     echo: Option<(Then, Answer)>,
-    pub(super) later: VecDeque<Result<Request, Error>>,
+    pub(super) later: VecDeque<Command>,
 }
 
 impl Busy {
@@ -54,20 +54,20 @@ impl Hub {
         self.busy.entry(key).or_default().then = Some(then);
     }
 
-    /// A frame of a busy client: it waits for its turn.
-    pub(super) fn queue_behind(&mut self, key: usize, item: Result<Request, Error>) {
-        let Some(busy) = self.busy.get_mut(&key) else {
-            return self.request(key, item);
-        };
+    /// A command of busy client `key` (a request, or a refusal the session found): it waits
+    /// for its turn.
+    pub(super) fn queue_behind(&mut self, key: usize, command: Command) {
+        let client = self.id(key);
+        let busy = self.busy.get_mut(&key).expect("a busy client");
         if busy.later.len() < MAX_WAITING {
-            busy.later.push_back(item);
+            busy.later.push_back(command);
             return;
         }
         // Over the bound the frame is dropped; one refusal stands for a run of them.
-        let refused = |i: &Result<Request, Error>| matches!(i, Err(e) if e.code == ErrorCode::RateLimited && e.message == WAITING_FULL);
+        let refused = |c: &Command| matches!(c, Command::Refuse { error, .. } if error.code == ErrorCode::RateLimited && error.message == WAITING_FULL);
         if !busy.later.back().is_some_and(refused) {
             let error = Error::new(ErrorCode::RateLimited, WAITING_FULL);
-            busy.later.push_back(Err(error));
+            busy.later.push_back(Command::Refuse { client, error });
         }
     }
 
@@ -122,9 +122,14 @@ impl Hub {
         let Some(event) = audience.hold(event) else {
             return;
         };
-        self.fan_out(&event, None);
-        if let What::Message { id, .. } = event.what {
-            self.message_back(&event.room, id);
+        let back = match event.what {
+            What::Message { id, .. } => Some((event.room.clone(), id)),
+            _ => None,
+        };
+        self.events.push(event);
+        self.fan_out(None);
+        if let Some((room, id)) = back {
+            self.message_back(&room, id);
         }
     }
 
@@ -162,15 +167,15 @@ impl Hub {
     }
 
     /// Unless it waits again (the welcome's answer starts the first join), client `key`'s
-    /// wait is over: its waiting frames start, until one has to wait again.
+    /// wait is over: its waiting commands are handled, in order, until one has to wait again.
     fn resume(&mut self, key: usize) {
         if !self.clients.contains(key) || self.busy.get(&key).is_none_or(Busy::waiting) {
             return;
         }
         let busy = self.busy.remove(&key).expect("busy");
         let mut later = busy.later;
-        while let Some(item) = later.pop_front() {
-            self.request(key, item);
+        while let Some(command) = later.pop_front() {
+            self.handle(command);
             if !self.clients.contains(key) {
                 return; // closed by what it started
             }

@@ -14,7 +14,7 @@
 //! goes. Raw mode runs on one node (`--redis` is refused with it), so the authority always
 //! answers at once.
 
-use super::{ClientId, Hub, Outgoing, Rejected, User, deliver_item};
+use super::{ClientId, Hub, Outgoing, Rejected, User};
 use crate::authority::{Answer, Ask};
 use crate::metrics::{Metrics, Refusal};
 use crate::protocol::LeaveReason;
@@ -87,13 +87,8 @@ impl Hub {
         Metrics::add(&self.metrics.messages_received, 1);
         let members = self.audiences[group].members();
         for &k in members {
-            deliver_item(
-                &self.clients,
-                &mut self.slow,
-                &self.metrics,
-                k,
-                item.clone(),
-            );
+            let sent = self.clients[k].queue.try_send(item.clone());
+            self.slow.note(k, sent, &self.metrics);
         }
     }
 }

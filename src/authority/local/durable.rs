@@ -2,10 +2,10 @@
 //! tells the store, and the rule that no id is given before the store has reserved it.
 //!
 //! Every change to a room's epoch or history enters [`crate::store`] as an op from here. Ids
-//! are given only under a room's durable reservation ([`Reservation::granted`]): a message
-//! that finds none waits ([`Waiter`]), its client busy, until the store's report that the
-//! reservation was committed comes back through the hub ([`Local::stored`]), and is said
-//! then, in arrival order. Reservations are asked for in blocks ahead of need, so a busy room
+//! are given only under a room's durable reservation ([`Reservation::granted`]), which every
+//! new message passes first (`Local::gate`): one that finds none waits ([`Waiter`]), its
+//! client busy, until the store's report that the reservation was committed comes back
+//! through the hub ([`Local::stored`]), and is said then, in arrival order. Reservations are asked for in blocks ahead of need, so a busy room
 //! does not wait; a room that was not used between two reports gives back what it did not
 //! use, so that a crash in a quiet moment leaves no hole (see [`crate::store`]). Each ask
 //! carries a serial that is never reused, so the report of an old ask (an earlier life of the
@@ -97,14 +97,6 @@ impl Reservation {
     }
 }
 
-/// Whether a message may have its id now.
-pub(super) enum Gate {
-    Now,
-    /// Queued; its answer comes with the store's report.
-    Waiting,
-    Unavailable,
-}
-
 impl Local {
     /// Tells the store, if there is one.
     pub(super) fn store(&self, op: Op) {
@@ -158,21 +150,22 @@ impl Local {
         self.forget_over_total();
     }
 
-    /// Whether `waiter`, a message for room `name`, may have its id now; if not, it waits
-    /// (or is refused when the store cannot keep up).
-    pub(super) fn gate(&mut self, name: &str, waiter: Waiter) -> (Gate, Option<Waiter>) {
+    /// Whether `waiter`, a message for room `name`, may have its id now: given back to be
+    /// said (`Ok`), or it waits (`Err(None)`: its answer comes with the store's report), or it
+    /// is refused when the store cannot keep up (`Err(Some(Answer::Unavailable))`).
+    pub(super) fn gate(&mut self, name: &str, waiter: Waiter) -> Result<Waiter, Option<Answer>> {
         let Some(durable) = &mut self.durable else {
-            return (Gate::Now, Some(waiter));
+            return Ok(waiter);
         };
         let Some(place) = self.rooms.get_mut(name) else {
-            return (Gate::Now, Some(waiter));
+            return Ok(waiter);
         };
         let r = &mut place.reservation;
         if r.waiting.is_empty() && place.room.last_id() < r.granted {
-            return (Gate::Now, Some(waiter));
+            return Ok(waiter);
         }
         if durable.failing || durable.store.behind() || r.waiting.len() >= MAX_WAITERS {
-            return (Gate::Unavailable, None);
+            return Err(Some(Answer::Unavailable));
         }
         let first = r.waiting.is_empty();
         r.waiting.push_back(waiter);
@@ -184,7 +177,7 @@ impl Local {
             let up_to = r.asked.max(needed + r.block);
             durable.ask(name, r, up_to, true);
         }
-        (Gate::Waiting, None)
+        Err(None)
     }
 
     /// After an id was given in room `name`: asks for the next block before this one runs out.
@@ -249,9 +242,7 @@ impl Local {
         for name in ready {
             while let Some(waiter) = self.next_ready(&name) {
                 let client = waiter.client;
-                let id = self.message(&name, waiter, events);
-                let room = name.clone();
-                answers.push((client, Answer::Said { room, id }));
+                answers.push((client, self.said(name.clone(), waiter, events)));
             }
         }
         self.give_back_unused();

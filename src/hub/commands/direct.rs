@@ -31,7 +31,12 @@ pub(super) fn parse(wire: Wire, max_text: usize) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` writes `text` to whoever holds nick `to`.
-    pub(super) fn direct(&mut self, key: usize, to: String, text: String) -> Result<(), Error> {
+    pub(in crate::hub) fn direct(
+        &mut self,
+        key: usize,
+        to: String,
+        text: String,
+    ) -> Result<(), Error> {
         Metrics::add(&self.metrics.messages_received, 1);
         let ts = now_ms();
         let ask = Ask::Direct {

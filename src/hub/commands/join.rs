@@ -27,7 +27,7 @@ pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` joins (or resyncs) `room`, replaying history after its cursor.
-    pub(super) fn join(
+    pub(in crate::hub) fn join(
         &mut self,
         key: usize,
         room: String,
@@ -114,10 +114,11 @@ impl Hub {
             );
         }
         let audience = self.audiences.get_mut(&room).expect("pending join");
-        for event in audience.admit(key, joined) {
-            if event.ev > ev {
-                self.fan_out(&event, Some(key));
-            }
-        }
+        let meanwhile = audience.admit(key, joined);
+        // Nothing else is waiting to be delivered: this client alone catches up.
+        debug_assert!(self.events.is_empty());
+        self.events
+            .extend(meanwhile.into_iter().filter(|e| e.ev > ev));
+        self.fan_out(Some(key));
     }
 }

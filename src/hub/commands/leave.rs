@@ -17,7 +17,7 @@ pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` leaves `room`.
-    pub(super) fn leave(&mut self, key: usize, room: String) -> Result<(), Error> {
+    pub(in crate::hub) fn leave(&mut self, key: usize, room: String) -> Result<(), Error> {
         if !self.clients[key].rooms.contains(&room) {
             return Err(not_member(&room));
         }

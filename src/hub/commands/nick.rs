@@ -24,7 +24,7 @@ pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` asks to be called `nick`.
-    pub(super) fn nick(&mut self, key: usize, nick: String) -> Result<(), Error> {
+    pub(in crate::hub) fn nick(&mut self, key: usize, nick: String) -> Result<(), Error> {
         if self.config.names_from_tokens() {
             // A user's name is its token's; a guest may not take a name a user could have.
             return Err(Error::new(

@@ -18,7 +18,7 @@ pub(super) fn parse(wire: Wire) -> Request {
 
 impl Hub {
     /// Client `key` asks for the page of rooms from `offset`.
-    pub(super) fn rooms(&mut self, key: usize, offset: usize) -> Result<(), Error> {
+    pub(in crate::hub) fn rooms(&mut self, key: usize, offset: usize) -> Result<(), Error> {
         let offset = offset.min(MAX_OFFSET);
         let (ask, limited) = match self.clients[key].access.rooms() {
             Some(rooms) => (Ask::Sizes(rooms.to_vec()), true),

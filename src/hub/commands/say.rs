@@ -29,7 +29,7 @@ pub(super) fn plain(frame: &str, max_text: usize) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` says `text` in `room` (`None`: its current room).
-    pub(super) fn say(
+    pub(in crate::hub) fn say(
         &mut self,
         key: usize,
         room: Option<String>,

@@ -19,7 +19,12 @@ pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
 
 impl Hub {
     /// Client `key` asks who is in `room`, from `offset`.
-    pub(super) fn who(&mut self, key: usize, room: String, offset: usize) -> Result<(), Error> {
+    pub(in crate::hub) fn who(
+        &mut self,
+        key: usize,
+        room: String,
+        offset: usize,
+    ) -> Result<(), Error> {
         self.clients[key].access.check(&room)?;
         let offset = offset.min(MAX_OFFSET);
         let ask = Ask::Who {

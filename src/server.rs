@@ -1,9 +1,9 @@
 //! The smol side: the listening socket, the accept loop, executor threads and shutdown.
 //!
 //! [`start`] binds the address from the config, creates the hub ([`Chat::new`]) and runs the
-//! accept loop and the sessions on a `smol::Executor`, and the hub on one of its own that the
-//! same `--threads` threads poll first (every message passes through the hub, which must not
-//! wait behind the writers it woke). Each accepted
+//! accept loop, the sessions and the hub on `--threads` threads that share one run queue
+//! ([`executor`]), the hub's task first whenever it is woken (every message passes through the
+//! hub, which must not wait behind the writers it woke). Each accepted
 //! socket gets `TCP_NODELAY` and its own task, which hands it to [`Chat::serve`]. Everything
 //! chat-related lives behind that call; this file only moves sockets and threads around.
 //!
@@ -16,15 +16,17 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use async_channel::{Receiver, Sender};
-use smol::{Async, Executor, future};
+use smol::{Async, future};
 
 use crate::{Chat, Config};
+
+mod executor;
+use executor::Executor;
 
 /// A server running on its own threads.
 pub struct Running {
     addr: SocketAddr,
     chat: Chat,
-    executor: Arc<Executor<'static>>,
     /// Closed to stop the accept loop (and, last, the executor threads).
     stop_accepting: Sender<()>,
     stop_threads: Sender<()>,
@@ -90,14 +92,12 @@ pub fn start(config: Config) -> io::Result<Running> {
     #[cfg(not(feature = "redis"))]
     let created = Chat::try_new(config);
     let (chat, hub) = created.map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    let executor = Arc::new(Executor::new());
-    // The hub runs on an executor of its own, which every thread polls before the one that
-    // runs the sessions: every message passes through the hub, and in the sessions' queue
-    // (first in, first out) it would wait behind every writer it woke for the previous
-    // messages: a whole writer phase, 4 ms at 1,000 clients, added to every message's latency
-    // (BENCHMARKS.md, "Latency against the tokio-tungstenite peer").
-    let hub_executor = Arc::new(Executor::new());
-    hub_executor.spawn(hub).detach();
+    let executor = Executor::default();
+    // The hub runs before the sessions whenever it is woken: every message passes through the
+    // hub, and in the sessions' queue (first in, first out) it would wait behind every writer
+    // it woke for the previous messages: a whole writer phase, 4 ms at 1,000 clients, added to
+    // every message's latency (BENCHMARKS.md, "Latency against the tokio-tungstenite peer").
+    executor.spawn_hub(hub);
 
     let (stop_accepting, accepting_stopped) = async_channel::bounded::<()>(1);
     let (session_alive, sessions) = async_channel::bounded::<()>(1);
@@ -109,18 +109,16 @@ pub fn start(config: Config) -> io::Result<Running> {
         #[cfg(feature = "tls")]
         tls.clone(),
     );
-    executor
-        .spawn(async move {
-            // `recv` fails when `stop_accepting` is closed, which ends the loop.
-            future::or(accept, async {
-                let _ = accepting_stopped.recv().await;
-            })
-            .await
+    executor.spawn(async move {
+        // `recv` fails when `stop_accepting` is closed, which ends the loop.
+        future::or(accept, async {
+            let _ = accepting_stopped.recv().await;
         })
-        .detach();
+        .await
+    });
 
     let (stop_threads, threads_stopped) = async_channel::bounded::<()>(1);
-    let threads = spawn_threads(threads, &executor, &hub_executor, threads_stopped);
+    let threads = spawn_threads(threads, &executor, threads_stopped);
     #[cfg(feature = "tls")]
     let scheme = if tls.is_some() { "wss" } else { "ws" };
     #[cfg(not(feature = "tls"))]
@@ -129,7 +127,6 @@ pub fn start(config: Config) -> io::Result<Running> {
     Ok(Running {
         addr,
         chat,
-        executor,
         stop_accepting,
         stop_threads,
         sessions,
@@ -139,18 +136,13 @@ pub fn start(config: Config) -> io::Result<Running> {
     })
 }
 
-/// Starts `n` executor threads, which run the hub's executor first and the sessions' until
-/// `stop` is closed.
-fn spawn_threads(
-    n: usize,
-    executor: &Arc<Executor<'static>>,
-    hub_executor: &Arc<Executor<'static>>,
-    stop: Receiver<()>,
-) -> Vec<JoinHandle<()>> {
+/// Starts `n` executor threads, which run tasks until `stop` is closed; the last one to stop
+/// drops the tasks left.
+fn spawn_threads(n: usize, executor: &Executor, stop: Receiver<()>) -> Vec<JoinHandle<()>> {
+    let running = Arc::new(());
     (0..n)
         .map(|i| {
-            let (ex, hub_ex) = (executor.clone(), hub_executor.clone());
-            let stop = stop.clone();
+            let (executor, stop, running) = (executor.clone(), stop.clone(), running.clone());
             std::thread::Builder::new()
                 .name(format!("smolchat-{i}"))
                 // async-io's `block_on`, not futures-lite's: a thread with nothing to run then
@@ -159,12 +151,13 @@ fn spawn_threads(
                 // async-io's background thread, and every event costs a hop between two threads
                 // (on one core, a context switch each way) before any task sees it.
                 .spawn(move || {
-                    // `or` polls the hub's executor first each time; the sessions' executor
-                    // runs at most 200 tasks a turn before it yields, so a woken hub waits
-                    // for at most that many sessions.
-                    let hub = hub_ex.run(std::future::pending());
-                    let sessions = ex.run(stop.recv());
-                    smol::block_on(future::or(hub, sessions)).unwrap_or(())
+                    let stopped = async {
+                        let _ = stop.recv().await;
+                    };
+                    smol::block_on(future::or(executor.run(), stopped));
+                    if Arc::into_inner(running).is_some() {
+                        executor.close();
+                    }
                 })
                 .expect("spawn executor thread")
         })
@@ -256,7 +249,7 @@ fn fit_descriptor_limit(wanted: usize) -> usize {
 async fn accept_loop(
     listener: Async<TcpListener>,
     chat: Arc<Chat>,
-    executor: Arc<Executor<'static>>,
+    executor: Executor,
     session_alive: Sender<()>,
     #[cfg(feature = "tls")] tls: Option<Arc<crate::tls::Tls>>,
 ) {
@@ -280,18 +273,16 @@ async fn accept_loop(
         // The certificate of the moment: a reload changes it for the connections after it.
         #[cfg(feature = "tls")]
         let acceptor = tls.as_ref().map(|tls| tls.acceptor());
-        executor
-            .spawn(async move {
-                #[cfg(feature = "tls")]
-                if let Some(acceptor) = acceptor {
-                    chat.serve_tls(stream, &peer, acceptor).await;
-                    drop(alive);
-                    return;
-                }
-                chat.serve(stream, &peer).await;
+        executor.spawn(async move {
+            #[cfg(feature = "tls")]
+            if let Some(acceptor) = acceptor {
+                chat.serve_tls(stream, &peer, acceptor).await;
                 drop(alive);
-            })
-            .detach();
+                return;
+            }
+            chat.serve(stream, &peer).await;
+            drop(alive);
+        });
     }
 }
 
@@ -364,7 +355,6 @@ impl Running {
     pub fn shutdown(self) {
         let Running {
             chat,
-            executor,
             stop_accepting,
             stop_threads,
             sessions,
@@ -373,7 +363,7 @@ impl Running {
         } = self;
         stop_accepting.close();
         let timeout = chat.config().shutdown_timeout;
-        let drained = future::block_on(executor.run(async {
+        let drained = smol::block_on(async {
             chat.shutdown().await;
             crate::deadline::within(timeout, async {
                 // Fails (returns) once the last session has dropped its sender.
@@ -382,7 +372,7 @@ impl Running {
                 chat.bridge_stopped().await;
             })
             .await
-        }));
+        });
         if drained.is_none() {
             log::warn!("shutdown: some clients did not finish within {timeout:?}");
         }

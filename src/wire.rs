@@ -56,6 +56,14 @@ const PING: [u8; 2] = [0x89, 0x00];
 /// frames sent together, while an idle connection keeps nothing for it.
 const READ_AHEAD: usize = 4096;
 
+thread_local! {
+    /// Where the read-ahead lands, one per thread (as uSockets reads every socket into one
+    /// buffer per thread): on the stack it would be zeroed on every read, a cost as large as
+    /// the read's own work in user space.
+    static AHEAD: std::cell::RefCell<[u8; READ_AHEAD]> =
+        const { std::cell::RefCell::new([0; READ_AHEAD]) };
+}
+
 /// The stream tungstenite reads and writes: reads go to the socket; writes are parked until
 /// the session's writer writes them (see the module documentation).
 pub(crate) struct Gate<S> {
@@ -92,13 +100,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for Gate<S> {
             return Poll::Ready(Ok(n));
         }
         let wanted = buf.len();
-        let mut ahead = [0; READ_AHEAD];
-        let mut bufs = [IoSliceMut::new(buf), IoSliceMut::new(&mut ahead)];
-        let n = ready!(Pin::new(&mut this.inner).poll_read_vectored(cx, &mut bufs))?;
-        if n > wanted {
-            this.unread = Some(Box::new((0, ahead[..n - wanted].to_vec())));
-        }
-        Poll::Ready(Ok(n.min(wanted)))
+        AHEAD.with_borrow_mut(|ahead| {
+            let mut bufs = [IoSliceMut::new(buf), IoSliceMut::new(ahead)];
+            let n = ready!(Pin::new(&mut this.inner).poll_read_vectored(cx, &mut bufs))?;
+            if n > wanted {
+                this.unread = Some(Box::new((0, ahead[..n - wanted].to_vec())));
+            }
+            Poll::Ready(Ok(n.min(wanted)))
+        })
     }
 }
 

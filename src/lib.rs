@@ -23,7 +23,7 @@
 //! One line per module: what it owns.
 //!
 //! * `server`: the smol side (feature `smol`): the listener, the accept loop, the executor
-//!   threads and the graceful shutdown.
+//!   threads and the graceful shutdown; `server::executor`, the threads' one run queue.
 //! * `admission`: the front door's limits as counting semaphores with RAII permits
 //!   (`--max-pending` and each address's share, `--max-connections`), and the API key's rate.
 //!   `/metrics` reads them; nothing else counts them.

@@ -72,10 +72,9 @@ impl Executor {
         let entry = queue.active.vacant_entry();
         let key = entry.key();
         // The task leaves `active` when its future is dropped: finished, or cancelled.
-        let done = Done(self.clone(), key);
-        let future = async move {
-            let _done = done;
-            future.await
+        let future = Tracked {
+            future,
+            _done: Done(self.clone(), key),
         };
         let this = self.clone();
         let (runnable, task) =
@@ -150,6 +149,25 @@ impl Executor {
             )
         };
         drop(queued);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A task's future with its [`Done`]. A struct that polls the future in place, not an
+    /// `async` block around it: a block would keep the future it awaits beside the one it
+    /// captured, twice the size, in every connection's task.
+    struct Tracked<F> {
+        #[pin]
+        future: F,
+        _done: Done,
+    }
+}
+
+impl<F: Future> Future for Tracked<F> {
+    type Output = F::Output;
+
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
     }
 }
 

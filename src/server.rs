@@ -3,8 +3,9 @@
 //! [`start`] binds the address from the config, creates the hub ([`Chat::new`]) and runs the
 //! accept loop, the sessions and the hub on `--threads` threads that share one run queue
 //! (`server::executor`), the hub's task first whenever it is woken (every message passes
-//! through the hub, which must not wait behind the writers it woke). Each accepted socket gets `TCP_NODELAY` and its own task, which hands it to [`Chat::serve`]. Everything
-//! chat-related lives behind that call; this file only moves sockets and threads around.
+//! through the hub, which must not wait behind the writers it woke). Each accepted socket gets
+//! `TCP_NODELAY` and its own task, which hands it to [`Chat::serve`]. Everything chat-related
+//! lives behind that call; this file only moves sockets and threads around.
 //!
 //! [`Running::shutdown`] stops accepting, asks the hub to close every client with 1001, waits
 //! up to `--shutdown-timeout` for the sessions to finish writing, and stops the threads.

@@ -151,17 +151,28 @@ fn spawn_threads(n: usize, executor: &Executor, stop: Receiver<()>) -> Vec<JoinH
                 // async-io's background thread, and every event costs a hop between two threads
                 // (on one core, a context switch each way) before any task sees it.
                 .spawn(move || {
+                    // Dropped however the thread ends (a panicking task unwinds through
+                    // `block_on` in a debug build), so the last thread out always closes.
+                    let _last_out = LastOut(Some(running), executor.clone());
                     let stopped = async {
                         let _ = stop.recv().await;
                     };
                     smol::block_on(future::or(executor.run(), stopped));
-                    if Arc::into_inner(running).is_some() {
-                        executor.close();
-                    }
                 })
                 .expect("spawn executor thread")
         })
         .collect()
+}
+
+/// Closes the executor when the last of the threads that share `.0` ends.
+struct LastOut(Option<Arc<()>>, Executor);
+
+impl Drop for LastOut {
+    fn drop(&mut self) {
+        if self.0.take().and_then(Arc::into_inner).is_some() {
+            self.1.close();
+        }
+    }
 }
 
 /// Pending connections the kernel queues before `accept`; std's `TcpListener::bind` asks

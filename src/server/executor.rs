@@ -77,8 +77,14 @@ impl Executor {
             _done: Done(self.clone(), key),
         };
         let this = self.clone();
-        let (runnable, task) =
-            async_task::spawn(future, move |runnable| this.schedule(runnable, hub));
+        // A hub that woke itself while it ran yielded (`hub::run` lets the writers it filled
+        // run when the server is congested): behind them, then, not before them. (With
+        // several threads, a reader's wake-up on another thread while the hub runs counts as
+        // such too, and costs the hub its priority once.)
+        let schedule = move |runnable, info: async_task::ScheduleInfo| {
+            this.schedule(runnable, hub && !info.woken_while_running)
+        };
+        let (runnable, task) = async_task::spawn(future, async_task::WithInfo(schedule));
         entry.insert(runnable.waker());
         drop(queue);
         task.detach();
@@ -176,7 +182,9 @@ struct Done(Executor, usize);
 
 impl Drop for Done {
     fn drop(&mut self) {
-        self.0.lock().active.try_remove(self.1);
+        // The waker is dropped after the lock: nothing is dropped under it.
+        let waker = self.0.lock().active.try_remove(self.1);
+        drop(waker);
     }
 }
 
@@ -252,6 +260,37 @@ mod tests {
             *order.lock().unwrap(),
             ["hub starts", "task 0", "hub", "task 1", "task 2"]
         );
+    }
+
+    /// `hub::run` yields when the writers are behind: a yield must let the tasks already
+    /// queued run before the hub's next turn, not after all of the hub's turns.
+    #[test]
+    fn a_hub_that_yields_lets_the_queued_tasks_run_first() {
+        let executor = Executor::default();
+        let turns = Arc::new(AtomicUsize::new(0));
+        let (ran_tx, ran) = async_channel::bounded::<usize>(1);
+        let (hub_turns, spawner) = (turns.clone(), executor.clone());
+        executor.spawn_hub(async move {
+            for turn in 0..1000 {
+                if turn == 0 {
+                    // A task queued while the hub runs, as the writers it fills are.
+                    let seen = hub_turns.clone();
+                    let ran_tx = ran_tx.clone();
+                    spawner.spawn(async move {
+                        let _ = ran_tx.send(seen.load(SeqCst)).await;
+                    });
+                }
+                hub_turns.fetch_add(1, SeqCst);
+                futures_lite::future::yield_now().await;
+            }
+        });
+        let turns_before = Arc::new(AtomicUsize::new(usize::MAX));
+        let out = turns_before.clone();
+        run_until(&executor, async move {
+            out.store(ran.recv().await.unwrap(), SeqCst);
+        });
+        let before = turns_before.load(SeqCst);
+        assert!(before <= 2, "the queued task waited for {before} hub turns");
     }
 
     #[test]

@@ -44,7 +44,7 @@ const PARK_LIMIT: usize = 1024;
 /// has fallen behind gets up to this many per system call (64 of 64-byte messages are about
 /// the 4 KiB tungstenite's buffer used to collect before a write). The slices and headers are
 /// on the stack and set up for every write, so a write of one or two frames uses a smaller
-/// set (see `Gate::poll_write_batch`).
+/// set (see `Socket::poll_write_frames`).
 const FRAMES_PER_WRITE: usize = 64;
 /// Slices in one vectored write: the parked bytes, the ping, then the frames.
 const SLICES: usize = 2 * FRAMES_PER_WRITE + 2;
@@ -222,9 +222,52 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     ) -> Poll<io::Result<Option<(u16, &'static str)>>> {
         let mut ws = self.lock();
         let gate = ws.get_mut();
-        let result = gate.poll_write_frames(cx, batch, written);
-        self.parked.store(!gate.parked.is_empty(), Relaxed);
-        result
+        // Each pass is one vectored write of what goes first: the parked bytes (only between
+        // frames), the ping, then up to `FRAMES_PER_WRITE` frames from the cursor on.
+        loop {
+            let between_frames = gate.cursor.offset == 0;
+            if gate.closed && between_frames {
+                // The client closed and tungstenite answered: no frame may follow the answer.
+                ready!(gate.poll_write_parked(cx))?;
+                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+            }
+            let frame_first = matches!(
+                batch.front(),
+                Some(Outgoing::Event(_) | Outgoing::Binary(_))
+            );
+            let parked_first = between_frames && !gate.parked.is_empty();
+            if !frame_first && !gate.cursor.ping && !parked_first {
+                // All written, what tungstenite parked too (a cut frame is a frame first).
+                self.parked.store(false, Relaxed);
+                break;
+            }
+            // The slices are set up for every write: for the usual one or two frames, a few.
+            let n = if batch.len() <= 2 {
+                ready!(gate.poll_write_some::<2, 6>(cx, batch, parked_first))?
+            } else {
+                ready!(gate.poll_write_some::<FRAMES_PER_WRITE, SLICES>(cx, batch, parked_first))?
+            };
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            let parked = if parked_first {
+                n.min(gate.parked.len())
+            } else {
+                0
+            };
+            if parked > 0 {
+                gate.parked.drain(..parked);
+                if gate.parked.is_empty() {
+                    gate.parked = Vec::new();
+                }
+            }
+            gate.cursor.advance(n - parked, batch, written);
+        }
+        ready!(Pin::new(&mut gate.inner).poll_flush(cx))?;
+        Poll::Ready(Ok(match batch.front() {
+            Some(Outgoing::Close(code, reason)) => Some((*code, reason)),
+            _ => None,
+        }))
     }
 
     /// True when tungstenite parked frames for the writer to write (a pong, the answer to the
@@ -285,31 +328,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
 }
 
 impl<S: AsyncWrite + Unpin> Gate<S> {
-    /// See [`Socket::poll_write_frames`].
-    fn poll_write_frames(
-        &mut self,
-        cx: &mut Context<'_>,
-        batch: &mut VecDeque<Outgoing>,
-        written: &mut usize,
-    ) -> Poll<io::Result<Option<(u16, &'static str)>>> {
-        loop {
-            if self.closed && self.cursor.offset == 0 {
-                // The client closed and tungstenite answered: no frame may follow the answer.
-                ready!(self.poll_write_parked(cx))?;
-                return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
-            }
-            let Some(n) = ready!(self.poll_write_batch(cx, batch))? else {
-                break;
-            };
-            self.cursor.advance(n, batch, written);
-        }
-        ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
-        Poll::Ready(Ok(match batch.front() {
-            Some(Outgoing::Close(code, reason)) => Some((*code, reason)),
-            _ => None,
-        }))
-    }
-
     /// Writes the parked bytes until none are left.
     fn poll_write_parked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.parked.is_empty() {
@@ -324,48 +342,8 @@ impl<S: AsyncWrite + Unpin> Gate<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// One vectored write of what is parked (only between frames), the ping and up to
-    /// [`FRAMES_PER_WRITE`] frames from the cursor on. Returns how many bytes the socket took
-    /// after the parked ones, `None` if there was nothing to write.
-    fn poll_write_batch(
-        &mut self,
-        cx: &mut Context<'_>,
-        batch: &VecDeque<Outgoing>,
-    ) -> Poll<io::Result<Option<usize>>> {
-        let between_frames = self.cursor.offset == 0;
-        let frame_first = matches!(
-            batch.front(),
-            Some(Outgoing::Event(_) | Outgoing::Binary(_))
-        );
-        let parked_first = between_frames && !self.parked.is_empty();
-        if !frame_first && !self.cursor.ping && !parked_first {
-            return Poll::Ready(Ok(None));
-        }
-        // The slices are set up for every write: for the usual one or two frames, a few.
-        let n = if batch.len() <= 2 {
-            ready!(self.poll_write_some::<2, 6>(cx, batch, parked_first))?
-        } else {
-            ready!(self.poll_write_some::<FRAMES_PER_WRITE, SLICES>(cx, batch, parked_first))?
-        };
-        if n == 0 {
-            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
-        }
-        let parked = if parked_first {
-            n.min(self.parked.len())
-        } else {
-            0
-        };
-        if parked > 0 {
-            self.parked.drain(..parked);
-            if self.parked.is_empty() {
-                self.parked = Vec::new();
-            }
-        }
-        Poll::Ready(Ok(Some(n - parked)))
-    }
-
-    /// [`Gate::poll_write_batch`]'s write, with room for `F` frames in `N` (`2 * F + 2`)
-    /// slices.
+    /// One pass of [`Socket::poll_write_frames`]: its vectored write, with room for `F` frames
+    /// in `N` (`2 * F + 2`) slices. Returns how many bytes the socket took.
     fn poll_write_some<const F: usize, const N: usize>(
         &mut self,
         cx: &mut Context<'_>,
@@ -503,10 +481,12 @@ mod tests {
     use crate::protocol::Frame;
 
     /// A socket that takes at most `per_write` bytes per write (vectored writes included, by
-    /// the default that writes the first slice), so every frame is cut somewhere.
+    /// the default that writes the first slice), so every frame is cut somewhere, and is not
+    /// ready for every other write, so a test gets control back between two writes.
     struct Trickle {
         out: Vec<u8>,
         per_write: usize,
+        ready: bool,
     }
 
     impl AsyncRead for Trickle {
@@ -525,6 +505,10 @@ mod tests {
             _: &mut Context<'_>,
             buf: &[u8],
         ) -> Poll<io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                return Poll::Pending;
+            }
             let n = buf.len().min(self.per_write);
             self.out.extend_from_slice(&buf[..n]);
             Poll::Ready(Ok(n))
@@ -647,10 +631,11 @@ mod tests {
         let text = |s: &str| Outgoing::Event(Frame::from(s.to_string()));
         let long = "x".repeat(300);
         let mut batch: VecDeque<_> = [text("one"), text(&long), text("three")].into();
-        let mut gate = Gate {
+        let gate = Gate {
             inner: Trickle {
                 out: Vec::new(),
                 per_write: 3,
+                ready: false,
             },
             parked: Vec::new(),
             closed: false,
@@ -660,23 +645,35 @@ mod tests {
             },
             unread: None,
         };
+        let ws = WebSocketStream::from_raw_socket(gate, Role::Server, None);
+        let socket = Socket {
+            ws: Mutex::new(futures_lite::future::block_on(ws)),
+            parked: AtomicBool::new(false),
+        };
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut written = 0;
         let mut parked_once = false;
         loop {
             // tungstenite answers a ping while the writer is inside a frame.
+            let mut ws = socket.lock();
+            let gate = ws.get_mut();
             if gate.cursor.offset > 0 && !parked_once {
                 let pong = [0x8a, 0x01, 9];
-                assert!(Pin::new(&mut gate).poll_write(&mut cx, &pong).is_ready());
+                assert!(Pin::new(gate).poll_write(&mut cx, &pong).is_ready());
+                socket.parked.store(true, Relaxed);
                 parked_once = true;
             }
-            match gate.poll_write_batch(&mut cx, &batch) {
-                Poll::Ready(Ok(Some(n))) => gate.cursor.advance(n, &mut batch, &mut written),
+            drop(ws);
+            match socket.poll_write_frames(&mut cx, &mut batch, &mut written) {
+                Poll::Pending => {}
                 Poll::Ready(Ok(None)) => break,
                 other => panic!("{other:?}"),
             }
         }
+        let mut ws = socket.lock();
+        let gate = ws.get_mut();
         assert!(parked_once && batch.is_empty() && gate.parked.is_empty());
+        assert!(!socket.has_parked(), "nothing left for the writer");
         assert_eq!(written, 3 + 300 + 5);
         let got = frames(&gate.inner.out);
         let expected = [

@@ -20,16 +20,17 @@
 //!
 //! The hub's files: this one (clients, commands in and to their unit, deliveries to the
 //! clients' queues, room events included, closes, shutdown, the future); `commands.rs` and
-//! `commands/*.rs` (a client's commands, one unit per command: its parsing, its step here,
+//! `commands/*.rs` (a client's commands, one unit per command: its fields, its step here,
 //! its question to the authority and its reply); `late.rs` (the adapter for an authority that
 //! answers later: busy clients, their waiting commands, answers held until their message
 //! comes back, the room events it sends); `audience.rs` (each room's local members, and when
 //! which of them hear its events); raw mode is `raw.rs`, and the HTTP API's calls are
 //! `api.rs`.
 //!
-//! A `say` on a single node, for example: [`parse`] (in the session's reader), [`run`],
-//! [`Hub::handle`], the unit's `Hub::say`, `Hub::ask`, the authority's answer with the
-//! message's event, then `Hub::fan_out` into every member's queue.
+//! A `say` on a single node, for example: the session's reader sends the frame as it came,
+//! [`run`] receives it, [`Hub::handle`] reads it and hands it to its unit, `Hub::say`, which
+//! checks its fields and asks with `Hub::ask`; the authority answers with the message's event,
+//! and `Hub::fan_out` puts it into every member's queue.
 //!
 //! A client that proved who it is with a token (a [`User`]) gets its name from the token; it
 //! may not rename, and only joins the rooms its token allows. That it shares its name with its
@@ -53,7 +54,7 @@ use crate::authority::{Authority, Notice, RoomEvent, What};
 pub use crate::client::{Address, ClientId, User};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, Frame, LeaveReason, Request};
+use crate::protocol::{COMMANDS, Error, ErrorCode, Frame, LeaveReason, Wire};
 use crate::queue::{self, TrySendError, Weigh};
 
 #[cfg(feature = "api")]
@@ -68,7 +69,6 @@ pub use api::{ApiCall, ApiReply};
 
 use audience::Audience;
 pub use audience::MAX_HELD_EVENTS;
-pub use commands::parse;
 use late::Busy;
 pub use late::MAX_WAITING;
 
@@ -114,8 +114,10 @@ pub enum Command {
         call: ApiCall,
         reply: Sender<ApiReply>,
     },
-    /// A parsed command from a client.
-    Request { client: ClientId, request: Request },
+    /// A text frame from a v1 client, as it came: a command object, or plain text for the
+    /// client's current room. The hub reads it (the frame's unit checks its fields), so the
+    /// rules of protocol v1 are all in the hub.
+    Request { client: ClientId, frame: Frame },
     /// Raw mode: a data frame from a client, for every client of its group.
     Publish { client: ClientId, item: Outgoing },
     /// A refusal the session found itself (for example the rate limit), to be queued in order
@@ -264,7 +266,8 @@ impl Hub {
     }
 
     /// Handles one command. Everything the command causes (and the authority answers at once)
-    /// is queued before this returns. A parsed command is started by its unit (`commands/`);
+    /// is queued before this returns. A client's frame is read and started by its unit
+    /// (`commands/`);
     /// a client that waits for a late answer has its commands wait their turn (`late.rs`),
     /// which hands them back here when it comes.
     pub fn handle(&mut self, command: Command) {
@@ -281,22 +284,27 @@ impl Hub {
                 group,
                 user,
             } => self.admit(queue, reply, address, group, user),
-            Command::Request { client, request } => match self.key(client) {
+            Command::Request { client, frame } => match self.key(client) {
                 // Its client waits for a late answer: the command waits its turn.
                 Some(key) if self.busy.contains_key(&key) => {
-                    self.queue_behind(key, Command::Request { client, request });
+                    self.queue_behind(key, Command::Request { client, frame });
                 }
-                // Its unit starts it, or refuses it with the error the client is sent.
+                // The unit its `type` names checks its fields and starts it, or refuses it
+                // with the error the client is sent. Plain text has no type: it is a `say`.
                 Some(key) => {
-                    let started = match request {
-                        Request::Nick { nick } => self.nick(key, nick),
-                        Request::Join { room, since, epoch } => self.join(key, room, since, epoch),
-                        Request::Leave { room } => self.leave(key, room),
-                        Request::Say { room, text } => self.say(key, room, text),
-                        Request::Direct { to, text } => self.direct(key, to, text),
-                        Request::Who { room, offset } => self.who(key, room, offset),
-                        Request::Rooms { offset } => self.rooms(key, offset),
-                    };
+                    let started = Wire::read(&frame).and_then(|wire| match wire.kind.as_deref() {
+                        None | Some("say") => self.say(key, wire),
+                        Some("nick") => self.nick(key, wire),
+                        Some("join") => self.join(key, wire),
+                        Some("leave") => self.leave(key, wire),
+                        Some("direct") => self.direct(key, wire),
+                        Some("who") => self.who(key, wire),
+                        Some("rooms") => self.rooms(key, wire),
+                        Some(other) => Err(Error::new(
+                            ErrorCode::BadRequest,
+                            format!("unknown type {other:?}, expected one of {COMMANDS}"),
+                        )),
+                    });
                     if let Err(error) = started {
                         self.send_error(key, error);
                     }

@@ -1,10 +1,9 @@
 //! Protocol v1 on the wire: what clients send, what the server sends back, and the error codes.
 //!
-//! Data enters as the text of one WebSocket frame: its JSON shape is read here into a `Wire`,
-//! whose fields each command's unit then checks into a [`Request`] or an [`Error`] the sender
-//! should see (`crate::hub::parse`, by the command's `type`), with the checks every command
-//! shares ([`check_text`], [`valid_nick`], [`valid_room`]), so the hub only sees well-formed
-//! commands. Data leaves as an [`Event`], which [`Event::encode`] serializes once into a
+//! Data enters as the text of one WebSocket frame, which the hub reads here into a `Wire` (its
+//! JSON shape, or a plain text frame); each command's unit in the hub then checks its own
+//! fields, with the checks every command shares ([`check_text`], [`valid_nick`],
+//! [`valid_room`]), and refuses what is wrong with an [`Error`] the sender is sent. Data leaves as an [`Event`], which [`Event::encode`] serializes once into a
 //! reference-counted [`Frame`] that the hub hands to every recipient.
 //! `docs/protocol.md` is the reader's version of this file.
 
@@ -13,6 +12,9 @@ use serde::{Deserialize, Serialize};
 /// One encoded event, ready to be written as a WebSocket text frame. Cloning it bumps a
 /// reference count; the bytes are shared by every recipient.
 pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
+
+/// The types of the commands a client can send, for the errors that list them.
+pub const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
 
 /// Longest nick or room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
@@ -44,29 +46,6 @@ pub fn max_event_bytes(max_text: usize, presence_limit: usize) -> usize {
     // An error's message: each character is at most 4 bytes of UTF-8, 2 more if escaped.
     let error = MAX_ERROR_CHARS * 6 + ENVELOPE_BYTES;
     message.max(members).max(rooms).max(error)
-}
-
-/// A command from a client, already validated as far as it can be without the hub's state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Request {
-    /// Change this client's nick.
-    Nick { nick: String },
-    /// Join a room (or resync one the client is in), replaying history after `since`.
-    Join {
-        room: String,
-        since: Option<u64>,
-        epoch: Option<String>,
-    },
-    /// Leave a room.
-    Leave { room: String },
-    /// Say something in a room; `room: None` means the client's current room (plain text frames).
-    Say { room: Option<String>, text: String },
-    /// Send a private message to one nick.
-    Direct { to: String, text: String },
-    /// List a room's members, a page at a time from `offset`.
-    Who { room: String, offset: usize },
-    /// List the server's rooms, a page at a time from `offset`.
-    Rooms { offset: usize },
 }
 
 /// The error codes of protocol v1, sent in `error` events.
@@ -126,8 +105,9 @@ impl Error {
 /// The JSON shape of every client command at once: `type` plus every field any command
 /// uses. Unknown fields are ignored, so newer clients can add optional fields without breaking
 /// older servers. A flat struct rather than a serde-tagged enum: it parses in one pass without
-/// buffering, and its generated code is a third of the size.
-#[derive(Deserialize)]
+/// buffering, and its generated code is a third of the size. A plain text frame is a `Wire`
+/// too: its `text`, with no `type` (see [`Wire::read`]).
+#[derive(Deserialize, Default)]
 pub(crate) struct Wire {
     #[serde(rename = "type")]
     pub(crate) kind: Option<String>,
@@ -141,14 +121,28 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    /// A frame that starts with `{`, read as a command object.
+    /// One text frame. A frame whose first non-blank character is not `{` is plain text for
+    /// the sender's current room, as in the classic hub chat: its `text`, with no `type`. One
+    /// that starts with `{` must be a valid command object with a `type`, which names the unit
+    /// that checks the rest (`Hub::handle`).
     pub(crate) fn read(frame: &str) -> Result<Wire, Error> {
-        serde_json::from_str(frame).map_err(|e| {
+        if !frame.trim_start().starts_with('{') {
+            let text = Some(frame.to_string());
+            return Ok(Wire {
+                text,
+                ..Wire::default()
+            });
+        }
+        let wire: Wire = serde_json::from_str(frame).map_err(|e| {
             Error::new(
                 ErrorCode::BadRequest,
                 format!("not a valid command: {e}; see docs/protocol.md"),
             )
-        })
+        })?;
+        match wire.kind {
+            Some(_) => Ok(wire),
+            None => Err(bad(format!("missing field \"type\", one of {COMMANDS}"))),
+        }
     }
 }
 

@@ -34,7 +34,7 @@ use crate::Chat;
 use crate::bucket::TokenBucket;
 use crate::config::Protocol;
 use crate::deadline::{Timer, within, without_progress};
-use crate::hub::{self, ClientId, Command, Outgoing};
+use crate::hub::{ClientId, Command, Outgoing};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, LeaveReason};
@@ -281,9 +281,13 @@ where
                 let frame = frame; // moved in whole: its storage ends with the block
                 let config = &chat.config;
                 let raw = config.protocol == Protocol::Raw;
+                // Copied out of tungstenite's read buffer, which a frame shares with the
+                // bytes read after it: the hub, and in raw mode every recipient's queue, may
+                // keep the frame a while, and must not pin the buffer (a small frame could
+                // keep a large one, out of `--queue-bytes`' sight).
                 let data = match frame {
-                    Ok(Message::Text(text)) => Outgoing::Event(text),
-                    Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
+                    Ok(Message::Text(text)) => Outgoing::Event(text.as_str().to_owned().into()),
+                    Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes.to_vec().into()),
                     // Pings are answered by tungstenite, so each costs a write: they count
                     // against the rate limit like messages, and a client that floods them is
                     // closed like one that floods messages (without an `error` per ping, which
@@ -305,12 +309,7 @@ where
                     (Ok(false), _) if raw => continue,
                     (Ok(false), _) => rate_limited(client, config),
                     (Ok(true), item) if raw => Command::Publish { client, item },
-                    (Ok(true), Outgoing::Event(text)) => {
-                        match hub::parse(&text, config.max_message_bytes) {
-                            Ok(request) => Command::Request { client, request },
-                            Err(error) => Command::Refuse { client, error },
-                        }
-                    }
+                    (Ok(true), Outgoing::Event(frame)) => Command::Request { client, frame },
                     (Ok(true), _) => unreachable!("v1 data frames are text"),
                 }
             };

@@ -1,6 +1,6 @@
 //! Drives a `smolchat::hub::Hub` with a sequence of operations from several clients with small
-//! queues: connects (directly and through `Command::Connect`), frames that go through
-//! `hub::parse` first (structured or raw), refusals, disconnects (also with ids of clients
+//! queues: connects (directly and through `Command::Connect`), frames (command objects or
+//! plain text), refusals, disconnects (also with ids of clients
 //! already gone), shutdown, queue drains and receivers dropped.
 //!
 //! Invariants checked, besides "no panic":
@@ -199,7 +199,6 @@ fuzz_target!(|setup: Setup| {
         max_rooms_per_address: 1 + setup.max_rooms_per_address as usize % 4,
         ..Config::default()
     };
-    let max_text = config.max_message_bytes;
     let max_event = config.max_event_bytes();
     let history_total = config.history_total_bytes as u64;
     let metrics = Arc::new(Metrics::default());
@@ -235,11 +234,8 @@ fuzz_target!(|setup: Setup| {
                 let Some(c) = clients.get(i) else {
                     continue;
                 };
-                let text = frame.text(&epochs);
-                match smolchat::hub::parse(&text, max_text) {
-                    Ok(request) => hub.handle(Command::Request { client: c.id, request }),
-                    Err(error) => hub.handle(Command::Refuse { client: c.id, error }),
-                }
+                let frame = frame.text(&epochs).into();
+                hub.handle(Command::Request { client: c.id, frame });
             }
             Op::Refuse { client, code } => {
                 let i = client as usize % clients.len().max(1);

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::protocol::ErrorCode;
-use serde_json::Value;
+use serde_json::{Value, json};
 
 pub(super) struct TestClient {
     pub(super) id: ClientId,
@@ -43,29 +43,24 @@ impl TestClient {
     pub(super) fn drain(&self) {
         self.events();
     }
-    pub(super) fn send(&self, hub: &mut Hub, request: Request) {
+    /// Sends the command `command` as a client sends it: a text frame.
+    pub(super) fn send(&self, hub: &mut Hub, command: Value) {
+        self.send_text(hub, &command.to_string());
+    }
+    /// Sends the text frame `frame`.
+    pub(super) fn send_text(&self, hub: &mut Hub, frame: &str) {
         hub.handle(Command::Request {
             client: self.id,
-            request,
+            frame: frame.into(),
         });
     }
     pub(super) fn say(&self, hub: &mut Hub, room: &str, text: &str) {
-        self.send(
-            hub,
-            Request::Say {
-                room: Some(room.into()),
-                text: text.into(),
-            },
-        );
+        self.send(hub, json!({"type": "say", "room": room, "text": text}));
     }
 }
 
-pub(super) fn join(room: &str) -> Request {
-    Request::Join {
-        room: room.into(),
-        since: None,
-        epoch: None,
-    }
+pub(super) fn join(room: &str) -> Value {
+    json!({"type": "join", "room": room, "since": null, "epoch": null})
 }
 
 #[test]
@@ -85,6 +80,89 @@ fn connect_sends_welcome_then_room() {
     assert_eq!(events[1]["room"], "lobby");
     assert_eq!(events[1]["members"], serde_json::json!(["guest-1"]));
     assert_eq!(events.len(), 2);
+}
+
+/// Every frame is read by the hub: a command object goes to the unit its `type` names, which
+/// checks its fields; anything else is plain text for the current room.
+#[test]
+fn frames_are_read_by_their_unit() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    a.send_text(
+        &mut hub,
+        r#"{"type":"join","room":"dev","since":4,"epoch":"e1","extra":1}"#,
+    );
+    let joined = a.events();
+    assert_eq!(
+        (joined[0]["type"].as_str(), joined[0]["room"].as_str()),
+        (Some("room"), Some("dev"))
+    );
+    a.send_text(&mut hub, r#"{"type":"rooms"}"#);
+    assert_eq!(a.events()[0]["type"], "rooms");
+    // Plain text, verbatim, in the room joined last: even when it has braces or is JSON.
+    for text in ["  hello {there}", "[1,2]"] {
+        a.send_text(&mut hub, text);
+        let said = a.events();
+        assert_eq!(
+            (said[0]["room"].as_str(), said[0]["text"].as_str()),
+            (Some("dev"), Some(text))
+        );
+    }
+}
+
+/// A frame the hub cannot take gets one `error` event with the right code.
+#[test]
+fn bad_frames_get_the_right_code() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    let too_long = "a".repeat(Config::default().max_message_bytes + 1);
+    let frames = [
+        ("{not json".to_string(), "bad_request"),
+        (r#"{"type":"dance"}"#.into(), "bad_request"),
+        (r#"{"room":"x"}"#.into(), "bad_request"),
+        (r#"{"type":"say","room":"lobby"}"#.into(), "bad_request"),
+        (
+            r#"{"type":"say","room":"lobby","text":""}"#.into(),
+            "bad_request",
+        ),
+        (
+            format!(r#"{{"type":"say","room":"lobby","text":"{too_long}"}}"#),
+            "bad_request",
+        ),
+        (too_long.clone(), "bad_request"),
+        (r#"{"type":"nick","nick":""}"#.into(), "bad_request"),
+        (r#"{"type":"nick","nick":"a b"}"#.into(), "invalid_nick"),
+        (r#"{"type":"join","room":"Dev"}"#.into(), "invalid_room"),
+        (r#"{"type":"join","room":5}"#.into(), "bad_request"),
+        (r#"{"type":"who","room":"a b"}"#.into(), "invalid_room"),
+        (r#"{"type":"leave"}"#.into(), "bad_request"),
+        (
+            r#"{"type":"say","room":"dev","text":"x"}"#.into(),
+            "not_member",
+        ),
+    ];
+    for (frame, code) in frames {
+        a.send_text(&mut hub, &frame);
+        let events = a.events();
+        assert_eq!(events.len(), 1, "{frame}: {events:?}");
+        assert_eq!(
+            (events[0]["type"].as_str(), events[0]["code"].as_str()),
+            (Some("error"), Some(code)),
+            "{frame}"
+        );
+    }
+}
+
+/// Regression: fuzz/regressions/protocol_parse/direct-to-invalid-nick. A name nobody can
+/// have is nobody's, and the error does not quote it.
+#[test]
+fn direct_to_a_name_nobody_can_have_is_refused() {
+    let mut hub = hub();
+    let a = connect(&mut hub, 64);
+    a.send_text(&mut hub, r#"{"type":"direct","to":"bo,b","text":"t"}"#);
+    let events = a.events();
+    assert_eq!(events[0]["code"], "unknown_recipient");
+    assert!(!events[0]["message"].as_str().unwrap().contains("bo,b"));
 }
 
 #[test]
@@ -121,15 +199,15 @@ fn nick_rules_and_events() {
     let a = connect(&mut hub, 64);
     let b = connect(&mut hub, 64);
     a.drain();
-    a.send(&mut hub, Request::Nick { nick: "Ada".into() });
+    a.send(&mut hub, json!({"type": "nick", "nick": "Ada"}));
     assert_eq!(
         b.events()[0],
         serde_json::json!({"type":"nick","old":"guest-1","nick":"Ada"})
     );
     assert_eq!(a.events()[0]["type"], "nick");
-    b.send(&mut hub, Request::Nick { nick: "aDA".into() });
+    b.send(&mut hub, json!({"type": "nick", "nick": "aDA"}));
     assert_eq!(b.events()[0]["code"], "nick_taken");
-    a.send(&mut hub, Request::Nick { nick: "ADA".into() });
+    a.send(&mut hub, json!({"type": "nick", "nick": "ADA"}));
     assert_eq!(
         a.events()[0]["nick"],
         "ADA",
@@ -145,24 +223,18 @@ fn direct_and_errors() {
     a.drain();
     a.send(
         &mut hub,
-        Request::Direct {
-            to: "GUEST-2".into(),
-            text: "psst".into(),
-        },
+        json!({"type": "direct", "to": "GUEST-2", "text": "psst"}),
     );
     assert_eq!(b.events()[0]["type"], "direct");
     assert_eq!(a.events()[0]["to"], "guest-2");
     a.send(
         &mut hub,
-        Request::Direct {
-            to: "nobody".into(),
-            text: "x".into(),
-        },
+        json!({"type": "direct", "to": "nobody", "text": "x"}),
     );
     assert_eq!(a.events()[0]["code"], "unknown_recipient");
     a.say(&mut hub, "dev", "x");
     assert_eq!(a.events()[0]["code"], "not_member");
-    a.send(&mut hub, Request::Leave { room: "dev".into() });
+    a.send(&mut hub, json!({"type": "leave", "room": "dev"}));
     assert_eq!(a.events()[0]["code"], "not_member");
     assert!(b.events().is_empty());
 }
@@ -187,12 +259,7 @@ fn disconnect_announces_leave_and_frees_the_nick() {
     b.say(&mut hub, "lobby", "ghost");
     assert!(c.events().is_empty());
     assert!(a.events().is_empty());
-    a.send(
-        &mut hub,
-        Request::Nick {
-            nick: "guest-2".into(),
-        },
-    );
+    a.send(&mut hub, json!({"type": "nick", "nick": "guest-2"}));
     assert_eq!(a.events()[0]["type"], "nick");
 }
 
@@ -254,17 +321,12 @@ fn room_limits_evict_the_least_recently_used_empty_room() {
         "room_limit",
         "lobby + r1 is the most"
     );
-    a.send(&mut hub, Request::Leave { room: "r1".into() });
-    a.send(
-        &mut hub,
-        Request::Leave {
-            room: "lobby".into(),
-        },
-    );
+    a.send(&mut hub, json!({"type": "leave", "room": "r1"}));
+    a.send(&mut hub, json!({"type": "leave", "room": "lobby"}));
     a.send(&mut hub, join("r2"));
     a.send(&mut hub, join("r3")); // evicts r1, the older empty room
     a.drain();
-    a.send(&mut hub, Request::Rooms { offset: 0 });
+    a.send(&mut hub, json!({"type": "rooms", "offset": 0}));
     let rooms = &a.events()[0]["rooms"];
     assert_eq!(
         *rooms,
@@ -306,9 +368,7 @@ fn the_largest_events_fit_the_bound_the_writers_are_sized_by() {
             let c = connect_from(&mut hub, 10_000, usize::MAX, "127.0.0.1:1");
             c.send(
                 &mut hub,
-                Request::Nick {
-                    nick: format!("{i:02}{}", "N".repeat(30)),
-                },
+                json!({"type": "nick", "nick": format!("{i:02}{}", "N".repeat(30))}),
             );
             c
         })
@@ -317,23 +377,18 @@ fn the_largest_events_fit_the_bound_the_writers_are_sized_by() {
     for i in 0..60 {
         let room = format!("{i:02}{}", "r".repeat(30));
         a.send(&mut hub, join(&room));
-        a.send(&mut hub, Request::Leave { room });
+        a.send(&mut hub, json!({"type": "leave", "room": room}));
     }
     a.drain();
     let longest_text = "\"".repeat(150); // 300 bytes once escaped
     a.send(
         &mut hub,
-        Request::Who {
-            room: "lobby".into(),
-            offset: 0,
-        },
+        json!({"type": "who", "room": "lobby", "offset": 0}),
     );
-    a.send(&mut hub, Request::Rooms { offset: 0 });
+    a.send(&mut hub, json!({"type": "rooms", "offset": 0}));
     a.say(&mut hub, "lobby", &longest_text);
-    let direct = Request::Direct {
-        to: format!("39{}", "N".repeat(30)),
-        text: longest_text,
-    };
+    let direct =
+        json!({"type": "direct", "to": format!("39{}", "N".repeat(30)), "text": longest_text});
     a.send(&mut hub, direct);
     let error = Error::new(ErrorCode::BadRequest, "\"é".repeat(500));
     hub.handle(Command::Refuse {
@@ -414,11 +469,7 @@ fn history_is_bounded_in_total_oldest_message_first() {
     let b = connect(&mut hub, 1000);
     b.send(
         &mut hub,
-        Request::Join {
-            room: "one".into(),
-            since: Some(0),
-            epoch: None,
-        },
+        json!({"type": "join", "room": "one", "since": 0, "epoch": null}),
     );
     let got = b.events();
     assert_eq!(got[0]["complete"], false, "message 1 of one was forgotten");
@@ -426,11 +477,7 @@ fn history_is_bounded_in_total_oldest_message_first() {
     assert_eq!(ids, [2, 3]);
     b.send(
         &mut hub,
-        Request::Join {
-            room: "two".into(),
-            since: Some(0),
-            epoch: None,
-        },
+        json!({"type": "join", "room": "two", "since": 0, "epoch": null}),
     );
     let got = b.events();
     assert_eq!(got[0]["complete"], true, "room two lost nothing");
@@ -462,10 +509,7 @@ fn presence_stops_above_the_limit_and_who_pages() {
 
     c.send(
         &mut hub,
-        Request::Who {
-            room: "lobby".into(),
-            offset: 0,
-        },
+        json!({"type": "who", "room": "lobby", "offset": 0}),
     );
     let page = &c.events()[0];
     assert_eq!(page["members"], serde_json::json!(["guest-1", "guest-2"]));
@@ -475,21 +519,13 @@ fn presence_stops_above_the_limit_and_who_pages() {
     );
     c.send(
         &mut hub,
-        Request::Who {
-            room: "lobby".into(),
-            offset: 2,
-        },
+        json!({"type": "who", "room": "lobby", "offset": 2}),
     );
     let page = &c.events()[0];
     assert_eq!(page["members"], serde_json::json!(["guest-3"]));
     assert!(page.get("next").is_none());
 
-    c.send(
-        &mut hub,
-        Request::Nick {
-            nick: "carol".into(),
-        },
-    );
+    c.send(&mut hub, json!({"type": "nick", "nick": "carol"}));
     assert_eq!(
         c.events()[0]["type"],
         "nick",
@@ -503,12 +539,7 @@ fn presence_stops_above_the_limit_and_who_pages() {
         a.events().is_empty(),
         "its arrival was not announced, nor is its leaving"
     );
-    b.send(
-        &mut hub,
-        Request::Leave {
-            room: "lobby".into(),
-        },
-    );
+    b.send(&mut hub, json!({"type": "leave", "room": "lobby"}));
     assert_eq!(
         a.events()[0]["reason"],
         "left",
@@ -569,7 +600,7 @@ fn with_tokens() -> Config {
 fn with_tokens_nobody_renames_and_a_token_limits_the_rooms() {
     let mut hub = hub_with(with_tokens());
     let guest = connect(&mut hub, 64);
-    guest.send(&mut hub, Request::Nick { nick: "ada".into() });
+    guest.send(&mut hub, json!({"type": "nick", "nick": "ada"}));
     assert_eq!(guest.events()[0]["code"], "forbidden");
 
     let ada = connect_user(&mut hub, "ada", Some(&["dev"]));
@@ -604,10 +635,7 @@ fn a_users_connections_are_one_member_until_the_last_leaves() {
 
     bob.send(
         &mut hub,
-        Request::Direct {
-            to: "ada".into(),
-            text: "hi".into(),
-        },
+        json!({"type": "direct", "to": "ada", "text": "hi"}),
     );
     assert_eq!(one.events()[0]["text"], "hi");
     assert_eq!(two.events()[0]["text"], "hi");
@@ -621,10 +649,7 @@ fn a_users_connections_are_one_member_until_the_last_leaves() {
     assert!(bob.events().is_empty());
     bob.send(
         &mut hub,
-        Request::Who {
-            room: "lobby".into(),
-            offset: 0,
-        },
+        json!({"type": "who", "room": "lobby", "offset": 0}),
     );
     assert_eq!(
         bob.events()[0]["members"],
@@ -633,10 +658,7 @@ fn a_users_connections_are_one_member_until_the_last_leaves() {
     // The name stays the user's while a connection holds it.
     bob.send(
         &mut hub,
-        Request::Direct {
-            to: "ADA".into(),
-            text: "still?".into(),
-        },
+        json!({"type": "direct", "to": "ADA", "text": "still?"}),
     );
     assert_eq!(two.events()[0]["text"], "still?");
     bob.drain();
@@ -652,10 +674,7 @@ fn a_users_connections_are_one_member_until_the_last_leaves() {
     );
     bob.send(
         &mut hub,
-        Request::Direct {
-            to: "ada".into(),
-            text: "gone".into(),
-        },
+        json!({"type": "direct", "to": "ada", "text": "gone"}),
     );
     assert_eq!(bob.events()[0]["code"], "unknown_recipient");
 }
@@ -715,17 +734,11 @@ fn a_users_name_is_one_ignoring_case() {
         c.drain();
     }
     // "Ada" leaves dev; "ada" is still in it.
-    upper.send(&mut hub, Request::Leave { room: "dev".into() });
+    upper.send(&mut hub, json!({"type": "leave", "room": "dev"}));
     let seen = bob.events();
     lower.say(&mut hub, "dev", "still here");
     let got = bob.events();
-    bob.send(
-        &mut hub,
-        Request::Who {
-            room: "dev".into(),
-            offset: 0,
-        },
-    );
+    bob.send(&mut hub, json!({"type": "who", "room": "dev", "offset": 0}));
     let who = bob.events();
     assert_eq!(
         (seen.len(), who[0]["members"].clone()),
@@ -747,7 +760,7 @@ fn a_room_with_a_users_other_connection_is_not_evicted() {
     let lower = connect_user(&mut hub, "ada", None);
     upper.send(&mut hub, join("dev"));
     lower.send(&mut hub, join("dev"));
-    upper.send(&mut hub, Request::Leave { room: "dev".into() });
+    upper.send(&mut hub, json!({"type": "leave", "room": "dev"}));
     upper.drain();
     lower.drain();
     // A new room would need dev's place, but dev still has a member.
@@ -817,7 +830,7 @@ fn random_connections_of_two_users_keep_presence_exact() {
                 1 => {
                     conns[i]
                         .1
-                        .send(&mut hub, Request::Leave { room: room.into() });
+                        .send(&mut hub, json!({"type": "leave", "room": room}));
                     conns[i].2.retain(|r| *r != room);
                 }
                 2 => {
@@ -841,13 +854,7 @@ fn random_connections_of_two_users_keep_presence_exact() {
             }
             watcher.drain();
             for room in rooms {
-                watcher.send(
-                    &mut hub,
-                    Request::Who {
-                        room: room.into(),
-                        offset: 0,
-                    },
-                );
+                watcher.send(&mut hub, json!({"type": "who", "room": room, "offset": 0}));
                 let who = watcher.events();
                 let mut got: Vec<String> = who[0]["members"]
                     .as_array()
@@ -898,12 +905,7 @@ fn a_room_the_api_publishes_to_is_in_use() {
     assert_eq!(publish(&mut hub, "first"), 201);
     let a = connect(&mut hub, 64);
     a.send(&mut hub, join("idle"));
-    a.send(
-        &mut hub,
-        Request::Leave {
-            room: "idle".into(),
-        },
-    ); // "idle": empty since now
+    a.send(&mut hub, json!({"type": "leave", "room": "idle"})); // "idle": empty since now
     for i in 0..10 {
         assert_eq!(publish(&mut hub, &format!("busy {i}")), 201); // alerts: in use
     }

@@ -59,7 +59,7 @@ impl Hub {
         let room = &self.config.default_room;
         // A user whose token does not list the default room starts in no room.
         if self.clients[key].access.allows(room)
-            && let Err(error) = self.join(key, room.clone(), None, None)
+            && let Err(error) = self.enter(key, room.clone(), None, None)
         {
             self.send_error(key, error);
         }

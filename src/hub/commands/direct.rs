@@ -10,33 +10,21 @@
 use super::{Hub, now_ms};
 use crate::authority::{Answer, Ask, ClientId};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, Event, Request, Wire, check_text, required, valid_nick};
-
-/// `{"type":"direct",...}`.
-pub(super) fn parse(wire: Wire, max_text: usize) -> Result<Request, Error> {
-    let to = required("to", wire.to)?;
-    // A name no client can have is nobody's; refusing it here also keeps arbitrary bytes out
-    // of the error message (found by fuzzing).
-    if !valid_nick(&to) {
-        return Err(Error::new(
-            ErrorCode::UnknownRecipient,
-            "nobody can have that nick: a nick is 1-32 letters, digits, '_', '-' or '.'",
-        ));
-    }
-    Ok(Request::Direct {
-        to,
-        text: check_text(wire.text, max_text)?,
-    })
-}
+use crate::protocol::{Error, ErrorCode, Event, Wire, check_text, required, valid_nick};
 
 impl Hub {
     /// Client `key` writes `text` to whoever holds nick `to`.
-    pub(in crate::hub) fn direct(
-        &mut self,
-        key: usize,
-        to: String,
-        text: String,
-    ) -> Result<(), Error> {
+    pub(in crate::hub) fn direct(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let to = required("to", wire.to)?;
+        // A name no client can have is nobody's; refusing it here also keeps arbitrary bytes
+        // out of the error message (found by fuzzing).
+        if !valid_nick(&to) {
+            return Err(Error::new(
+                ErrorCode::UnknownRecipient,
+                "nobody can have that nick: a nick is 1-32 letters, digits, '_', '-' or '.'",
+            ));
+        }
+        let text = check_text(wire.text, self.config.max_message_bytes)?;
         Metrics::add(&self.metrics.messages_received, 1);
         let ts = now_ms();
         let ask = Ask::Direct {

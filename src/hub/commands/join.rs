@@ -14,20 +14,16 @@
 
 use super::Hub;
 use crate::authority::{Answer, Ask, Joined};
-use crate::protocol::{Error, ErrorCode, Event, Request, Wire, room_name};
-
-/// `{"type":"join",...}`.
-pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
-    Ok(Request::Join {
-        room: room_name(wire.room)?,
-        since: wire.since,
-        epoch: wire.epoch,
-    })
-}
+use crate::protocol::{Error, ErrorCode, Event, Wire, room_name};
 
 impl Hub {
+    /// `{"type":"join",...}` from client `key`.
+    pub(in crate::hub) fn join(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        self.enter(key, room_name(wire.room)?, wire.since, wire.epoch)
+    }
+
     /// Client `key` joins (or resyncs) `room`, replaying history after its cursor.
-    pub(in crate::hub) fn join(
+    pub(in crate::hub) fn enter(
         &mut self,
         key: usize,
         room: String,

@@ -6,18 +6,12 @@
 
 use super::{Hub, not_member};
 use crate::authority::{Answer, Ask};
-use crate::protocol::{Error, Request, Wire, room_name};
-
-/// `{"type":"leave",...}`.
-pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
-    Ok(Request::Leave {
-        room: room_name(wire.room)?,
-    })
-}
+use crate::protocol::{Error, Wire, room_name};
 
 impl Hub {
     /// Client `key` leaves `room`.
-    pub(in crate::hub) fn leave(&mut self, key: usize, room: String) -> Result<(), Error> {
+    pub(in crate::hub) fn leave(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let room = room_name(wire.room)?;
         if !self.clients[key].rooms.contains(&room) {
             return Err(not_member(&room));
         }

@@ -8,23 +8,18 @@
 
 use super::Hub;
 use crate::authority::{Answer, Ask};
-use crate::protocol::{Error, ErrorCode, Event, Request, Wire, required, valid_nick};
-
-/// `{"type":"nick",...}`.
-pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
-    let nick = required("nick", wire.nick)?;
-    if !valid_nick(&nick) {
-        return Err(Error::new(
-            ErrorCode::InvalidNick,
-            "a nick is 1-32 characters: letters, digits, '_', '-' or '.'",
-        ));
-    }
-    Ok(Request::Nick { nick })
-}
+use crate::protocol::{Error, ErrorCode, Event, Wire, required, valid_nick};
 
 impl Hub {
     /// Client `key` asks to be called `nick`.
-    pub(in crate::hub) fn nick(&mut self, key: usize, nick: String) -> Result<(), Error> {
+    pub(in crate::hub) fn nick(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let nick = required("nick", wire.nick)?;
+        if !valid_nick(&nick) {
+            return Err(Error::new(
+                ErrorCode::InvalidNick,
+                "a nick is 1-32 characters: letters, digits, '_', '-' or '.'",
+            ));
+        }
         if self.config.names_from_tokens() {
             // A user's name is its token's; a guest may not take a name a user could have.
             return Err(Error::new(

@@ -7,19 +7,12 @@
 
 use super::{Hub, MAX_OFFSET};
 use crate::authority::{Answer, Ask};
-use crate::protocol::{Error, Event, ROOMS_PAGE, Request, RoomSummary, Wire};
-
-/// `{"type":"rooms",...}`: nothing can be wrong with it.
-pub(super) fn parse(wire: Wire) -> Request {
-    Request::Rooms {
-        offset: wire.offset.unwrap_or(0),
-    }
-}
+use crate::protocol::{Error, Event, ROOMS_PAGE, RoomSummary, Wire};
 
 impl Hub {
     /// Client `key` asks for the page of rooms from `offset`.
-    pub(in crate::hub) fn rooms(&mut self, key: usize, offset: usize) -> Result<(), Error> {
-        let offset = offset.min(MAX_OFFSET);
+    pub(in crate::hub) fn rooms(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let offset = wire.offset.unwrap_or(0).min(MAX_OFFSET);
         let (ask, limited) = match self.clients[key].access.rooms() {
             Some(rooms) => (Ask::Sizes(rooms.to_vec()), true),
             None => (Ask::Rooms { offset }, false),

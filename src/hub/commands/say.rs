@@ -1,7 +1,9 @@
 //! `say`: a message to one of the client's rooms.
 //!
 //! In: `{"type":"say","room":R,"text":T}`, or a plain-text frame, which is said in the
-//! client's current room (the last it joined). The hub checks that the client is in the room;
+//! client's current room (the last it joined). The text must be non-empty and at most
+//! `--max-message-bytes` as it is written in the event. The hub checks that the client is in
+//! the room;
 //! the authority gives the message the room's next id, encodes its event once and keeps it in
 //! the room's history ([`Ask::Say`]). Out: the `message` event, to every member of the room,
 //! the sender included: that is the reply, and how the sender learns the id. The authority
@@ -11,30 +13,18 @@
 use super::{Hub, not_member, now_ms};
 use crate::authority::{Answer, Ask};
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, Request, Wire, check_text, room_name};
-
-/// `{"type":"say",...}`.
-pub(super) fn parse(wire: Wire, max_text: usize) -> Result<Request, Error> {
-    Ok(Request::Say {
-        room: Some(room_name(wire.room)?),
-        text: check_text(wire.text, max_text)?,
-    })
-}
-
-/// A frame that is not a command object: its text, for the client's current room.
-pub(super) fn plain(frame: &str, max_text: usize) -> Result<Request, Error> {
-    let text = check_text(Some(frame.to_string()), max_text)?;
-    Ok(Request::Say { room: None, text })
-}
+use crate::protocol::{Error, ErrorCode, Wire, check_text, room_name};
 
 impl Hub {
-    /// Client `key` says `text` in `room` (`None`: its current room).
-    pub(in crate::hub) fn say(
-        &mut self,
-        key: usize,
-        room: Option<String>,
-        text: String,
-    ) -> Result<(), Error> {
+    /// Client `key` says `text` in `room`; a plain text frame (no `type`) in its current room.
+    pub(in crate::hub) fn say(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let plain = wire.kind.is_none();
+        let room = if plain {
+            None
+        } else {
+            Some(room_name(wire.room)?)
+        };
+        let text = check_text(wire.text, self.config.max_message_bytes)?;
         let rooms = &self.clients[key].rooms;
         let room = match room {
             Some(name) if rooms.contains(&name) => name,

@@ -7,26 +7,14 @@
 
 use super::{Hub, MAX_OFFSET};
 use crate::authority::{Answer, Ask};
-use crate::protocol::{Error, Event, Request, Wire, room_name};
-
-/// `{"type":"who",...}`.
-pub(super) fn parse(wire: Wire) -> Result<Request, Error> {
-    Ok(Request::Who {
-        room: room_name(wire.room)?,
-        offset: wire.offset.unwrap_or(0),
-    })
-}
+use crate::protocol::{Error, Event, Wire, room_name};
 
 impl Hub {
     /// Client `key` asks who is in `room`, from `offset`.
-    pub(in crate::hub) fn who(
-        &mut self,
-        key: usize,
-        room: String,
-        offset: usize,
-    ) -> Result<(), Error> {
+    pub(in crate::hub) fn who(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
+        let room = room_name(wire.room)?;
         self.clients[key].access.check(&room)?;
-        let offset = offset.min(MAX_OFFSET);
+        let offset = wire.offset.unwrap_or(0).min(MAX_OFFSET);
         let ask = Ask::Who {
             room: room.clone(),
             offset,

@@ -54,7 +54,7 @@ use crate::authority::{Authority, Notice, RoomEvent, What};
 pub use crate::client::{Address, ClientId, User};
 use crate::config::{Config, Protocol};
 use crate::metrics::Metrics;
-use crate::protocol::{COMMANDS, Error, ErrorCode, Frame, LeaveReason, Wire};
+use crate::protocol::{Error, Frame, LeaveReason, Wire};
 use crate::queue::{self, TrySendError, Weigh};
 
 #[cfg(feature = "api")]
@@ -293,17 +293,15 @@ impl Hub {
                 // with the error the client is sent. Plain text has no type: it is a `say`.
                 Some(key) => {
                     let started = Wire::read(&frame).and_then(|wire| match wire.kind.as_deref() {
-                        None | Some("say") => self.say(key, wire),
+                        _ if wire.plain => self.say(key, wire),
+                        Some("say") => self.say(key, wire),
                         Some("nick") => self.nick(key, wire),
                         Some("join") => self.join(key, wire),
                         Some("leave") => self.leave(key, wire),
                         Some("direct") => self.direct(key, wire),
                         Some("who") => self.who(key, wire),
                         Some("rooms") => self.rooms(key, wire),
-                        Some(other) => Err(Error::new(
-                            ErrorCode::BadRequest,
-                            format!("unknown type {other:?}, expected one of {COMMANDS}"),
-                        )),
+                        kind => Err(commands::unknown(kind)),
                     });
                     if let Err(error) = started {
                         self.send_error(key, error);

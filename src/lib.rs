@@ -9,11 +9,11 @@
 //!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
 //!           └─ /ws → host, origin → upgrade.rs: --max-connections permit, register → 101
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
-//!         reader:  frame → hub::parse → hub::Command ──► hub inbox (bounded)
+//!         reader:  frame → hub::Command (the frame, copied) ──► hub inbox (bounded)
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
 //!                  take all queued, one vectored write (wire.rs); pings, idle and write timeouts
 //!  hub.rs (one future): the chat's rules and this node's clients
-//!    command in → rules → the authority decides nicks, membership, ids and history
+//!    frame in → its command's unit (commands/*.rs) → rules → the authority decides nicks, membership, ids and history
 //!                         (authority::local in memory, or cluster's Redis authority)
 //!    → each event encoded ONCE → shared by refcount with the recipients' queues
 //! ```
@@ -41,7 +41,7 @@
 //! * `tls`: certificates and their reload on SIGHUP (feature `tls`).
 //! * `meter`: the byte stream under tungstenite: the byte budget, the yield after a long read,
 //!   and the count of writes that made progress.
-//! * `session`: one client's WebSocket session: the reader (frames into commands, the rate
+//! * `session`: one client's WebSocket session: the reader (frames to the hub, the rate
 //!   limit) and the writer (batches out, pings, the idle and write timeouts, close codes).
 //! * `wire`: a session's WebSocket on the wire: the writer's frames, written from the shared
 //!   payloads with vectored writes, and tungstenite's own frames parked for the writer.
@@ -51,7 +51,7 @@
 //!   its `Timer` from here.
 //! * `queue`: a client's outgoing queue, bounded in items and bytes, filled only by the hub.
 //! * `hub`: the chat's rules and this node's clients, as one future: commands in, events out
-//!   into the clients' queues. Its files: `commands/*.rs` (one unit per command: parsing, hub
+//!   into the clients' queues. Its files: `commands/*.rs` (one unit per command: its fields, hub
 //!   step, question, reply), `late.rs` (answers that come later: Redis), `audience.rs` (room
 //!   events on this node: who hears what), `api.rs` (the HTTP API's calls) and `raw.rs` (the
 //!   Go hub's protocol, `--protocol raw`).

@@ -13,9 +13,6 @@ use serde::{Deserialize, Serialize};
 /// reference count; the bytes are shared by every recipient.
 pub type Frame = async_tungstenite::tungstenite::Utf8Bytes;
 
-/// The types of the commands a client can send, for the errors that list them.
-pub const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
-
 /// Longest nick or room name, in characters.
 pub const MAX_NAME_CHARS: usize = 32;
 
@@ -106,7 +103,7 @@ impl Error {
 /// uses. Unknown fields are ignored, so newer clients can add optional fields without breaking
 /// older servers. A flat struct rather than a serde-tagged enum: it parses in one pass without
 /// buffering, and its generated code is a third of the size. A plain text frame is a `Wire`
-/// too: its `text`, with no `type` (see [`Wire::read`]).
+/// too: its `text`, marked `plain` (see [`Wire::read`]).
 #[derive(Deserialize, Default)]
 pub(crate) struct Wire {
     #[serde(rename = "type")]
@@ -118,31 +115,31 @@ pub(crate) struct Wire {
     pub(crate) text: Option<String>,
     pub(crate) to: Option<String>,
     pub(crate) offset: Option<usize>,
+    /// A plain text frame, not a command object.
+    #[serde(skip)]
+    pub(crate) plain: bool,
 }
 
 impl Wire {
     /// One text frame. A frame whose first non-blank character is not `{` is plain text for
-    /// the sender's current room, as in the classic hub chat: its `text`, with no `type`. One
-    /// that starts with `{` must be a valid command object with a `type`, which names the unit
-    /// that checks the rest (`Hub::handle`).
+    /// the sender's current room, as in the classic hub chat. One that starts with `{` must be
+    /// a valid command object, whose `type` names the unit that checks the rest
+    /// (`Hub::handle`).
     pub(crate) fn read(frame: &str) -> Result<Wire, Error> {
         if !frame.trim_start().starts_with('{') {
             let text = Some(frame.to_string());
             return Ok(Wire {
                 text,
+                plain: true,
                 ..Wire::default()
             });
         }
-        let wire: Wire = serde_json::from_str(frame).map_err(|e| {
+        serde_json::from_str(frame).map_err(|e| {
             Error::new(
                 ErrorCode::BadRequest,
                 format!("not a valid command: {e}; see docs/protocol.md"),
             )
-        })?;
-        match wire.kind {
-            Some(_) => Ok(wire),
-            None => Err(bad(format!("missing field \"type\", one of {COMMANDS}"))),
-        }
+        })
     }
 }
 

@@ -34,6 +34,19 @@ use crate::authority::Ask;
 use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, LeaveReason};
 
+/// The command types, for the errors that list them: each unit's name, as `Hub::handle` reads
+/// it from the frame's `type`.
+const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
+
+/// The refusal of a command object whose `type` is missing (`None`) or names no unit.
+pub(super) fn unknown(kind: Option<&str>) -> Error {
+    let message = match kind {
+        None => format!("missing field \"type\", one of {COMMANDS}"),
+        Some(kind) => format!("unknown type {kind:?}, expected one of {COMMANDS}"),
+    };
+    Error::new(ErrorCode::BadRequest, message)
+}
+
 /// Largest `offset` passed on to the authority: every page beyond is empty anyway, and Redis'
 /// Lua would take a larger number for a float.
 pub(super) const MAX_OFFSET: usize = u32::MAX as usize;

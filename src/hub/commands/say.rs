@@ -16,13 +16,11 @@ use crate::metrics::Metrics;
 use crate::protocol::{Error, ErrorCode, Wire, check_text, room_name};
 
 impl Hub {
-    /// Client `key` says `text` in `room`; a plain text frame (no `type`) in its current room.
+    /// Client `key` says `text` in `room`; a plain text frame in its current room.
     pub(in crate::hub) fn say(&mut self, key: usize, wire: Wire) -> Result<(), Error> {
-        let plain = wire.kind.is_none();
-        let room = if plain {
-            None
-        } else {
-            Some(room_name(wire.room)?)
+        let room = match wire.plain {
+            true => None,
+            false => Some(room_name(wire.room)?),
         };
         let text = check_text(wire.text, self.config.max_message_bytes)?;
         let rooms = &self.clients[key].rooms;

@@ -222,8 +222,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
     ) -> Poll<io::Result<Option<(u16, &'static str)>>> {
         let mut ws = self.lock();
         let gate = ws.get_mut();
-        // Each pass is one vectored write of what goes first: the parked bytes (only between
-        // frames), the ping, then up to `FRAMES_PER_WRITE` frames from the cursor on.
         loop {
             let between_frames = gate.cursor.offset == 0;
             if gate.closed && between_frames {
@@ -241,26 +239,50 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Socket<S> {
                 self.parked.store(false, Relaxed);
                 break;
             }
-            // The slices are set up for every write: for the usual one or two frames, a few.
-            let n = if batch.len() <= 2 {
-                ready!(gate.poll_write_some::<2, 6>(cx, batch, parked_first))?
+            // One vectored write: the parked bytes, the ping, then frames from the cursor on. A
+            // frame cut by the last write is finished alone, so that what tungstenite parked
+            // meanwhile (a pong) goes next. Slices and headers are on the stack and set up for
+            // every write; the large set (2 KiB) only when more than one or two frames wait.
+            let (mut few, mut few_headers, mut many, mut many_headers);
+            let (slices, headers): (&mut [IoSlice], &mut [[u8; 10]]) = if batch.len() <= 2 {
+                (few, few_headers) = ([IoSlice::new(&[]); 6], [[0; 10]; 2]);
+                (&mut few, &mut few_headers)
             } else {
-                ready!(gate.poll_write_some::<FRAMES_PER_WRITE, SLICES>(cx, batch, parked_first))?
+                many = [IoSlice::new(&[]); SLICES];
+                many_headers = [[0; 10]; FRAMES_PER_WRITE];
+                (&mut many, &mut many_headers)
             };
+            let (mut used, mut skip) = (0, gate.cursor.offset);
+            if parked_first {
+                slices[0] = IoSlice::new(&gate.parked);
+                used = 1;
+            }
+            if gate.cursor.ping {
+                push(slices, &mut used, &mut skip, &PING);
+            }
+            let frames = batch.iter().map_while(|item| match item {
+                Outgoing::Event(text) => Some((0x81, text.as_bytes())),
+                Outgoing::Binary(bytes) => Some((0x82, &bytes[..])),
+                Outgoing::Close(..) => None,
+            });
+            let limit = match between_frames {
+                true => headers.len(),
+                false => usize::from(!gate.cursor.ping), // a cut ping goes alone too
+            };
+            for ((first, payload), header) in frames.zip(headers.iter_mut()).take(limit) {
+                let len = format_header(header, first, payload.len());
+                push(slices, &mut used, &mut skip, &header[..len]);
+                push(slices, &mut used, &mut skip, payload);
+            }
+            let n = ready!(Pin::new(&mut gate.inner).poll_write_vectored(cx, &slices[..used]))?;
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
             let parked = if parked_first {
-                n.min(gate.parked.len())
+                gate.forget_parked(n)
             } else {
                 0
             };
-            if parked > 0 {
-                gate.parked.drain(..parked);
-                if gate.parked.is_empty() {
-                    gate.parked = Vec::new();
-                }
-            }
             gate.cursor.advance(n - parked, batch, written);
         }
         ready!(Pin::new(&mut gate.inner).poll_flush(cx))?;
@@ -335,49 +357,21 @@ impl<S: AsyncWrite + Unpin> Gate<S> {
             if n == 0 {
                 return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
             }
-            self.parked.drain(..n);
+            self.forget_parked(n);
         }
-        // Freed: a connection that answered a ping once keeps nothing for it.
-        self.parked = Vec::new();
         Poll::Ready(Ok(()))
     }
 
-    /// One pass of [`Socket::poll_write_frames`]: its vectored write, with room for `F` frames
-    /// in `N` (`2 * F + 2`) slices. Returns how many bytes the socket took.
-    fn poll_write_some<const F: usize, const N: usize>(
-        &mut self,
-        cx: &mut Context<'_>,
-        batch: &VecDeque<Outgoing>,
-        parked_first: bool,
-    ) -> Poll<io::Result<usize>> {
-        let between_frames = self.cursor.offset == 0;
-        let mut headers = [[0u8; 10]; F];
-        let mut slices = [IoSlice::new(&[]); N];
-        let mut used = 0;
-        // What the socket already took of the first frame.
-        let mut skip = self.cursor.offset;
-        if parked_first {
-            slices[0] = IoSlice::new(&self.parked);
-            used = 1;
+    /// Forgets the parked bytes the socket took, the first `n` or all if fewer; returns how
+    /// many.
+    fn forget_parked(&mut self, n: usize) -> usize {
+        let n = n.min(self.parked.len());
+        self.parked.drain(..n);
+        if self.parked.is_empty() {
+            // Freed: a connection that answered a ping once keeps nothing for it.
+            self.parked = Vec::new();
         }
-        if self.cursor.ping {
-            push(&mut slices, &mut used, &mut skip, &PING);
-        }
-        let frames = batch.iter().map_while(|item| match item {
-            Outgoing::Event(text) => Some((0x81, text.as_bytes())),
-            Outgoing::Binary(bytes) => Some((0x82, &bytes[..])),
-            Outgoing::Close(..) => None,
-        });
-        // A frame cut by the last write is finished alone: nothing may follow the cut until
-        // the frame is whole.
-        let limit = if between_frames { F } else { 1 };
-        let limit = limit - usize::from(!between_frames && self.cursor.ping);
-        for ((first, payload), header) in frames.zip(headers.iter_mut()).take(limit) {
-            let len = format_header(header, first, payload.len());
-            push(&mut slices, &mut used, &mut skip, &header[..len]);
-            push(&mut slices, &mut used, &mut skip, payload);
-        }
-        Pin::new(&mut self.inner).poll_write_vectored(cx, &slices[..used])
+        n
     }
 }
 

@@ -292,17 +292,8 @@ impl Hub {
                 // The unit its `type` names checks its fields and starts it, or refuses it
                 // with the error the client is sent. Plain text has no type: it is a `say`.
                 Some(key) => {
-                    let started = Wire::read(&frame).and_then(|wire| match wire.kind.as_deref() {
-                        _ if wire.plain => self.say(key, wire),
-                        Some("say") => self.say(key, wire),
-                        Some("nick") => self.nick(key, wire),
-                        Some("join") => self.join(key, wire),
-                        Some("leave") => self.leave(key, wire),
-                        Some("direct") => self.direct(key, wire),
-                        Some("who") => self.who(key, wire),
-                        Some("rooms") => self.rooms(key, wire),
-                        kind => Err(commands::unknown(kind)),
-                    });
+                    let started =
+                        Wire::read(&frame).and_then(|wire| commands::unit(&wire)?(self, key, wire));
                     if let Err(error) = started {
                         self.send_error(key, error);
                     }

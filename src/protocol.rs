@@ -190,9 +190,26 @@ pub(crate) fn room_name(room: Option<String>) -> Result<String, Error> {
 /// they garble terminals (escape sequences) and logs.
 pub fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error> {
     let text = required("text", text)?;
-    if let Some(c) = text
-        .chars()
-        .find(|&c| c.is_control() && !allowed_control(c))
+    // One pass over the bytes, for both rules (the hub runs it for every message). In UTF-8 a
+    // control character is a byte below 0x20, 0x7f, or U+0080-U+009F: 0xc2, then 0x80-0x9f.
+    let bytes = text.as_bytes();
+    let (mut escaped, mut control) = (0, false);
+    for (i, &b) in bytes.iter().enumerate() {
+        if escapes(b) {
+            escaped += 1;
+        } else if b < 0x20
+            || b == 0x7f
+            || (b == 0xc2 && matches!(bytes.get(i + 1), Some(0x80..0xa0)))
+        {
+            control = true;
+        }
+    }
+    if let Some(c) = control
+        .then(|| {
+            text.chars()
+                .find(|&c| c.is_control() && !allowed_control(c))
+        })
+        .flatten()
     {
         return Err(Error::new(
             ErrorCode::BadRequest,
@@ -203,7 +220,7 @@ pub fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error
             ),
         ));
     }
-    let encoded = encoded_len(&text);
+    let encoded = text.len() + escaped;
     if encoded > max_text {
         return Err(Error::new(
             ErrorCode::BadRequest,
@@ -216,6 +233,12 @@ pub fn check_text(text: Option<String>, max_text: usize) -> Result<String, Error
     Ok(text)
 }
 
+/// True for the bytes JSON writes as two (`\"`, `\\`, `\t`, `\n`, `\r`), in text without other
+/// control characters.
+fn escapes(b: u8) -> bool {
+    matches!(b, b'"' | b'\\' | b'\t' | b'\n' | b'\r')
+}
+
 fn allowed_control(c: char) -> bool {
     matches!(c, '\t' | '\n' | '\r')
 }
@@ -224,11 +247,7 @@ fn allowed_control(c: char) -> bool {
 /// rule of the text check: `"`, `\\`, tab, newline and carriage return take two bytes, everything
 /// else is written as it is.
 pub fn encoded_len(text: &str) -> usize {
-    let escaped = text
-        .bytes()
-        .filter(|b| matches!(b, b'"' | b'\\' | b'\t' | b'\n' | b'\r'))
-        .count();
-    text.len() + escaped
+    text.len() + text.bytes().filter(|&b| escapes(b)).count()
 }
 
 /// True for 1-32 characters of ASCII letters, digits, `_`, `-` and `.`.
@@ -444,6 +463,28 @@ impl Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The text check's byte scan refuses exactly the control characters (Unicode's `Cc`) but
+    /// tab, newline and carriage return, and counts the escaped bytes as `encoded_len` does.
+    #[test]
+    fn the_text_check_refuses_exactly_the_control_characters() {
+        let samples = (0..0x3000)
+            .chain([0xfeff, 0x1_f600])
+            .filter_map(char::from_u32);
+        for c in samples {
+            let text = format!("a{c}\"b");
+            let refused = c.is_control() && !matches!(c, '\t' | '\n' | '\r');
+            match check_text(Some(text.clone()), usize::MAX) {
+                Ok(_) => assert!(!refused, "U+{:04X} accepted", c as u32),
+                Err(e) => assert!(refused, "U+{:04X} refused: {}", c as u32, e.message),
+            }
+            if !refused {
+                let limit = encoded_len(&text);
+                assert!(check_text(Some(text.clone()), limit).is_ok());
+                assert!(check_text(Some(text), limit - 1).is_err());
+            }
+        }
+    }
 
     #[test]
     fn names() {

@@ -32,19 +32,40 @@ use super::{Hub, LOST_CLOSE};
 use crate::authority::Answer;
 use crate::authority::Ask;
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, LeaveReason};
+use crate::protocol::{Error, ErrorCode, LeaveReason, Wire};
 
-/// The command types, for the errors that list them: each unit's name, as `Hub::handle` reads
-/// it from the frame's `type`.
-const COMMANDS: &str = "nick, join, leave, say, direct, who, rooms";
+/// A command's unit: its one function on the hub, for client `key` and the frame's fields.
+pub(super) type Unit = fn(&mut Hub, usize, Wire) -> Result<(), Error>;
 
-/// The refusal of a command object whose `type` is missing (`None`) or names no unit.
-pub(super) fn unknown(kind: Option<&str>) -> Error {
+/// Each command's unit, by the `type` that names it in a frame. A new command is a file above
+/// and a line here.
+const UNITS: [(&str, Unit); 7] = [
+    ("nick", Hub::nick),
+    ("join", Hub::join),
+    ("leave", Hub::leave),
+    ("say", Hub::say),
+    ("direct", Hub::direct),
+    ("who", Hub::who),
+    ("rooms", Hub::rooms),
+];
+
+/// The unit a frame goes to: `say` for plain text, else the one its `type` names; a command
+/// object whose `type` is missing or names no unit is refused.
+pub(super) fn unit(wire: &Wire) -> Result<Unit, Error> {
+    if wire.plain {
+        return Ok(Hub::say);
+    }
+    let kind = wire.kind.as_deref();
+    if let Some(&(_, unit)) = UNITS.iter().find(|(name, _)| Some(*name) == kind) {
+        return Ok(unit);
+    }
+    let names: Vec<&str> = UNITS.iter().map(|(name, _)| *name).collect();
+    let names = names.join(", ");
     let message = match kind {
-        None => format!("missing field \"type\", one of {COMMANDS}"),
-        Some(kind) => format!("unknown type {kind:?}, expected one of {COMMANDS}"),
+        None => format!("missing field \"type\", one of {names}"),
+        Some(kind) => format!("unknown type {kind:?}, expected one of {names}"),
     };
-    Error::new(ErrorCode::BadRequest, message)
+    Err(Error::new(ErrorCode::BadRequest, message))
 }
 
 /// Largest `offset` passed on to the authority: every page beyond is empty anyway, and Redis'

@@ -66,7 +66,8 @@
 //!   flags, its start and its health. The backend is chosen in one place, `Backend::choose`.
 //! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
 //!   the local authority's changes to a redb file, and reads them back at start-up.
-//! * `protocol`: protocol v1 on the wire: the JSON shape of requests, events encoded once.
+//! * `protocol`: protocol v1 on the wire: the JSON shape of a client's frame (read by the hub),
+//!   the checks names and texts share, events encoded once, error codes.
 //! * `config`: every setting and limit with its default, and the flag table's parts: `Flag`,
 //!   `Section`, the `flags!` macro, the flags every build has. Optional parts declare their
 //!   own section beside their code (`token`, `api`, `tls`, `cluster::backend`).

@@ -93,6 +93,8 @@ fn frames_are_read_by_their_unit() {
         r#"{"type":"join","room":"dev","since":4,"epoch":"e1","extra":1}"#,
     );
     let joined = a.events();
+    // `since` was read: a join with a cursor is told whether its replay is complete.
+    assert!(joined[0]["complete"].is_boolean(), "{joined:?}");
     assert_eq!(
         (joined[0]["type"].as_str(), joined[0]["room"].as_str()),
         (Some("room"), Some("dev"))

@@ -747,7 +747,7 @@ impl Config {
             per_session,
             sessions: c * per_session,
             pending: pending * 12 * KIB,
-            inbox: 1024 * (m + 128),
+            inbox: 1024 * (m + 512),
             history: self.history_total_bytes as u64 * 5 / 4,
             bookkeeping: self.max_rooms as u64 * self.history as u64 * 96,
             rooms: self.max_rooms as u64 * KIB,
@@ -793,7 +793,7 @@ pub struct WorstCase {
     pub sessions: u64,
     /// `--max-pending` × 12 KiB: request heads and handshake futures.
     pub pending: u64,
-    /// The hub's inbox: 1,024 × (M + 128).
+    /// The hub's inbox: 1,024 × (M + 512).
     pub inbox: u64,
     /// `--history-total-bytes` × 1.25: history, with the allocator's share.
     pub history: u64,

@@ -27,8 +27,8 @@
 //! which of them hear its events); raw mode is `raw.rs`, and the HTTP API's calls are
 //! `api.rs`.
 //!
-//! A `say` on a single node, for example: the session's reader sends the frame as it came,
-//! [`run`] receives it, [`Hub::handle`] reads it and hands it to its unit, `Hub::say`, which
+//! A `say` on a single node, for example: the session's reader sends the frame's JSON shape
+//! ([`Wire`]), [`run`] receives it, [`Hub::handle`] hands it to its unit, `Hub::say`, which
 //! checks its fields and asks with `Hub::ask`; the authority answers with the message's event,
 //! and `Hub::fan_out` puts it into every member's queue.
 //!
@@ -83,6 +83,19 @@ pub enum Outgoing {
     Close(u16, &'static str),
 }
 
+impl Outgoing {
+    /// The same frame in a buffer of its own. A frame tungstenite hands over shares its read
+    /// buffer with the bytes read after it; one the hub hands to every member's queue must not
+    /// pin that buffer (a small frame could keep a large one, out of `--queue-bytes`' sight).
+    pub fn unshared(self) -> Outgoing {
+        match self {
+            Outgoing::Event(text) => Outgoing::Event(text.as_str().to_owned().into()),
+            Outgoing::Binary(bytes) => Outgoing::Binary(bytes.to_vec().into()),
+            close => close,
+        }
+    }
+}
+
 impl Weigh for Outgoing {
     fn bytes(&self) -> usize {
         match self {
@@ -114,10 +127,11 @@ pub enum Command {
         call: ApiCall,
         reply: Sender<ApiReply>,
     },
-    /// A text frame from a v1 client, as it came: a command object, or plain text for the
-    /// client's current room. The hub reads it (the frame's unit checks its fields), so the
-    /// rules of protocol v1 are all in the hub.
-    Request { client: ClientId, frame: Frame },
+    /// A text frame from a v1 client, its JSON shape read by the session's reader
+    /// ([`Wire::read`]): a command object, or plain text for the client's current room. The
+    /// unit its `type` names checks its fields, so the rules of protocol v1 are in the hub.
+    /// Boxed: the inbox's slots stay as small as the other commands need.
+    Request { client: ClientId, wire: Box<Wire> },
     /// Raw mode: a data frame from a client, for every client of its group.
     Publish { client: ClientId, item: Outgoing },
     /// A refusal the session found itself (for example the rate limit), to be queued in order
@@ -284,16 +298,15 @@ impl Hub {
                 group,
                 user,
             } => self.admit(queue, reply, address, group, user),
-            Command::Request { client, frame } => match self.key(client) {
+            Command::Request { client, wire } => match self.key(client) {
                 // Its client waits for a late answer: the command waits its turn.
                 Some(key) if self.busy.contains_key(&key) => {
-                    self.queue_behind(key, Command::Request { client, frame });
+                    self.queue_behind(key, Command::Request { client, wire });
                 }
                 // The unit its `type` names checks its fields and starts it, or refuses it
                 // with the error the client is sent. Plain text has no type: it is a `say`.
                 Some(key) => {
-                    let started =
-                        Wire::read(&frame).and_then(|wire| commands::unit(&wire)?(self, key, wire));
+                    let started = commands::unit(&wire).and_then(|unit| unit(self, key, *wire));
                     if let Err(error) = started {
                         self.send_error(key, error);
                     }

@@ -9,11 +9,11 @@
 //!           ├─ /api/ (api.rs) → key, rate limit, body → hub::Command::Api → JSON answer
 //!           └─ /ws → host, origin → upgrade.rs: --max-connections permit, register → 101
 //!    2. session.rs: reader and writer futures in one task (race.rs), socket metered (meter.rs)
-//!         reader:  frame → hub::Command (the frame, copied) ──► hub inbox (bounded)
+//!         reader:  frame → its JSON shape (protocol::Wire) → hub::Command ──► hub inbox
 //!         writer:  own bounded queue (queue.rs) ◄── hub (try_send only)
 //!                  take all queued, one vectored write (wire.rs); pings, idle and write timeouts
 //!  hub.rs (one future): the chat's rules and this node's clients
-//!    frame in → its command's unit (commands/*.rs) → rules → the authority decides nicks, membership, ids and history
+//!    command in → its unit (commands/*.rs): fields checked → rules → the authority decides nicks, membership, ids and history
 //!                         (authority::local in memory, or cluster's Redis authority)
 //!    → each event encoded ONCE → shared by refcount with the recipients' queues
 //! ```
@@ -66,7 +66,7 @@
 //!   flags, its start and its health. The backend is chosen in one place, `Backend::choose`.
 //! * `store`: durable history (`--data-dir`, feature `store`): the writer thread that commits
 //!   the local authority's changes to a redb file, and reads them back at start-up.
-//! * `protocol`: protocol v1 on the wire: the JSON shape of a client's frame (read by the hub),
+//! * `protocol`: protocol v1 on the wire: the JSON shape of a client's frame (`Wire`),
 //!   the checks names and texts share, events encoded once, error codes.
 //! * `config`: every setting and limit with its default, and the flag table's parts: `Flag`,
 //!   `Section`, the `flags!` macro, the flags every build has. Optional parts declare their

@@ -1,8 +1,8 @@
 //! Protocol v1 on the wire: what clients send, what the server sends back, and the error codes.
 //!
-//! Data enters as the text of one WebSocket frame, which the hub reads here into a `Wire` (its
-//! JSON shape, or a plain text frame); each command's unit in the hub then checks its own
-//! fields, with the checks every command shares ([`check_text`], [`valid_nick`],
+//! Data enters as the text of one WebSocket frame, which the session's reader reads here into
+//! a [`Wire`] (its JSON shape, or a plain text frame); each command's unit in the hub then
+//! checks its own fields, with the checks every command shares ([`check_text`], [`valid_nick`],
 //! [`valid_room`]), and refuses what is wrong with an [`Error`] the sender is sent. Data leaves as an [`Event`], which [`Event::encode`] serializes once into a
 //! reference-counted [`Frame`] that the hub hands to every recipient.
 //! `docs/protocol.md` is the reader's version of this file.
@@ -104,8 +104,8 @@ impl Error {
 /// older servers. A flat struct rather than a serde-tagged enum: it parses in one pass without
 /// buffering, and its generated code is a third of the size. A plain text frame is a `Wire`
 /// too: its `text`, marked `plain` (see [`Wire::read`]).
-#[derive(Deserialize, Default)]
-pub(crate) struct Wire {
+#[derive(Debug, Deserialize, Default)]
+pub struct Wire {
     #[serde(rename = "type")]
     pub(crate) kind: Option<String>,
     pub(crate) nick: Option<String>,
@@ -125,7 +125,7 @@ impl Wire {
     /// the sender's current room, as in the classic hub chat. One that starts with `{` must be
     /// a valid command object, whose `type` names the unit that checks the rest
     /// (`Hub::handle`).
-    pub(crate) fn read(frame: &str) -> Result<Wire, Error> {
+    pub fn read(frame: &str) -> Result<Wire, Error> {
         if !frame.trim_start().starts_with('{') {
             let text = Some(frame.to_string());
             return Ok(Wire {

@@ -37,7 +37,7 @@ use crate::deadline::{Timer, within, without_progress};
 use crate::hub::{ClientId, Command, Outgoing};
 use crate::meter::Progress;
 use crate::metrics::Metrics;
-use crate::protocol::{Error, ErrorCode, LeaveReason};
+use crate::protocol::{Error, ErrorCode, LeaveReason, Wire};
 use crate::queue::Receiver;
 use crate::queue::Weigh;
 use crate::race::race;
@@ -281,13 +281,9 @@ where
                 let frame = frame; // moved in whole: its storage ends with the block
                 let config = &chat.config;
                 let raw = config.protocol == Protocol::Raw;
-                // Copied out of tungstenite's read buffer, which a frame shares with the
-                // bytes read after it: the hub, and in raw mode every recipient's queue, may
-                // keep the frame a while, and must not pin the buffer (a small frame could
-                // keep a large one, out of `--queue-bytes`' sight).
                 let data = match frame {
-                    Ok(Message::Text(text)) => Outgoing::Event(text.as_str().to_owned().into()),
-                    Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes.to_vec().into()),
+                    Ok(Message::Text(text)) => Outgoing::Event(text),
+                    Ok(Message::Binary(bytes)) if raw => Outgoing::Binary(bytes),
                     // Pings are answered by tungstenite, so each costs a write: they count
                     // against the rate limit like messages, and a client that floods them is
                     // closed like one that floods messages (without an `error` per ping, which
@@ -308,8 +304,19 @@ where
                     // Raw mode sends nothing but data: a refused frame is dropped unanswered.
                     (Ok(false), _) if raw => continue,
                     (Ok(false), _) => rate_limited(client, config),
-                    (Ok(true), item) if raw => Command::Publish { client, item },
-                    (Ok(true), Outgoing::Event(frame)) => Command::Request { client, frame },
+                    (Ok(true), item) if raw => Command::Publish {
+                        client,
+                        item: item.unshared(),
+                    },
+                    // The command's JSON shape, read here, beside the other readers; the hub's
+                    // unit checks its fields.
+                    (Ok(true), Outgoing::Event(text)) => match Wire::read(&text) {
+                        Ok(wire) => Command::Request {
+                            client,
+                            wire: Box::new(wire),
+                        },
+                        Err(error) => Command::Refuse { client, error },
+                    },
                     (Ok(true), _) => unreachable!("v1 data frames are text"),
                 }
             };

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use libfuzzer_sys::fuzz_target;
 use smolchat::hub::{Address, ClientId, Command, Hub, Outgoing};
-use smolchat::protocol::{Error, ErrorCode, LeaveReason};
+use smolchat::protocol::{Error, ErrorCode, LeaveReason, Wire};
 use smolchat::queue::{self, Receiver};
 use smolchat::{Config, Metrics};
 
@@ -234,8 +234,12 @@ fuzz_target!(|setup: Setup| {
                 let Some(c) = clients.get(i) else {
                     continue;
                 };
-                let frame = frame.text(&epochs).into();
-                hub.handle(Command::Request { client: c.id, frame });
+                let client = c.id;
+                // As the session's reader does: the JSON shape read, or refused.
+                hub.handle(match Wire::read(&frame.text(&epochs)) {
+                    Ok(wire) => Command::Request { client, wire: Box::new(wire) },
+                    Err(error) => Command::Refuse { client, error },
+                });
             }
             Op::Refuse { client, code } => {
                 let i = client as usize % clients.len().max(1);

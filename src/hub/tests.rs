@@ -47,11 +47,16 @@ impl TestClient {
     pub(super) fn send(&self, hub: &mut Hub, command: Value) {
         self.send_text(hub, &command.to_string());
     }
-    /// Sends the text frame `frame`.
+    /// Sends the text frame `frame`, as the session's reader does: its JSON shape read, or
+    /// refused.
     pub(super) fn send_text(&self, hub: &mut Hub, frame: &str) {
-        hub.handle(Command::Request {
-            client: self.id,
-            frame: frame.into(),
+        let client = self.id;
+        hub.handle(match Wire::read(frame) {
+            Ok(wire) => Command::Request {
+                client,
+                wire: Box::new(wire),
+            },
+            Err(error) => Command::Refuse { client, error },
         });
     }
     pub(super) fn say(&self, hub: &mut Hub, room: &str, text: &str) {

@@ -121,6 +121,22 @@ pub struct Wire {
 }
 
 impl Wire {
+    /// The bytes of its strings: what a waiting command keeps besides itself.
+    pub(crate) fn bytes(&self) -> usize {
+        let fields = [
+            &self.kind,
+            &self.nick,
+            &self.room,
+            &self.epoch,
+            &self.text,
+            &self.to,
+        ];
+        fields
+            .iter()
+            .map(|f| f.as_ref().map_or(0, String::len))
+            .sum()
+    }
+
     /// One text frame. A frame whose first non-blank character is not `{` is plain text for
     /// the sender's current room, as in the classic hub chat. One that starts with `{` must be
     /// a valid command object, whose `type` names the unit that checks the rest

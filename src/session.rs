@@ -308,13 +308,9 @@ where
                         client,
                         item: item.unshared(),
                     },
-                    // The command's JSON shape, read here, beside the other readers; the hub's
-                    // unit checks its fields.
-                    (Ok(true), Outgoing::Event(text)) => match Wire::read(&text) {
-                        Ok(wire) => Command::Request {
-                            client,
-                            wire: Box::new(wire),
-                        },
+                    // Its JSON shape, read here beside the other readers; its unit checks it.
+                    (Ok(true), Outgoing::Event(text)) => match Wire::read(&text).map(Box::new) {
+                        Ok(wire) => Command::Request { client, wire },
                         Err(error) => Command::Refuse { client, error },
                     },
                     (Ok(true), _) => unreachable!("v1 data frames are text"),

@@ -27,8 +27,13 @@ use crate::config::Protocol;
 use crate::protocol::{Error, ErrorCode, LeaveReason};
 
 /// Frames a client may have waiting while the authority has not answered its command yet.
-/// Beyond it, further frames are dropped, with one `rate_limited` error in their place.
+/// Beyond it, or beyond `--queue-bytes` for its waiting frames and its queued events together,
+/// further frames are dropped, with one `rate_limited` error in their place.
 pub const MAX_WAITING: usize = 64;
+
+/// What a waiting command costs besides its strings: the command, its boxed `Wire` and their
+/// allocations, rounded up (the inbox's share in the worst-case memory uses the same figure).
+const WAITING_OVERHEAD: usize = 512;
 
 /// A client waiting for the authority: what it waits for, and its frames since.
 #[derive(Default)]
@@ -58,8 +63,13 @@ impl Hub {
     /// for its turn.
     pub(super) fn queue_behind(&mut self, key: usize, command: Command) {
         let client = self.id(key);
+        // What the hub keeps for one client, its waiting commands and its queued events
+        // together, stays within `--queue-bytes`: the worst-case memory counts it once.
+        let budget =
+            self.config.queue_bytes - self.clients[key].queue.bytes().min(self.config.queue_bytes);
         let busy = self.busy.get_mut(&key).expect("a busy client");
-        if busy.later.len() < MAX_WAITING {
+        let waiting: usize = busy.later.iter().map(weight).sum();
+        if busy.later.len() < MAX_WAITING && waiting + weight(&command) <= budget {
             busy.later.push_back(command);
             return;
         }
@@ -185,6 +195,16 @@ impl Hub {
             }
         }
     }
+}
+
+/// What waiting `command` keeps, against the client's `--queue-bytes`.
+fn weight(command: &Command) -> usize {
+    WAITING_OVERHEAD
+        + match command {
+            Command::Request { wire, .. } => wire.bytes(),
+            Command::Refuse { error, .. } => error.message.len(),
+            _ => 0,
+        }
 }
 
 /// The refusal that stands for frames dropped while a client waits for the authority.

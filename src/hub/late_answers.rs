@@ -257,6 +257,39 @@ fn a_dropped_answer_holds_one_client_within_its_bound_and_nobody_else() {
     assert!(got.iter().any(|e| e["text"] == "still here"), "{got:?}");
 }
 
+/// A busy client's waiting frames are bounded in bytes too: with its queued events, within
+/// `--queue-bytes`, so that the worst-case memory counts them once; beyond, one
+/// `rate_limited` refusal stands for the rest, delivered in order once the wait is over.
+#[test]
+fn a_busy_clients_waiting_frames_stay_within_its_queue_bytes() {
+    let config = Config {
+        queue_bytes: 16 * 1024,
+        ..Config::default()
+    };
+    let (mut hub, wire) = late_hub(config);
+    let a = connect(&mut hub, &wire);
+    a.send(&mut hub, json!({"type": "nick", "nick": "ada"}));
+    let renamed = wire.take(answer).expect("the nick's answer, held back");
+    // About 4.5 KB each as they wait: three fit in 16 KiB, not four.
+    let text = "x".repeat(4000);
+    for _ in 0..10 {
+        a.say(&mut hub, "lobby", &text);
+    }
+    assert_eq!(
+        hub.busy[&a.id.key].later.len(),
+        3 + 1,
+        "three, and one refusal"
+    );
+    hub.notice(renamed);
+    wire.deliver_all(&mut hub);
+    let got = a.events();
+    let said = got.iter().filter(|e| e["type"] == "message").count();
+    let refused: Vec<_> = got.iter().filter(|e| e["type"] == "error").collect();
+    assert_eq!(said, 3, "{got:?}");
+    assert_eq!(refused.len(), 1, "{got:?}");
+    assert_eq!(refused[0]["code"], "rate_limited");
+}
+
 #[test]
 fn a_member_the_authority_lost_is_closed_so_it_reconnects() {
     let (mut hub, wire) = late_hub(Config::default());
